@@ -1,0 +1,145 @@
+"""HardwareProfile: what one machine (one GPU, its PCIe link, its host) can do, in the units of the cost model.
+
+Two origins share this schema and are never mixed in one file:
+- ``datasheet``: vendor figures, with ``source`` citing them. Rates the planner uses
+  (``matmul_flops_per_s``, ``hbm_bytes_per_s``, ``attention_flops_per_s``) are the datasheet peak times an
+  achievable fraction that ``source`` states; the peaks are kept beside them.
+- ``measured``: written by ``headplan profile`` (executor/profiler), with ``measurement`` saying where,
+  when and with which driver/torch/CUDA, the tables of measured points, and a content hash.
+
+The scalar fields are what the planner falls back to; where a measured table exists (attention by shape,
+transfers by size, matmul by shape) the planner interpolates in it instead (planner/hw_lookup.py).
+
+Every field name carries its unit. No torch here: the planner reads this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HW_SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AttentionPoint(_Frozen):
+    """One measured attention call: q [1, q_heads, q_len, head_dim] against k, v [1, kv_heads, k_len, head_dim].
+
+    FLOPs counted as 4 * q_heads * head_dim * (attended query-key pairs); for ``causal`` (lower-right
+    aligned) the pairs are q_len * (k_len - q_len) + q_len * (q_len + 1) / 2, otherwise q_len * k_len.
+    """
+
+    backend: Literal["flash", "cudnn", "flash_attn", "efficient", "math", "cpu"]
+    head_dim: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    k_len: int
+    causal: bool
+    flops_per_s: float
+    spread_rel: float = Field(0.0, description="(p90 - p10) / median of the repeats")
+
+
+class TransferPoint(_Frozen):
+    """One measured copy between host and GPU of ``size_bytes`` (a single contiguous transfer)."""
+
+    direction: Literal["h2d", "d2h", "bidir"]
+    host_memory: Literal["pinned", "registered", "pageable"]
+    size_bytes: int
+    bytes_per_s: float
+    concurrent_with: Literal["none", "matmul", "attention"] = "none"
+    spread_rel: float = 0.0
+
+
+class MatmulPoint(_Frozen):
+    """One measured bf16 matmul [m, k] @ [k, n]: 2 * m * n * k FLOPs."""
+
+    m: int
+    n: int
+    k: int
+    dtype: str = "bfloat16"
+    flops_per_s: float
+    spread_rel: float = 0.0
+
+
+class PinningPoint(_Frozen):
+    """Cost of making ``size_bytes`` of host memory page-locked with one method."""
+
+    method: Literal["torch_pin_memory", "cuda_host_register", "cuda_host_alloc"]
+    size_bytes: int
+    seconds: float
+
+
+class MeasurementInfo(_Frozen):
+    """Where and when a measured profile was taken."""
+
+    date: str
+    hostname: str = ""
+    gpu_name: str
+    driver_version: str = ""
+    torch_version: str = ""
+    cuda_version: str = ""
+    cudnn_version: str = ""
+    mode: Literal["quick", "full", "cpu-only", "imported"] = "full"
+    notes: str = ""
+
+
+class HardwareProfile(_Frozen):
+    """One GPU with its host. Sizes in bytes, rates per second, times in seconds."""
+
+    schema_version: int = HW_SCHEMA_VERSION
+    name: str = Field(description="catalog name, e.g. 'rtx-4090' or 'h100-sxm-measured'")
+    origin: Literal["datasheet", "measured"]
+    source: str = Field(description="citation for datasheet values, or how the measurement was made")
+    gpu_name: str
+    gpu_mem_bytes: int = Field(description="memory on the card as the vendor states it (bytes)")
+    # compute
+    matmul_peak_flops_per_s: float = Field(description="dense bf16 tensor-core peak, datasheet")
+    matmul_flops_per_s: float = Field(description="achievable dense bf16 matmul rate at large shapes")
+    attention_flops_per_s: float = Field(description="achievable prefill attention rate (scalar fallback)")
+    # memory
+    hbm_peak_bytes_per_s: float
+    hbm_bytes_per_s: float = Field(description="achievable read bandwidth (device-to-device copy: (read+write)/2)")
+    # host link
+    pcie_generation: int
+    pcie_lanes: int = 16
+    pcie_h2d_bytes_per_s: float = Field(description="achievable pinned host-to-device at large transfers")
+    pcie_d2h_bytes_per_s: float = Field(description="achievable pinned device-to-host at large transfers")
+    pcie_bidir_total_bytes_per_s: float = Field(description="both directions at once, sum of the two")
+    pcie_h2d_pageable_bytes_per_s: Optional[float] = None
+    # host
+    host_mem_bytes: int = Field(description="host RAM the KV store may use by default")
+    host_memcpy_bytes_per_s: Optional[float] = None
+    pin_bytes_per_s: float = Field(description="rate of making host memory page-locked (bytes pinned per s)")
+    # runtime
+    runtime_overhead_bytes: int = Field(description="GPU memory the runtime takes outside tensors: CUDA "
+                                        "context, cuBLAS/cuDNN workspaces, allocator reserve")
+    launch_overhead_s: float = Field(description="host cost of one kernel launch through PyTorch")
+    attention_call_overhead_s: float = Field(0.0, description="fixed cost of one attention call")
+    cudnn_graph_build_s: Optional[float] = Field(None, description="cuDNN attention: first call at a new shape")
+    # measured tables (empty for datasheet profiles)
+    attention_table: list[AttentionPoint] = Field(default_factory=list)
+    transfer_table: list[TransferPoint] = Field(default_factory=list)
+    matmul_table: list[MatmulPoint] = Field(default_factory=list)
+    pinning_table: list[PinningPoint] = Field(default_factory=list)
+    measurement: Optional[MeasurementInfo] = None
+    content_hash: str = Field("", description="sha256 of the profile without this field (hwprofiles.profile_hash)")
+
+
+def profile_hash(profile: HardwareProfile) -> str:
+    """sha256 (hex, first 16 chars) of the profile's JSON with ``content_hash`` blanked: stable across writes."""
+    data = profile.model_dump(mode="json")
+    data["content_hash"] = ""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_hash(profile: HardwareProfile) -> HardwareProfile:
+    """Return the profile with ``content_hash`` filled in."""
+    return profile.model_copy(update={"content_hash": profile_hash(profile)})

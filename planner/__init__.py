@@ -1,0 +1,1 @@
+"""The analytical planner: model specs, the cost model, the solver and the Plan schema. Never imports torch."""

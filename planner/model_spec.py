@@ -1,0 +1,261 @@
+"""ModelSpec: the architecture of a Llama-family decoder, as the cost model and the executor need it.
+
+Built-in names carry the architectures of the published config.json files; ``model_spec_from_config``
+reads any transformers Llama-family ``config.json`` (or a checkpoint folder holding one).
+
+Parameter count (``param_count``), for D = hidden, I = intermediate, L = layers, H_q, H_kv heads of dim d,
+V = vocab:
+    embedding           V * D
+    per layer  q, o     2 * D * H_q * d        (+ H_q * d bias on q when attention_bias)
+               k, v     2 * D * H_kv * d       (+ 2 * H_kv * d bias when attention_bias)
+               MLP      3 * D * I               (gate, up, down)
+               norms    2 * D
+    final norm          D
+    lm_head             V * D unless tie_word_embeddings
+Leaves out: anything that is not a dense Llama-family decoder (MoE, sliding-window attention is refused by the
+executor but planned as full attention).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_SCHEMA_VERSION = 1
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+class ModelSpecError(ValueError):
+    """A model name that is unknown, or a config file that is not a Llama-family decoder."""
+
+
+class ModelSpec(BaseModel):
+    """Architecture of one Llama-family decoder. Field names follow transformers' config.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = MODEL_SCHEMA_VERSION
+    name: str
+    model_type: Literal["llama", "mistral", "qwen2"]
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = Field(False, description="bias on q, k, v projections (Qwen2: True)")
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None
+    max_position_embeddings: int = 8192
+    sliding_window: Optional[int] = None
+    source: str = ""
+
+    # ---- derived sizes -------------------------------------------------------------------------------------
+    @property
+    def query_heads_per_kv_head(self) -> int:
+        """GQA ratio H_q / H_kv: query head h reads KV head h // ratio."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def layer_param_count(self) -> int:
+        """Parameters of one decoder layer (attention + MLP + its two norms)."""
+        d, dim = self.head_dim, self.hidden_size
+        q_out, kv_out = self.num_attention_heads * d, self.num_key_value_heads * d
+        attention = dim * q_out + 2 * dim * kv_out + q_out * dim
+        if self.attention_bias:
+            attention += q_out + 2 * kv_out
+        if self.o_proj_bias:
+            attention += dim
+        mlp = 3 * dim * self.intermediate_size
+        if self.mlp_bias:
+            mlp += 2 * self.intermediate_size + dim
+        norms = 2 * dim
+        return attention + mlp + norms
+
+    @property
+    def embedding_param_count(self) -> int:
+        """Input embedding, plus the lm_head when it is not tied to it."""
+        per_matrix = self.vocab_size * self.hidden_size
+        return per_matrix if self.tie_word_embeddings else 2 * per_matrix
+
+    @property
+    def param_count(self) -> int:
+        """All parameters: embeddings (+ lm_head), layers, final norm."""
+        return self.embedding_param_count + self.num_hidden_layers * self.layer_param_count + self.hidden_size
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """KV bytes per token of context: 2 (K and V) * L * H_kv * d * dtype_bytes."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+    def kv_bytes_per_head_token(self, dtype_bytes: int = 2) -> int:
+        """KV bytes of one (layer, KV head) slot per token: 2 * d * dtype_bytes."""
+        return 2 * self.head_dim * dtype_bytes
+
+    @property
+    def kv_head_slots(self) -> int:
+        """Number of (layer, KV head) slots: L * H_kv. ``resident_kv_heads`` counts these."""
+        return self.num_hidden_layers * self.num_key_value_heads
+
+    def to_hf_config_dict(self) -> dict[str, Any]:
+        """A transformers config.json dict for this architecture (what the executor builds a model from)."""
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+        cfg: dict[str, Any] = {
+            "architectures": [arch[self.model_type]],
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": "silu",
+        }
+        if self.rope_scaling is not None:
+            cfg["rope_scaling"] = dict(self.rope_scaling)
+        if self.model_type == "llama":
+            cfg["attention_bias"] = self.attention_bias
+            cfg["mlp_bias"] = self.mlp_bias
+        if self.model_type in ("mistral", "qwen2"):
+            cfg["sliding_window"] = self.sliding_window
+        if self.model_type == "qwen2":
+            cfg["use_sliding_window"] = self.sliding_window is not None
+        return cfg
+
+
+_LLAMA3_ROPE_8K = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192}
+_LLAMA32_ROPE = {**_LLAMA3_ROPE_8K, "factor": 32.0}
+_HF = "https://huggingface.co/{}/blob/main/config.json"
+
+
+def _builtin(name: str, **fields: Any) -> ModelSpec:
+    return ModelSpec(name=name, **fields)
+
+
+BUILTIN_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _builtin("llama-3-8b", model_type="llama", hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                 vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+                 source=_HF.format("meta-llama/Meta-Llama-3-8B")),
+        _builtin("llama-3.1-8b", model_type="llama", hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                 vocab_size=128256, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE_8K,
+                 max_position_embeddings=131072, source=_HF.format("meta-llama/Llama-3.1-8B")),
+        _builtin("llama-3-70b", model_type="llama", hidden_size=8192, intermediate_size=28672,
+                 num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+                 vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+                 source=_HF.format("meta-llama/Meta-Llama-3-70B")),
+        _builtin("llama-3.2-1b", model_type="llama", hidden_size=2048, intermediate_size=8192,
+                 num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                 vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=_LLAMA32_ROPE,
+                 max_position_embeddings=131072, source=_HF.format("meta-llama/Llama-3.2-1B")),
+        _builtin("llama-3.2-3b", model_type="llama", hidden_size=3072, intermediate_size=8192,
+                 num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                 vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=_LLAMA32_ROPE,
+                 max_position_embeddings=131072, source=_HF.format("meta-llama/Llama-3.2-3B")),
+        _builtin("llama-2-7b", model_type="llama", hidden_size=4096, intermediate_size=11008,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, head_dim=128,
+                 vocab_size=32000, rope_theta=10000.0, max_position_embeddings=4096,
+                 source=_HF.format("meta-llama/Llama-2-7b-hf")),
+        # v0.2/v0.3 architecture (full attention, rope_theta 1e6); v0.1's 4096-token sliding window is not exact
+        # under full-attention offload and is not the default.
+        _builtin("mistral-7b", model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                 vocab_size=32000, rope_theta=1000000.0, max_position_embeddings=32768,
+                 source=_HF.format("mistralai/Mistral-7B-Instruct-v0.2")),
+        _builtin("qwen2-7b", model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+                 vocab_size=152064, attention_bias=True, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                 max_position_embeddings=131072, source=_HF.format("Qwen/Qwen2-7B")),
+        _builtin("qwen2.5-7b", model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+                 vocab_size=152064, attention_bias=True, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                 max_position_embeddings=131072, source=_HF.format("Qwen/Qwen2.5-7B")),
+    )
+}
+
+
+def known_models() -> list[str]:
+    """Built-in model names."""
+    return sorted(BUILTIN_MODELS)
+
+
+def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> ModelSpec:
+    """Build a ModelSpec from a transformers config.json dict of the Llama family."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelSpecError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [key for key in required if not isinstance(config.get(key), int) or config[key] <= 0]
+    if missing:
+        raise ModelSpecError(f"config is missing or has non-positive {', '.join(missing)}")
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    if heads % kv_heads:
+        raise ModelSpecError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    rope_params = config.get("rope_parameters") or {}
+    rope_theta = config.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    rope_scaling = config.get("rope_scaling")
+    if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
+        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    use_sliding = config.get("use_sliding_window", model_type == "mistral")
+    sliding_window = config.get("sliding_window") if use_sliding else None
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=config["vocab_size"],
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(rope_theta),
+        rope_scaling=rope_scaling,
+        max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
+        sliding_window=sliding_window,
+        source=config.get("_name_or_path", "") or "config.json",
+    )
+
+
+def load_model_spec(name_or_path: str) -> ModelSpec:
+    """A built-in name, a config.json path, or a checkpoint folder holding config.json."""
+    if name_or_path in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name_or_path]
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.exists():
+        raise ModelSpecError(
+            f"unknown model {name_or_path!r}; known: {', '.join(known_models())} (or a config.json / checkpoint folder)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelSpecError(f"cannot read model config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelSpecError(f"model config {path} is not a JSON object")
+    return model_spec_from_config(config, name=path.parent.name or path.stem)

@@ -1,0 +1,121 @@
+"""Plan: what ``headplan plan`` decides and predicts, and what ``headplan run`` executes. A versioned JSON file.
+
+Field names are a contract with scripts (issue 2): ``schema_version``, ``context_tokens``, ``strategy``,
+``chunk_size``, ``heads_per_group``, ``resident_kv_heads``, ``memory.gpu_peak_bytes``,
+``memory.gpu_breakdown.{weights,kv,activations,overhead}``, ``memory.host_kv_bytes``, ``predicted.prefill_s``,
+``predicted.decode_s_per_token``, ``alternatives[*].{strategy,fits,gpu_peak_bytes,prefill_s,
+decode_s_per_token,reason}``. The plan embeds the ModelSpec and HardwareProfile it was made with and the
+profile's hash, so a run can tell whether it is on the hardware the plan assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hwprofiles.schema import HardwareProfile
+from planner.model_spec import ModelSpec
+
+PLAN_SCHEMA_VERSION = 1
+
+Strategy = Literal["standard", "chunked", "layer-offload", "head-offload"]
+STRATEGIES: tuple[str, ...] = ("standard", "chunked", "layer-offload", "head-offload")
+Bound = Literal["compute", "hbm", "pcie", "launch", "memory", "none"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuBreakdown(_Model):
+    """Peak GPU memory by term (bytes). ``kv`` counts every KV byte on the GPU: resident heads, ping-pong
+    buffers, a chunk's fresh K, V; ``activations`` the largest transient working set of one chunk."""
+
+    weights: int
+    kv: int
+    activations: int
+    overhead: int
+
+
+class MemoryPrediction(_Model):
+    gpu_peak_bytes: int
+    gpu_budget_bytes: int
+    gpu_breakdown: GpuBreakdown
+    kv_detail: dict[str, int] = Field(default_factory=dict, description="kv split: resident, buffers, chunk")
+    host_kv_bytes: int = Field(description="KV bytes kept in host memory (the pinned store)")
+    host_budget_bytes: int
+
+
+class Prediction(_Model):
+    """Predicted times (seconds) with the resource that binds each phase."""
+
+    prefill_s: float
+    decode_s_per_token: float
+    pin_s: float = Field(description="one-time cost of page-locking the host KV store")
+    total_s: float = Field(description="pin_s + prefill_s + decode_tokens * decode_s_per_token")
+    prefill_bound: Bound
+    decode_bound: Bound
+    chunk_s: list[float] = Field(default_factory=list, description="predicted time of each prefill chunk")
+    terms: dict[str, float] = Field(default_factory=dict, description="named components (seconds) for reports")
+
+
+class Alternative(_Model):
+    """A candidate the solver did not choose, and why."""
+
+    strategy: Strategy
+    fits: bool
+    gpu_peak_bytes: int
+    prefill_s: Optional[float]
+    decode_s_per_token: Optional[float]
+    reason: str
+    chunk_size: Optional[int] = None
+    heads_per_group: Optional[int] = None
+    resident_kv_heads: Optional[int] = None
+
+
+class Plan(_Model):
+    schema_version: int = PLAN_SCHEMA_VERSION
+    model: ModelSpec
+    hardware: HardwareProfile
+    hardware_hash: str
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    context_tokens: int
+    decode_tokens: int
+    strategy: Strategy
+    chunk_size: int
+    heads_per_group: int
+    resident_kv_heads: int = Field(description="(layer, KV head) slots kept on the GPU, over all layers")
+    attention_backend: str = Field("flash", description="kernel per part, e.g. 'flash' or 'cudnn-past+flash-chunk'")
+    memory: MemoryPrediction
+    predicted: Prediction
+    alternatives: list[Alternative] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class PlanFileError(ValueError):
+    """A plan file that cannot be read."""
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    Path(path).write_text(json.dumps(plan.model_dump(mode="json"), indent=1) + "\n")
+
+
+def read_plan(path: Path) -> Plan:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PlanFileError(f"plan file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanFileError(f"cannot read plan {path}: {exc}") from None
+    if isinstance(data, dict) and data.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise PlanFileError(f"plan {path} has schema_version {data.get('schema_version')!r}, "
+                            f"this headplan reads {PLAN_SCHEMA_VERSION}")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        raise PlanFileError(f"malformed plan {path}: {where}: {err.get('msg')}") from None
