@@ -1,11 +1,202 @@
-"""headplan plan (not yet implemented)."""
+"""headplan plan: choose chunk size, head groups, resident heads and attention backend; predict memory and time.
 
-DESCRIPTION = "headplan plan"
+    headplan plan                                   Llama-3-8B, 128K context, the measured H100 profile
+    headplan plan --context 1M --gpu-mem 24GB --hw rtx-4090 --host-mem 200GiB
+    headplan plan --max-context --gpu-mem 24GB      longest context per strategy
+    headplan plan --sweep 32K:1M --plot sweep.png   one plan per context, table and PNG
+    headplan plan --json --out plan.json            the Plan as JSON (stdout and/or file)
+    headplan plan --plot roofline.png               (without --sweep) the roofline with the plan's points
+Reused by `headplan run`: add_plan_arguments(parser) and plan_from_args(args) -> Plan.
+Leaves out: the cost model and solver (planner/), which never import torch; matplotlib only when plotting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from headplan.errors import UserError
+
+DESCRIPTION = ("Plan head-wise KV offloading for a model, a context and a GPU: the strategy, chunk size, heads "
+               "per group and resident KV heads, with predicted memory and time and why the alternatives lost.")
+
+DEFAULT_MODEL = "llama-3-8b"
+DEFAULT_HW = "h100-sxm-measured"
+DEFAULT_CONTEXT = "128K"
+DEFAULT_DECODE_TOKENS = 16
 
 
-def add_arguments(parser):
-    pass
+def _auto_or(parse):
+    def parse_knob(text: str):
+        if str(text).strip().lower() == "auto":
+            return None
+        return parse(text)
+    return parse_knob
 
 
-def main(args) -> int:
-    raise SystemExit("headplan plan: not implemented yet")
+def _non_negative_int(what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).replace("_", ""))
+        except ValueError:
+            raise UserError(f"{what} must be a whole number, got {text!r}") from None
+        if value < 0:
+            raise UserError(f"{what} must be zero or more, got {value}")
+        return value
+    return parse
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `plan` and `run`: model, hardware, workload, budgets and knobs (kept as text; parsed
+    in plan_from_args so that bad values become one-line errors with exit status 2)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in model name or a config.json / checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--hw", default=DEFAULT_HW,
+                        help=f"hardware profile name from the catalog or a profile file (default {DEFAULT_HW})")
+    parser.add_argument("--context", default=DEFAULT_CONTEXT,
+                        help=f"prompt tokens to prefill: 128K = 131072, 4M = 4194304 (default {DEFAULT_CONTEXT})")
+    parser.add_argument("--decode-tokens", default=str(DEFAULT_DECODE_TOKENS),
+                        help=f"tokens to generate after the prompt (default {DEFAULT_DECODE_TOKENS})")
+    parser.add_argument("--gpu-mem", default=None,
+                        help="GPU memory budget: 24GB (10^9) or 22GiB (2^30) (default: the card's memory)")
+    parser.add_argument("--host-mem", default=None,
+                        help="host RAM the pinned KV store may use (default: the profile's host_mem_bytes)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--chunk-size", default="auto", help="prefill chunk in tokens (e.g. 8K) or auto")
+    parser.add_argument("--heads-per-group", default="auto", help="KV heads streamed together (a divisor of "
+                        "the KV heads) or auto")
+    parser.add_argument("--resident-heads", default="auto", help="(layer, KV head) slots kept on the GPU over "
+                        "all layers, 0 .. L*H_kv, or auto")
+    parser.add_argument("--strategy", default=None,
+                        choices=["standard", "chunked", "layer-offload", "head-offload"],
+                        help="force one strategy (default: the fastest that fits)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_plan_arguments(parser)
+    parser.add_argument("--max-context", action="store_true",
+                        help="print the longest context each strategy fits (ignores --context)")
+    parser.add_argument("--sweep", default=None,
+                        help="contexts to plan: a list 32K,128K,1M or a range 32K:4M (x2) / 32K:256K:+32K")
+    parser.add_argument("--plot", default=None, type=Path,
+                        help="PNG: with --sweep the sweep plot, otherwise the roofline with the plan's points")
+    parser.add_argument("--roofline", default=None, type=Path, help="PNG of the roofline (also with --sweep: "
+                        "the first context's plan)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--out", default=None, type=Path, help="write the JSON to this file")
+
+
+def _workload(args: argparse.Namespace) -> dict:
+    """Parsed model, hardware and keyword arguments shared by make_plan / max_context / sweep."""
+    from hwprofiles.catalog import load_profile
+    from planner.model_spec import load_model_spec
+    from planner.units import parse_bytes, parse_tokens
+
+    model = load_model_spec(args.model)
+    hardware = load_profile(args.hw)
+    resident = _auto_or(_non_negative_int("--resident-heads"))(args.resident_heads)
+    group = _auto_or(_non_negative_int("--heads-per-group"))(args.heads_per_group)
+    if group == 0:
+        raise UserError("--heads-per-group must be positive")
+    return dict(
+        model=model, hardware=hardware,
+        decode_tokens=_non_negative_int("--decode-tokens")(args.decode_tokens),
+        gpu_mem_bytes=parse_bytes(args.gpu_mem) if args.gpu_mem is not None else None,
+        host_mem_bytes=parse_bytes(args.host_mem) if args.host_mem is not None else None,
+        dtype=args.dtype, chunk_size=_auto_or(parse_tokens)(args.chunk_size), heads_per_group=group,
+        resident_kv_heads=resident, strategy=args.strategy,
+    )
+
+
+def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = None):
+    """The Plan for the parsed options of add_plan_arguments (raises UserError/PlanError/... on bad input)."""
+    from planner.solver import make_plan
+    from planner.units import parse_tokens
+
+    work = _workload(args)
+    model, hardware = work.pop("model"), work.pop("hardware")
+    context = context_tokens if context_tokens is not None else parse_tokens(args.context)
+    return make_plan(model, hardware, context_tokens=context, **work)
+
+
+def _emit(args: argparse.Namespace, data, text: str) -> None:
+    if args.out is not None:
+        try:
+            args.out.write_text(json.dumps(data, indent=1) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(text)
+        if args.out is not None:
+            print(f"\nwrote {args.out}")
+
+
+def _check_plot_path(path: Optional[Path]) -> None:
+    if path is not None and (path.suffix.lower() != ".png" or not path.parent.resolve().is_dir()):
+        raise UserError(f"plot file {path} must end in .png and its folder must exist")
+
+
+def _max_context(args: argparse.Namespace) -> int:
+    from planner.render import render_max_context
+    from planner.solver import max_context
+
+    work = _workload(args)
+    model, hardware = work.pop("model"), work.pop("hardware")
+    result = max_context(model, hardware, **work)
+    gpu = work["gpu_mem_bytes"] or hardware.gpu_mem_bytes
+    host = work["host_mem_bytes"] or hardware.host_mem_bytes
+    data = {"model": model.name, "hardware": hardware.name, "gpu_budget_bytes": gpu, "host_budget_bytes": host,
+            "decode_tokens": work["decode_tokens"], "max_context_tokens": result}
+    _emit(args, data, render_max_context(model.name, hardware.name, gpu, host, result))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from planner.render import render_sweep
+    from planner.sweep import sweep
+    from planner.units import parse_token_list
+
+    contexts = parse_token_list(args.sweep)
+    work = _workload(args)
+    model, hardware = work.pop("model"), work.pop("hardware")
+    rows, plans = sweep(model, hardware, contexts, **work)
+    if args.plot is not None:
+        from planner.plots import plot_sweep
+
+        plot_sweep(rows, args.plot, f"{model.name} on {hardware.name}")
+    if args.roofline is not None and plans:
+        from planner.plots import plot_roofline
+
+        plot_roofline(plans[0], args.roofline)
+    text = render_sweep(rows)
+    if args.plot is not None:
+        text += f"\n\nwrote {args.plot}"
+    _emit(args, {"model": model.name, "hardware": hardware.name, "rows": rows}, text)
+    return 0 if plans else 2
+
+
+def main(args: argparse.Namespace) -> int:
+    _check_plot_path(args.plot)
+    _check_plot_path(args.roofline)
+    if args.max_context:
+        return _max_context(args)
+    if args.sweep is not None:
+        return _sweep(args)
+    from planner.render import render_plan
+
+    plan = plan_from_args(args)
+    roofline = args.roofline or args.plot
+    if roofline is not None:
+        from planner.plots import plot_roofline
+
+        plot_roofline(plan, roofline)
+    text = render_plan(plan)
+    if roofline is not None:
+        text += f"\n\nwrote {roofline}"
+    _emit(args, plan.model_dump(mode="json"), text)
+    return 0

@@ -1,11 +1,195 @@
-"""headplan run (not yet implemented)."""
+"""headplan run: execute a plan for real (head-offloaded prefill + greedy decode) and report measured against
+predicted in a folder (report.json, report.md, PNG plots; trace.json + timeline.png with --trace).
 
-DESCRIPTION = "headplan run"
+The plan comes from ``--plan plan.json`` or from the same options as ``headplan plan`` (planned and run in one
+step). The model is ``--model-path DIR`` (a checkpoint) or the plan's architecture with random weights from
+``--seed``. Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C (partial
+report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from headplan.errors import UserError
+
+DESCRIPTION = ("Run exact head-offloaded inference with a plan (--plan plan.json, or the plan options to plan and "
+               "run in one step) and report measured against predicted.")
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from headplan.cmd_plan import add_plan_arguments
+
+    parser.add_argument("--plan", type=Path, help="plan.json written by headplan plan (else: plan from the options "
+                        "below, as headplan plan would, and run it)")
+    add_plan_arguments(parser)
+    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens to generate (default: the "
+                        "plan's decode tokens)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and random prompt ids")
+    parser.add_argument("--model-path", type=Path, help="checkpoint folder (config.json + safetensors); the plan "
+                        "is made for its architecture")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", type=Path, help="text file, tokenized with the checkpoint's tokenizer")
+    prompt.add_argument("--prompt-ids", type=Path, help="JSON list of token ids (the context is its length)")
+    parser.add_argument("--out", type=Path, default=Path("run-report"), help="report folder (default run-report)")
+    parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
+    parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
+    parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _resolve_plan(args):
+    """The Plan: read from --plan, or made from the plan options (for --model-path: its config)."""
+    from headplan.cmd_plan import plan_from_args
+    from planner.plan import read_plan
+
+    if args.plan is not None:
+        return read_plan(args.plan)
+    if args.model_path is not None:
+        args.model = str(args.model_path)
+    return plan_from_args(args)
 
 
 def main(args) -> int:
-    raise SystemExit("headplan run: not implemented yet")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible")
+    prompt_ids = _prompt_before_plan(args)
+    if prompt_ids is not None:
+        args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
+    plan = _resolve_plan(args)
+    spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
+    new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
+    if new_tokens < 1:
+        raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
+    warnings = _check_hardware(plan, device, args.strict)
+    memory_extra = _apply_budget(plan, device)
+    loaded = _load_model(args, spec, dtype_name, device)
+    if prompt_ids is None:
+        from executor.prompt import random_prompt_ids
+
+        prompt_ids = random_prompt_ids(context, loaded.spec.vocab_size, args.seed)
+    elif prompt_ids.shape[1] != context:
+        raise UserError(f"the plan is for {context} tokens but the prompt has {prompt_ids.shape[1]}")
+    return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, device, warnings, memory_extra)
+
+
+def _prompt_before_plan(args):
+    """Token ids of --prompt-ids / --prompt (checked against the vocabulary), or None for a random prompt."""
+    from executor.model_loader import load_tokenizer
+    from executor.prompt import PromptError, prompt_ids_from_file, prompt_ids_from_text
+    from planner.model_spec import load_model_spec
+
+    if args.prompt_ids is None and args.prompt is None:
+        return None
+    source = str(args.model_path) if args.model_path is not None else args.model
+    vocab = load_model_spec(source).vocab_size
+    try:
+        if args.prompt_ids is not None:
+            return prompt_ids_from_file(args.prompt_ids, vocab)
+        tokenizer = load_tokenizer(args.model_path) if args.model_path is not None else None
+        return prompt_ids_from_text(args.prompt, tokenizer, vocab)
+    except PromptError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _check_hardware(plan, device: str, strict: bool) -> list[str]:
+    import torch
+
+    from executor.faults import hardware_mismatch
+
+    if device != "cuda" or not hasattr(plan, "hardware"):
+        return []
+    props = torch.cuda.get_device_properties(0)
+    text = hardware_mismatch(plan.hardware.gpu_name, plan.hardware.gpu_mem_bytes, props.name, props.total_memory)
+    if text is None:
+        return []
+    if strict:
+        raise UserError(f"{text} (refused: --strict)")
+    print(f"headplan run: warning: {text}", file=sys.stderr)
+    return [text]
+
+
+def _apply_budget(plan, device: str) -> dict:
+    if device != "cuda" or not hasattr(plan, "memory"):
+        return {}
+    from executor.runner import apply_gpu_budget
+
+    budget = plan.memory.gpu_budget_bytes
+    fraction = apply_gpu_budget(budget, plan.hardware.runtime_overhead_bytes, device)
+    return {"gpu_budget_bytes": budget, "gpu_memory_fraction": fraction}
+
+
+def _load_model(args, spec, dtype_name: str, device: str):
+    from executor.model_loader import build_random, load_checkpoint, torch_dtype
+
+    try:
+        if args.model_path is not None:
+            return load_checkpoint(args.model_path, dtype=torch_dtype(dtype_name), device=device)
+        return build_random(spec, dtype=torch_dtype(dtype_name), device=device, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _progress(plan, input_ids, disabled: bool):
+    """A tqdm bar counted in predicted seconds (ETA from the plan), else in chunks; returns (bar, callback)."""
+    from tqdm import tqdm
+
+    predicted = list(getattr(getattr(plan, "predicted", None), "chunk_s", []) or [])
+    chunks = -(-input_ids.shape[1] // plan.chunk_size)
+    if len(predicted) == chunks and sum(predicted) > 0:
+        bar = tqdm(total=sum(predicted), unit="plan-s", desc="prefill", file=sys.stderr, disable=disabled,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} planned s "
+                              "[{elapsed}<{remaining}]")
+        return bar, lambda index: bar.update(predicted[index])
+    bar = tqdm(total=chunks, unit="chunk", desc="prefill", file=sys.stderr, disable=disabled)
+    return bar, lambda index: bar.update(1)
+
+
+def _run_and_report(args, loaded, plan, input_ids, new_tokens, device, warnings, memory_extra) -> int:
+    from executor.api import run_plan
+    from executor.faults import RunFault
+    from executor.kv_store import HostMemoryError
+    from executor.plots import write_plots, write_trace
+    from executor.report import write_report
+
+    bar, on_chunk = _progress(plan, input_ids, args.no_progress)
+    try:
+        result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=device, trace=args.trace,
+                          verify=args.verify, on_chunk=on_chunk, model_name=loaded.spec.name,
+                          memory_extra=memory_extra, warnings=warnings)
+    except HostMemoryError as exc:
+        raise UserError(str(exc)) from None
+    except RunFault as fault:
+        bar.close()
+        path = write_report(fault.report, args.out)
+        write_plots(fault.report, args.out)
+        print(f"headplan run: {fault} (partial report: {path})", file=sys.stderr)
+        return fault.exit_code
+    bar.close()
+    path = write_report(result.report, args.out)
+    write_plots(result.report, args.out)
+    if args.trace:
+        write_trace(result.measurement.trace_events, args.out)
+    _summary(result.report, path)
+    return 0
+
+
+def _summary(report, path) -> None:
+    m, p = report.measured, report.predicted
+    line = f"prefill {m.prefill_s:.3f} s" if m.prefill_s is not None else "prefill -"
+    if p.prefill_s:
+        line += f" (predicted {p.prefill_s:.3f} s)"
+    if m.decode_s_per_token is not None:
+        line += f", decode {m.decode_s_per_token * 1000:.1f} ms/token"
+        if p.decode_s_per_token:
+            line += f" (predicted {p.decode_s_per_token * 1000:.1f})"
+    if report.verify:
+        line += f", verify {report.verify}"
+    print(line)
+    print(f"report: {path}")

@@ -1,0 +1,166 @@
+"""Python API: run a plan on a transformers model and get the generated ids and the report.
+
+    from executor.api import run_plan
+    result = run_plan(model, plan, input_ids, new_tokens=16, device="cuda")
+    result.generated_ids        # list[int], greedy
+    result.report               # executor.report.RunReport (predicted, measured, error, ...)
+
+``plan`` is a planner Plan (its settings and predictions are used) or an ExecutionSettings (no predictions).
+``model`` is a Llama / Mistral / Qwen2 ``*ForCausalLM`` already on ``device`` (executor.model_loader builds one).
+``input_ids`` is [1, n] int64. The model is not modified; its attention implementation is switched for the
+run and restored after. Faults raise executor.faults.RunFault with ``.report`` set to a partial report.
+Leaves out: batches, sampling, the CLI (headplan/cmd_run.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from executor.faults import RunFault
+from executor.kv_store import ExecutionSettings
+from executor.report import (AttentionFigures, MemoryFigures, RunReport, TimesAndPeak, Transfers, errors_of)
+from executor.runner import Measurement, execute
+
+
+@dataclass
+class RunResult:
+    generated_ids: list[int]
+    report: RunReport
+    measurement: Measurement
+    extras: dict = field(default_factory=dict)
+
+
+def settings_from_plan(plan: Any, new_tokens: int, prompt_tokens: Optional[int] = None) -> ExecutionSettings:
+    """ExecutionSettings of a Plan; capacity = prompt + new tokens (at least the plan's context + decode)."""
+    prompt = prompt_tokens if prompt_tokens is not None else plan.context_tokens
+    capacity = max(prompt + new_tokens, plan.context_tokens + plan.decode_tokens)
+    return ExecutionSettings(chunk_size=plan.chunk_size, heads_per_group=plan.heads_per_group,
+                             resident_kv_heads=plan.resident_kv_heads, capacity_tokens=capacity,
+                             attention_backend=plan.attention_backend)
+
+
+def run_plan(model, plan: Union[Any, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,
+             device: Union[str, torch.device], trace: bool = False, verify: bool = False,
+             on_chunk: Optional[Callable[[int], None]] = None, model_name: str = "model",
+             memory_extra: Optional[dict] = None, warnings: Optional[list[str]] = None) -> RunResult:
+    """Head-offloaded prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; see the module doc."""
+    if isinstance(plan, ExecutionSettings):
+        settings, plan_obj = plan, None
+    else:
+        settings, plan_obj = settings_from_plan(plan, new_tokens, input_ids.shape[1]), plan
+    common = dict(model=model, plan=plan_obj, settings=settings, input_ids=input_ids, new_tokens=new_tokens,
+                  device=device, model_name=model_name, memory_extra=memory_extra or {}, warnings=warnings or [])
+    try:
+        measurement = execute(model, input_ids, settings, new_tokens=new_tokens, device=device, trace=trace,
+                              keep_logits=verify, on_chunk=on_chunk)
+    except RunFault as fault:
+        fault.report = build_report(measurement=fault.partial, status=fault.kind, fault=str(fault), **common)
+        raise
+    verify_block = verify_against_standard(model, input_ids, measurement, device) if verify else None
+    report = build_report(measurement=measurement, verify=verify_block, **common)
+    return RunResult(generated_ids=measurement.generated_token_ids, report=report, measurement=measurement)
+
+
+def standard_step_logits(model, input_ids: torch.Tensor, generated_ids: list[int],
+                         device: Union[str, torch.device]) -> torch.Tensor:
+    """The standard transformers forward (the model's own attention, one prefill, DynamicCache), fed the
+    same generated tokens: [len(generated_ids), vocab] float32 logits of each step's last position."""
+    from transformers import DynamicCache
+
+    steps = []
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        steps.append(out.logits[0, -1].float())
+        for token in generated_ids[:-1]:
+            ids = torch.tensor([[token]], device=device)
+            out = model(ids, past_key_values=cache, use_cache=True)
+            steps.append(out.logits[0, -1].float())
+    return torch.stack(steps).cpu()
+
+
+def verify_against_standard(model, input_ids, measurement: Measurement, device) -> dict:
+    """Largest logit difference against the standard forward and whether greedy tokens agree."""
+    try:
+        reference = standard_step_logits(model, input_ids, measurement.generated_token_ids, device)
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"skipped": "the standard forward does not fit on this GPU"}
+    ours = measurement.step_logits
+    greedy = reference.argmax(-1).tolist()
+    return {"max_abs_logit_diff": float((ours - reference).abs().max()),
+            "reference_max_abs_logit": float(reference.abs().max()),
+            "greedy_tokens_agree": greedy == measurement.generated_token_ids,
+            "first_disagreement": next((i for i, (a, b) in enumerate(zip(greedy, measurement.generated_token_ids))
+                                        if a != b), None)}
+
+
+def _predicted_block(plan) -> TimesAndPeak:
+    if plan is None:
+        return TimesAndPeak()
+    predicted, memory = plan.predicted, plan.memory
+    return TimesAndPeak(prefill_s=predicted.prefill_s, decode_s_per_token=predicted.decode_s_per_token,
+                        gpu_peak_bytes=memory.gpu_peak_bytes, chunk_s=list(predicted.chunk_s),
+                        time_to_first_token_s=predicted.prefill_s,
+                        gpu_breakdown=memory.gpu_breakdown.model_dump(), host_kv_bytes=memory.host_kv_bytes)
+
+
+def _measured_block(model, m: Measurement) -> TimesAndPeak:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    breakdown: dict[str, int] = {}
+    peak = None
+    if m.gpu_peak_reserved_bytes is not None:
+        kv = sum(m.gpu_store_bytes.values())
+        peak = m.gpu_peak_reserved_bytes + (m.gpu_outside_allocator_bytes or 0)  # as the driver would see it
+        breakdown = {"weights": weights, "kv": kv,
+                     "activations": max(0, m.gpu_peak_allocated_bytes - weights - kv),
+                     "overhead": peak - m.gpu_peak_allocated_bytes}
+    return TimesAndPeak(prefill_s=m.prefill_s, decode_s_per_token=m.decode_s_per_token, gpu_peak_bytes=peak,
+                        chunk_s=list(m.chunk_s), time_to_first_token_s=m.time_to_first_token_s,
+                        gpu_breakdown=breakdown, host_kv_bytes=m.host_store_bytes)
+
+
+def _phase_figures(m: Measurement) -> tuple[dict, dict]:
+    phase_s = {"prefill": m.prefill_s,
+               "decode": m.decode_s_per_token * m.decode_tokens_timed if m.decode_s_per_token else None}
+    transfers, attention = {}, {}
+    for phase, counters in m.counters.items():
+        seconds = phase_s.get(phase)
+        rate = (lambda b: b / seconds if seconds else None)  # noqa: E731
+        transfers[phase] = Transfers(h2d_bytes=counters.h2d_bytes, d2h_bytes=counters.d2h_bytes,
+                                     h2d_bytes_per_s=rate(counters.h2d_bytes), d2h_bytes_per_s=rate(counters.d2h_bytes),
+                                     group_fetches=counters.group_fetches)
+        attn_s = m.attention_s.get(phase, 0.0)
+        attention[phase] = AttentionFigures(flops=counters.attention_flops, seconds=attn_s,
+                                            flops_per_s=counters.attention_flops / attn_s if attn_s else None,
+                                            share_of_phase=attn_s / seconds if seconds else None)
+    return transfers, attention
+
+
+def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tokens, device, model_name: str,
+                 measurement: Optional[Measurement], status: str = "complete", fault: Optional[str] = None,
+                 verify: Optional[dict] = None, memory_extra: Optional[dict] = None,
+                 warnings: Optional[list[str]] = None) -> RunReport:
+    """Assemble the RunReport from the plan (predicted) and the Measurement (possibly partial)."""
+    import transformers
+
+    m = measurement or Measurement(prompt_tokens=input_ids.shape[1])
+    predicted, measured = _predicted_block(plan), _measured_block(model, m)
+    transfers, attention = _phase_figures(m)
+    memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
+                           gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
+                           gpu_process_used_bytes=m.gpu_process_used_bytes, host_store_bytes=m.host_store_bytes,
+                           host_pin_s=m.host_pin_s, gpu_store_bytes=m.gpu_store_bytes, **(memory_extra or {}))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return RunReport(status=status, fault=fault, model=model_name, device=str(device), dtype=dtype,
+                     context_tokens=int(input_ids.shape[1]), new_tokens=new_tokens,
+                     settings={k: getattr(settings, k) for k in settings.__dataclass_fields__},
+                     predicted=predicted, measured=measured, error=errors_of(predicted, measured),
+                     generated_token_ids=m.generated_token_ids, transfers=transfers, attention=attention,
+                     memory=memory, verify=verify, warnings=list(warnings or []),
+                     plan_hardware=plan.hardware.name if plan is not None else None,
+                     versions={"torch": torch.__version__, "transformers": transformers.__version__})

@@ -1,0 +1,112 @@
+"""attend_chunk: attention of one chunk's queries against [past, chunk] keys, lower-right causal, GQA-native.
+
+The one place the executor's attention math goes through. Every backend computes the same thing:
+
+    q [1, Hq_g, c, d]      the chunk's query heads of one group (query head j reads KV head j // (Hq_g // G))
+    k, v [1, G, s + c, d]  keys/values of the group: the past [0, s) followed by the chunk [s, s + c)
+    query i of the chunk sees keys [0, s + i]   (causal, aligned to the lower right)
+    returns [1, Hq_g, c, d] in q.dtype
+
+Backends:
+- ``flash``: PyTorch's flash kernel called directly (``aten._scaled_dot_product_flash_attention``); its
+  ``is_causal`` is lower-right aligned and it accepts fewer KV heads than query heads (FA2's GQA). CUDA,
+  fp16/bf16 only; anything else falls back to ``math``. Used for decode always (no graph per key length).
+- ``flash_attn``: the flash-attn package, when importable (same alignment and GQA).
+- ``cudnn-split``: executor/attention_split.py (cuDNN for the chunk-vs-past part, merged by log-sum-exp);
+  prefill only; decode (c = 1) uses ``flash``.
+- ``math`` / ``cpu``: explicit float32 scores with a lower-right mask. Exact on CPU; the CI path.
+Leaves out: dropout, sliding windows, padding masks (batch 1, full causal attention only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BACKENDS = ("flash", "flash_attn", "cudnn-split", "math", "cpu")
+
+
+def normalize_backend(plan_backend: str) -> str:
+    """Map a plan's ``attention_backend`` text ('flash', 'cudnn-past+flash-chunk', ...) to a backend name here."""
+    text = (plan_backend or "flash").lower()
+    if "cudnn" in text:
+        return "cudnn-split"
+    if text in ("flash_attn", "flash-attn", "fa2"):
+        return "flash_attn"
+    if text in ("math", "cpu", "eager", "sdpa-math"):
+        return "math"
+    return "flash"
+
+
+def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, backend: str) -> torch.Tensor:
+    """Attention of q [1, Hq_g, c, d] against k, v [1, G, s + c, d], lower-right causal; returns [1, Hq_g, c, d]."""
+    _check_shapes(q, k, v)
+    on_gpu_half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if backend in ("math", "cpu") or not on_gpu_half:
+        return _attend_math(q, k, v, scale=scale)
+    chunk_tokens = q.shape[2]
+    if backend == "cudnn-split" and chunk_tokens > 1:
+        return _attend_cudnn_split(q, k, v, scale=scale)
+    if backend == "flash_attn":
+        return _attend_flash_attn(q, k, v, scale=scale)
+    return _attend_flash(q, k, v, scale=scale)
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"attend_chunk expects q [1, Hq, c, d], k = v [1, G, S, d]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    query_heads, kv_heads = q.shape[1], k.shape[1]
+    if kv_heads == 0 or query_heads % kv_heads:
+        raise ValueError(f"query heads {query_heads} are not a multiple of KV heads {kv_heads}")
+    if k.shape[2] < q.shape[2]:
+        raise ValueError(f"keys ({k.shape[2]}) must include the chunk's own {q.shape[2]} tokens")
+
+
+def _attend_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """Explicit float32 attention: scores [1, G, ratio, c, S], lower-right mask, softmax, weighted sum."""
+    batch, query_heads, chunk_tokens, head_dim = q.shape
+    kv_heads, key_tokens = k.shape[1], k.shape[2]
+    ratio = query_heads // kv_heads
+    q_grouped = q.float().reshape(batch, kv_heads, ratio, chunk_tokens, head_dim)
+    scores = torch.einsum("bgrcd,bgsd->bgrcs", q_grouped, k.float()) * scale
+    past_tokens = key_tokens - chunk_tokens
+    query_pos = torch.arange(chunk_tokens, device=q.device).unsqueeze(1) + past_tokens
+    key_pos = torch.arange(key_tokens, device=q.device).unsqueeze(0)
+    scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bgrcs,bgsd->bgrcd", probs, v.float())
+    return out.reshape(batch, query_heads, chunk_tokens, head_dim).to(q.dtype)
+
+
+def _attend_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """PyTorch's FA2 kernel: lower-right causal, GQA-native (num_heads % num_heads_k == 0)."""
+    out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)[0]
+    return out
+
+
+def _attend_flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """The flash-attn package: takes [B, L, H, d]; causal is lower-right aligned since 2.1."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError("attention backend 'flash_attn' needs the flash-attn package, which is not "
+                           "importable here; use backend 'flash'") from exc
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
+                          causal=True)
+    return out.transpose(1, 2)
+
+
+def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """cuDNN past + flash chunk, merged by log-sum-exp (executor/attention_split.py, issue 7)."""
+    try:
+        from executor.attention_split import attend_chunk_split
+    except ImportError as exc:
+        raise RuntimeError("attention backend 'cudnn-split' needs executor/attention_split.py "
+                           "(attend_chunk_split), which is not available; use backend 'flash'") from exc
+    return attend_chunk_split(q, k, v, scale=scale)
+
+
+def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:
+    """FLOPs of attend_chunk: 4 * Hq * d * pairs, pairs = c * s + c * (c + 1) / 2 (lower-right causal)."""
+    pairs = chunk_tokens * past_tokens + chunk_tokens * (chunk_tokens + 1) / 2
+    return 4.0 * query_heads * head_dim * pairs

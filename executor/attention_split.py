@@ -1,0 +1,213 @@
+"""Prefill attention split for cuDNN: the chunk against its past in fixed-size key blocks (non-causal, on
+PyTorch's cuDNN attention, ~2x the flash kernel on the H100), the chunk against itself on the flash kernel
+(lower-right causal), merged exactly by log-sum-exp in float32 (executor/attention_lse.py).
+
+Contract (the same as executor/attention_kernels.attend_chunk):
+
+    q [1, Hq_g, c, d]      a head group's query heads (query head j reads KV head j // (Hq_g // G))
+    k, v [1, G, s + c, d]  the past [0, s) then the chunk [s, s + c); query i of the chunk sees keys [0, s + i]
+    returns [1, Hq_g, c, d] in q.dtype
+
+How the keys are cut (``split_parts``), with B = past_block_tokens:
+
+    s_full = B * floor(s / B)                    the past's full blocks; n = s_full / B of them
+    [0, s_full) -> cuDNN, non-causal, one call per set bit of n, largest first: key lengths B * 2^i
+    [s_full, s + c) -> flash, lower-right causal (the tail s - s_full < B plus the chunk itself, one call)
+
+Why this cut: cuDNN builds a graph (~50 ms; ~600 ms seen at an odd key length) for every new shape, so its
+key lengths must come from a small fixed set. The binary cut gives at most floor(log2(s_max / B)) + 1
+distinct key lengths in a whole run (9 for 512K past with B = 2K) and at most that many cuDNN calls per chunk,
+and every cuDNN key length is a multiple of B (aligned). Cutting into equal blocks of B instead needs one
+shape but s / B calls and merges per chunk (the merge is a float32 pass over the output: too many at 512K);
+one cuDNN call over the whole past costs a graph per chunk. The tail goes with the chunk on the flash
+kernel, whose lower-right causal mask over [tail, chunk] is exactly the tail + chunk part, so no cuDNN call
+ever has a tail-dependent shape. When the chunk length c is a multiple of B (the planner's chunks are
+multiples of 1024) every past s = j * c is a multiple of B: the tail is empty and all of the past runs on
+cuDNN. chunk_backend="cudnn" also puts the square causal chunk-vs-itself part on cuDNN (one shape per
+chunk length; the probe measured 359 against the flash kernel's 174 TFLOP/s), with a non-empty tail then
+on the flash kernel (non-causal).
+
+cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
+the part is non-causal). Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
+decode's past grows by one token a step), dropout, batch > 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from executor.attention_lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
+
+DEFAULT_PAST_BLOCK_TOKENS = 2048  # divides every chunk length that is a multiple of 2K; see the benchmark
+PAST_BACKENDS = ("cudnn", "flash", "math")
+CHUNK_BACKENDS = ("flash", "cudnn", "math")
+
+_cudnn_shapes_seen: set[tuple] = set()  # every distinct cuDNN call signature of this process
+
+
+@dataclass(frozen=True)
+class AttentionPart:
+    """One partial attention of the chunk's queries over keys [key_start, key_end) of the group's k, v.
+
+    causal: lower-right aligned over the part (query i sees keys up to key_end - c + i); else all keys.
+    """
+
+    backend: str
+    key_start: int
+    key_end: int
+    causal: bool
+
+
+def past_block_spans(past_tokens: int, block_tokens: int) -> list[tuple[int, int]]:
+    """Key spans [start, end) that cover the past's full blocks, one per set bit of n = past // block,
+    largest first: past 13 blocks -> lengths 8B, 4B, 1B. The tail past - n * B is not covered."""
+    if block_tokens < 1:
+        raise ValueError(f"past_block_tokens must be >= 1, got {block_tokens}")
+    full_blocks = past_tokens // block_tokens
+    spans, start = [], 0
+    for bit in range(full_blocks.bit_length() - 1, -1, -1):
+        if full_blocks >> bit & 1:
+            length = block_tokens << bit
+            spans.append((start, start + length))
+            start += length
+    return spans
+
+
+def split_parts(past_tokens: int, chunk_tokens: int, *, block_tokens: int, past_backend: str,
+                chunk_backend: str) -> list[AttentionPart]:
+    """The parts attend_chunk_split computes for a chunk [s, s + c), in order (see the module docstring)."""
+    if past_backend not in PAST_BACKENDS or chunk_backend not in CHUNK_BACKENDS:
+        raise ValueError(f"past_backend must be one of {PAST_BACKENDS} and chunk_backend one of "
+                         f"{CHUNK_BACKENDS}; got {past_backend!r}, {chunk_backend!r}")
+    spans = past_block_spans(past_tokens, block_tokens)
+    parts = [AttentionPart(past_backend, start, end, False) for start, end in spans]
+    full_end = spans[-1][1] if spans else 0
+    chunk_end = past_tokens + chunk_tokens
+    if chunk_backend != "cudnn":
+        parts.append(AttentionPart(chunk_backend, full_end, chunk_end, True))  # tail + chunk, lower-right
+        return parts
+    if full_end < past_tokens:  # the tail, non-causal, on a kernel that builds no graph per shape
+        tail_backend = "math" if past_backend == "math" else "flash"
+        parts.append(AttentionPart(tail_backend, full_end, past_tokens, False))
+    parts.append(AttentionPart("cudnn", past_tokens, chunk_end, True))  # square causal: alignment moot
+    return parts
+
+
+def cudnn_key_lengths(context_tokens: int, chunk_tokens: int, block_tokens: int) -> set[int]:
+    """Distinct cuDNN key lengths of the past parts over a prefill of context_tokens in chunks of
+    chunk_tokens (pasts 0, c, 2c, ...): at most floor(log2(s_max / B)) + 1. The number of graph builds is
+    this times the distinct (query rows, G) pairs (the last, shorter chunk adds a second row count)."""
+    lengths = set()
+    for past in range(0, context_tokens, chunk_tokens):
+        lengths.update(end - start for start, end in past_block_spans(past, block_tokens))
+    return lengths
+
+
+def cudnn_shapes_seen() -> frozenset:
+    """Distinct cuDNN call signatures (q shape, k shape, k strides, causal, dtype) made by this process:
+    each one cost a graph build the first time."""
+    return frozenset(_cudnn_shapes_seen)
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_available(device_index: int | None = None) -> bool:
+    """True where PyTorch's cuDNN attention op exists and runs here: a CUDA device of compute capability
+    8.0+ (cuDNN's fused attention needs Ampere or newer), cuDNN present, and a tiny bf16 call succeeds
+    (one graph build, once per process). Never raises."""
+    try:
+        if not torch.cuda.is_available() or not torch.backends.cudnn.is_available():
+            return False
+        if not hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention"):
+            return False
+        device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            return False
+        q = torch.randn(1, 1, 128, 64, device=device, dtype=torch.bfloat16)
+        out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, q, q, None, True, 0.0, False, False)
+        return bool(torch.isfinite(out[0]).all())
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"; the caller falls back to flash
+        return False
+
+
+def partial_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                  causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN partial attention (aten._scaled_dot_product_cudnn_attention, log-sum-exp on). CUDA, fp16/bf16.
+
+    q [1, Hq, c, d]; k, v [1, G, n, d] (may be slices of a larger buffer: last dim contiguous).
+    causal=False: query heads packed into rows per KV head, [1, G, r*c, d] against [1, G, n, d].
+    causal=True: only for n == c (square, where top-left and lower-right masks agree); GQA passed as is.
+    returns (out [1, Hq, c, d] q.dtype, lse [1, Hq, c] float32); cuDNN's lse is [B, H, L, 1] on torch 2.11
+    and [B, H, L] elsewhere: both are handled.
+    """
+    query_heads, chunk_tokens = q.shape[1], q.shape[2]
+    if causal and k.shape[2] != chunk_tokens:
+        raise ValueError(f"cuDNN causal part must be square; got {chunk_tokens} queries, {k.shape[2]} keys")
+    query = q if causal else pack_query_rows(q, k.shape[1])
+    _cudnn_shapes_seen.add((tuple(query.shape), tuple(k.shape), k.stride(), causal, q.dtype))
+    result = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        query, k, v, None, True, 0.0, causal, False, scale=scale)
+    out, lse = result[0], result[1]
+    if causal:
+        return out, lse.reshape(1, query_heads, chunk_tokens)
+    return unpack_query_rows(out, query_heads), unpack_query_rows(lse, query_heads)
+
+
+def partial_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                  causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's flash kernel (aten._scaled_dot_product_flash_attention). CUDA, fp16/bf16, GQA native.
+
+    q [1, Hq, c, d]; k, v [1, G, n, d]; causal=True is lower-right aligned (FA2's convention, which
+    torch.nn.attention.bias.causal_lower_right relies on): query i sees keys [0, n - c + i]; needs n >= c.
+    returns (out [1, Hq, c, d] q.dtype, lse [1, Hq, c] float32)
+    """
+    result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    return result[0], result[1].reshape(1, q.shape[1], q.shape[2])
+
+
+_PARTIAL_BY_BACKEND = {"cudnn": partial_cudnn, "flash": partial_flash, "math": partial_math}
+
+
+def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                       past_block_tokens: int | None = None, past_backend: str = "cudnn",
+                       chunk_backend: str = "flash") -> torch.Tensor:
+    """Attention of the chunk's queries against [past, chunk], split into parts merged by log-sum-exp.
+
+    q [1, Hq_g, c, d]; k, v [1, G, s + c, d] (past then chunk); returns [1, Hq_g, c, d] in q.dtype.
+    past_block_tokens: B of the binary block cut (default DEFAULT_PAST_BLOCK_TOKENS; a multiple of 128
+        keeps cuDNN's key lengths aligned). past_backend: "cudnn" (GPU), "flash" or "math" (any device;
+        the CPU path). chunk_backend: "flash", "cudnn" (square causal on cuDNN) or "math".
+    Exact: the same softmax as one lower-right causal attention, reordered; float32 accumulation.
+    """
+    _check_inputs(q, k, v, past_backend, chunk_backend)
+    block_tokens = past_block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    chunk_tokens = q.shape[2]
+    past_tokens = k.shape[2] - chunk_tokens
+    parts = split_parts(past_tokens, chunk_tokens, block_tokens=block_tokens, past_backend=past_backend,
+                        chunk_backend=chunk_backend)
+    merged = LseAccumulator()
+    for part in parts:
+        part_k = k[:, :, part.key_start:part.key_end]
+        part_v = v[:, :, part.key_start:part.key_end]
+        out, lse = _PARTIAL_BY_BACKEND[part.backend](q, part_k, part_v, scale=scale, causal=part.causal)
+        if len(parts) == 1:  # no past block and no cut: the single part is the whole answer
+            return out
+        merged.add(out, lse)
+    return merged.result()[0].to(q.dtype)
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_backend: str,
+                  chunk_backend: str) -> None:
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[0] != 1:
+        raise ValueError(f"attend_chunk_split expects q [1, Hq, c, d], k = v [1, G, S, d]; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} are not a multiple of KV heads {k.shape[1]}")
+    if q.shape[2] < 1 or k.shape[2] < q.shape[2]:
+        raise ValueError(f"keys ({k.shape[2]}) must include the chunk's own {q.shape[2]} (>= 1) tokens")
+    gpu_kernels = {past_backend, chunk_backend} - {"math"}
+    if gpu_kernels and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+        raise ValueError(f"backends {sorted(gpu_kernels)} need fp16/bf16 tensors on CUDA (got {q.dtype} on "
+                         f"{q.device}); use past_backend='math', chunk_backend='math'")

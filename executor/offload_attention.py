@@ -1,0 +1,241 @@
+"""The head-offloaded attention: an attention function registered with transformers' AttentionInterface.
+
+For each decoder layer of each chunk [s, s + c) (decode: c = 1), called by the unmodified model code with
+q [1, H_q, c, d] and the chunk's k, v [1, H_kv, c, d] (after RoPE; OffloadCache.update passes them through):
+  1. k, v made contiguous [H_kv, c, d]; the offloaded heads' rows go to the host store at [s, s + c) on the
+     d2h stream (one copy per head per K/V; the tensors stay alive through record_stream);
+  2. resident heads [0, r_l): chunk written into the resident store, attention over [0, s + c);
+  3. each offloaded group g (slot g % 2 in fetch order): its past [0, s) was prefetched into the slot on the
+     h2d stream (after the slot's previous reader released it and after the layer's last write-back); the
+     compute stream waits for the fetch, writes the chunk at [s, s + c), attends, releases the slot; before
+     attending it queues the prefetch of the next group in order - the next layer's first group after a
+     layer's last, and the next forward's first when the runner says one follows - so copies overlap
+     attention, o_proj and the MLP.
+  4. returns the output [1, c, H_q, d] assembled over all query heads.
+No host synchronisation anywhere here. Leaves out: masks (it owns causality), dropout, sliding windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import AttentionInterface
+
+from executor.attention_kernels import attend_chunk, attention_flops
+from executor.kv_store import EventRecorder, GpuKVStore, HostKVStore, KVLayout, StreamSet
+
+ATTENTION_NAME = "headplan_offload"
+
+
+@dataclass
+class PhaseCounters:
+    """Work done in one phase (prefill or decode), counted on the host as the work is queued."""
+
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    attention_flops: float = 0.0
+    group_fetches: int = 0
+
+
+@dataclass
+class Position:
+    """Where the loop is (for fault messages): phase, chunk index and layer."""
+
+    phase: str = "setup"
+    chunk: Optional[int] = None
+    layer: Optional[int] = None
+
+    def describe(self) -> str:
+        parts = [f"phase {self.phase}"]
+        if self.chunk is not None:
+            parts.append(f"{'token' if self.phase == 'decode' else 'chunk'} {self.chunk}")
+        if self.layer is not None:
+            parts.append(f"layer {self.layer}")
+        return ", ".join(parts)
+
+
+@dataclass
+class OffloadEngine:
+    """Owns the stores and streams of one run and performs the per-layer, per-group attention loop."""
+
+    layout: KVLayout
+    host: HostKVStore
+    gpu: GpuKVStore
+    streams: StreamSet
+    backend: str
+    decode_backend: str = "flash"
+    recorder: Optional[EventRecorder] = None
+    trace: bool = False
+    more_forwards: bool = False
+    """set by the runner: another forward follows this one (its first group may be prefetched)"""
+    next_phase: str = "prefill"
+    """phase of that next forward (the prefetch's bytes are counted there)"""
+    position: Position = field(default_factory=Position)
+    counters: dict = field(default_factory=dict)
+    _pending: dict = field(default_factory=dict)
+    _fetch_count: int = 0
+
+    def _count(self) -> PhaseCounters:
+        return self.counters.setdefault(self.position.phase, PhaseCounters())
+
+    # ---- the layer ------------------------------------------------------------------------------------------
+    def attend_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+                     past_tokens: int, scale: float) -> torch.Tensor:
+        """q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> attention output [1, c, H_q, d] over [0, s + c)."""
+        self.position.layer = layer
+        chunk_tokens, head_dim = query.shape[2], query.shape[3]
+        self._mark("attn_start", layer=layer)
+        key_chunk, value_chunk = key[0].contiguous(), value[0].contiguous()
+        self._write_back(layer, past_tokens, key_chunk, value_chunk)
+        out = torch.empty((1, chunk_tokens, self.layout.query_heads, head_dim), dtype=query.dtype,
+                          device=query.device)
+        out_heads = out.transpose(1, 2)  # [1, H_q, c, d] view
+        backend = self.decode_backend if chunk_tokens == 1 else self.backend
+        self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend)
+        for group_idx in range(len(self.layout.groups_per_layer[layer])):
+            self._attend_group(layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
+                               backend)
+        self._count().attention_flops += attention_flops(self.layout.query_heads, head_dim, chunk_tokens,
+                                                         past_tokens)
+        self._mark("attn_end", layer=layer)
+        return out
+
+    def _attend_resident(self, layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend):
+        resident = self.layout.resident_per_layer[layer]
+        if not resident:
+            return
+        chunk_tokens = key_chunk.shape[1]
+        end = past_tokens + chunk_tokens
+        keys, values = self.gpu.resident_keys[layer], self.gpu.resident_values[layer]
+        keys[:, past_tokens:end].copy_(key_chunk[:resident])
+        values[:, past_tokens:end].copy_(value_chunk[:resident])
+        query_rows = resident * self._ratio
+        out_heads[:, :query_rows] = attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end],
+                                                 scale=scale, backend=backend)
+
+    def _attend_group(self, layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
+                      backend):
+        streams, heads = self.streams, self.layout.groups_per_layer[layer][group_idx]
+        slot = self._take_fetch(layer, group_idx, past_tokens)
+        self._prefetch_after(layer, group_idx, past_tokens, key_chunk.shape[1])
+        if self.trace:
+            self._mark("group_start", layer=layer, group=group_idx)
+        streams.wait(streams.compute, streams.slot_fetched[slot])
+        first, count, end = heads.start, len(heads), past_tokens + key_chunk.shape[1]
+        keys, values = self.gpu.slot_keys[slot][:count], self.gpu.slot_values[slot][:count]
+        keys[:, past_tokens:end].copy_(key_chunk[first: first + count])
+        values[:, past_tokens:end].copy_(value_chunk[first: first + count])
+        rows = slice(first * self._ratio, (first + count) * self._ratio)
+        out_heads[:, rows] = attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
+                                          backend=backend)
+        streams.record(streams.slot_released[slot], streams.compute)
+        if self.trace:
+            self._mark("group_end", layer=layer, group=group_idx)
+
+    @property
+    def _ratio(self) -> int:
+        return self.layout.query_heads // self.layout.kv_heads
+
+    # ---- transfers ------------------------------------------------------------------------------------------
+    def _write_back(self, layer: int, past_tokens: int, key_chunk: torch.Tensor, value_chunk: torch.Tensor):
+        """The chunk's offloaded heads [H_kv - r_l, c, d] -> host store rows at [s, s + c), on the d2h stream."""
+        resident, streams = self.layout.resident_per_layer[layer], self.streams
+        offloaded = self.layout.kv_heads - resident
+        if not offloaded:
+            return
+        end = past_tokens + key_chunk.shape[1]
+        streams.record(streams.chunk_ready, streams.compute)
+        with streams.on(streams.d2h):
+            streams.wait(streams.d2h, streams.chunk_ready)
+            if self.trace:
+                self._mark("d2h_start", lane="d2h", layer=layer)
+            host_keys, host_values = self.host.keys[layer], self.host.values[layer]
+            for row in range(offloaded):
+                host_keys[row, past_tokens:end].copy_(key_chunk[resident + row], non_blocking=True)
+                host_values[row, past_tokens:end].copy_(value_chunk[resident + row], non_blocking=True)
+            if self.trace:
+                self._mark("d2h_end", lane="d2h", layer=layer)
+            streams.record(streams.written_back[layer], streams.d2h)
+        if streams.cuda:  # the chunk's k, v must outlive the copies reading them
+            key_chunk.record_stream(streams.d2h)
+            value_chunk.record_stream(streams.d2h)
+        self._count().d2h_bytes += 2 * offloaded * key_chunk[0].numel() * key_chunk.element_size()
+
+    def _fetch(self, layer: int, group_idx: int, past_tokens: int) -> None:
+        """Queue group (layer, group_idx)'s past K, V [0, s) host -> next ping-pong slot, on the h2d stream."""
+        slot, streams = self._fetch_count % 2, self.streams
+        self._fetch_count += 1
+        heads, resident = self.layout.groups_per_layer[layer][group_idx], self.layout.resident_per_layer[layer]
+        with streams.on(streams.h2d):
+            streams.wait(streams.h2d, streams.slot_released[slot])  # write-after-read on the slot
+            streams.wait(streams.h2d, streams.written_back[layer])  # the host rows [0, s) are complete
+            if past_tokens:
+                if self.trace:
+                    self._mark("h2d_start", lane="h2d", layer=layer, group=group_idx)
+                slot_keys, slot_values = self.gpu.slot_keys[slot], self.gpu.slot_values[slot]
+                host_keys, host_values = self.host.keys[layer], self.host.values[layer]
+                for index, head in enumerate(heads):
+                    slot_keys[index, :past_tokens].copy_(host_keys[head - resident, :past_tokens], non_blocking=True)
+                    slot_values[index, :past_tokens].copy_(host_values[head - resident, :past_tokens],
+                                                           non_blocking=True)
+                if self.trace:
+                    self._mark("h2d_end", lane="h2d", layer=layer, group=group_idx)
+            streams.record(streams.slot_fetched[slot], streams.h2d)
+        self._pending[(layer, group_idx)] = (slot, past_tokens)
+        counters = self._count()
+        counters.h2d_bytes += 2 * len(heads) * past_tokens * self.layout.head_dim * self.host.keys[layer].element_size()
+        counters.group_fetches += 1
+
+    def _take_fetch(self, layer: int, group_idx: int, past_tokens: int) -> int:
+        """The slot holding group (layer, group_idx)'s past; fetched now if no matching prefetch is queued."""
+        pending = self._pending.pop((layer, group_idx), None)
+        if pending is None or pending[1] != past_tokens:
+            self._fetch(layer, group_idx, past_tokens)
+            pending = self._pending.pop((layer, group_idx))
+        return pending[0]
+
+    def _prefetch_after(self, layer: int, group_idx: int, past_tokens: int, chunk_tokens: int) -> None:
+        """Queue the fetch of the group after (layer, group_idx) in loop order, if there is one."""
+        groups = self.layout.groups_per_layer
+        if group_idx + 1 < len(groups[layer]):
+            return self._fetch(layer, group_idx + 1, past_tokens)
+        for next_layer in range(layer + 1, self.layout.num_layers):
+            if groups[next_layer]:
+                return self._fetch(next_layer, 0, past_tokens)
+        if self.more_forwards:
+            first = next((index for index, layer_groups in enumerate(groups) if layer_groups), None)
+            if first is not None:
+                phase, self.position.phase = self.position.phase, self.next_phase
+                try:
+                    self._fetch(first, 0, past_tokens + chunk_tokens)
+                finally:
+                    self.position.phase = phase
+
+    def _mark(self, name: str, lane: str = "compute", **meta) -> None:
+        if self.recorder is not None:
+            self.recorder.mark(name, lane=lane, phase=self.position.phase, chunk=self.position.chunk, **meta)
+
+
+def headplan_offload_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
+                               dropout: float = 0.0, headplan_cache=None, **kwargs):
+    """AttentionInterface entry: q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> ([1, c, H_q, d], None).
+
+    Needs ``headplan_cache=`` (an OffloadCache with its engine) passed to ``model(...)``; the mask is ignored
+    (None for a registered implementation: the engine owns causality).
+    """
+    if headplan_cache is None or getattr(headplan_cache, "engine", None) is None:
+        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside executor.api.run_plan "
+                           "(model(..., headplan_cache=cache) with an OffloadCache)")
+    if query.shape[0] != 1:
+        raise ValueError(f"head-offloaded attention runs batch 1, got batch {query.shape[0]}")
+    layer = module.layer_idx
+    scale = scaling if scaling is not None else module.scaling
+    output = headplan_cache.engine.attend_layer(layer, query, key, value,
+                                                past_tokens=headplan_cache.past_tokens(layer), scale=scale)
+    return output, None
+
+
+AttentionInterface.register(ATTENTION_NAME, headplan_offload_attention)

@@ -1,0 +1,67 @@
+"""OffloadCache: the transformers Cache that the head-offloaded attention works with.
+
+transformers 5.x calls ``Cache.update(k, v, layer_idx)`` with the chunk's k, v [1, H_kv, c, d] (after RoPE)
+before the attention function, and reads ``get_seq_length()`` at the start of each forward to build the
+position ids. This cache stores nothing itself: each layer counts its tokens (so position ids continue from
+the tokens already cached) and hands the chunk's k, v through unchanged; the registered attention function
+(offload_attention.py) writes them into the resident store, the ping-pong slots and the host store.
+Leaves out: cropping, beam reordering, batch > 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class OffloadLayer(CacheLayerMixin):
+    """Token count of one layer; ``past_tokens`` is s for the chunk being processed: keys [0, s) are cached."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, capacity_tokens: int):
+        super().__init__()
+        self.capacity_tokens = capacity_tokens
+        self.tokens = 0
+        self.past_tokens = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Count the chunk's c tokens; return its k, v [1, H_kv, c, d] unchanged for the attention function."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        chunk_tokens = key_states.shape[-2]
+        if self.tokens + chunk_tokens > self.capacity_tokens:
+            raise ValueError(f"KV store capacity {self.capacity_tokens} tokens exceeded: "
+                             f"{self.tokens} cached + {chunk_tokens} new")
+        self.past_tokens = self.tokens
+        self.tokens += chunk_tokens
+        return key_states, value_states
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.tokens + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.tokens
+
+    def get_max_length(self) -> int:
+        return self.capacity_tokens
+
+    def reset(self) -> None:
+        self.tokens = self.past_tokens = 0
+
+
+class OffloadCache(Cache):
+    """One OffloadLayer per decoder layer, plus the engine that owns the KV stores (``engine``)."""
+
+    def __init__(self, num_layers: int, capacity_tokens: int, engine=None):
+        super().__init__(layers=[OffloadLayer(capacity_tokens) for _ in range(num_layers)])
+        self.engine = engine
+
+    def past_tokens(self, layer_idx: int) -> int:
+        """s for the chunk now in layer ``layer_idx``: tokens cached before it."""
+        return self.layers[layer_idx].past_tokens

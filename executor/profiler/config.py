@@ -1,0 +1,182 @@
+"""What the profiler measures in each mode: the shape and size grids, repeats and time caps.
+
+Three presets per device kind: ``full`` (the committed profile, < 5 min on an H100), ``quick`` (< 1 min on
+an H100), ``tiny`` (CI: seconds on a 2-core CPU, any device). On a machine without a GPU the ``quick`` and
+``full`` presets shrink to CPU-sized grids (a CPU runs ~1e11 FLOP/s, not ~1e15).
+
+Shapes follow the executor (DESIGN.md §2): Llama-3-8B linear layers (hidden 4096, intermediate 14336) for
+chunk sizes 1..32K tokens, and Llama-3.2-1B's (2048, 8192) in full mode; attention with GQA ratio 4 (Llama-3:
+4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64.
+Leaves out: the measuring itself (the section modules) and assembling the profile (assemble.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.units import GIB, KIB, MIB
+
+K = 1024  # tokens
+GQA_RATIO = 4  # query heads per KV head (Llama-3 8B and 3.2-1B)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The grids of one profiling mode. Token counts in tokens, sizes in bytes."""
+
+    mode: str  # "full" | "quick" | "tiny" (recorded in the profile; "cpu-only" is set by the runner)
+    warmup: int
+    repeats: int
+    # matmul: (hidden, intermediate) model shapes x chunk sizes (m); plus one square reference shape
+    matmul_models: tuple[tuple[int, int], ...]
+    matmul_chunks: tuple[int, ...]
+    matmul_square: int
+    # attention
+    head_dims: tuple[int, ...]
+    kv_heads_per_call: tuple[int, ...]
+    q_lens: tuple[int, ...]
+    k_lens: tuple[int, ...]
+    attention_max_flop_per_call: float  # skip larger calls: bounds the mode's run time
+    attention_budget_s: float  # stop the attention sweep (noting it) past this many seconds
+    cudnn_graph_builds: int  # how many new shapes to time for the cuDNN first-call cost
+    # copies
+    hbm_copy_bytes: int
+    transfer_sizes: tuple[int, ...]
+    bidir_sizes: tuple[int, ...]
+    contention_sizes: tuple[int, ...]
+    pin_sizes: tuple[int, ...]
+    host_copy_bytes: int
+    launch_batch: int = 200  # launches per timed batch for the per-launch overhead
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _geometric(start: int, stop: int, factor: int) -> tuple[int, ...]:
+    values = []
+    value = start
+    while value <= stop:
+        values.append(value)
+        value *= factor
+    return tuple(values)
+
+
+GPU_FULL = Preset(
+    mode="full",
+    warmup=3,
+    repeats=10,
+    matmul_models=((4096, 14336), (2048, 8192)),
+    matmul_chunks=(1, 16, 64, 256, 1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K),
+    matmul_square=8192,
+    head_dims=(128, 64),
+    kv_heads_per_call=(1, 2, 4, 8),
+    q_lens=(1, 1 * K, 4 * K, 10 * K, 32 * K),
+    k_lens=(4 * K, 16 * K, 64 * K, 128 * K, 512 * K, 1024 * K, 4096 * K),
+    attention_max_flop_per_call=2.5e13,  # ~70 ms at 350 TFLOP/s
+    attention_budget_s=170.0,
+    cudnn_graph_builds=3,
+    hbm_copy_bytes=2 * GIB,
+    transfer_sizes=_geometric(64 * KIB, 1 * GIB, 4),
+    bidir_sizes=(16 * MIB, 256 * MIB, 1 * GIB),
+    contention_sizes=(16 * MIB, 256 * MIB),
+    pin_sizes=(1 * GIB, 4 * GIB),
+    host_copy_bytes=1 * GIB,
+)
+
+GPU_QUICK = Preset(
+    mode="quick",
+    warmup=2,
+    repeats=5,
+    matmul_models=((4096, 14336),),
+    matmul_chunks=(1, 256, 1 * K, 4 * K, 16 * K),
+    matmul_square=8192,
+    head_dims=(128, 64),
+    kv_heads_per_call=(1, 2, 4, 8),
+    q_lens=(1, 1 * K, 4 * K, 10 * K),
+    k_lens=(4 * K, 64 * K, 512 * K, 1024 * K),
+    attention_max_flop_per_call=1e13,  # ~30 ms at 350 TFLOP/s
+    attention_budget_s=25.0,
+    cudnn_graph_builds=1,
+    hbm_copy_bytes=1 * GIB,
+    transfer_sizes=(64 * KIB, 1 * MIB, 16 * MIB, 256 * MIB),
+    bidir_sizes=(256 * MIB,),
+    contention_sizes=(256 * MIB,),
+    pin_sizes=(1 * GIB,),
+    host_copy_bytes=512 * MIB,
+)
+
+CPU_FULL = Preset(
+    mode="full",
+    warmup=2,
+    repeats=5,
+    matmul_models=((2048, 8192),),
+    matmul_chunks=(1, 16, 128, 512),
+    matmul_square=1024,
+    head_dims=(128, 64),
+    kv_heads_per_call=(1, 8),
+    q_lens=(1, 256),
+    k_lens=(1 * K, 4 * K, 16 * K),
+    attention_max_flop_per_call=2e10,
+    attention_budget_s=60.0,
+    cudnn_graph_builds=0,
+    hbm_copy_bytes=256 * MIB,
+    transfer_sizes=(64 * KIB, 1 * MIB, 16 * MIB, 128 * MIB),
+    bidir_sizes=(),
+    contention_sizes=(),
+    pin_sizes=(256 * MIB,),
+    host_copy_bytes=256 * MIB,
+)
+
+CPU_QUICK = Preset(
+    mode="quick",
+    warmup=1,
+    repeats=3,
+    matmul_models=((2048, 8192),),
+    matmul_chunks=(1, 128),
+    matmul_square=512,
+    head_dims=(128,),
+    kv_heads_per_call=(1,),
+    q_lens=(1, 256),
+    k_lens=(1 * K, 4 * K),
+    attention_max_flop_per_call=5e9,
+    attention_budget_s=15.0,
+    cudnn_graph_builds=0,
+    hbm_copy_bytes=64 * MIB,
+    transfer_sizes=(64 * KIB, 16 * MIB),
+    bidir_sizes=(),
+    contention_sizes=(),
+    pin_sizes=(64 * MIB,),
+    host_copy_bytes=64 * MIB,
+)
+
+TINY = Preset(
+    mode="tiny",
+    warmup=1,
+    repeats=3,
+    matmul_models=((64, 224),),
+    matmul_chunks=(1, 16, 64),
+    matmul_square=64,
+    head_dims=(64,),
+    kv_heads_per_call=(1, 2),
+    q_lens=(1, 16),
+    k_lens=(64, 256),
+    attention_max_flop_per_call=1e9,
+    attention_budget_s=10.0,
+    cudnn_graph_builds=1,
+    hbm_copy_bytes=4 * MIB,
+    transfer_sizes=(64 * KIB, 1 * MIB),
+    bidir_sizes=(1 * MIB,),
+    contention_sizes=(1 * MIB,),
+    pin_sizes=(8 * MIB,),
+    host_copy_bytes=4 * MIB,
+    launch_batch=20,
+)
+
+
+def choose_preset(*, quick: bool, sizes: str, on_gpu: bool) -> Preset:
+    """The preset for ``--quick`` / ``--sizes {tiny,default}`` on a GPU or CPU-only machine."""
+    if sizes == "tiny":
+        return TINY
+    if sizes != "default":
+        raise ValueError(f"unknown size preset {sizes!r} (use 'tiny' or 'default')")
+    if on_gpu:
+        return GPU_QUICK if quick else GPU_FULL
+    return CPU_QUICK if quick else CPU_FULL

@@ -1,0 +1,190 @@
+"""RunReport: what ``headplan run`` measured beside what the plan predicted; report.json and report.md.
+
+report.json (schema_version 1) holds at least: ``predicted`` and ``measured`` blocks, each with ``prefill_s``,
+``decode_s_per_token``, ``gpu_peak_bytes`` and ``chunk_s`` (a list); ``error`` with the relative error
+(measured / predicted - 1) of each; ``generated_token_ids``; plus time to first token, bytes moved each way,
+achieved PCIe bandwidth, attention TFLOP/s, the attention share of prefill, the memory peaks, the settings
+run, and ``status`` ('complete', 'gpu_out_of_memory', 'interrupted') with the fault message for partial runs.
+Leaves out: plots (plots.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.units import GIB
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TimesAndPeak(_Block):
+    """Predicted or measured headline figures (seconds, bytes)."""
+
+    prefill_s: Optional[float] = None
+    decode_s_per_token: Optional[float] = None
+    gpu_peak_bytes: Optional[int] = None
+    chunk_s: list[float] = Field(default_factory=list)
+    time_to_first_token_s: Optional[float] = None
+    gpu_breakdown: dict[str, int] = Field(default_factory=dict, description="bytes by term")
+    host_kv_bytes: Optional[int] = None
+
+
+class RelativeErrors(_Block):
+    """measured / predicted - 1 (positive: slower or bigger than predicted); None where either is missing."""
+
+    prefill_s: Optional[float] = None
+    decode_s_per_token: Optional[float] = None
+    gpu_peak_bytes: Optional[float] = None
+    chunk_s: list[Optional[float]] = Field(default_factory=list)
+
+
+class Transfers(_Block):
+    """Bytes moved in one phase and the rates achieved (over the phase's wall time)."""
+
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    h2d_bytes_per_s: Optional[float] = None
+    d2h_bytes_per_s: Optional[float] = None
+    group_fetches: int = 0
+
+
+class AttentionFigures(_Block):
+    flops: float = 0.0
+    seconds: float = 0.0
+    """time on the compute stream inside the attention function (includes waits for prefetches)"""
+    flops_per_s: Optional[float] = None
+    share_of_phase: Optional[float] = None
+
+
+class MemoryFigures(_Block):
+    gpu_peak_allocated_bytes: Optional[int] = None
+    gpu_peak_reserved_bytes: Optional[int] = None
+    gpu_process_used_bytes: Optional[int] = Field(None, description="as the driver reports it (NVML or "
+                                                  "total - free)")
+    gpu_budget_bytes: Optional[int] = None
+    gpu_memory_fraction: Optional[float] = None
+    host_store_bytes: int = 0
+    host_pin_s: float = 0.0
+    gpu_store_bytes: dict[str, int] = Field(default_factory=dict)
+
+
+class RunReport(_Block):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    status: str = "complete"
+    fault: Optional[str] = None
+    model: str
+    device: str
+    dtype: str
+    context_tokens: int
+    new_tokens: int
+    settings: dict[str, Any]
+    predicted: TimesAndPeak
+    measured: TimesAndPeak
+    error: RelativeErrors
+    generated_token_ids: list[int] = Field(default_factory=list)
+    transfers: dict[str, Transfers] = Field(default_factory=dict)
+    attention: dict[str, AttentionFigures] = Field(default_factory=dict)
+    memory: MemoryFigures = Field(default_factory=MemoryFigures)
+    verify: Optional[dict[str, Any]] = None
+    warnings: list[str] = Field(default_factory=list)
+    plan_hardware: Optional[str] = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+def relative_error(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:
+    """measured / predicted - 1, or None when either is missing or predicted is 0."""
+    if measured is None or predicted is None or predicted == 0:
+        return None
+    return measured / predicted - 1.0
+
+
+def errors_of(predicted: TimesAndPeak, measured: TimesAndPeak) -> RelativeErrors:
+    pairs = zip(measured.chunk_s, predicted.chunk_s)
+    return RelativeErrors(prefill_s=relative_error(measured.prefill_s, predicted.prefill_s),
+                          decode_s_per_token=relative_error(measured.decode_s_per_token, predicted.decode_s_per_token),
+                          gpu_peak_bytes=relative_error(measured.gpu_peak_bytes, predicted.gpu_peak_bytes),
+                          chunk_s=[relative_error(m, p) for m, p in pairs])
+
+
+def write_report(report: RunReport, out_dir: Path) -> Path:
+    """Write report.json and report.md into ``out_dir`` (created); return the JSON path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report.model_dump(mode="json"), indent=1) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report))
+    return path
+
+
+def read_report(path: Path) -> RunReport:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"report not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read report {path}: {exc}") from None
+    if data.get("schema_version") != REPORT_SCHEMA_VERSION:
+        raise ValueError(f"report {path} has schema_version {data.get('schema_version')!r}, "
+                         f"this headplan reads {REPORT_SCHEMA_VERSION}")
+    return RunReport.model_validate(data)
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def render_markdown(report: RunReport) -> str:
+    """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
+    p, m, e = report.predicted, report.measured, report.error
+    lines = [f"# headplan run: {report.model}, {report.context_tokens} tokens, {report.new_tokens} new", ""]
+    if report.status != "complete":
+        lines += [f"**Partial run ({report.status}):** {report.fault}", ""]
+    lines += [f"Device {report.device}, dtype {report.dtype}, settings: "
+              + ", ".join(f"{k}={v}" for k, v in report.settings.items()), ""]
+    lines += [f"- warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
+    lines += ["| | predicted | measured | error |", "|---|---|---|---|",
+              f"| prefill | {_seconds(p.prefill_s)} | {_seconds(m.prefill_s)} | {_pct(e.prefill_s)} |",
+              f"| time to first token | {_seconds(p.time_to_first_token_s)} | {_seconds(m.time_to_first_token_s)} | |",
+              f"| decode per token | {_seconds(p.decode_s_per_token)} | {_seconds(m.decode_s_per_token)} | "
+              f"{_pct(e.decode_s_per_token)} |",
+              f"| GPU peak | {_gib(p.gpu_peak_bytes)} | {_gib(m.gpu_peak_bytes)} | {_pct(e.gpu_peak_bytes)} |", ""]
+    lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
+              "|---|---|---|---|---|---|"]
+    for phase, t in report.transfers.items():
+        a = report.attention.get(phase, AttentionFigures())
+        rate = "-" if t.h2d_bytes_per_s is None else f"{t.h2d_bytes_per_s / 1e9:.1f} GB/s"
+        tflops = "-" if a.flops_per_s is None else f"{a.flops_per_s / 1e12:.2f}"
+        share = "-" if a.share_of_phase is None else f"{a.share_of_phase * 100:.0f}%"
+        lines.append(f"| {phase} | {_gib(t.h2d_bytes)} | {_gib(t.d2h_bytes)} | {rate} | {tflops} | {share} |")
+    mem = report.memory
+    lines += ["", "Memory: peak allocated " + _gib(mem.gpu_peak_allocated_bytes) + ", peak reserved "
+              + _gib(mem.gpu_peak_reserved_bytes) + ", process (driver) " + _gib(mem.gpu_process_used_bytes)
+              + ", budget " + _gib(mem.gpu_budget_bytes) + f"; host store {_gib(mem.host_store_bytes)} pinned in "
+              f"{mem.host_pin_s:.2f} s.", ""]
+    if report.verify:
+        lines += ["Verify against the standard forward: " + ", ".join(f"{k}={v}" for k, v in report.verify.items()),
+                  ""]
+    lines += [f"Generated token ids: {report.generated_token_ids}", ""]
+    lines += ["![time per chunk](chunk_time.png)", "", "![memory](memory.png)", ""]
+    return "\n".join(lines)

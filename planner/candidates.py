@@ -1,0 +1,181 @@
+"""Candidates of the solver: one point (strategy, c, G, R) with its memory, and its time once timed.
+
+``make_setup`` validates the workload and budgets once; ``enumerate_candidates`` lists, per strategy, the
+points the fixed knobs allow (memory only: cheap); ``time_candidate`` adds the time with the faster attention
+backend the profile supports ("flash" always; "cudnn-split" where the attention table has cuDNN points and it
+predicts a faster prefill — flash stays the fallback).
+Leaves out: the choice among candidates (solver) and the formulas (memory_model, time_model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hwprofiles.schema import HardwareProfile
+from planner.errors import PlanError
+from planner.hw_lookup import RateLookup
+from planner.memory_model import dtype_bytes, max_resident_heads, min_resident_for_host, predict_memory
+from planner.model_spec import ModelSpec
+from planner.plan import MemoryPrediction
+from planner.strategies import Knobs, allowed, check_knobs, chunk_candidates, group_candidates
+from planner.time_model import TimePrediction, Workload, predict_prefill, predict_time
+from planner.units import format_bytes
+
+_LOOKUPS: dict[int, tuple[HardwareProfile, RateLookup]] = {}
+
+
+def rate_lookup(profile: HardwareProfile) -> RateLookup:
+    """One RateLookup per profile object (its caches survive across the plans of a sweep)."""
+    entry = _LOOKUPS.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        if len(_LOOKUPS) > 16:
+            _LOOKUPS.clear()
+        entry = (profile, RateLookup(profile))
+        _LOOKUPS[id(profile)] = entry
+    return entry[1]
+
+
+@dataclass
+class Setup:
+    model: ModelSpec
+    profile: HardwareProfile
+    lookup: RateLookup
+    context_tokens: int
+    decode_tokens: int
+    dtype: str
+    elem_bytes: int
+    gpu_budget_bytes: int
+    host_budget_bytes: int
+    overhead_bytes: int
+    backends: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Tokens the KV stores are allocated for: context + decode tokens."""
+        return self.context_tokens + self.decode_tokens
+
+
+def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
+               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str) -> Setup:
+    """Validate the workload and budgets; None budgets default to the profile's card memory and host RAM."""
+    if context_tokens <= 0:
+        raise PlanError(f"context must be positive, got {context_tokens} tokens")
+    if decode_tokens < 0:
+        raise PlanError(f"decode tokens must be zero or more, got {decode_tokens}")
+    try:
+        elem_bytes = dtype_bytes(dtype)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    gpu_budget = profile.gpu_mem_bytes if gpu_mem_bytes is None else gpu_mem_bytes
+    host_budget = profile.host_mem_bytes if host_mem_bytes is None else host_mem_bytes
+    if gpu_budget <= 0 or host_budget < 0:
+        raise PlanError("GPU and host memory budgets must be positive")
+    notes = []
+    if gpu_budget > profile.gpu_mem_bytes:
+        notes.append(f"GPU budget {format_bytes(gpu_budget)} exceeds the {profile.gpu_name}'s "
+                     f"{format_bytes(profile.gpu_mem_bytes)}")
+    lookup = rate_lookup(profile)
+    backends = ("flash", "cudnn-split") if lookup.has_backend("cudnn") else ("flash",)
+    return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
+                 profile.runtime_overhead_bytes, backends, notes)
+
+
+@dataclass
+class Candidate:
+    strategy: str
+    chunk_size: int
+    heads_per_group: int
+    resident_kv_heads: int
+    memory: MemoryPrediction
+    time: Optional[TimePrediction] = None
+    backend: str = "flash"
+    pin_s: float = 0.0
+    total_s: float = float("inf")
+    other_backend_s: Optional[float] = None
+
+    @classmethod
+    def build(cls, setup: Setup, strategy: str, chunk: int, group: int, resident: int) -> "Candidate":
+        memory = predict_memory(
+            setup.model, runtime_overhead_bytes=setup.overhead_bytes, chunk_tokens=chunk, heads_per_group=group,
+            resident_kv_heads=resident, capacity_tokens=setup.capacity_tokens, elem_bytes=setup.elem_bytes,
+            gpu_budget_bytes=setup.gpu_budget_bytes, host_budget_bytes=setup.host_budget_bytes)
+        return cls(strategy, chunk, group, resident, memory)
+
+    @property
+    def gpu_over_bytes(self) -> int:
+        return self.memory.gpu_peak_bytes - self.memory.gpu_budget_bytes
+
+    @property
+    def host_over_bytes(self) -> int:
+        return self.memory.host_kv_bytes - self.memory.host_budget_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_over_bytes <= 0 and self.host_over_bytes <= 0
+
+
+def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None) -> Candidate:
+    """Fill in time, pinning and workload total, with the given backend or the fastest available one."""
+    backends = (backend,) if backend else setup.backends
+    prefills = []
+    for name in backends:
+        work = Workload(context_tokens=setup.context_tokens, decode_tokens=setup.decode_tokens,
+                        chunk_size=cand.chunk_size, heads_per_group=cand.heads_per_group,
+                        resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name)
+        prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
+    prefills.sort(key=lambda item: (item[0][0], item[1] != "flash"))     # faster prefill; flash on a tie
+    (best, name, work) = prefills[0]
+    cand.time = predict_time(setup.model, setup.profile, setup.lookup, work, prefill=best)
+    cand.backend = name
+    cand.other_backend_s = prefills[1][0][0] if len(prefills) > 1 else None
+    cand.pin_s = setup.lookup.pin_seconds(cand.memory.host_kv_bytes)
+    cand.total_s = cand.pin_s + cand.time.prefill_s + setup.decode_tokens * cand.time.decode_s_per_token
+    return cand
+
+
+def _resident_choices(setup: Setup, chunk: int, group: int, knobs: Knobs) -> list[int]:
+    """R values for head-offload at (c, G): the fixed one, or the most that fits the GPU and the multiple of L
+    below it; when nothing fits, the fewest that host RAM allows (reported as a miss)."""
+    model = setup.model
+    if knobs.resident_kv_heads is not None:
+        return [knobs.resident_kv_heads]
+    most = max_resident_heads(model, runtime_overhead_bytes=setup.overhead_bytes, chunk_tokens=chunk,
+                              heads_per_group=group, capacity_tokens=setup.capacity_tokens,
+                              elem_bytes=setup.elem_bytes, gpu_budget_bytes=setup.gpu_budget_bytes)
+    most = min(most, model.kv_head_slots - 1)
+    fewest = min_resident_for_host(model, capacity_tokens=setup.capacity_tokens, elem_bytes=setup.elem_bytes,
+                                   host_budget_bytes=setup.host_budget_bytes)
+    if most < fewest:
+        return [min(fewest, model.kv_head_slots - 1)]
+    layers = model.num_hidden_layers
+    whole = (most // layers) * layers
+    return sorted({most, whole} if whole >= fewest else {most})
+
+
+def enumerate_candidates(setup: Setup, knobs: Knobs) -> dict[str, list[Candidate]]:
+    """Every point the knobs allow, per strategy, with its memory (not yet timed)."""
+    model, context = setup.model, setup.context_tokens
+    check_knobs(model, context, knobs)
+    all_slots, kv_heads = model.kv_head_slots, model.num_key_value_heads
+    chunks = chunk_candidates(context, knobs)
+    resident_group = knobs.heads_per_group or kv_heads
+    out: dict[str, list[Candidate]] = {}
+    if allowed("standard", model, context, knobs):
+        out["standard"] = [Candidate.build(setup, "standard", context, resident_group, all_slots)]
+    if allowed("chunked", model, context, knobs):
+        out["chunked"] = [Candidate.build(setup, "chunked", c, resident_group, all_slots)
+                          for c in chunks if c < context]
+    if allowed("layer-offload", model, context, knobs):
+        out["layer-offload"] = [Candidate.build(setup, "layer-offload", c, kv_heads, 0) for c in chunks]
+    if allowed("head-offload", model, context, knobs):
+        heads = []
+        for c in chunks:
+            for g in group_candidates(model, knobs):
+                for r in _resident_choices(setup, c, g, knobs):
+                    if r >= all_slots or (r == 0 and g == kv_heads):
+                        continue
+                    heads.append(Candidate.build(setup, "head-offload", c, g, r))
+        out["head-offload"] = heads
+    return out

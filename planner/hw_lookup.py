@@ -1,0 +1,186 @@
+"""Rates from a hardware profile at the shapes and sizes a plan runs: the measured tables, interpolated, with
+the profile's scalars as the fallback.
+
+- Attention (FLOP/s) for one call of ``q_heads`` query heads, ``q_len`` queries, ``k_len`` keys, head dim
+  ``head_dim``, a backend ("flash", "cudnn") and a causal flag. The table's points are grouped into curves of
+  equal (backend, causal, head_dim, q_heads, q_len); along a curve the rate is interpolated linearly in
+  log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
+  distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). Below the fewest query rows
+  (q_heads * q_len) the table holds, the rate falls in proportion to the rows (the kernels run one 128-row
+  query tile per SM: too few tiles leave SMs idle); the scalar fallback does the same below
+  FULL_RATE_QUERY_ROWS (128 rows x ~128 SMs of the catalog's GPUs). Missing head_dim: the nearest
+  measured one; missing causal flag: the other flag. No points for the backend: ``None`` for "cudnn" (the
+  backend is treated as absent), the scalar ``attention_flops_per_s`` for "flash".
+- Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
+  scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
+- Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
+  points of that direction (host memory "registered" preferred — the executor's store — then "pinned";
+  concurrent_with "none"), clamped at the ends; the scalar without points.
+- Pinning: seconds to page-lock n bytes, from the table's rate at that size (method "cuda_host_register"
+  preferred, points with zero seconds ignored), else ``pin_bytes_per_s``.
+
+Leaves out: any measurement (executor/profiler) and any cost formula (planner/time_model.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import numpy as np
+
+from hwprofiles.schema import HardwareProfile
+
+_HOST_MEMORY_PREFERENCE = ("registered", "pinned")
+FULL_RATE_QUERY_ROWS = 128 * 128
+_K_GRID_LOG2 = np.arange(0.0, 40.0, 1.0 / 16)      # key lengths 1 .. 2^40, 16 points per doubling
+_PIN_METHOD_PREFERENCE = ("cuda_host_register", "cuda_host_alloc", "torch_pin_memory")
+
+
+class _Curves:
+    """1-D curves over log2(x), keyed by a 2-D shape (log2 a, log2 b), blended by inverse squared distance."""
+
+    def __init__(self) -> None:
+        self._points: dict[tuple[float, float], list[tuple[float, float]]] = defaultdict(list)
+        self._cache: dict[tuple[float, float], tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]] = {}
+
+    def add(self, shape_a: int, shape_b: int, x: int, value: float) -> None:
+        self._points[(np.log2(shape_a), np.log2(shape_b))].append((float(np.log2(x)), float(value)))
+
+    def __bool__(self) -> bool:
+        return bool(self._points)
+
+    def min_shape_product(self) -> float:
+        """Smallest shape_a * shape_b among the curves (e.g. the fewest query rows measured)."""
+        return min(2.0 ** (la + lb) for la, lb in self._points)
+
+    def _weights(self, shape_a: int, shape_b: int):
+        key = (float(np.log2(shape_a)), float(np.log2(shape_b)))
+        if key not in self._cache:
+            curves, distances = [], []
+            for (la, lb), pts in self._points.items():
+                by_x: dict[float, list[float]] = defaultdict(list)
+                for x, value in pts:
+                    by_x[x].append(value)           # repeated measurements of one shape: their mean
+                xs = sorted(by_x)
+                curves.append((np.array(xs), np.array([float(np.mean(by_x[x])) for x in xs])))
+                distances.append((la - key[0]) ** 2 + (lb - key[1]) ** 2)
+            dist = np.array(distances)
+            if np.any(dist < 1e-12):
+                weights = (dist < 1e-12).astype(float)
+            else:
+                weights = 1.0 / dist
+            self._cache[key] = (curves, weights / weights.sum())
+        return self._cache[key]
+
+    def value(self, shape_a: int, shape_b: int, x) -> np.ndarray:
+        """Blended rate at x (scalar or array), interpolated in log2(x) along each curve, clamped."""
+        curves, weights = self._weights(shape_a, shape_b)
+        log_x = np.log2(np.maximum(np.asarray(x, dtype=float), 1.0))
+        total = np.zeros_like(log_x)
+        for (xs, ys), weight in zip(curves, weights):
+            if weight:
+                total = total + weight * np.interp(log_x, xs, ys)
+        return total
+
+
+class RateLookup:
+    """Interpolated rates of one profile. Build once per plan (it caches per shape)."""
+
+    def __init__(self, profile: HardwareProfile) -> None:
+        self.profile = profile
+        self.memo: dict = {}     # caches of derived quantities (time_model keeps per-shape results here)
+        self._attention: dict[tuple[str, bool, int], _Curves] = defaultdict(_Curves)
+        for point in profile.attention_table:
+            if point.q_len < 64:  # decode-shaped points are HBM-bound; the time model uses bytes / HBM there
+                continue
+            backend = "cudnn" if point.backend == "cudnn" else ("flash" if point.backend in ("flash", "flash_attn")
+                                                                else point.backend)
+            self._attention[(backend, point.causal, point.head_dim)].add(
+                point.q_heads, point.q_len, point.k_len, point.flops_per_s)
+        self._attention_grid: dict[tuple, np.ndarray] = {}
+        self._matmul = _Curves()
+        for mm in profile.matmul_table:
+            self._matmul.add(mm.n, mm.k, mm.m, mm.flops_per_s)
+        self._transfer = {direction: self._transfer_curve(direction) for direction in ("h2d", "d2h")}
+
+    # ---- attention -----------------------------------------------------------------------------------------
+    def has_backend(self, backend: str) -> bool:
+        """Whether the attention table holds any prefill point of ``backend``."""
+        return any(key[0] == backend for key in self._attention)
+
+    def _attention_curves(self, backend: str, causal: bool, head_dim: int) -> Optional[_Curves]:
+        keys = [key for key in self._attention if key[0] == backend]
+        if not keys:
+            return None
+        dims = sorted({key[2] for key in keys}, key=lambda dim: (abs(np.log2(dim / head_dim)), -dim))
+        best_dim = dims[0]
+        if (backend, causal, best_dim) in self._attention:
+            return self._attention[(backend, causal, best_dim)]
+        return self._attention[(backend, not causal, best_dim)]
+
+    def attention_flops_per_s(self, *, backend: str, q_heads: int, q_len: int, k_len, head_dim: int,
+                              causal: bool) -> Optional[np.ndarray]:
+        """Rate of one attention call (FLOP/s, counting attended pairs as AttentionPoint does).
+
+        ``k_len`` may be an array (one entry per chunk). Returns None for a backend without points other
+        than "flash", which falls back to the scalar ``attention_flops_per_s``.
+        """
+        curves = self._attention_curves(backend, causal, head_dim)
+        rows = max(q_heads, 1) * max(q_len, 1)
+        if curves is None:
+            if backend == "flash":
+                scale = min(1.0, rows / FULL_RATE_QUERY_ROWS)
+                return np.full(np.shape(k_len), self.profile.attention_flops_per_s * scale, dtype=float)
+            return None
+        key = (id(curves), q_heads, q_len)
+        grid = self._attention_grid.get(key)
+        if grid is None:       # the blended curve on a fine log2(k_len) grid: one np.interp per later call
+            scale = min(1.0, rows / curves.min_shape_product())
+            grid = curves.value(max(q_heads, 1), max(q_len, 1), 2.0 ** _K_GRID_LOG2) * scale
+            self._attention_grid[key] = grid
+        log_k = np.log2(np.maximum(np.asarray(k_len, dtype=float), 1.0))
+        return np.interp(log_k, _K_GRID_LOG2, grid)
+
+    # ---- matmul ---------------------------------------------------------------------------------------------
+    def matmul_flops_per_s(self, m, n: int, k: int) -> np.ndarray:
+        """Rate of [m, k] @ [k, n] (FLOP/s) at large enough m to be compute-bound; m may be an array."""
+        if not self._matmul:
+            return np.full(np.shape(m), self.profile.matmul_flops_per_s, dtype=float)
+        return self._matmul.value(n, k, m)
+
+    # ---- transfers ------------------------------------------------------------------------------------------
+    def _transfer_curve(self, direction: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        for host_memory in _HOST_MEMORY_PREFERENCE:
+            pts = sorted((p.size_bytes, p.bytes_per_s) for p in self.profile.transfer_table
+                         if p.direction == direction and p.host_memory == host_memory
+                         and p.concurrent_with == "none" and p.bytes_per_s > 0)
+            if pts:
+                return np.log2([p[0] for p in pts]), np.array([p[1] for p in pts])
+        return None
+
+    def transfer_bytes_per_s(self, direction: str, size_bytes) -> np.ndarray:
+        """Bandwidth of one contiguous host<->GPU copy of ``size_bytes`` (array allowed), pinned host memory."""
+        curve = self._transfer[direction]
+        if curve is None:
+            scalar = self.profile.pcie_h2d_bytes_per_s if direction == "h2d" else self.profile.pcie_d2h_bytes_per_s
+            return np.full(np.shape(size_bytes), scalar, dtype=float)
+        return np.interp(np.log2(np.maximum(np.asarray(size_bytes, dtype=float), 1.0)), *curve)
+
+    @property
+    def bidir_total_bytes_per_s(self) -> float:
+        """Both directions at once, sum of the two (the ceiling of concurrent H2D + D2H)."""
+        return self.profile.pcie_bidir_total_bytes_per_s
+
+    # ---- pinning --------------------------------------------------------------------------------------------
+    def pin_seconds(self, nbytes: int) -> float:
+        """Seconds to page-lock ``nbytes`` of host memory with the executor's method (0 for 0 bytes)."""
+        if nbytes <= 0:
+            return 0.0
+        for method in _PIN_METHOD_PREFERENCE:
+            pts = sorted((p.size_bytes, p.size_bytes / p.seconds) for p in self.profile.pinning_table
+                         if p.method == method and p.seconds > 0 and p.size_bytes > 0)
+            if pts:
+                rate = float(np.interp(np.log2(nbytes), np.log2([p[0] for p in pts]), [p[1] for p in pts]))
+                return nbytes / rate
+        return nbytes / self.profile.pin_bytes_per_s

@@ -1,0 +1,151 @@
+"""GPU and host memory of one configuration: one function per term, its formula in the docstring.
+
+Notation: L layers, H_q query heads, H_kv KV heads, d head dim, D hidden, I intermediate, V vocab, b dtype
+bytes, T capacity tokens (context + decode tokens: the stores are allocated once at capacity), c chunk size,
+G heads per group, G_max the largest streamed group (planner/layout.py), R resident (layer, KV head) slots.
+
+Peak GPU bytes = weights + kv (resident + ping-pong buffers + the chunk's fresh K, V awaiting their copy to
+host) + activations (the largest transient working set of one chunk) + runtime overhead (from the profile).
+Host bytes = the pinned store of the offloaded slots, allocated once at capacity T (exact-size
+cudaHostRegister: no power-of-two rounding, so no slack term).
+
+Leaves out: allocator fragmentation beyond the profile's overhead term; the CPU copy of the weights while a
+checkpoint loads (the executor loads straight to the GPU).
+"""
+
+from __future__ import annotations
+
+from planner.layout import max_group_heads
+from planner.model_spec import ModelSpec
+from planner.plan import GpuBreakdown, MemoryPrediction
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+# Layers whose fresh chunk K, V may still be waiting for their device-to-host copy while the next layer runs.
+IN_FLIGHT_CHUNK_KV_LAYERS = 2
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a dtype name ("bfloat16" -> 2)."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}") from None
+
+
+def weights_bytes(model: ModelSpec, elem_bytes: int) -> int:
+    """weights = param_count * b (Llama-3-8B bf16: 8.03e9 * 2 = 14.96 GiB)."""
+    return model.param_count * elem_bytes
+
+
+def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:
+    """Largest transient working set of one chunk of c tokens in a transformers decoder layer, plus logits.
+
+        attention phase = c * b * (2 D                       residual stream + its RMSNormed copy
+                                   + 2 (H_q + 2 H_kv) d      q, k, v projections and their RoPE'd copies
+                                   + 2 H_q d)                attention output and its o_proj input layout
+        MLP phase       = c * b * (2 D + 3 I)                residual, normed input, gate/up/product (SwiGLU)
+        logits          = V * (b + 4)                        last position only (logits_to_keep=1), + float32
+        activations     = max(attention phase, MLP phase) + logits
+    """
+    dim, inter, head_dim = model.hidden_size, model.intermediate_size, model.head_dim
+    q_heads, kv_heads = model.num_attention_heads, model.num_key_value_heads
+    attention_phase = chunk_tokens * elem_bytes * (
+        2 * dim
+        + 2 * (q_heads + 2 * kv_heads) * head_dim
+        + 2 * q_heads * head_dim
+    )
+    mlp_phase = chunk_tokens * elem_bytes * (2 * dim + 3 * inter)
+    logits = model.vocab_size * (elem_bytes + 4)
+    return max(attention_phase, mlp_phase) + logits
+
+
+def head_buffer_bytes(model: ModelSpec, group_heads_max: int, capacity_tokens: int, elem_bytes: int) -> int:
+    """Ping-pong buffers = 2 (slots) * 2 (K, V) * G_max * T * d * b (0 when nothing is offloaded)."""
+    return 2 * 2 * group_heads_max * capacity_tokens * model.head_dim * elem_bytes
+
+
+def resident_kv_bytes(model: ModelSpec, resident_kv_heads: int, capacity_tokens: int, elem_bytes: int) -> int:
+    """Resident KV = R * 2 (K, V) * d * T * b (all L * H_kv slots for chunked/standard)."""
+    return resident_kv_heads * 2 * model.head_dim * capacity_tokens * elem_bytes
+
+
+def chunk_kv_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int, offloading: bool) -> int:
+    """A chunk's fresh K, V kept alive until their device-to-host copy finishes:
+    IN_FLIGHT_CHUNK_KV_LAYERS * 2 (K, V) * H_kv * c * d * b, or 0 when nothing is offloaded (written in place)."""
+    if not offloading:
+        return 0
+    return IN_FLIGHT_CHUNK_KV_LAYERS * 2 * model.num_key_value_heads * chunk_tokens * model.head_dim * elem_bytes
+
+
+def host_kv_bytes(model: ModelSpec, resident_kv_heads: int, capacity_tokens: int, elem_bytes: int) -> int:
+    """Host store = (L * H_kv - R) * 2 (K, V) * d * T * b, page-locked once at capacity."""
+    return (model.kv_head_slots - resident_kv_heads) * 2 * model.head_dim * capacity_tokens * elem_bytes
+
+
+def kv_terms(model: ModelSpec, *, chunk_tokens: int, heads_per_group: int, resident_kv_heads: int,
+             capacity_tokens: int, elem_bytes: int) -> dict[str, int]:
+    """The KV bytes on the GPU split into resident, buffers (ping-pong) and chunk (fresh K, V in flight)."""
+    offloading = resident_kv_heads < model.kv_head_slots
+    group_max = (max_group_heads(resident_kv_heads, model.num_hidden_layers, model.num_key_value_heads,
+                                 heads_per_group) if offloading else 0)
+    return {
+        "resident": resident_kv_bytes(model, resident_kv_heads, capacity_tokens, elem_bytes),
+        "buffers": head_buffer_bytes(model, group_max, capacity_tokens, elem_bytes),
+        "chunk": chunk_kv_bytes(model, chunk_tokens, elem_bytes, offloading),
+    }
+
+
+def predict_memory(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_tokens: int, heads_per_group: int,
+                   resident_kv_heads: int, capacity_tokens: int, elem_bytes: int, gpu_budget_bytes: int,
+                   host_budget_bytes: int) -> MemoryPrediction:
+    """All memory terms of one configuration, as the Plan schema's MemoryPrediction."""
+    kv_detail = kv_terms(model, chunk_tokens=chunk_tokens, heads_per_group=heads_per_group,
+                         resident_kv_heads=resident_kv_heads, capacity_tokens=capacity_tokens,
+                         elem_bytes=elem_bytes)
+    breakdown = GpuBreakdown(
+        weights=weights_bytes(model, elem_bytes),
+        kv=sum(kv_detail.values()),
+        activations=chunk_activation_bytes(model, chunk_tokens, elem_bytes),
+        overhead=runtime_overhead_bytes,
+    )
+    peak = breakdown.weights + breakdown.kv + breakdown.activations + breakdown.overhead
+    return MemoryPrediction(
+        gpu_peak_bytes=peak, gpu_budget_bytes=gpu_budget_bytes, gpu_breakdown=breakdown, kv_detail=kv_detail,
+        host_kv_bytes=host_kv_bytes(model, resident_kv_heads, capacity_tokens, elem_bytes),
+        host_budget_bytes=host_budget_bytes,
+    )
+
+
+def max_resident_heads(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_tokens: int, heads_per_group: int,
+                       capacity_tokens: int, elem_bytes: int, gpu_budget_bytes: int) -> int:
+    """The most resident slots R whose peak fits the GPU budget, or -1 if even R = 0 does not fit.
+
+    Peak is linear in R within each segment [k L, (k+1) L) (the fewest resident heads of any layer is k, so
+    G_max = min(G, H_kv - k) is fixed there); R = L * H_kv (nothing offloaded) drops the buffers and the
+    in-flight chunk K, V. The answer is the largest fitting R over the segments.
+    """
+    layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
+    per_slot = resident_kv_bytes(model, 1, capacity_tokens, elem_bytes)
+    base = weights_bytes(model, elem_bytes) + runtime_overhead_bytes + chunk_activation_bytes(
+        model, chunk_tokens, elem_bytes)
+    all_slots = model.kv_head_slots
+    if base + all_slots * per_slot <= gpu_budget_bytes:
+        return all_slots
+    best = -1
+    in_flight = chunk_kv_bytes(model, chunk_tokens, elem_bytes, True)
+    for fewest in range(kv_heads):
+        group_max = min(heads_per_group, kv_heads - fewest)
+        fixed = base + in_flight + head_buffer_bytes(model, group_max, capacity_tokens, elem_bytes)
+        if fixed > gpu_budget_bytes:
+            continue
+        top = min((fewest + 1) * layers - 1, all_slots - 1, (gpu_budget_bytes - fixed) // per_slot)
+        if top >= fewest * layers:
+            best = max(best, top)
+    return best
+
+
+def min_resident_for_host(model: ModelSpec, *, capacity_tokens: int, elem_bytes: int, host_budget_bytes: int) -> int:
+    """The fewest resident slots whose offloaded KV fits host RAM: L * H_kv - floor(host / per-slot bytes)."""
+    per_slot = resident_kv_bytes(model, 1, capacity_tokens, elem_bytes)
+    return max(0, model.kv_head_slots - host_budget_bytes // per_slot)

@@ -1,0 +1,362 @@
+"""Predicted prefill time per chunk and decode time per token of one configuration (DESIGN.md §3), with the
+resource that binds. Pure numpy over the chunks of the prompt; no torch.
+
+Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n offloaded groups of h heads:
+    linear_s   = sum over q, k, v, o, gate, up, down of max(2 m K N / matmul_rate(m, N, K),
+                 (m K + K N + m N) b / HBM)                             m = c_i  (roofline: decode reads weights)
+    elem_s     = c_i * elementwise_bytes_per_token / HBM                norms, RoPE, residuals, SwiGLU, layouts
+    attn(h)    = 4 h q d (c s + c (c + 1) / 2) / attention_rate(shape)   q = H_q / H_kv, lower-right causal
+                 "flash": one call, rate at (h q heads, q_len c, k_len s + c, causal)
+                 "cudnn-split": past (q_len c, k_len s, non-causal, cuDNN) + chunk (c x c causal, flash) +
+                 the log-sum-exp merge (c h q d * MERGE_BYTES_PER_ELEMENT / HBM)
+    h2d(h)     = h * 2 d s b bytes, copied one head and K/V at a time (s d b per copy) at the measured
+                 bandwidth for that size;  d2h(h) = h * 2 d c b;  t = max(h2d / BW_h2d, d2h / BW_d2h,
+                 (h2d + d2h) / BW_bidir)                                 both directions share the link
+    N          = linear_s + elem_s + attn(r)                            everything but the streamed groups
+    a, t       = the mean attention and transfer time of one streamed group
+    layer period P (two ping-pong slots, prefetch crossing layer boundaries), from the max-plus cycles of
+    the pipeline T_j = max(T_{j-1}, A_{j-2}) + t, A_j = max(A_{j-1} + N [first of layer], T_j) + a:
+        n = 0:  P = N
+        n = 1:  P = max(N + a, t)
+        n >= 2: P = max(N + n a,  n t,  N + 2 a + (n - 2) t)             compute, PCIe, PCIe idling in N
+    gpu_chunk  = sum over layers of P + first transfer of the chunk (nothing to overlap it with) + lm_head
+    host_chunk = launch_overhead * (host ops of the chunk) + attention_call_overhead * attention calls
+    chunk_s    = max(gpu_chunk, host_chunk)                             the host runs ahead (no syncs)
+    prefill_s  = sum of chunk_s + cudnn graph builds (one per new (heads, q_len, k_len) shape)
+Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
+reads K, V from HBM (resident heads and the streamed slots), the streamed heads cross PCIe, always "flash".
+Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
+
+Host-op counts are op-equivalents of the executor's loop (constants below); the launch overhead of the
+measured H100 profile is calibrated so that a Llama-3-8B decode step with the KV on the GPU costs the
+measured 24.5 ms (h100-transformers-baseline-2026-11-22.json). Leaves out: the embedding, RoPE tables, the
+sampling step and tokenisation (each well under 1% of a chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwprofiles.schema import HardwareProfile
+from planner.hw_lookup import RateLookup
+from planner.layout import offloaded_groups, resident_heads_per_layer
+from planner.model_spec import ModelSpec
+
+# Host ops (op-equivalents of PyTorch dispatch + launch + module overhead) of a transformers decoder layer:
+# 2 RMSNorms (~7 ops each), 7 linears, RoPE (~10), layout copies, residual adds, SwiGLU, cache update.
+HOST_OPS_PER_LAYER = 60
+HOST_OPS_PER_MODEL = 30          # embedding, final norm, lm_head, logits slice, next-token argmax
+HOST_OPS_RESIDENT = 3            # write the chunk's K, V into the resident store; one attention call
+HOST_OPS_PER_GROUP = 6           # 3 event record/waits, write chunk K, V into the slot, output placement
+HOST_OPS_PER_GROUP_HEAD = 4      # one H2D copy per head for K and V, one D2H copy per head for K and V
+HOST_OPS_CUDNN_SPLIT = 5         # per extra attention part: the call, its log-sum-exp merge (~4 ops)
+MERGE_BYTES_PER_ELEMENT = 16     # read two float32 partial outputs, write the float32 merge, cast to dtype
+# Past block of the cuDNN split (executor/attention_split.py DEFAULT_PAST_BLOCK_TOKENS; planner cannot import it).
+PAST_BLOCK_TOKENS = 2048
+# Backend of the chunk-vs-itself (square causal) part of "cudnn-split" (issue 7 plans cuDNN only for the past).
+CUDNN_SPLIT_CHUNK_BACKEND = "flash"
+
+
+@dataclass
+class Workload:
+    """One configuration to time. ``backend`` is "flash" or "cudnn-split" (prefill; decode is always flash)."""
+
+    context_tokens: int
+    decode_tokens: int
+    chunk_size: int
+    heads_per_group: int
+    resident_kv_heads: int
+    elem_bytes: int
+    backend: str = "flash"
+
+
+@dataclass
+class TimePrediction:
+    prefill_s: float
+    decode_s_per_token: float
+    chunk_s: list[float]
+    prefill_bound: str
+    decode_bound: str
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+def elementwise_bytes_per_token(model: ModelSpec, elem_bytes: int) -> int:
+    """HBM bytes per token per layer of the memory-bound ops in a transformers Llama layer (eager):
+
+        2 RMSNorms (float32 upcast: read b, write/read 4-byte copies ~5 times, cast, weight)  2 D (3 b + 20)
+        RoPE on q and k (cos/sin products, rotate_half slice + neg + cat, add: ~10 passes)   (H_q + H_kv) d 10 b
+        head-first layout copies of q, k, v and of the attention output back                 (2 H_q + 2 H_kv) d 2 b
+        two residual adds (read 2, write 1)                                                  2 * 3 D b
+        SwiGLU: silu(gate) (read + write), product (2 reads + write)                         I 5 b
+    """
+    dim, inter, head_dim = model.hidden_size, model.intermediate_size, model.head_dim
+    q_heads, kv_heads = model.num_attention_heads, model.num_key_value_heads
+    return (2 * dim * (3 * elem_bytes + 20)
+            + (q_heads + kv_heads) * head_dim * 10 * elem_bytes
+            + (2 * q_heads + 2 * kv_heads) * head_dim * 2 * elem_bytes
+            + 2 * 3 * dim * elem_bytes
+            + inter * 5 * elem_bytes)
+
+
+def linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int) -> np.ndarray:
+    """Time of one layer's seven projections for ``tokens`` rows each (array), on the matmul/HBM roofline."""
+    cache = lookup.memo.setdefault(("linear", model.name, model.hidden_size, model.intermediate_size,
+                                    model.num_attention_heads, model.num_key_value_heads, elem_bytes), {})
+    unique = np.unique(tokens)
+    for value in unique:
+        if value not in cache:
+            cache[value] = float(_linear_seconds(model, lookup, np.array([value]), elem_bytes)[0])
+    if len(unique) == 1:
+        return np.full_like(tokens, cache[unique[0]], dtype=float)
+    return np.array([cache[value] for value in tokens])
+
+
+def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int) -> np.ndarray:
+    dim, inter, head_dim = model.hidden_size, model.intermediate_size, model.head_dim
+    q_out, kv_out = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
+    shapes = [(dim, q_out), (dim, kv_out), (dim, kv_out), (q_out, dim), (dim, inter), (dim, inter), (inter, dim)]
+    hbm = lookup.profile.hbm_bytes_per_s
+    total = np.zeros_like(tokens, dtype=float)
+    for k_in, n_out in shapes:
+        flops = 2.0 * tokens * k_in * n_out
+        compute_s = flops / lookup.matmul_flops_per_s(tokens, n_out, k_in)
+        bytes_moved = (tokens * k_in + k_in * n_out + tokens * n_out) * elem_bytes
+        total = total + np.maximum(compute_s, bytes_moved / hbm)
+    return total
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each non-negative integer in an array."""
+    values = values.astype(np.int64)
+    count = np.zeros_like(values)
+    while np.any(values):
+        count += values & 1
+        values = values >> 1
+    return count
+
+
+def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
+                      backend: str) -> np.ndarray:
+    """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
+    ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
+
+    "flash": one call, 4 h q d (c s + c (c + 1) / 2) FLOPs at the flash rate for (h q, c, s + c, causal).
+    "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
+    one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
+    tail s - n B plus the chunk in one lower-right causal call on CUDNN_SPLIT_CHUNK_BACKEND, and one float32
+    log-sum-exp merge pass per part after the first (c h q d MERGE_BYTES_PER_ELEMENT bytes over HBM).
+    """
+    if kv_heads <= 0:
+        return np.zeros_like(past, dtype=float)
+    q_heads = kv_heads * model.query_heads_per_kv_head
+    head_dim = model.head_dim
+    flop_per_pair = 4.0 * q_heads * head_dim
+    q_len = int(np.max(chunk))
+    if backend == "flash":
+        pairs = chunk * past + chunk * (chunk + 1) / 2.0
+        rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len, k_len=past + chunk,
+                                            head_dim=head_dim, causal=True)
+        return flop_per_pair * pairs / rate
+    full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
+    tail = past - full_blocks * PAST_BLOCK_TOKENS
+    past_s = np.zeros_like(past, dtype=float)
+    parts = np.ones_like(past, dtype=float)
+    for bit in range(int(np.max(full_blocks)).bit_length()):
+        has_block = (full_blocks >> bit) & 1
+        block_tokens = PAST_BLOCK_TOKENS << bit
+        rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=block_tokens,
+                                            head_dim=head_dim, causal=False)
+        past_s = past_s + has_block * flop_per_pair * chunk * block_tokens / rate
+        parts = parts + has_block
+    chunk_rate = lookup.attention_flops_per_s(backend=CUDNN_SPLIT_CHUNK_BACKEND, q_heads=q_heads, q_len=q_len,
+                                              k_len=tail + chunk, head_dim=head_dim, causal=True)
+    chunk_s = flop_per_pair * (chunk * tail + chunk * (chunk + 1) / 2.0) / chunk_rate
+    merge_s = (parts - 1) * chunk * q_heads * head_dim * MERGE_BYTES_PER_ELEMENT / lookup.profile.hbm_bytes_per_s
+    return past_s + chunk_s + merge_s
+
+
+def graph_builds_per_chunk(call_head_counts: int, chunk: np.ndarray, past: np.ndarray) -> np.ndarray:
+    """cuDNN graph builds paid in each chunk of a "cudnn-split" prefill: one per new (key length, query rows,
+    heads) shape. Key lengths B 2^i appear when bit i of s // B is first set; a shorter last chunk brings new
+    query rows, so all its lengths are new. ``call_head_counts`` = distinct head counts of the calls."""
+    full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
+    seen_before = np.concatenate([[0], np.bitwise_or.accumulate(full_blocks)[:-1]])
+    new_lengths = _popcount(full_blocks & ~seen_before)
+    if len(chunk) > 1 and chunk[-1] != chunk[0]:
+        new_lengths[-1] = _popcount(full_blocks[-1:])[0]
+    return new_lengths * call_head_counts
+
+
+def transfer_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
+                     elem_bytes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, h2d_bytes, d2h_bytes) of one streamed group of ``kv_heads`` heads: past K, V in, the chunk's out."""
+    copy_in = past * model.head_dim * elem_bytes           # one head's K (or V) over [0, s)
+    copy_out = chunk * model.head_dim * elem_bytes
+    h2d_bytes = 2.0 * kv_heads * copy_in
+    d2h_bytes = 2.0 * kv_heads * copy_out
+    h2d_s = h2d_bytes / lookup.transfer_bytes_per_s("h2d", copy_in)
+    d2h_s = d2h_bytes / lookup.transfer_bytes_per_s("d2h", copy_out)
+    both_s = (h2d_bytes + d2h_bytes) / lookup.bidir_total_bytes_per_s
+    return np.maximum(np.maximum(h2d_s, d2h_s), both_s), h2d_bytes, d2h_bytes
+
+
+def pipeline_period(compute_other: np.ndarray, group_attention: np.ndarray, group_transfer: np.ndarray,
+                    groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steady-state time of one layer with two ping-pong slots, and whether PCIe binds (see module docstring)."""
+    n, other, a, t = groups, compute_other, group_attention, group_transfer
+    if n == 0:
+        return other, np.zeros_like(other, dtype=bool)
+    if n == 1:
+        compute = other + a
+        return np.maximum(compute, t), t > compute
+    compute = other + n * a
+    pcie = np.maximum(n * t, other + 2 * a + (n - 2) * t)
+    return np.maximum(compute, pcie), pcie > compute
+
+
+@dataclass
+class _LayerType:
+    resident: int
+    count: int
+    group_sizes: list[int]
+
+
+def _layer_types(model: ModelSpec, resident_kv_heads: int, heads_per_group: int) -> list[_LayerType]:
+    per_layer = resident_heads_per_layer(resident_kv_heads, model.num_hidden_layers, model.num_key_value_heads)
+    types = []
+    for resident in sorted(set(per_layer)):
+        sizes = [len(g) for g in offloaded_groups(resident, model.num_key_value_heads, heads_per_group)]
+        types.append(_LayerType(resident, per_layer.count(resident), sizes))
+    return types
+
+
+def _host_ops(layer_types: list[_LayerType], backend: str) -> int:
+    split_extra = HOST_OPS_CUDNN_SPLIT if backend == "cudnn-split" else 0     # the chunk part and its merge
+    ops = HOST_OPS_PER_MODEL
+    for lt in layer_types:
+        per_layer = HOST_OPS_PER_LAYER + (HOST_OPS_RESIDENT + split_extra if lt.resident else 0)
+        per_layer += sum(HOST_OPS_PER_GROUP + split_extra + HOST_OPS_PER_GROUP_HEAD * h for h in lt.group_sizes)
+        ops += lt.count * per_layer
+    return ops
+
+
+def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarray, past: np.ndarray, *,
+           decode: bool) -> dict[str, np.ndarray]:
+    """GPU and host time per step (chunk or token) with their terms, as arrays over the steps."""
+    elem_bytes, hbm = work.elem_bytes, lookup.profile.hbm_bytes_per_s
+    layer_types = _layer_types(model, work.resident_kv_heads, work.heads_per_group)
+    backend = "flash" if decode else work.backend
+    per_head_kv = 2.0 * model.head_dim * elem_bytes * (past + chunk)        # K, V bytes one head reads
+    linear = linear_seconds(model, lookup, chunk, elem_bytes)
+    elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / hbm
+    out = {key: np.zeros_like(past, dtype=float) for key in
+           ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill")}
+
+    def attn(heads: int) -> np.ndarray:
+        if decode:
+            return heads * per_head_kv / hbm
+        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend)
+
+    layer0_resident = max(lt.resident for lt in layer_types)     # earlier layers hold the extra residents
+    for lt in layer_types:
+        resident_attention = attn(lt.resident)
+        other = linear + elem + resident_attention
+        n = len(lt.group_sizes)
+        a_sum, t_sum = np.zeros_like(other), np.zeros_like(other)
+        for heads in sorted(set(lt.group_sizes)):
+            times = lt.group_sizes.count(heads)
+            t, h2d_bytes, d2h_bytes = transfer_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past,
+                                                       elem_bytes=elem_bytes)
+            a_sum, t_sum = a_sum + times * attn(heads), t_sum + times * t
+            out["h2d_bytes"] += lt.count * times * h2d_bytes
+            out["d2h_bytes"] += lt.count * times * d2h_bytes
+        period, pcie_bound = pipeline_period(other, a_sum / max(n, 1), t_sum / max(n, 1), n)
+        out["gpu"] += lt.count * period
+        out["linear"] += lt.count * linear
+        out["elementwise"] += lt.count * elem
+        out["attention"] += lt.count * (resident_attention + a_sum)
+        out["h2d"] += lt.count * t_sum
+        out["pcie_bound"] += lt.count * pcie_bound * period
+        if n and lt.resident == layer0_resident:
+            out["fill"] = t_sum / n          # layer 0's first group: nothing runs before it to hide it
+    lm_head = model.vocab_size * model.hidden_size * elem_bytes / hbm
+    out["gpu"] += out["fill"] + lm_head
+    calls = sum(lt.count * (len(lt.group_sizes) + (1 if lt.resident else 0)) for lt in layer_types)
+    calls_per_step = np.full_like(past, calls, dtype=float)
+    ops = np.full_like(past, _host_ops(layer_types, backend), dtype=float)
+    out["builds"] = np.zeros_like(past, dtype=float)
+    if backend == "cudnn-split":
+        past_calls = _popcount((past // PAST_BLOCK_TOKENS).astype(np.int64)) * calls   # one per set bit
+        calls_per_step = calls_per_step + past_calls
+        ops = ops + HOST_OPS_CUDNN_SPLIT * past_calls
+        out["builds"] = graph_builds_per_chunk(len(_call_head_counts(layer_types)), chunk, past) * \
+            (lookup.profile.cudnn_graph_build_s or 0.0)
+    out["host"] = (lookup.profile.launch_overhead_s * ops
+                   + lookup.profile.attention_call_overhead_s * calls_per_step)
+    out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
+    return out
+
+
+def _call_head_counts(layer_types: list[_LayerType]) -> set[int]:
+    """Distinct KV-head counts of the attention calls (resident call and streamed groups)."""
+    counts = set()
+    for lt in layer_types:
+        counts.update(lt.group_sizes)
+        if lt.resident:
+            counts.add(lt.resident)
+    return counts
+
+
+def _bound(step: np.ndarray, gpu: np.ndarray, host: np.ndarray, pcie_share: np.ndarray, compute_name: str) -> str:
+    """The resource holding most of the time: launch (host), pcie, or compute/hbm."""
+    launch = float(np.sum(np.where(host > gpu, step, 0.0)))
+    gpu_steps = np.where(host > gpu, 0.0, step)
+    pcie = float(np.sum(gpu_steps * np.clip(pcie_share, 0.0, 1.0)))
+    compute = float(np.sum(gpu_steps)) - pcie
+    return max((launch, "launch"), (pcie, "pcie"), (compute, compute_name))[1]
+
+
+def predict_prefill(model: ModelSpec, lookup: RateLookup, work: Workload) -> tuple[float, dict[str, np.ndarray]]:
+    """Prefill seconds and the per-chunk arrays (``step`` is each chunk's time)."""
+    starts = np.arange(0, work.context_tokens, work.chunk_size, dtype=float)
+    chunk = np.minimum(float(work.chunk_size), work.context_tokens - starts)
+    pre = _phase(model, lookup, work, chunk, starts, decode=False)
+    return float(np.sum(pre["step"])), pre
+
+
+def predict_time(model: ModelSpec, profile: HardwareProfile, lookup: RateLookup, work: Workload,
+                 prefill: tuple[float, dict[str, np.ndarray]] | None = None) -> TimePrediction:
+    """Prefill (per chunk) and decode (per token) times of one configuration (``prefill``: a precomputed
+    predict_prefill result for this work)."""
+    prefill_s, pre = prefill if prefill is not None else predict_prefill(model, lookup, work)
+    builds_s = float(np.sum(pre["builds"]))
+    mean_past = np.array([work.context_tokens + (max(work.decode_tokens, 1) - 1) / 2.0])
+    dec = _phase(model, lookup, work, np.ones(1), mean_past, decode=True)
+    decode_s = float(dec["step"][0])
+    terms = {
+        "prefill_linear_s": float(np.sum(pre["linear"])),
+        "prefill_elementwise_s": float(np.sum(pre["elementwise"])),
+        "prefill_attention_s": float(np.sum(pre["attention"])),
+        "prefill_h2d_s": float(np.sum(pre["h2d"])),
+        "prefill_host_s": float(np.sum(pre["host"])),
+        "prefill_exposed_fill_s": float(np.sum(pre["fill"])),
+        "prefill_cudnn_graph_build_s": builds_s,
+        "prefill_h2d_bytes": float(np.sum(pre["h2d_bytes"])),
+        "prefill_d2h_bytes": float(np.sum(pre["d2h_bytes"])),
+        "decode_linear_s": float(dec["linear"][0]),
+        "decode_attention_s": float(dec["attention"][0]),
+        "decode_pcie_s": float(dec["h2d"][0]),
+        "decode_host_s": float(dec["host"][0]),
+        "decode_gpu_s": float(dec["gpu"][0]),
+        "decode_h2d_bytes": float(dec["h2d_bytes"][0]),
+    }
+    pre_share = pre["pcie_bound"] / np.maximum(pre["gpu"], 1e-30)
+    dec_share = dec["pcie_bound"] / np.maximum(dec["gpu"], 1e-30)
+    return TimePrediction(
+        prefill_s=prefill_s, decode_s_per_token=decode_s, chunk_s=[float(x) for x in pre["step"]],
+        prefill_bound=_bound(pre["step"], pre["gpu"], pre["host"], pre_share, "compute"),
+        decode_bound=_bound(dec["step"], dec["gpu"], dec["host"], dec_share, "hbm"),
+        terms=terms,
+    )

@@ -1,0 +1,204 @@
+"""The split-and-merge attention path on CPU (math backend) against a float64 reference.
+
+Covers: past blocks that divide and do not divide the past, an empty past, a past shorter than one block,
+GQA ratios 1/4/7, 1 and 2 KV heads, c = 1 (decode shape), strided buffers; the log-sum-exp merge with empty
+parts; the block cut (spans, bounded cuDNN key lengths). The tolerance is derived from the reference: the
+split path may be at most a few times as far from float64 as the unsplit float32 path is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from executor import attention_split
+from executor.attention_lse import (LseAccumulator, merge_by_lse, pack_query_rows, partial_math,
+                                    unpack_query_rows)
+from executor.attention_split import (AttentionPart, attend_chunk_split, cudnn_key_lengths, past_block_spans,
+                                      split_parts)
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """float64 lower-right causal GQA attention through torch's SDPA with an explicit boolean mask."""
+    ratio = q.shape[1] // k.shape[1]
+    chunk, keys = q.shape[2], k.shape[2]
+    allowed = torch.arange(keys)[None, :] <= torch.arange(chunk)[:, None] + (keys - chunk)
+    return F.scaled_dot_product_attention(
+        q.double(), k.double().repeat_interleave(ratio, 1), v.double().repeat_interleave(ratio, 1),
+        attn_mask=allowed, scale=scale)
+
+
+def make_inputs(query_heads: int, kv_heads: int, past: int, chunk: int, head_dim: int = 16, seed: int = 0,
+                capacity_extra: int = 0):
+    """q [1, Hq, c, d]; k, v [1, G, s + c, d] as slices of a larger buffer (as the executor's are)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, query_heads, chunk, head_dim, generator=gen)
+    buffer = torch.randn(2, 1, kv_heads, past + chunk + capacity_extra, head_dim, generator=gen)
+    k, v = buffer[0, :, :, :past + chunk], buffer[1, :, :, :past + chunk]
+    return q, k, v
+
+
+def tolerance(q, k, v, scale, ref) -> float:
+    """A few times the unsplit float32 path's distance from float64, floored at a few float32 ulps."""
+    plain = partial_math(q, k, v, scale=scale, causal=True)[0]
+    plain_err = (plain.double() - ref).abs().max().item()
+    return max(4 * plain_err, 16 * EPS32 * ref.abs().max().item())
+
+
+CASES = [  # (past s, chunk c, block B)
+    (0, 8, 4),  # empty past
+    (3, 8, 4),  # past shorter than one block: all of it is tail
+    (16, 8, 4),  # blocks divide the past: 4 blocks = one cuDNN part of 4B
+    (19, 8, 4),  # do not divide: 4 blocks + tail 3
+    (37, 5, 4),  # 9 blocks = 8B + 1B, tail 1, chunk not a multiple of B
+    (13, 1, 4),  # decode shape c = 1
+    (0, 1, 4),
+    (64, 16, 16),
+]
+
+
+@pytest.mark.parametrize("past,chunk,block", CASES)
+@pytest.mark.parametrize("kv_heads,ratio", [(1, 1), (1, 4), (2, 4), (1, 7), (2, 7)])
+def test_split_matches_float64_reference(past, chunk, block, kv_heads, ratio):
+    q, k, v = make_inputs(kv_heads * ratio, kv_heads, past, chunk, capacity_extra=5)
+    scale = 1 / math.sqrt(q.shape[-1])
+    ref = reference(q, k, v, scale)
+    out = attend_chunk_split(q, k, v, scale=scale, past_block_tokens=block, past_backend="math",
+                             chunk_backend="math")
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert (out.double() - ref).abs().max().item() <= tolerance(q, k, v, scale, ref)
+
+
+@pytest.mark.parametrize("past,chunk,block", CASES)
+def test_cudnn_chunk_branch_on_math_kernels(monkeypatch, past, chunk, block):
+    """chunk_backend='cudnn' cuts differently (tail non-causal + square causal chunk): run that cut with
+    every kernel replaced by the math one, so the cut and merge are checked without a GPU."""
+    monkeypatch.setattr(attention_split, "_PARTIAL_BY_BACKEND",
+                        {"cudnn": partial_math, "flash": partial_math, "math": partial_math})
+    monkeypatch.setattr(attention_split, "_check_inputs", lambda *args: None)
+    q, k, v = make_inputs(8, 2, past, chunk, seed=1)
+    scale = 0.3
+    ref = reference(q, k, v, scale)
+    out = attend_chunk_split(q, k, v, scale=scale, past_block_tokens=block, past_backend="cudnn",
+                             chunk_backend="cudnn")
+    assert (out.double() - ref).abs().max().item() <= tolerance(q, k, v, scale, ref)
+
+
+def test_noncontiguous_query_and_bf16():
+    q, k, v = make_inputs(4, 1, 21, 6, seed=2)
+    q_strided = q.transpose(1, 2).contiguous().transpose(1, 2)  # [1, H, c, d] view of a [1, c, H, d] buffer
+    scale = 0.25
+    ref = reference(q, k, v, scale)
+    out = attend_chunk_split(q_strided, k, v, scale=scale, past_block_tokens=4, past_backend="math",
+                             chunk_backend="math")
+    assert (out.double() - ref).abs().max().item() <= tolerance(q, k, v, scale, ref)
+    out_bf16 = attend_chunk_split(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=scale, past_block_tokens=4,
+                                  past_backend="math", chunk_backend="math")
+    assert out_bf16.dtype == torch.bfloat16
+    assert (out_bf16.double() - ref).abs().max().item() < 0.05  # bf16 inputs: ~2^-8 relative
+
+
+def test_matches_attend_chunk_math():
+    attention_kernels = pytest.importorskip("executor.attention_kernels")
+    q, k, v = make_inputs(8, 2, 45, 7, seed=3)
+    plain = attention_kernels.attend_chunk(q, k, v, scale=0.2, backend="math")
+    split = attend_chunk_split(q, k, v, scale=0.2, past_block_tokens=8, past_backend="math",
+                               chunk_backend="math")
+    ref = reference(q, k, v, 0.2)
+    assert (split.double() - plain.double()).abs().max().item() <= 2 * tolerance(q, k, v, 0.2, ref)
+
+
+def test_gpu_backends_refused_on_cpu():
+    q, k, v = make_inputs(4, 1, 8, 4)
+    with pytest.raises(ValueError, match="CUDA"):
+        attend_chunk_split(q, k, v, scale=0.1)
+
+
+def test_merge_by_lse_with_empty_parts():
+    q, k, v = make_inputs(4, 2, 30, 5, seed=4)
+    keys = k.shape[2]
+    ref_out, ref_lse = partial_math(q.double(), k.double(), v.double(), scale=0.5, causal=False)
+    cuts = [0, 7, 7, 19, keys]  # one empty part
+    outs, lses = [], []
+    for start, end in zip(cuts[:-1], cuts[1:]):
+        if end == start:
+            outs.append(torch.zeros_like(q))
+            lses.append(torch.full(q.shape[:3], float("-inf")))
+        else:
+            out, lse = partial_math(q, k[:, :, start:end], v[:, :, start:end], scale=0.5, causal=False)
+            outs.append(out)
+            lses.append(lse)
+    merged, merged_lse = merge_by_lse(outs, lses)
+    assert merged.dtype == torch.float32
+    assert (merged.double() - ref_out).abs().max().item() < 1e-5
+    assert (merged_lse.double() - ref_lse).abs().max().item() < 1e-5
+    accumulator = LseAccumulator()
+    for out, lse in zip(outs, lses):
+        accumulator.add(out, lse)
+    running, running_lse = accumulator.result()
+    assert (running - merged).abs().max().item() < 1e-6
+    assert (running_lse - merged_lse).abs().max().item() < 1e-6
+
+
+def test_merge_of_rows_with_no_keys_is_zero_not_nan():
+    zeros = torch.zeros(1, 2, 3, 4)
+    no_keys = torch.full((1, 2, 3), float("-inf"))
+    out, lse = merge_by_lse([zeros, zeros], [no_keys, no_keys])
+    assert torch.equal(out, zeros) and torch.isneginf(lse).all()
+    accumulator = LseAccumulator()
+    accumulator.add(zeros, no_keys)
+    accumulator.add(zeros, no_keys)
+    assert torch.equal(accumulator.result()[0], zeros)
+    # lower-right causal with fewer keys than queries: the first queries see nothing
+    q, k, v = make_inputs(2, 1, 0, 4)
+    out, lse = partial_math(q, k[:, :, :2], v[:, :, :2], scale=1.0, causal=True)
+    assert torch.isneginf(lse[:, :, :2]).all() and torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
+    assert torch.isfinite(out).all()
+
+
+def test_pack_unpack_round_trip():
+    q = torch.randn(1, 8, 5, 3)
+    packed = pack_query_rows(q, kv_heads=2)
+    assert packed.shape == (1, 2, 20, 3)
+    assert torch.equal(packed[0, 1, 5:10], q[0, 5])  # query head 5 = KV head 1, row block 1
+    assert torch.equal(unpack_query_rows(packed, 8), q)
+    lse = torch.randn(1, 2, 20)
+    assert torch.equal(unpack_query_rows(lse.unsqueeze(-1), 8), unpack_query_rows(lse, 8))
+
+
+@pytest.mark.parametrize("past,block", [(0, 4), (3, 4), (4, 4), (37, 4), (1000, 7), (524288, 2048)])
+def test_block_spans_cover_full_blocks_in_powers_of_two(past, block):
+    spans = past_block_spans(past, block)
+    full = past // block * block
+    assert [s for s, _ in spans] == ([0] + [e for _, e in spans[:-1]] if spans else [])  # contiguous from 0
+    assert (spans[-1][1] if spans else 0) == full
+    lengths = [e - s for s, e in spans]
+    assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) == len(lengths)
+    assert all((n // block) & (n // block - 1) == 0 and n % block == 0 for n in lengths)
+
+
+@pytest.mark.parametrize("chunk_backend", ["flash", "cudnn", "math"])
+def test_split_parts_cover_the_keys_once(chunk_backend):
+    past_backend = "math" if chunk_backend == "math" else "cudnn"
+    for past in (0, 3, 8, 11, 100):
+        parts = split_parts(past, 5, block_tokens=4, past_backend=past_backend, chunk_backend=chunk_backend)
+        assert parts[0].key_start == 0 and parts[-1].key_end == past + 5
+        assert all(a.key_end == b.key_start for a, b in zip(parts, parts[1:]))
+        assert parts[-1].causal and not any(p.causal for p in parts[:-1])
+        cudnn_lengths = {p.key_end - p.key_start for p in parts if p.backend == "cudnn" and not p.causal}
+        assert all(n % 4 == 0 for n in cudnn_lengths)
+    assert split_parts(8, 5, block_tokens=4, past_backend="cudnn", chunk_backend="flash") == [
+        AttentionPart("cudnn", 0, 8, False), AttentionPart("flash", 8, 13, True)]
+
+
+def test_cudnn_key_lengths_bounded_over_a_long_prefill():
+    for context, chunk, block in ((524288, 10240, 2048), (524288, 16384, 2048), (131072, 8192, 1024),
+                                  (1048576, 10240, 4096)):
+        lengths = cudnn_key_lengths(context, chunk, block)
+        bound = int(math.log2((context - chunk) // block)) + 1
+        assert len(lengths) <= bound, (context, chunk, block, sorted(lengths))

@@ -1,0 +1,198 @@
+"""The profiler on CPU: the timing helper (fake clock, no wall-time assertions), a tiny-size profile that
+validates and round-trips through the catalog reader, the name mapping and the `headplan profile` CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from executor.profiler import ProfileOptions, run_profile  # noqa: E402
+from executor.profiler.assemble import datasheet_name, default_profile_name  # noqa: E402
+from executor.profiler.attention import attention_flops  # noqa: E402
+from executor.profiler.config import CPU_QUICK, GPU_FULL, GPU_QUICK, TINY, choose_preset  # noqa: E402
+from executor.timing import TimingError, measure, summarize  # noqa: E402
+from headplan.cli import main as cli_main  # noqa: E402
+from hwprofiles import HardwareProfile, load_profile, profile_hash, write_profile  # noqa: E402
+
+
+class FakeClock:
+    """Advances by the next step on every read: samples are the steps taken between paired reads."""
+
+    def __init__(self, steps):
+        self.now = 100.0
+        self.steps = list(steps)
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        if self.reads % 2 == 0:  # end of a sample
+            self.now += self.steps.pop(0)
+        return self.now
+
+
+# --- timing helper ---------------------------------------------------------------------------------------
+
+
+def test_summarize_median_percentiles_spread():
+    stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats.median_s == 3.0
+    assert stats.p10_s == pytest.approx(1.4)
+    assert stats.p90_s == pytest.approx(4.6)
+    assert stats.spread_rel == pytest.approx((4.6 - 1.4) / 3.0)
+    assert stats.samples_s == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert stats.rejected_count == 0
+    assert stats.rate(6.0) == 2.0
+
+
+def test_summarize_drops_non_positive_samples():
+    stats = summarize([0.0, 2.0, -1.0, 4.0])
+    assert stats.rejected_count == 2
+    assert stats.samples_s == (2.0, 4.0)
+    assert stats.median_s == 3.0  # a zero averaged in would have pulled this down
+
+
+def test_summarize_all_non_positive_raises():
+    with pytest.raises(TimingError):
+        summarize([0.0, 0.0, -2.0])
+
+
+def test_measure_honours_warmup_and_repeats_with_fake_clock():
+    calls = []
+    clock = FakeClock([0.5, 0.1, 0.3, 0.2])
+    stats = measure(lambda: calls.append(1), warmup=3, repeats=4, device="cpu", clock=clock)
+    assert len(calls) == 3 + 4
+    assert clock.reads == 2 * 4  # warm-up calls are not timed
+    assert stats.samples_s == pytest.approx((0.1, 0.2, 0.3, 0.5))
+    assert stats.median_s == pytest.approx(0.25)
+
+
+def test_measure_zero_warmup_and_rejected_zero_sample():
+    clock = FakeClock([0.0, 0.2, 0.4])
+    stats = measure(lambda: None, warmup=0, repeats=3, device="cpu", clock=clock)
+    assert stats.rejected_count == 1
+    assert stats.median_s == pytest.approx(0.3)
+
+
+def test_measure_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        measure(lambda: None, repeats=0)
+    with pytest.raises(ValueError):
+        measure(lambda: None, warmup=-1)
+
+
+# --- pure helpers ----------------------------------------------------------------------------------------
+
+
+def test_attention_flops_counts_lower_right_pairs():
+    # causal square: q_len (q_len + 1) / 2 pairs
+    assert attention_flops(q_heads=1, head_dim=1, q_len=4, k_len=4, causal=True) == 4 * 10
+    # chunk of 2 after a past of 6: 2 * 6 + 3 pairs
+    assert attention_flops(q_heads=2, head_dim=8, q_len=2, k_len=8, causal=True) == 4 * 2 * 8 * 15
+    assert attention_flops(q_heads=4, head_dim=128, q_len=10, k_len=100, causal=False) == 4 * 4 * 128 * 1000
+
+
+@pytest.mark.parametrize(
+    "gpu_name, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+        ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+        ("NVIDIA GeForce RTX 3090", "rtx-3090"),
+        ("NVIDIA RTX A6000", "a6000"),
+        ("NVIDIA L40S", "l40s"),
+        ("Tesla T4", None),
+    ],
+)
+def test_datasheet_name_mapping(gpu_name, expected):
+    assert datasheet_name(gpu_name) == expected
+
+
+def test_default_profile_names():
+    assert default_profile_name("NVIDIA H100 80GB HBM3", on_gpu=True) == "h100-sxm-measured"
+    assert default_profile_name("Tesla T4", on_gpu=True) == "tesla-t4-measured"
+    assert default_profile_name("CPU: whatever", on_gpu=False) == "cpu-measured"
+
+
+def test_presets():
+    assert choose_preset(quick=False, sizes="tiny", on_gpu=True) is TINY
+    assert choose_preset(quick=True, sizes="default", on_gpu=True) is GPU_QUICK
+    assert choose_preset(quick=False, sizes="default", on_gpu=True) is GPU_FULL
+    assert choose_preset(quick=True, sizes="default", on_gpu=False) is CPU_QUICK
+    with pytest.raises(ValueError):
+        choose_preset(quick=False, sizes="huge", on_gpu=False)
+
+
+# --- whole profile on CPU (tiny sizes) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    progress = io.StringIO()
+    run = run_profile(ProfileOptions(sizes="tiny", device="cpu"), stream=progress)
+    return run, progress.getvalue()
+
+
+def test_tiny_cpu_profile_is_valid_and_cpu_only(tiny_run):
+    run, progress = tiny_run
+    profile = run.profile
+    assert profile.origin == "measured"
+    assert profile.measurement.mode == "cpu-only"
+    assert profile.name == "cpu-measured"
+    assert "GPU sections" in profile.measurement.notes
+    assert profile.matmul_table and profile.attention_table
+    assert {p.backend for p in profile.attention_table} == {"cpu"}
+    assert all(p.flops_per_s > 0 for p in profile.attention_table + profile.matmul_table)
+    for field in ("matmul_flops_per_s", "attention_flops_per_s", "hbm_bytes_per_s", "pcie_h2d_bytes_per_s",
+                  "pcie_d2h_bytes_per_s", "pcie_bidir_total_bytes_per_s", "pin_bytes_per_s", "host_mem_bytes",
+                  "launch_overhead_s", "attention_call_overhead_s"):
+        assert getattr(profile, field) > 0, field
+    assert "skipped" in progress and "matmul" in progress  # progress lines were written
+    assert run.datasheet is None
+
+
+def test_tiny_profile_round_trips_through_catalog_reader(tiny_run, tmp_path):
+    run, _ = tiny_run
+    path = tmp_path / "cpu.json"
+    written = write_profile(run.profile, path)
+    loaded = load_profile(str(path))
+    assert loaded == written
+    assert loaded.content_hash == profile_hash(loaded) != ""
+    assert HardwareProfile.model_validate(json.loads(path.read_text())) == written
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_profile_and_refuses_to_overwrite(tmp_path, capsys):
+    path = tmp_path / "out" / "p.json"
+    assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--out", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "ratio" in out
+    assert load_profile(str(path)).origin == "measured"
+    assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--out", str(path), "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--out", str(path), "--quiet",
+                     "--force", "--name", "my-box"]) == 0
+    assert load_profile(str(path)).name == "my-box"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cli_cuda_without_gpu_is_a_user_error(tmp_path, capsys):
+    assert cli_main(["profile", "--sizes", "tiny", "--device", "cuda", "--out", str(tmp_path / "x.json")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_summary_table_shows_ratio_against_a_reference(tiny_run):
+    from executor.profiler.summary import summary_table
+
+    run, _ = tiny_run
+    text = summary_table(run.profile, run.profile.model_copy(update={"name": "reference"}))
+    assert "reference" in text and "1.00" in text
+    assert "(no datasheet profile)" in summary_table(run.profile, None)

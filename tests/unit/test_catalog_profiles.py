@@ -1,0 +1,38 @@
+"""hwprofiles/catalog: every profile loads, datasheet ones cite a source, the measured one is reproducible."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from hwprofiles import known_profiles, load_profile, profile_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASHEET = ["rtx-4090", "rtx-3090", "a6000", "l40s", "a100-40gb", "a100-80gb", "h100-pcie", "h100-sxm", "h200"]
+
+
+@pytest.mark.parametrize("name", DATASHEET)
+def test_datasheet_profiles(name):
+    profile = load_profile(name)
+    assert profile.origin == "datasheet" and "https://" in profile.source
+    assert profile.matmul_flops_per_s == pytest.approx(0.8 * profile.matmul_peak_flops_per_s, rel=1e-3)
+    assert profile.hbm_bytes_per_s == pytest.approx(0.9 * profile.hbm_peak_bytes_per_s)
+    assert profile.pcie_h2d_bytes_per_s in (25e9, 55e9)
+    assert profile.content_hash == profile_hash(profile)
+
+
+def test_measured_profile_reproducible():
+    assert set(DATASHEET) | {"h100-sxm-measured"} <= set(known_profiles())
+    shared = ROOT.parent / "shared" / "measurements"
+    if not (shared / "h100-limits-2026-11-22.json").exists():
+        pytest.skip("shared measurements not present")
+    spec = importlib.util.spec_from_file_location("importer", ROOT / "benchmarks" / "import_shared_measurements.py")
+    importer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(importer)
+    built = importer.build_profile(shared)
+    stored = load_profile("h100-sxm-measured")
+    assert stored.model_copy(update={"content_hash": ""}) == built
+    assert stored.measurement.mode == "imported" and stored.origin == "measured"
+    backends = {p.backend for p in stored.attention_table}
+    assert backends == {"flash", "cudnn"}
+    assert {p.direction for p in stored.transfer_table} == {"h2d", "d2h", "bidir"}

@@ -1,0 +1,72 @@
+"""planner/hw_lookup.py: interpolation in the measured tables, and the scalar fallbacks."""
+
+import math
+
+import numpy as np
+import pytest
+
+from planner.hw_lookup import FULL_RATE_QUERY_ROWS, RateLookup
+from planner.units import GIB
+
+from planner_test_profiles import G, T, scalar_profile, table_profile
+
+
+def test_attention_exact_at_points_and_log_linear_between():
+    lookup = RateLookup(table_profile())
+    rate = lambda k: float(lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=8192, k_len=k,
+                                                        head_dim=128, causal=True))
+    assert rate(131072) == pytest.approx(200 * T)
+    assert rate(524288) == pytest.approx(300 * T)
+    assert rate(262144) == pytest.approx(250 * T, rel=1e-3)          # halfway in log2(k_len)
+    assert rate(16384) == pytest.approx(200 * T) and rate(1 << 24) == pytest.approx(300 * T)   # clamped
+
+
+def test_attention_array_and_shape_blend():
+    lookup = RateLookup(table_profile())
+    rates = lookup.attention_flops_per_s(backend="flash", q_heads=8, q_len=8192, k_len=np.array([131072, 524288]),
+                                         head_dim=128, causal=True)
+    assert rates.shape == (2,)
+    assert rates[0] == pytest.approx(200 * T) and rates[1] == pytest.approx(300 * T)
+
+
+def test_attention_small_rows_derated():
+    lookup = RateLookup(table_profile())
+    full = lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=8192, k_len=131072, head_dim=128,
+                                        causal=True)
+    quarter = lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=2048, k_len=131072, head_dim=128,
+                                           causal=True)
+    assert float(quarter) == pytest.approx(float(full) / 4, rel=1e-6)
+
+
+def test_attention_fallbacks():
+    lookup = RateLookup(scalar_profile())
+    rate = lookup.attention_flops_per_s(backend="flash", q_heads=32, q_len=8192, k_len=4096, head_dim=128,
+                                        causal=True)
+    assert float(rate) == pytest.approx(100 * T)
+    small = lookup.attention_flops_per_s(backend="flash", q_heads=1, q_len=FULL_RATE_QUERY_ROWS // 2, k_len=4096,
+                                         head_dim=128, causal=True)
+    assert float(small) == pytest.approx(50 * T)
+    assert lookup.attention_flops_per_s(backend="cudnn", q_heads=4, q_len=8192, k_len=4096, head_dim=128,
+                                        causal=False) is None
+    assert not lookup.has_backend("cudnn") and RateLookup(table_profile()).has_backend("cudnn")
+    assert not RateLookup(table_profile(cudnn_tflops=None)).has_backend("cudnn")
+    # another head dim / causal flag: the nearest measured one is used
+    other = RateLookup(table_profile()).attention_flops_per_s(backend="cudnn", q_heads=4, q_len=8192,
+                                                              k_len=131072, head_dim=64, causal=True)
+    assert float(other) == pytest.approx(600 * T)
+
+
+def test_transfer_bandwidth_by_size():
+    lookup = RateLookup(table_profile())
+    assert float(lookup.transfer_bytes_per_s("h2d", 1 << 20)) == pytest.approx(20 * G)
+    assert float(lookup.transfer_bytes_per_s("h2d", 1 << 25)) == pytest.approx(35 * G)   # halfway in log2
+    assert float(lookup.transfer_bytes_per_s("d2h", 1 << 34)) == pytest.approx(50 * G)   # clamped
+    assert float(RateLookup(scalar_profile()).transfer_bytes_per_s("h2d", 123)) == pytest.approx(25 * G)
+
+
+def test_matmul_and_pinning():
+    assert float(RateLookup(scalar_profile()).matmul_flops_per_s(1024, 4096, 4096)) == pytest.approx(160 * T)
+    assert RateLookup(table_profile()).pin_seconds(8 * GIB) == pytest.approx(2.0)
+    assert RateLookup(scalar_profile()).pin_seconds(8 * 10**9) == pytest.approx(2.0)
+    assert RateLookup(scalar_profile()).pin_seconds(0) == 0.0
+    assert math.isfinite(RateLookup(table_profile()).pin_seconds(1))

@@ -1,0 +1,69 @@
+"""Every memory term against a hand computation (Llama-3-8B, bf16)."""
+
+from planner import memory_model as mm
+from planner.model_spec import BUILTIN_MODELS
+from planner.units import GIB, MIB
+
+M = BUILTIN_MODELS["llama-3-8b"]
+T = 131072 + 16
+
+
+def test_weights():
+    assert mm.weights_bytes(M, 2) == 8_030_261_248 * 2
+    assert abs(mm.weights_bytes(M, 2) / GIB - 14.96) < 0.01
+
+
+def test_chunk_activations():
+    c = 8192
+    attention_phase = c * 2 * (2 * 4096 + 2 * (32 + 16) * 128 + 2 * 32 * 128)
+    mlp_phase = c * 2 * (2 * 4096 + 3 * 14336)
+    assert mlp_phase > attention_phase
+    assert mm.chunk_activation_bytes(M, c, 2) == mlp_phase + 128256 * (2 + 4)
+
+
+def test_head_buffers_resident_chunk_and_host():
+    assert mm.head_buffer_bytes(M, 2, T, 2) == 2 * 2 * 2 * T * 128 * 2
+    assert mm.resident_kv_bytes(M, 100, T, 2) == 100 * 2 * 128 * T * 2
+    assert mm.chunk_kv_bytes(M, 4096, 2, True) == 2 * 2 * 8 * 4096 * 128 * 2
+    assert mm.chunk_kv_bytes(M, 4096, 2, False) == 0
+    assert mm.host_kv_bytes(M, 100, T, 2) == (256 - 100) * 2 * 128 * T * 2
+    # all slots on host at 1M tokens: 128 GiB (DESIGN.md §2)
+    assert mm.host_kv_bytes(M, 0, 1024**2, 2) == 128 * GIB
+
+
+def test_predict_memory_sums_terms():
+    mem = mm.predict_memory(M, runtime_overhead_bytes=GIB, chunk_tokens=4096, heads_per_group=2,
+                            resident_kv_heads=40, capacity_tokens=T, elem_bytes=2, gpu_budget_bytes=80 * GIB,
+                            host_budget_bytes=100 * GIB)
+    bd = mem.gpu_breakdown
+    assert mem.kv_detail == {"resident": 40 * 2 * 128 * T * 2, "buffers": 2 * 2 * 2 * T * 128 * 2,
+                             "chunk": 2 * 2 * 8 * 4096 * 128 * 2}
+    assert bd.kv == sum(mem.kv_detail.values())
+    assert mem.gpu_peak_bytes == bd.weights + bd.kv + bd.activations + bd.overhead
+    assert bd.overhead == GIB and mem.host_kv_bytes == (256 - 40) * 2 * 128 * T * 2
+    # all resident: no buffers, no in-flight chunk, nothing on host
+    full = mm.predict_memory(M, runtime_overhead_bytes=0, chunk_tokens=4096, heads_per_group=8,
+                             resident_kv_heads=256, capacity_tokens=T, elem_bytes=2, gpu_budget_bytes=1,
+                             host_budget_bytes=1)
+    assert full.kv_detail["buffers"] == 0 and full.kv_detail["chunk"] == 0 and full.host_kv_bytes == 0
+
+
+def test_max_resident_heads_is_the_most_that_fits():
+    kwargs = dict(runtime_overhead_bytes=GIB, chunk_tokens=4096, capacity_tokens=T, elem_bytes=2)
+    for budget in (18 * GIB, 22 * GIB, 30 * GIB, 40 * GIB, 70 * GIB):
+        for group in (1, 2, 4, 8):
+            most = mm.max_resident_heads(M, heads_per_group=group, gpu_budget_bytes=budget, **kwargs)
+            peak = lambda r: mm.predict_memory(M, heads_per_group=group, resident_kv_heads=r, gpu_budget_bytes=budget,
+                                               host_budget_bytes=0, **kwargs).gpu_peak_bytes
+            assert most >= 0
+            assert peak(most) <= budget
+            if most < 256:
+                assert peak(most + 1) > budget or most + 1 == 256 and peak(256) > budget
+    assert mm.max_resident_heads(M, heads_per_group=1, gpu_budget_bytes=10 * GIB, **kwargs) == -1
+
+
+def test_min_resident_for_host():
+    per_slot = 2 * 128 * T * 2
+    assert mm.min_resident_for_host(M, capacity_tokens=T, elem_bytes=2, host_budget_bytes=200 * per_slot) == 56
+    assert mm.min_resident_for_host(M, capacity_tokens=T, elem_bytes=2, host_budget_bytes=10**15) == 0
+    assert abs(mm.chunk_activation_bytes(M, 1024, 2) / MIB - 100.7) < 0.1

@@ -1,0 +1,118 @@
+"""planner/time_model.py: the pipeline formula against an exact simulation, per-chunk times, decode terms,
+and the attention backend choice (flash as the fallback)."""
+
+import numpy as np
+import pytest
+
+from hwprofiles import load_profile
+from planner.candidates import make_setup, time_candidate, Candidate
+from planner.hw_lookup import RateLookup
+from planner.model_spec import BUILTIN_MODELS
+from planner.time_model import Workload, pipeline_period, predict_time
+from planner.units import GB
+
+from planner_test_profiles import scalar_profile, table_profile
+
+M = BUILTIN_MODELS["llama-3-8b"]
+
+
+def _simulate(other, attention, transfer, groups, layers=300):
+    """Two ping-pong slots, exactly: T_j = max(T_{j-1}, A_{j-2}) + t; A_j = max(A_{j-1} + N [first], T_j) + a."""
+    transfers, attentions = [], []
+    for _ in range(layers):
+        for group in range(groups):
+            j = len(attentions)
+            start = max(transfers[-1] if transfers else 0.0, attentions[j - 2] if j >= 2 else 0.0)
+            transfers.append(start + transfer)
+            previous = (attentions[-1] if attentions else 0.0) + (other if group == 0 else 0.0)
+            attentions.append(max(previous, transfers[j]) + attention)
+    window = 100
+    return (attentions[-1] - attentions[-1 - window * groups]) / window
+
+
+def test_pipeline_period_matches_exact_simulation():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        groups = int(rng.integers(1, 9))
+        other, attention, transfer = rng.exponential(1.0, 3) * rng.choice([0.1, 1.0, 10.0], 3)
+        period, _ = pipeline_period(np.array([other]), np.array([attention]), np.array([transfer]), groups)
+        assert period[0] == pytest.approx(_simulate(other, attention, transfer, groups), rel=1e-9)
+    assert pipeline_period(np.array([2.0]), np.array([1.0]), np.array([9.0]), 0)[0][0] == 2.0
+
+
+def _work(**kw):
+    base = dict(context_tokens=40960, decode_tokens=8, chunk_size=8192, heads_per_group=2, resident_kv_heads=64,
+                elem_bytes=2, backend="flash")
+    base.update(kw)
+    return Workload(**base)
+
+
+def test_chunk_times_listed_in_order():
+    profile = table_profile()
+    pred = predict_time(M, profile, RateLookup(profile), _work(context_tokens=40000))
+    assert len(pred.chunk_s) == 5                          # 4 full chunks of 8K and a shorter last one
+    assert sum(pred.chunk_s) == pytest.approx(pred.prefill_s)
+    assert pred.chunk_s[1] < pred.chunk_s[2] < pred.chunk_s[3]   # later chunks attend to a longer past
+    full = predict_time(M, profile, RateLookup(profile), _work(context_tokens=40960))
+    assert pred.chunk_s[:4] == pytest.approx(full.chunk_s[:4])
+    assert pred.chunk_s[4] < full.chunk_s[4]                  # the same past, fewer queries
+
+
+def test_decode_terms_and_bounds():
+    profile = scalar_profile(launch_overhead_s=0.0)
+    lookup = RateLookup(profile)
+    offloaded = predict_time(M, profile, lookup, _work(resident_kv_heads=0, heads_per_group=8))
+    # all KV over PCIe: at least the bytes / bandwidth, and PCIe binds
+    kv_bytes = M.kv_bytes_per_token(2) * (40960 + 3.5)
+    assert offloaded.decode_s_per_token >= kv_bytes / profile.pcie_h2d_bytes_per_s
+    assert offloaded.decode_bound == "pcie"
+    resident = predict_time(M, profile, lookup, _work(resident_kv_heads=256))
+    weights_s = M.param_count * 2 / profile.hbm_bytes_per_s
+    assert resident.decode_bound == "hbm" and resident.decode_s_per_token >= weights_s
+    assert resident.decode_s_per_token < offloaded.decode_s_per_token
+
+
+def test_launch_bound_decode_calibrated_on_h100():
+    """The measured profile's launch overhead reproduces the measured 24.5 ms Llama-3-8B decode step."""
+    profile = load_profile("h100-sxm-measured")
+    pred = predict_time(M, profile, RateLookup(profile), _work(context_tokens=32768, resident_kv_heads=256))
+    assert pred.decode_bound == "launch"
+    assert pred.decode_s_per_token == pytest.approx(24.5e-3, rel=0.02)
+
+
+def test_more_resident_heads_never_slower():
+    profile = table_profile()
+    lookup = RateLookup(profile)
+    times = [predict_time(M, profile, lookup, _work(resident_kv_heads=r)) for r in (0, 32, 64, 128, 255)]
+    decode = [t.decode_s_per_token for t in times]
+    assert decode == sorted(decode, reverse=True)
+
+
+def _setup(profile):
+    return make_setup(M, profile, context_tokens=131072, decode_tokens=4, gpu_mem_bytes=24 * GB,
+                      host_mem_bytes=None, dtype="bfloat16")
+
+
+def test_backend_choice_cudnn_when_faster_flash_otherwise():
+    fast = _setup(table_profile(cudnn_tflops=600.0))
+    cand = time_candidate(fast, Candidate.build(fast, "head-offload", 8192, 2, 64))
+    assert cand.backend == "cudnn-split" and cand.other_backend_s > cand.time.prefill_s
+    slow = _setup(table_profile(cudnn_tflops=50.0))
+    assert time_candidate(slow, Candidate.build(slow, "head-offload", 8192, 2, 64)).backend == "flash"
+    absent = _setup(table_profile(cudnn_tflops=None))
+    cand = time_candidate(absent, Candidate.build(absent, "head-offload", 8192, 2, 64))
+    assert cand.backend == "flash" and cand.other_backend_s is None
+    datasheet = _setup(load_profile("rtx-4090"))
+    assert datasheet.backends == ("flash",)
+
+
+def test_cudnn_split_pays_graph_builds():
+    profile = table_profile()
+    pred = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072))
+    builds = pred.terms["prefill_cudnn_graph_build_s"]
+    # pasts 0, 8K, .., 120K in blocks of 2K: s // 2K = 4, 8, .., 60 sets bits 2..5 -> 4 key lengths, and one
+    # call shape (the 2 resident heads of every layer are shaped like a group of 2)
+    assert builds == pytest.approx(4 * 1 * 0.05)
+    other = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072,
+                                                                resident_kv_heads=96))
+    assert other.terms["prefill_cudnn_graph_build_s"] == pytest.approx(4 * 3 * 0.05)   # resident 3; groups 2, 2, 1
