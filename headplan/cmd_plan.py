@@ -73,6 +73,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None,
                         choices=["standard", "chunked", "layer-offload", "head-offload"],
                         help="force one strategy (default: the fastest that fits)")
+    parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
+                        help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
+                        "log-sum-exp); auto = the faster by the hardware profile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +122,12 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     work = _workload(args)
     model, hardware = work.pop("model"), work.pop("hardware")
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
-    return make_plan(model, hardware, context_tokens=context, **work)
+    return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args), **work)
+
+
+def _backend(args: argparse.Namespace) -> Optional[str]:
+    choice = getattr(args, "attention_backend", "auto")
+    return None if choice == "auto" else choice
 
 
 def _emit(args: argparse.Namespace, data, text: str) -> None:
@@ -164,7 +172,7 @@ def _sweep(args: argparse.Namespace) -> int:
     contexts = parse_token_list(args.sweep)
     work = _workload(args)
     model, hardware = work.pop("model"), work.pop("hardware")
-    rows, plans = sweep(model, hardware, contexts, **work)
+    rows, plans = sweep(model, hardware, contexts, attention_backend=_backend(args), **work)
     if args.plot is not None:
         from planner.plots import plot_sweep
 

@@ -126,7 +126,7 @@ def solve(setup: Setup, knobs: Knobs) -> tuple[Candidate, dict[str, list[Candida
     if not fitting:
         raise _no_fit_error(setup, knobs, every)
     for cand in fitting:
-        time_candidate(setup, cand)
+        time_candidate(setup, cand, backend=knobs.attention_backend)
     return _best(fitting), by_strategy
 
 
@@ -151,11 +151,16 @@ def _alternatives(chosen: Candidate, by_strategy: dict[str, list[Candidate]]) ->
 def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int, decode_tokens: int,
               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int] = None, dtype: str = "bfloat16",
               chunk_size: Optional[int] = None, heads_per_group: Optional[int] = None,
-              resident_kv_heads: Optional[int] = None, strategy: Optional[str] = None) -> Plan:
-    """The fastest plan that fits, with every alternative and why it lost. Raises PlanError when none fits."""
+              resident_kv_heads: Optional[int] = None, strategy: Optional[str] = None,
+              attention_backend: Optional[str] = None) -> Plan:
+    """The fastest plan that fits, with every alternative and why it lost. Raises PlanError when none fits.
+
+    ``attention_backend`` ('flash' or 'cudnn-split') forces the prefill kernel; None picks the faster one."""
+    if attention_backend not in (None, "flash", "cudnn-split"):
+        raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype)
-    knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy)
+    knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     chosen, by_strategy = solve(setup, knobs)
     notes = list(setup.notes)
     if chunk_size is not None and chunk_size > context_tokens:

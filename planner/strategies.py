@@ -34,6 +34,8 @@ class Knobs:
     heads_per_group: Optional[int] = None
     resident_kv_heads: Optional[int] = None
     strategy: Optional[str] = None
+    attention_backend: Optional[str] = None
+    """'flash' or 'cudnn-split' to force the prefill attention kernel; None = the faster by the profile"""
 
 
 def strategy_of(model: ModelSpec, *, context_tokens: int, chunk_size: int, heads_per_group: int,

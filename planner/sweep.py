@@ -18,7 +18,8 @@ from planner.solver import make_plan
 def sweep(model: ModelSpec, hardware: HardwareProfile, contexts: list[int], *, decode_tokens: int,
           gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str, chunk_size: Optional[int],
           heads_per_group: Optional[int], resident_kv_heads: Optional[int],
-          strategy: Optional[str]) -> tuple[list[dict[str, Any]], list[Plan]]:
+          strategy: Optional[str], attention_backend: Optional[str] = None,
+          ) -> tuple[list[dict[str, Any]], list[Plan]]:
     """Rows (plain dicts, JSON-ready) and the plans that were made, one row per context."""
     rows, plans = [], []
     for context in contexts:
@@ -27,7 +28,8 @@ def sweep(model: ModelSpec, hardware: HardwareProfile, contexts: list[int], *, d
             plan = make_plan(model, hardware, context_tokens=context, decode_tokens=decode_tokens,
                              gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
                              chunk_size=chunk_size, heads_per_group=heads_per_group,
-                             resident_kv_heads=resident_kv_heads, strategy=strategy)
+                             resident_kv_heads=resident_kv_heads, strategy=strategy,
+                             attention_backend=attention_backend)
         except PlanError as exc:
             row["error"] = str(exc)
             rows.append(row)

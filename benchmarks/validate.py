@@ -1,0 +1,143 @@
+"""Prediction against measurement on a GPU: plan, run and compare, cell by cell (issue 5; also issue 4's runs).
+
+A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND]``, e.g. ``llama-3-8b:128K:24GB`` (the
+planner chooses the knobs) or ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one point of a grid). Each
+cell runs ``headplan run`` in its own process (a fresh CUDA context, so the memory cap and the peaks are the
+cell's own) with a per-cell time limit, and its report.json is appended as one JSON line to ``--out``. A cell
+already in ``--out`` or in a ``--resume`` file is skipped, so the matrix can be run in parts.
+
+    # on the GPU machine (one command; resumes from what the results file already holds):
+    python benchmarks/validate.py run --hw hwprofiles/catalog/h100-sxm-measured.json \
+        --cells preset:issue5-8b --out $OUT/validation.jsonl --resume benchmarks/results/validation-h100.jsonl
+    # anywhere, from the JSON lines: table (.md), summary (.json) and the predicted-vs-measured PNG
+    python benchmarks/validate.py summarize benchmarks/results/validation-h100.jsonl \
+        --name validation-h100-2026-11-22 --dir benchmarks/results
+
+Leaves out: the transformers baselines (benchmarks/transformers_baseline.py) and the profiling itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validation_summary import summarize  # noqa: E402
+
+PRESETS = {
+    "issue4": "llama-3-8b:32K:24GB,llama-3-8b:128K:24GB,llama-3-8b:256K:24GB,llama-3-8b:512K:24GB",
+    "issue5-8b": ",".join(f"llama-3-8b:{ctx}:{mem}" for mem in ("24GB", "80GB")
+                          for ctx in ("8K", "32K", "128K", "256K", "512K")),
+    "issue5-1b": ",".join(f"llama-3.2-1b:{ctx}:{mem}" for mem in ("24GB", "80GB")
+                          for ctx in ("32K", "128K", "512K", "1M", "2M")),
+    "grid-128k": ",".join(f"llama-3-8b:128K:24GB:c={c}:G={g}:R={r}" for c in ("4K", "8K", "16K")
+                          for g in (1, 2, 8) for r in (0, 64)),
+}
+KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend"}
+
+
+def expand_cells(text: str) -> list[str]:
+    """Comma-separated cells; ``preset:NAME`` expands to a preset's cells."""
+    cells: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item.startswith("preset:"):
+            cells.extend(PRESETS[item.removeprefix("preset:")].split(","))
+        elif item:
+            cells.append(item)
+    return cells
+
+
+def cell_flags(cell: str) -> list[str]:
+    """``MODEL:CONTEXT:GPU_MEM[:k=v...]`` -> headplan run flags."""
+    model, context, gpu_mem, *knobs = cell.split(":")
+    flags = ["--model", model, "--context", context, "--gpu-mem", gpu_mem]
+    for knob in knobs:
+        key, value = knob.split("=", 1)
+        flags += [KNOB_FLAGS[key], value]
+    return flags
+
+
+def done_cells(paths: list[Path]) -> set[str]:
+    seen = set()
+    for path in paths:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if "error_text" not in row:
+                        seen.add(row["cell"])
+    return seen
+
+
+def run_cell(cell: str, hw: str, new_tokens: int, timeout_s: float, extra: list[str]) -> dict:
+    """Run one cell in a subprocess; returns {cell, wall_s, report (report.json) or error_text}."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "headplan.cli", "run", "--hw", hw, "--new-tokens", str(new_tokens),
+                   "--decode-tokens", str(new_tokens), "--device", "cuda", "--out", folder, "--no-progress",
+                   *cell_flags(cell), *extra]
+        start_s = time.perf_counter()
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            code, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
+        except subprocess.TimeoutExpired as exc:
+            code, tail = "timeout", f"cell ran past {timeout_s:.0f} s; {str(exc.stderr or '')[-1000:]}"
+        row: dict = {"cell": cell, "wall_s": round(time.perf_counter() - start_s, 1),
+                     "date": time.strftime("%Y-%m-%d"), "exit_code": code}
+        report_path = Path(folder) / "report.json"
+        if report_path.exists():
+            row["report"] = json.loads(report_path.read_text())
+        if code != 0:
+            row["error_text"] = tail
+        return row
+
+
+def command_run(args) -> int:
+    cells = expand_cells(args.cells)
+    skip = done_cells([args.out, *args.resume])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for index, cell in enumerate(cells, 1):
+        if cell in skip:
+            print(f"[{index}/{len(cells)}] {cell}: already measured, skipped", flush=True)
+            continue
+        print(f"[{index}/{len(cells)}] {cell}: running", flush=True)
+        row = run_cell(cell, args.hw, args.new_tokens, args.timeout_s, args.extra.split() if args.extra else [])
+        with args.out.open("a") as sink:
+            sink.write(json.dumps(row) + "\n")
+        measured = (row.get("report") or {}).get("measured") or {}
+        predicted = (row.get("report") or {}).get("predicted") or {}
+        print(f"    exit {row['exit_code']} in {row['wall_s']} s; prefill {measured.get('prefill_s')} s "
+              f"(pred {predicted.get('prefill_s')}), decode {measured.get('decode_s_per_token')} s/token "
+              f"(pred {predicted.get('decode_s_per_token')})" + (f"\n    {row['error_text'][-600:]}"
+                                                              if "error_text" in row else ""), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run cells on this GPU")
+    run.add_argument("--hw", required=True, help="hardware profile (name or file) the plans are made with")
+    run.add_argument("--cells", required=True, help="cells or preset:NAME (" + ", ".join(PRESETS) + ")")
+    run.add_argument("--new-tokens", type=int, default=16)
+    run.add_argument("--timeout-s", type=float, default=600.0, help="per cell")
+    run.add_argument("--out", type=Path, required=True, help="JSON lines file appended to")
+    run.add_argument("--resume", type=Path, nargs="*", default=[], help="earlier results: their cells are skipped")
+    run.add_argument("--extra", default="", help="more flags for headplan run, e.g. '--trace'")
+    summ = sub.add_parser("summarize", help="table, summary JSON and PNG from result files")
+    summ.add_argument("results", type=Path, nargs="+")
+    summ.add_argument("--name", required=True, help="base name, e.g. validation-h100-2026-11-22")
+    summ.add_argument("--dir", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
+    args = parser.parse_args()
+    if args.command == "run":
+        return command_run(args)
+    return summarize(args.results, args.name, args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

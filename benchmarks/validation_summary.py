@@ -1,0 +1,135 @@
+"""Summaries of validation cells (JSON lines written by validate.py run): a Markdown table, a summary JSON with
+the error statistics against the issue-5 targets, and a PNG of predicted against measured on log axes.
+
+Relative error is measured / predicted - 1 (positive: slower or larger than predicted); the statistics use
+its absolute value. Cells that failed are listed with their error and left out of the statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+TARGETS = {"prefill_s": 0.10, "decode_s_per_token": 0.10, "gpu_peak_bytes": 0.05}
+WORST_CELL_TARGET = 0.20
+GIB = 1024**3
+
+
+def load_rows(paths: list[Path]) -> list[dict]:
+    """The last row of every cell over the files (a re-run replaces an earlier one)."""
+    by_cell: dict[str, dict] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_cell[row["cell"]] = row
+    return list(by_cell.values())
+
+
+def _figure(row: dict, block: str, key: str):
+    return ((row.get("report") or {}).get(block) or {}).get(key)
+
+
+def _error(row: dict, key: str):
+    measured, predicted = _figure(row, "measured", key), _figure(row, "predicted", key)
+    if measured is None or not predicted:
+        return None
+    return measured / predicted - 1.0
+
+
+def statistics_of(rows: list[dict]) -> dict:
+    """Median and worst absolute relative error per figure, with the target and whether it is met."""
+    good = [row for row in rows if "error_text" not in row and row.get("report")]
+    result = {"cells": len(rows), "cells_measured": len(good), "figures": {}}
+    for key, target in TARGETS.items():
+        errors = [abs(e) for e in (_error(row, key) for row in good) if e is not None]
+        if not errors:
+            continue
+        median, worst = statistics.median(errors), max(errors)
+        result["figures"][key] = {"median_abs_rel_error": median, "worst_abs_rel_error": worst,
+                                  "n": len(errors), "median_target": target,
+                                  "median_met": median <= target, "worst_met": worst <= WORST_CELL_TARGET}
+    return result
+
+
+def _settings(row: dict) -> str:
+    s = (row.get("report") or {}).get("settings") or {}
+    return (f"c={s.get('chunk_size')} G={s.get('heads_per_group')} R={s.get('resident_kv_heads')} "
+            f"{s.get('attention_backend', '')}")
+
+
+def _cell_line(row: dict) -> str:
+    if "error_text" in row:
+        text = row["error_text"].strip().splitlines()[-1][:120] if row["error_text"].strip() else "failed"
+        return f"| {row['cell']} | failed (exit {row.get('exit_code')}): {text} | | | | | | | |"
+    parts = [row["cell"], _settings(row)]
+    for key, scale, unit in (("prefill_s", 1, "s"), ("decode_s_per_token", 1000, "ms"), ("gpu_peak_bytes", 1 / GIB,
+                                                                                        "GiB")):
+        predicted, measured, error = _figure(row, "predicted", key), _figure(row, "measured", key), _error(row, key)
+        parts.append("-" if predicted is None else f"{predicted * scale:.3g} → "
+                     + ("-" if measured is None else f"{measured * scale:.3g} {unit}"))
+        parts.append("-" if error is None else f"{error * 100:+.1f}%")
+    parts.append(f"{row.get('wall_s')} s")
+    return "| " + " | ".join(parts) + " |"
+
+
+def render_markdown(rows: list[dict], stats: dict, title: str) -> str:
+    device = next((_figure(r, "report", "device") or (r.get("report") or {}).get("device") for r in rows
+                   if r.get("report")), "?")
+    lines = [f"# {title}", "", f"Device: {device}. Dates: {', '.join(sorted({r.get('date', '?') for r in rows}))}.",
+             "Relative error = measured / predicted − 1.", "",
+             "| cell | plan | prefill pred → meas | err | decode pred → meas | err | peak GPU pred → meas | err | wall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_cell_line(row) for row in rows]
+    lines += ["", "| figure | median abs error | target | worst cell | target | n |", "|---|---|---|---|---|---|"]
+    for key, fig in stats["figures"].items():
+        lines.append(f"| {key} | {fig['median_abs_rel_error'] * 100:.1f}% | ≤ {fig['median_target'] * 100:.0f}% "
+                     f"({'met' if fig['median_met'] else 'missed'}) | {fig['worst_abs_rel_error'] * 100:.1f}% | "
+                     f"≤ {WORST_CELL_TARGET * 100:.0f}% ({'met' if fig['worst_met'] else 'missed'}) | {fig['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Predicted (x) against measured (y) on log axes with y = x, one marker per cell, colour by model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    models = sorted({row["cell"].split(":")[0] for row in rows})
+    for axis, (key, label, scale) in zip(axes, (("prefill_s", "prefill (s)", 1), ("decode_s_per_token",
+                                                 "decode (ms/token)", 1000), ("gpu_peak_bytes", "peak GPU (GiB)",
+                                                                             1 / GIB))):
+        values = []
+        for model, marker in zip(models, "os^Dv"):
+            points = [(_figure(r, "predicted", key) * scale, _figure(r, "measured", key) * scale) for r in rows
+                      if r["cell"].startswith(model + ":") and _figure(r, "predicted", key)
+                      and _figure(r, "measured", key)]
+            if points:
+                axis.scatter(*zip(*points), marker=marker, label=model)
+                values += [v for point in points for v in point]
+        if values:
+            low, high = min(values) / 1.3, max(values) * 1.3
+            axis.plot([low, high], [low, high], "k--", linewidth=0.8, label="y = x")
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+        axis.set_xlabel(f"predicted {label}")
+        axis.set_ylabel(f"measured {label}")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def summarize(paths: list[Path], name: str, out_dir: Path) -> int:
+    rows = load_rows(paths)
+    stats = statistics_of(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"summary": stats, "cells": rows}, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(render_markdown(rows, stats, name))
+    plot(rows, out_dir / f"{name}.png")
+    print(render_markdown(rows, stats, name))
+    return 0
