@@ -293,6 +293,8 @@ def apply_gpu_budget(budget_bytes: int, runtime_overhead_bytes: int, device: tor
     """Cap this process's PyTorch allocations at budget - runtime overhead (a 24 GB budget on an 80 GB card
     behaves like a 24 GB card). Returns the fraction set."""
     device = torch.device(device)
+    if device.index is None:  # set_per_process_memory_fraction needs an index ("cuda" alone is refused)
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     usable = budget_bytes - runtime_overhead_bytes
     if usable <= 0:

@@ -98,7 +98,8 @@ class HardwareProfile(_Frozen):
     origin: Literal["datasheet", "measured"]
     source: str = Field(description="citation for datasheet values, or how the measurement was made")
     gpu_name: str
-    gpu_mem_bytes: int = Field(description="memory on the card as the vendor states it (bytes)")
+    gpu_mem_bytes: int = Field(description="memory on the card: the vendor figure (datasheet) or what the "
+                               "device reports (measured)")
     # compute
     matmul_peak_flops_per_s: float = Field(description="dense bf16 tensor-core peak, datasheet")
     matmul_flops_per_s: float = Field(description="achievable dense bf16 matmul rate at large shapes")

@@ -135,7 +135,7 @@ def _gpu_fields(results: dict, datasheet: Optional[HardwareProfile], notes: list
     transfers = results["pcie"]
     h2d = _largest(transfers, "h2d", "pinned")
     return dict(
-        gpu_mem_bytes=datasheet.gpu_mem_bytes if datasheet else results["gpu_total_bytes"],
+        gpu_mem_bytes=results["gpu_total_bytes"],  # what the device reports, not the marketing figure
         hbm_bytes_per_s=results["hbm"].get("read_bytes_per_s")
         or (datasheet.hbm_bytes_per_s if datasheet else results["host"]["memcpy_bytes_per_s"]),
         pcie_generation=datasheet.pcie_generation if datasheet else results.get("pcie_generation", 0),

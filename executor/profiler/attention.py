@@ -152,12 +152,16 @@ def cudnn_available(ctx: ProfileContext) -> bool:
 
 
 def measure_cudnn_graph_build(ctx: ProfileContext) -> float | None:
-    """Median seconds of the first cuDNN call at a new shape minus a steady call at that shape."""
+    """Median seconds of the first cuDNN call at a new shape minus a steady call at that shape.
+
+    The key lengths are new multiples of 2048, like the past blocks the executor's cudnn-split sends
+    (executor/attention_split.py): misaligned lengths (e.g. 4160) build far slower (~0.5 s against ~0.05 s on
+    an H100) and the executor never asks for them."""
     q_len, head_dim = min(max(ctx.preset.q_lens), 4096), ctx.preset.head_dims[0]
     q = ctx.randn(1, 1, GQA_RATIO * q_len, head_dim, dtype=torch.bfloat16)
     build_s = []
     for index in range(ctx.preset.cudnn_graph_builds):
-        k_len = min(ctx.preset.k_lens) + 64 * (index + 1)  # a key length no earlier call used
+        k_len = 2048 * (2 * index + 5)  # 10K, 14K, 18K...: aligned like the executor's blocks, not in the sweep
         k = ctx.randn(1, 1, k_len, head_dim, dtype=torch.bfloat16)
         first_s = host_seconds(lambda: cudnn_packed(q, k, k), device=ctx.device)
         steady_s = host_seconds(lambda: cudnn_packed(q, k, k), device=ctx.device)

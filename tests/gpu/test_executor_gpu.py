@@ -103,3 +103,21 @@ def test_cli_smoke_on_cuda(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["measured"]["gpu_peak_bytes"] > 0 and report["verify"]["greedy_tokens_agree"]
     assert (out / "timeline.png").exists()
+
+
+def test_gpu_budget_caps_the_allocator():
+    """--gpu-mem on a bigger card: an allocation over budget - overhead fails, one under it succeeds."""
+    from executor.runner import apply_gpu_budget
+
+    budget, overhead = 4 * 1024**3, 512 * 1024**2
+    fraction = apply_gpu_budget(budget, overhead, "cuda")  # a bare "cuda" must work (no device index)
+    try:
+        assert 0 < fraction < 1
+        under = torch.empty(budget - overhead - 256 * 1024**2, dtype=torch.uint8, device="cuda")
+        del under
+        torch.cuda.empty_cache()
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(budget, dtype=torch.uint8, device="cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+        torch.cuda.empty_cache()
