@@ -1,4 +1,4 @@
-"""Build hwprofiles/catalog/h100-sxm-measured.json from the H100 measurements in ../shared/measurements/.
+"""Build hwprofiles/catalog/h100-sxm-imported.json from the H100 measurements in ../shared/measurements/.
 
 Reads h100-limits-2026-11-22.json (matmul, HBM, PCIe by size, pinning, host RAM),
 h100-attention-backends-2026-11-22.json (flash and cuDNN attention by shape) and
@@ -113,7 +113,7 @@ def build_profile(shared: Path) -> HardwareProfile:
         "point (0.0 s) is dropped as a zero."
     )
     return HardwareProfile(
-        name="h100-sxm-measured", origin="measured", source=source, gpu_name=limits["gpu"],
+        name="h100-sxm-imported", origin="measured", source=source, gpu_name=limits["gpu"],
         gpu_mem_bytes=round(limits["gpu_mem_gib"] * GIB),
         matmul_peak_flops_per_s=989.4 * TERA, matmul_flops_per_s=limits["matmul_bf16_tflops"] * TERA,
         attention_flops_per_s=limits["sdpa_chunk10k_ctx128k_all_heads_tflops"] * TERA,
@@ -147,7 +147,7 @@ def build_profile(shared: Path) -> HardwareProfile:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "measurements")
-    parser.add_argument("--out", type=Path, default=CATALOG_DIR / "h100-sxm-measured.json")
+    parser.add_argument("--out", type=Path, default=CATALOG_DIR / "h100-sxm-imported.json")
     args = parser.parse_args()
     profile = write_profile(build_profile(args.shared), args.out)
     print(f"wrote {args.out}: {len(profile.attention_table)} attention, {len(profile.transfer_table)} transfer, "

@@ -121,7 +121,7 @@ def _measured_block(model, m: Measurement) -> TimesAndPeak:
                      "overhead": peak - m.gpu_peak_allocated_bytes}
     return TimesAndPeak(prefill_s=m.prefill_s, decode_s_per_token=m.decode_s_per_token, gpu_peak_bytes=peak,
                         chunk_s=list(m.chunk_s), time_to_first_token_s=m.time_to_first_token_s,
-                        gpu_breakdown=breakdown, host_kv_bytes=m.host_store_bytes)
+                        warmup_s=m.warmup_s, gpu_breakdown=breakdown, host_kv_bytes=m.host_store_bytes)
 
 
 def _phase_figures(m: Measurement) -> tuple[dict, dict]:

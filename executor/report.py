@@ -33,6 +33,8 @@ class TimesAndPeak(_Block):
     gpu_peak_bytes: Optional[int] = None
     chunk_s: list[float] = Field(default_factory=list)
     time_to_first_token_s: Optional[float] = None
+    warmup_s: Optional[float] = Field(None, description="measured only: the warm-up pass before the timed run "
+                                      "(one-time process costs), outside prefill_s")
     gpu_breakdown: dict[str, int] = Field(default_factory=dict, description="bytes by term")
     host_kv_bytes: Optional[int] = None
 
@@ -166,6 +168,7 @@ def render_markdown(report: RunReport) -> str:
     lines += ["| | predicted | measured | error |", "|---|---|---|---|",
               f"| prefill | {_seconds(p.prefill_s)} | {_seconds(m.prefill_s)} | {_pct(e.prefill_s)} |",
               f"| time to first token | {_seconds(p.time_to_first_token_s)} | {_seconds(m.time_to_first_token_s)} | |",
+              f"| warm-up (once per process, not in prefill) | - | {_seconds(m.warmup_s)} | |",
               f"| decode per token | {_seconds(p.decode_s_per_token)} | {_seconds(m.decode_s_per_token)} | "
               f"{_pct(e.decode_s_per_token)} |",
               f"| GPU peak | {_gib(p.gpu_peak_bytes)} | {_gib(m.gpu_peak_bytes)} | {_pct(e.gpu_peak_bytes)} |", ""]

@@ -53,7 +53,16 @@ def _resolve_plan(args):
     return plan_from_args(args)
 
 
+ALLOCATOR_CONFIG = "expandable_segments:True"
+"""Set before CUDA starts (unless the user set PYTORCH_CUDA_ALLOC_CONF): segments that grow in place instead of
+fixed blocks. Measured on the H100 (2026-11-22): without it, reserved ran 0.4-0.7 GiB over allocated at 24 GB,
+and plans sized to the last few hundred MiB ran out of memory."""
+
+
 def main(args) -> int:
+    import os
+
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_CONFIG)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

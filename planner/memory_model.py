@@ -41,21 +41,25 @@ def weights_bytes(model: ModelSpec, elem_bytes: int) -> int:
 def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:
     """Largest transient working set of one chunk of c tokens in a transformers decoder layer, plus logits.
 
-        attention phase = c * b * (2 D                       residual stream + its RMSNormed copy
+        held    = c * b * 2 D                         the model forward keeps ``inputs_embeds`` and the layer's
+                                                      input alive while a layer runs (measured on the H100:
+                                                      without these two the term came out 20% short)
+        attention phase = held + c * b * (2 D         residual stream + its RMSNormed copy
                                    + 2 (H_q + 2 H_kv) d      q, k, v projections and their RoPE'd copies
                                    + 2 H_q d)                attention output and its o_proj input layout
-        MLP phase       = c * b * (2 D + 3 I)                residual, normed input, gate/up/product (SwiGLU)
-        logits          = V * (b + 4)                        last position only (logits_to_keep=1), + float32
+        MLP phase       = held + c * b * (2 D + 3 I)  residual, normed input, act(gate)/up/product (SwiGLU)
+        logits          = V * (b + 4)                 last position only (logits_to_keep=1), + float32
         activations     = max(attention phase, MLP phase) + logits
     """
     dim, inter, head_dim = model.hidden_size, model.intermediate_size, model.head_dim
     q_heads, kv_heads = model.num_attention_heads, model.num_key_value_heads
-    attention_phase = chunk_tokens * elem_bytes * (
+    held = chunk_tokens * elem_bytes * 2 * dim
+    attention_phase = held + chunk_tokens * elem_bytes * (
         2 * dim
         + 2 * (q_heads + 2 * kv_heads) * head_dim
         + 2 * q_heads * head_dim
     )
-    mlp_phase = chunk_tokens * elem_bytes * (2 * dim + 3 * inter)
+    mlp_phase = held + chunk_tokens * elem_bytes * (2 * dim + 3 * inter)
     logits = model.vocab_size * (elem_bytes + 4)
     return max(attention_phase, mlp_phase) + logits
 

@@ -22,7 +22,7 @@ def test_datasheet_profiles(name):
 
 
 def test_measured_profile_reproducible():
-    assert set(DATASHEET) | {"h100-sxm-measured"} <= set(known_profiles())
+    assert set(DATASHEET) | {"h100-sxm-measured", "h100-sxm-imported"} <= set(known_profiles())
     shared = ROOT.parent / "shared" / "measurements"
     if not (shared / "h100-limits-2026-11-22.json").exists():
         pytest.skip("shared measurements not present")
@@ -30,9 +30,21 @@ def test_measured_profile_reproducible():
     importer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(importer)
     built = importer.build_profile(shared)
-    stored = load_profile("h100-sxm-measured")
+    stored = load_profile("h100-sxm-imported")
     assert stored.model_copy(update={"content_hash": ""}) == built
     assert stored.measurement.mode == "imported" and stored.origin == "measured"
     backends = {p.backend for p in stored.attention_table}
     assert backends == {"flash", "cudnn"}
     assert {p.direction for p in stored.transfer_table} == {"h2d", "d2h", "bidir"}
+
+
+def test_profiled_h100_is_a_full_measurement():
+    """The default profile is the one headplan profile wrote on the lent H100 (full mode), with its tables."""
+    profile = load_profile("h100-sxm-measured")
+    assert profile.origin == "measured" and profile.measurement.mode == "full"
+    assert "H100" in profile.measurement.gpu_name and profile.measurement.torch_version
+    assert {p.backend for p in profile.attention_table} >= {"flash", "cudnn"}
+    assert {p.host_memory for p in profile.transfer_table} >= {"pinned", "registered"}
+    from hwprofiles.schema import profile_hash
+
+    assert profile.content_hash == profile_hash(profile)
