@@ -140,7 +140,8 @@ class _Run:
 def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int,
             device: torch.device | str, trace: bool = False, keep_logits: bool = False,
             on_chunk: Optional[Callable[[int], None]] = None,
-            host_available_bytes: Optional[int] = None, sync_debug: bool = False) -> Measurement:
+            host_available_bytes: Optional[int] = None, sync_debug: bool = False,
+            warmup: Optional[bool] = None) -> Measurement:
     """Run prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; return the Measurement.
 
     ``sync_debug`` (CUDA, tests): the prefill and decode loops run under torch.cuda.set_sync_debug_mode("error"),
@@ -156,7 +157,7 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     layout = layout_for(model, settings)
     dtype = next(model.parameters()).dtype
     measurement = Measurement(prompt_tokens=prompt_tokens)
-    if device.type == "cuda" and warmup:
+    if warmup if warmup is not None else device.type == "cuda":  # default: warm up on CUDA only
         measurement.warmup_s = warm_up(model, input_ids, settings, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -201,7 +202,8 @@ def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, device:
     tiny = dataclasses.replace(settings, chunk_size=WARMUP_CHUNK_TOKENS,
                                capacity_tokens=WARMUP_PROMPT_TOKENS + 2)
     execute(model, input_ids[:, :WARMUP_PROMPT_TOKENS], tiny, new_tokens=2, device=device, warmup=False)
-    torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start_s
 
 

@@ -124,3 +124,18 @@ def test_model_unmodified_after_run():
     before = model.config._attn_implementation
     run_offloaded(model, prompt(7), chunk=3, group=1, resident=0)
     assert model.config._attn_implementation == before
+
+
+def test_warm_up_pass_then_exact_run():
+    """The warm-up pass (default on CUDA) runs the same engine on a tiny prompt first; the timed run after it is
+    still exact and reports the warm-up time apart from prefill."""
+    from executor.kv_store import ExecutionSettings
+    from executor.runner import execute
+
+    model, ids = tiny_model(kv_heads=2), prompt(13)
+    settings = ExecutionSettings(chunk_size=5, heads_per_group=1, resident_kv_heads=1, capacity_tokens=16,
+                                 attention_backend="math")
+    warm = execute(model, ids, settings, new_tokens=3, device="cpu", warmup=True)
+    cold = execute(model, ids, settings, new_tokens=3, device="cpu", warmup=False)
+    assert warm.warmup_s is not None and warm.warmup_s > 0 and cold.warmup_s is None
+    assert warm.generated_token_ids == cold.generated_token_ids
