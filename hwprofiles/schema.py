@@ -124,6 +124,23 @@ class HardwareProfile(_Frozen):
     launch_overhead_s: float = Field(description="host cost of one kernel launch through PyTorch")
     attention_call_overhead_s: float = Field(0.0, description="fixed cost of one attention call")
     cudnn_graph_build_s: Optional[float] = Field(None, description="cuDNN attention: first call at a new shape")
+    # host time of the executor's own loop (executor/profiler/executor_host.py); None: the planner falls back
+    # to counted host ops x launch_overhead_s (planner/time_model.py)
+    executor_model_host_s: Optional[float] = Field(
+        None, description="host seconds of one forward outside the decoder layers (embedding, final norm, "
+        "lm_head, next-token argmax, the runner's bookkeeping), per prefill chunk or decode token")
+    executor_decode_layer_host_s: Optional[float] = Field(
+        None, description="host seconds of one decoder layer of a decode step with all KV heads resident "
+        "(transformers' module code and the resident attention call)")
+    executor_group_host_s: Optional[float] = Field(
+        None, description="extra host seconds per streamed head group per layer (events, slot writes, the "
+        "group's attention call, output placement); its heads' copies are counted apart")
+    executor_prefill_layer_host_s: Optional[float] = Field(
+        None, description="host seconds of one decoder layer of a small prefill chunk, all heads resident, "
+        "flash attention")
+    executor_split_part_host_s: Optional[float] = Field(
+        None, description="extra host seconds per cuDNN part of the cudnn-split attention (one cuDNN call and "
+        "its log-sum-exp merge) per attention call")
     # measured tables (empty for datasheet profiles)
     attention_table: list[AttentionPoint] = Field(default_factory=list)
     transfer_table: list[TransferPoint] = Field(default_factory=list)
@@ -133,10 +150,19 @@ class HardwareProfile(_Frozen):
     content_hash: str = Field("", description="sha256 of the profile without this field (hwprofiles.profile_hash)")
 
 
+# Optional fields added after the first catalog files: left out of the hash while None, so the files written
+# before them keep their hash.
+HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
+                          "executor_prefill_layer_host_s", "executor_split_part_host_s")
+
+
 def profile_hash(profile: HardwareProfile) -> str:
     """sha256 (hex, first 16 chars) of the profile's JSON with ``content_hash`` blanked: stable across writes."""
     data = profile.model_dump(mode="json")
     data["content_hash"] = ""
+    for key in HASH_OMITTED_WHEN_NONE:
+        if data.get(key) is None:
+            data.pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

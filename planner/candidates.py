@@ -15,7 +15,8 @@ from typing import Optional
 from hwprofiles.schema import HardwareProfile
 from planner.errors import PlanError
 from planner.hw_lookup import RateLookup
-from planner.memory_model import dtype_bytes, max_resident_heads, min_resident_for_host, predict_memory
+from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_for_host, overhead_bytes,
+                                  predict_memory)
 from planner.model_spec import ModelSpec
 from planner.plan import MemoryPrediction
 from planner.strategies import Knobs, allowed, check_knobs, chunk_candidates, group_candidates
@@ -79,7 +80,7 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     lookup = rate_lookup(profile)
     backends = ("flash", "cudnn-split") if lookup.has_backend("cudnn") else ("flash",)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 profile.runtime_overhead_bytes, backends, notes)
+                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 from planner.layout import max_group_heads
 from planner.model_spec import ModelSpec
 from planner.plan import GpuBreakdown, MemoryPrediction
+from planner.units import MIB
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -36,6 +37,19 @@ def dtype_bytes(dtype: str) -> int:
 def weights_bytes(model: ModelSpec, elem_bytes: int) -> int:
     """weights = param_count * b (Llama-3-8B bf16: 8.03e9 * 2 = 14.96 GiB)."""
     return model.param_count * elem_bytes
+
+
+ALLOCATOR_SLACK_BYTES = 256 * MIB
+"""PyTorch's caching allocator reserves more than it hands out. With expandable segments (what headplan run
+sets) reserved ran 0.08-0.23 GiB over peak allocated in five Llama-3-8B runs on the H100 (2026-11-22,
+benchmarks/results/validation-h100-2026-11-22.*); a plan 0.04 GiB under the cap ran out of memory. Not yet
+measured by the profiler: this is a planning margin on the constraint, not a correction of a prediction."""
+
+
+def overhead_bytes(runtime_overhead_bytes: int) -> int:
+    """GPU memory outside the plan's tensors = runtime (CUDA context, libraries, workspaces: measured by the
+    profiler) + ALLOCATOR_SLACK_BYTES (allocator reserve beyond the peak of live tensors)."""
+    return runtime_overhead_bytes + ALLOCATOR_SLACK_BYTES
 
 
 def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:

@@ -20,16 +20,25 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
         n = 1:  P = max(N + a, t)
         n >= 2: P = max(N + n a,  n t,  N + 2 a + (n - 2) t)             compute, PCIe, PCIe idling in N
     gpu_chunk  = sum over layers of P + first transfer of the chunk (nothing to overlap it with) + lm_head
-    host_chunk = launch_overhead * (host ops of the chunk) + attention_call_overhead * attention calls
+    host_chunk = executor_host_seconds (below): the host's own time for the chunk
     chunk_s    = max(gpu_chunk, host_chunk)                             the host runs ahead (no syncs)
     prefill_s  = sum of chunk_s + cudnn graph builds (one per new (heads, q_len, k_len) shape)
 Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
 reads K, V from HBM (resident heads and the streamed slots), the streamed heads cross PCIe, always "flash".
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
-Host-op counts are op-equivalents of the executor's loop (constants below); the launch overhead of the
-measured H100 profile is calibrated so that a Llama-3-8B decode step with the KV on the GPU costs the
-measured 24.5 ms (h100-transformers-baseline-2026-11-22.json). Leaves out: the embedding, RoPE tables, the
+Host time per step (chunk or token), two models (executor_host_seconds):
+  measured (the profile has executor_decode_layer_host_s and executor_group_host_s, from the real executor on a
+  tiny model, executor/profiler/executor_host.py):
+    host = model_s + sum over layers of (layer_s + sum over the layer's groups of (group_s
+           + HOST_OPS_PER_GROUP_HEAD h launch_overhead)) + split_parts * split_part_s
+    model_s = executor_model_host_s (else HOST_OPS_PER_MODEL launch_overhead); layer_s = the decode or the
+    prefill layer figure (prefill falls back to decode's); split_parts = popcount(s // B) x attention calls
+    of the chunk ("cudnn-split" only; split_part_s else HOST_OPS_CUDNN_SPLIT launch_overhead)
+  counted (older profiles): launch_overhead * (host ops of the step) + attention_call_overhead * attention
+    calls, with op-equivalents of the executor's loop (constants below); the launch overhead of the
+    imported H100 profile is calibrated so that a Llama-3-8B decode step with the KV on the GPU costs the
+    measured 24.5 ms (h100-transformers-baseline-2026-11-22.json). Leaves out: the embedding, RoPE tables, the
 sampling step and tokenisation (each well under 1% of a chunk).
 """
 
@@ -283,20 +292,44 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             out["fill"] = t_sum / n          # layer 0's first group: nothing runs before it to hide it
     lm_head = model.vocab_size * model.hidden_size * elem_bytes / hbm
     out["gpu"] += out["fill"] + lm_head
-    calls = sum(lt.count * (len(lt.group_sizes) + (1 if lt.resident else 0)) for lt in layer_types)
-    calls_per_step = np.full_like(past, calls, dtype=float)
-    ops = np.full_like(past, _host_ops(layer_types, backend), dtype=float)
     out["builds"] = np.zeros_like(past, dtype=float)
     if backend == "cudnn-split":
-        past_calls = _popcount((past // PAST_BLOCK_TOKENS).astype(np.int64)) * calls   # one per set bit
-        calls_per_step = calls_per_step + past_calls
-        ops = ops + HOST_OPS_CUDNN_SPLIT * past_calls
         out["builds"] = graph_builds_per_chunk(len(_call_head_counts(layer_types)), chunk, past) * \
             (lookup.profile.cudnn_graph_build_s or 0.0)
-    out["host"] = (lookup.profile.launch_overhead_s * ops
-                   + lookup.profile.attention_call_overhead_s * calls_per_step)
+    out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
+
+
+def has_executor_host_times(profile: HardwareProfile) -> bool:
+    """Whether the profile carries the executor's measured host times (else the counted-ops model)."""
+    return profile.executor_decode_layer_host_s is not None and profile.executor_group_host_s is not None
+
+
+def executor_host_seconds(profile: HardwareProfile, layer_types: list[_LayerType], backend: str,
+                          past: np.ndarray, *, decode: bool) -> np.ndarray:
+    """Host seconds of each step (array over the steps' pasts ``past``); the module docstring's formulas."""
+    launch_s = profile.launch_overhead_s
+    calls = sum(lt.count * (len(lt.group_sizes) + (1 if lt.resident else 0)) for lt in layer_types)
+    # one cuDNN call (and its merge) per set bit of s // B, for every attention call of the step
+    split_parts = (_popcount((past // PAST_BLOCK_TOKENS).astype(np.int64)) * calls if backend == "cudnn-split"
+                   else np.zeros_like(past, dtype=np.int64))
+    if not has_executor_host_times(profile):
+        ops = _host_ops(layer_types, backend) + HOST_OPS_CUDNN_SPLIT * split_parts
+        return launch_s * ops + profile.attention_call_overhead_s * (calls + split_parts)
+    model_s = (profile.executor_model_host_s if profile.executor_model_host_s is not None
+               else HOST_OPS_PER_MODEL * launch_s)
+    layer_s = profile.executor_decode_layer_host_s
+    if not decode and profile.executor_prefill_layer_host_s is not None:
+        layer_s = profile.executor_prefill_layer_host_s
+    group_s = profile.executor_group_host_s
+    part_s = (profile.executor_split_part_host_s if profile.executor_split_part_host_s is not None
+              else HOST_OPS_CUDNN_SPLIT * launch_s)
+    host_s = model_s
+    for lt in layer_types:
+        streamed_s = sum(group_s + HOST_OPS_PER_GROUP_HEAD * heads * launch_s for heads in lt.group_sizes)
+        host_s += lt.count * (layer_s + streamed_s)
+    return host_s + split_parts * part_s
 
 
 def _call_head_counts(layer_types: list[_LayerType]) -> set[int]:

@@ -2,7 +2,8 @@
 hwprofiles.HardwareProfile (DESIGN.md §1 question 1, issue 3).
 
 Modules, one per measurement: matmul.py, attention.py, hbm.py (device memory), pcie.py, pinning.py,
-runtime.py (launch overhead, runtime memory), host.py (RAM, memcpy); config.py (the grids of each mode),
+runtime.py (launch overhead, runtime memory), host.py (RAM, memcpy), executor_host.py (the executor's
+own host time per layer and group); config.py (the grids of each mode),
 context.py (shared state, progress lines), assemble.py (results -> profile), summary.py (the table beside
 the datasheet), runner.py (order of the sections). Timing goes through executor.timing.
 

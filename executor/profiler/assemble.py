@@ -7,7 +7,8 @@ Scalar fields (what the planner falls back to where it does not interpolate in a
 - ``hbm_bytes_per_s``: read-only streaming rate (hbm.py says why not the copy);
 - ``pcie_*``: pinned copies at the largest size measured; bidir is the sum of both directions;
 - ``pin_bytes_per_s``: cudaHostRegister (the executor's method) at the largest size, else torch's pinning;
-- ``host_mem_bytes``: MemAvailable when profiled, at most 0.9 x MemTotal (MemTotal goes in the notes).
+- ``host_mem_bytes``: MemAvailable when profiled, at most 0.9 x MemTotal (MemTotal goes in the notes);
+- ``executor_*_host_s``: as executor_host.py fitted them (None where not measured).
 Peaks (``*_peak_*``) are datasheet figures: copied from the catalog's datasheet profile of the same GPU
 when there is one, else the measured best (noted).
 
@@ -182,6 +183,7 @@ def build_profile(results: dict, *, name: str, mode: str, notes: list[str]) -> H
         launch_overhead_s=results["launch"]["launch_overhead_s"],
         attention_call_overhead_s=results["launch"]["attention_call_overhead_s"],
         cudnn_graph_build_s=results["attention"]["cudnn_graph_build_s"],
+        **results.get("executor_host", {}),
         attention_table=results["attention"]["points"],
         transfer_table=results.get("pcie", []),
         matmul_table=results["matmul"],

@@ -2,7 +2,8 @@
 
 Order (each section frees its memory before the next): runtime context baseline, host, matmul, device
 memory, attention, then on a GPU pinning (before any pinned allocation, so no cached block is reused),
-PCIe, launch overhead and the runtime memory (after matmul and attention warmed the libraries up).
+PCIe, launch overhead, the executor's own host time per layer and group (executor_host.py: the real
+executor on a tiny model) and the runtime memory (after matmul and attention warmed the libraries up).
 Without a GPU the GPU-only sections are skipped, noted, and the profile is CPU-only (assemble.py).
 Leaves out: writing the file and the CLI (headplan/cmd_profile.py).
 """
@@ -17,7 +18,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import attention, hbm, host, matmul, pcie, pinning, runtime
+from executor.profiler import attention, executor_host, hbm, host, matmul, pcie, pinning, runtime
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset
 from executor.profiler.context import ProfileContext
@@ -132,6 +133,8 @@ def collect(ctx: ProfileContext) -> dict:
     else:
         results["touch_bytes_per_s"] = pinning.measure_touch_rate(ctx)
     results["launch"] = _timed(ctx, "runtime", runtime.measure_launch)
+    results["executor_host"] = _timed(ctx, "executor", executor_host.measure_executor_host,
+                                      results["launch"]["launch_overhead_s"])
     if ctx.on_gpu:
         results["runtime_memory"] = runtime.measure_runtime_memory(ctx, context_only_bytes)
     return results

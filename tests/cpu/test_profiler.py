@@ -157,6 +157,34 @@ def test_tiny_cpu_profile_is_valid_and_cpu_only(tiny_run):
     assert run.datasheet is None
 
 
+def test_tiny_cpu_profile_measures_executor_host_times(tiny_run):
+    run, progress = tiny_run
+    profile = run.profile
+    for field in ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
+                  "executor_prefill_layer_host_s"):
+        assert getattr(profile, field) > 0, field
+        assert f"executor   {field}" in progress
+    assert profile.executor_split_part_host_s is None  # cuDNN split: GPU only
+    assert "decode token, 4 layers, 4 groups of 1 head" in progress
+
+
+def test_fit_decode_recovers_the_host_model():
+    from executor.profiler.executor_host import fit_decode
+    from planner.time_model import HOST_OPS_PER_GROUP_HEAD
+
+    launch_s, model_s, layer_s, group_s = 5e-6, 400e-6, 300e-6, 80e-6
+
+    def token_s(layers, groups, heads):
+        return model_s + layers * (layer_s + groups * group_s + heads * HOST_OPS_PER_GROUP_HEAD * launch_s)
+
+    rows = [(4, 0, 0, token_s(4, 0, 0)), (2, 0, 0, token_s(2, 0, 0)), (4, 4, 4, token_s(4, 4, 4)),
+            (4, 1, 4, token_s(4, 1, 4))]
+    fitted = fit_decode(rows, launch_s)
+    assert fitted["executor_model_host_s"] == pytest.approx(model_s)
+    assert fitted["executor_decode_layer_host_s"] == pytest.approx(layer_s)
+    assert fitted["executor_group_host_s"] == pytest.approx(group_s)
+
+
 def test_tiny_profile_round_trips_through_catalog_reader(tiny_run, tmp_path):
     run, _ = tiny_run
     path = tmp_path / "cpu.json"

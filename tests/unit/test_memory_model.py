@@ -68,3 +68,8 @@ def test_min_resident_for_host():
     assert mm.min_resident_for_host(M, capacity_tokens=T, elem_bytes=2, host_budget_bytes=200 * per_slot) == 56
     assert mm.min_resident_for_host(M, capacity_tokens=T, elem_bytes=2, host_budget_bytes=10**15) == 0
     assert abs(mm.chunk_activation_bytes(M, 1024, 2) / MIB - 116.73) < 0.01  # 1024*2*(4*4096+3*14336) + V*6
+
+
+def test_overhead_adds_allocator_slack_to_the_measured_runtime():
+    assert mm.overhead_bytes(0) == mm.ALLOCATOR_SLACK_BYTES == 256 * MIB
+    assert mm.overhead_bytes(GIB) == GIB + 256 * MIB

@@ -117,3 +117,51 @@ def test_cudnn_split_pays_graph_builds():
     other = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072,
                                                                 resident_kv_heads=96))
     assert other.terms["prefill_cudnn_graph_build_s"] == pytest.approx(4 * 3 * 0.05)   # resident 3; groups 2, 2, 1
+
+
+# --- host time: the executor's measured per-layer / per-group costs, else counted ops ----------------------
+
+HOST_FIELDS = dict(executor_model_host_s=1e-3, executor_decode_layer_host_s=300e-6, executor_group_host_s=100e-6,
+                   executor_prefill_layer_host_s=400e-6, executor_split_part_host_s=50e-6)
+
+
+def test_decode_host_time_uses_measured_executor_fields():
+    from planner.time_model import HOST_OPS_PER_GROUP_HEAD
+
+    profile = scalar_profile(launch_overhead_s=10e-6, **HOST_FIELDS)
+    lookup = RateLookup(profile)
+    pred = predict_time(M, profile, lookup, _work(resident_kv_heads=0, heads_per_group=2))
+    # 32 layers, 8 KV heads in 4 groups of 2: model + L (layer + 4 (group + 4 ops x 2 heads x launch))
+    expected = 1e-3 + 32 * (300e-6 + 4 * (100e-6 + HOST_OPS_PER_GROUP_HEAD * 2 * 10e-6))
+    assert pred.terms["decode_host_s"] == pytest.approx(expected)
+    hosts = [predict_time(M, profile, lookup, _work(resident_kv_heads=0, heads_per_group=g)).terms["decode_host_s"]
+             for g in (8, 4, 2, 1)]
+    assert hosts == sorted(hosts) and hosts[0] < hosts[-1]            # more groups, more host time
+    resident = predict_time(M, profile, lookup, _work(resident_kv_heads=256))
+    assert resident.terms["decode_host_s"] == pytest.approx(1e-3 + 32 * 300e-6)
+
+
+def test_prefill_host_time_counts_split_parts():
+    from planner.time_model import predict_prefill
+
+    profile = table_profile(**HOST_FIELDS)
+    work = _work(resident_kv_heads=256, context_tokens=40960, chunk_size=8192)
+    flash_host = predict_prefill(M, RateLookup(profile), work)[1]["host"]
+    assert flash_host == pytest.approx(np.full(5, 1e-3 + 32 * 400e-6))
+    split_host = predict_prefill(M, RateLookup(profile), _work(resident_kv_heads=256, backend="cudnn-split",
+                                                               context_tokens=40960, chunk_size=8192))[1]["host"]
+    parts = np.array([0, 1, 1, 2, 1])          # popcount(s // 2K) for s = 0, 8K, .., 32K; one call per layer
+    assert split_host == pytest.approx(flash_host + parts * 32 * 50e-6)
+
+
+def test_host_time_falls_back_to_counted_ops_without_the_fields():
+    from planner.time_model import HOST_OPS_PER_LAYER, HOST_OPS_PER_MODEL, HOST_OPS_RESIDENT
+
+    profile = scalar_profile(launch_overhead_s=10e-6, attention_call_overhead_s=5e-6)
+    pred = predict_time(M, profile, RateLookup(profile), _work(resident_kv_heads=256))
+    ops = HOST_OPS_PER_MODEL + 32 * (HOST_OPS_PER_LAYER + HOST_OPS_RESIDENT)
+    assert pred.terms["decode_host_s"] == pytest.approx(ops * 10e-6 + 32 * 5e-6)
+    partial = scalar_profile(launch_overhead_s=10e-6, attention_call_overhead_s=5e-6,
+                             executor_decode_layer_host_s=300e-6)      # group cost missing: counted model
+    assert predict_time(M, partial, RateLookup(partial), _work(resident_kv_heads=256)).terms["decode_host_s"] == \
+        pytest.approx(pred.terms["decode_host_s"])
