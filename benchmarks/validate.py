@@ -132,11 +132,12 @@ def main() -> int:
     summ = sub.add_parser("summarize", help="table, summary JSON and PNG from result files")
     summ.add_argument("results", type=Path, nargs="+")
     summ.add_argument("--name", required=True, help="base name, e.g. validation-h100-2026-11-22")
+    summ.add_argument("--device-name", default=None, help="GPU name for the table (reports record only 'cuda')")
     summ.add_argument("--dir", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
     args = parser.parse_args()
     if args.command == "run":
         return command_run(args)
-    return summarize(args.results, args.name, args.dir)
+    return summarize(args.results, args.name, args.dir, args.device_name)
 
 
 if __name__ == "__main__":

@@ -74,9 +74,14 @@ def _cell_line(row: dict) -> str:
     return "| " + " | ".join(parts) + " |"
 
 
-def render_markdown(rows: list[dict], stats: dict, title: str) -> str:
-    device = next((_figure(r, "report", "device") or (r.get("report") or {}).get("device") for r in rows
-                   if r.get("report")), "?")
+def render_markdown(rows: list[dict], stats: dict, title: str, device_name: str | None = None) -> str:
+    reports = [r["report"] for r in rows if r.get("report")]
+    gpu = next((rep["memory"].get("gpu_name") for rep in reports if (rep.get("memory") or {}).get("gpu_name")), None)
+    versions = reports[0].get("versions", {}) if reports else {}
+    gpu = device_name or gpu
+    device = f"{gpu or reports[0].get('device', '?') if reports else '?'}, torch {versions.get('torch', '?')}, " \
+             f"transformers {versions.get('transformers', '?')}, plans from profile " \
+             f"{reports[0].get('plan_hardware', '?') if reports else '?'}"
     lines = [f"# {title}", "", f"Device: {device}. Dates: {', '.join(sorted({r.get('date', '?') for r in rows}))}.",
              "Relative error = measured / predicted − 1.", "",
              "| cell | plan | prefill pred → meas | err | decode pred → meas | err | peak GPU pred → meas | err | wall |",
@@ -124,12 +129,12 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def summarize(paths: list[Path], name: str, out_dir: Path) -> int:
+def summarize(paths: list[Path], name: str, out_dir: Path, device_name: str | None = None) -> int:
     rows = load_rows(paths)
     stats = statistics_of(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"summary": stats, "cells": rows}, indent=1) + "\n")
-    (out_dir / f"{name}.md").write_text(render_markdown(rows, stats, name))
+    (out_dir / f"{name}.md").write_text(render_markdown(rows, stats, name, device_name))
     plot(rows, out_dir / f"{name}.png")
-    print(render_markdown(rows, stats, name))
+    print(render_markdown(rows, stats, name, device_name))
     return 0
