@@ -96,6 +96,12 @@ def _attend_flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     return out.transpose(1, 2)
 
 
+SPLIT_CHUNK_BACKEND = "flash"
+"""Kernel for the [tail, chunk] causal part of "cudnn-split": "flash" (default) or "cudnn" (square causal on
+cuDNN; benchmarks/split_variants.py compares them). The planner's time model assumes the same
+(planner/time_model.py CUDNN_SPLIT_CHUNK_BACKEND)."""
+
+
 def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
     """cuDNN past + flash chunk, merged by log-sum-exp (executor/attention_split.py, issue 7)."""
     try:
@@ -103,7 +109,7 @@ def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     except ImportError as exc:
         raise RuntimeError("attention backend 'cudnn-split' needs executor/attention_split.py "
                            "(attend_chunk_split), which is not available; use backend 'flash'") from exc
-    return attend_chunk_split(q, k, v, scale=scale)
+    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=SPLIT_CHUNK_BACKEND)
 
 
 def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:

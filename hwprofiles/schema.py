@@ -33,9 +33,14 @@ class AttentionPoint(_Frozen):
 
     FLOPs counted as 4 * q_heads * head_dim * (attended query-key pairs); for ``causal`` (lower-right
     aligned) the pairs are q_len * (k_len - q_len) + q_len * (q_len + 1) / 2, otherwise q_len * k_len.
+
+    Backends ending in "-step" (executor/profiler/attention_step.py) time the executor's whole per-group step
+    with that backend (strided query and output, slot views, cudnn-split's parts and merges), not one kernel
+    call: q_len = chunk c, k_len = past + c, causal; "math-step" is the CPU path (CI), never planned with.
     """
 
-    backend: Literal["flash", "cudnn", "flash_attn", "efficient", "math", "cpu"]
+    backend: Literal["flash", "cudnn", "flash_attn", "efficient", "math", "cpu", "flash-step", "cudnn-split-step",
+                     "math-step"]
     head_dim: int
     q_heads: int
     kv_heads: int

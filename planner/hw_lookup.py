@@ -11,6 +11,9 @@ the profile's scalars as the fallback.
   FULL_RATE_QUERY_ROWS (128 rows x ~128 SMs of the catalog's GPUs). Missing head_dim: the nearest
   measured one; missing causal flag: the other flag. No points for the backend: ``None`` for "cudnn" (the
   backend is treated as absent), the scalar ``attention_flops_per_s`` for "flash".
+- Attention step (FLOP/s) of the executor's whole per-group step with a backend: points of backend
+  "<backend>-step" (step_backend_name; executor/profiler/attention_step.py), q_len = chunk, k_len = past +
+  chunk, causal, looked up through the same curves and interpolation as a backend's kernel points.
 - Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
   scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
 - Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
@@ -35,6 +38,13 @@ _HOST_MEMORY_PREFERENCE = ("registered", "pinned")
 FULL_RATE_QUERY_ROWS = 128 * 128
 _K_GRID_LOG2 = np.arange(0.0, 40.0, 1.0 / 16)      # key lengths 1 .. 2^40, 16 points per doubling
 _PIN_METHOD_PREFERENCE = ("cuda_host_register", "cuda_host_alloc", "torch_pin_memory")
+STEP_SUFFIX = "-step"
+
+
+def step_backend_name(backend: str) -> str:
+    """Backend name of the executor-step points of a prefill backend: "flash" -> "flash-step",
+    "cudnn-split" -> "cudnn-split-step" (hwprofiles.schema.AttentionPoint)."""
+    return backend + STEP_SUFFIX
 
 
 class _Curves:
@@ -108,6 +118,10 @@ class RateLookup:
     def has_backend(self, backend: str) -> bool:
         """Whether the attention table holds any prefill point of ``backend``."""
         return any(key[0] == backend for key in self._attention)
+
+    def has_step_points(self, backend: str) -> bool:
+        """Whether the table holds executor-step points ("<backend>-step") of prefill backend ``backend``."""
+        return self.has_backend(step_backend_name(backend))
 
     def _attention_curves(self, backend: str, causal: bool, head_dim: int) -> Optional[_Curves]:
         keys = [key for key in self._attention if key[0] == backend]

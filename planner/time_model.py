@@ -6,6 +6,9 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
                  (m K + K N + m N) b / HBM)                             m = c_i  (roofline: decode reads weights)
     elem_s     = c_i * elementwise_bytes_per_token / HBM                norms, RoPE, residuals, SwiGLU, layouts
     attn(h)    = 4 h q d (c s + c (c + 1) / 2) / attention_rate(shape)   q = H_q / H_kv, lower-right causal
+                 with "<backend>-step" points in the profile (the executor's measured per-group step:
+                 strided q and output, slot views, split parts and merges): rate interpolated in them at
+                 (h q heads, q_len c, k_len s + c, head_dim); else composed from the kernel table:
                  "flash": one call, rate at (h q heads, q_len c, k_len s + c, causal)
                  "cudnn-split": past (q_len c, k_len s, non-causal, cuDNN) + chunk (c x c causal, flash) +
                  the log-sum-exp merge (c h q d * MERGE_BYTES_PER_ELEMENT / HBM)
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwprofiles.schema import HardwareProfile
-from planner.hw_lookup import RateLookup
+from planner.hw_lookup import RateLookup, step_backend_name
 from planner.layout import offloaded_groups, resident_heads_per_layer
 from planner.model_spec import ModelSpec
 
@@ -151,6 +154,10 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
     ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
 
+    With step points of the backend ("<backend>-step", executor/profiler/attention_step.py: the executor's
+    whole group step timed as it runs, layout and split merges included), one rate for the step:
+        attn = 4 h q d (c s + c (c + 1) / 2) / step_rate(h q heads, q_len c, k_len s + c, head_dim d)
+    interpolated like the kernel points (planner/hw_lookup.py). Otherwise composed from the kernel table:
     "flash": one call, 4 h q d (c s + c (c + 1) / 2) FLOPs at the flash rate for (h q, c, s + c, causal).
     "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
@@ -163,10 +170,11 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     head_dim = model.head_dim
     flop_per_pair = 4.0 * q_heads * head_dim
     q_len = int(np.max(chunk))
-    if backend == "flash":
-        pairs = chunk * past + chunk * (chunk + 1) / 2.0
-        rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len, k_len=past + chunk,
-                                            head_dim=head_dim, causal=True)
+    pairs = chunk * past + chunk * (chunk + 1) / 2.0          # lower-right causal: the past, then a triangle
+    if backend == "flash" or lookup.has_step_points(backend):
+        table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
+        rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
+                                            k_len=past + chunk, head_dim=head_dim, causal=True)
         return flop_per_pair * pairs / rate
     full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
     tail = past - full_blocks * PAST_BLOCK_TOKENS

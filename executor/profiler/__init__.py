@@ -1,7 +1,8 @@
 """The hardware profiler: measures this machine with the executor's own kernels and copies and writes a
 hwprofiles.HardwareProfile (DESIGN.md §1 question 1, issue 3).
 
-Modules, one per measurement: matmul.py, attention.py, hbm.py (device memory), pcie.py, pinning.py,
+Modules, one per measurement: matmul.py, attention.py, attention_step.py (the executor's
+per-group attention step), hbm.py (device memory), pcie.py, pinning.py,
 runtime.py (launch overhead, runtime memory), host.py (RAM, memcpy), executor_host.py (the executor's
 own host time per layer and group); config.py (the grids of each mode),
 context.py (shared state, progress lines), assemble.py (results -> profile), summary.py (the table beside

@@ -224,3 +224,66 @@ def test_summary_table_shows_ratio_against_a_reference(tiny_run):
     text = summary_table(run.profile, run.profile.model_copy(update={"name": "reference"}))
     assert "reference" in text and "1.00" in text
     assert "(no datasheet profile)" in summary_table(run.profile, None)
+
+
+# --- attention step (executor/profiler/attention_step.py) on CPU: backend math, tiny sizes ------------------
+
+
+def test_attention_step_points_on_cpu():
+    from executor.profiler.attention_step import STEP_TINY, measure_attention_step
+    from executor.profiler.context import ProfileContext
+
+    progress = io.StringIO()
+    ctx = ProfileContext(device=torch.device("cpu"), preset=TINY, stream=progress)
+    points = measure_attention_step(ctx)
+    shapes = {(g, c, s) for g in STEP_TINY.kv_heads for c in STEP_TINY.chunks for s in STEP_TINY.pasts}
+    assert len(points) == len(shapes)
+    assert {(p.kv_heads, p.q_len, p.k_len - p.q_len) for p in points} == shapes
+    for point in points:
+        assert point.backend == "math-step" and point.causal and point.head_dim == 64
+        assert point.q_heads == 4 * point.kv_heads
+        assert point.flops_per_s > 0 and point.spread_rel >= 0
+    assert "attn-step  math d64 G2 c128 s256" in progress.getvalue()
+    assert f"{len(points)} points" in progress.getvalue()
+
+
+def test_attention_step_call_writes_what_attend_chunk_computes():
+    from executor.attention_kernels import attend_chunk
+    from executor.profiler.attention_step import step_call
+
+    torch.manual_seed(0)
+    chunk, query_heads, head_dim, kv_heads, past, capacity = 8, 8, 16, 1, 24, 64
+    query = torch.randn(1, chunk, query_heads, head_dim)          # [1, c, H_q, d] as transformers has it
+    out = torch.zeros_like(query)
+    slot_keys, slot_values = torch.randn(2, capacity, head_dim), torch.randn(2, capacity, head_dim)
+    step_call(query, out, slot_keys, slot_values, kv_heads=kv_heads, past=past, backend="math")()
+    expected = attend_chunk(query.transpose(1, 2)[:, :4].contiguous(), slot_keys[None, :1, :past + chunk].clone(),
+                            slot_values[None, :1, :past + chunk].clone(), scale=head_dim ** -0.5, backend="math")
+    torch.testing.assert_close(out.transpose(1, 2)[:, :4], expected)
+    assert torch.all(out.transpose(1, 2)[:, 4:] == 0)            # other groups' rows untouched
+
+
+def test_attention_step_grids_and_names():
+    from executor.profiler.attention_step import STEP_BACKEND_NAMES, STEP_FULL, STEP_QUICK, step_grid
+    from hwprofiles.schema import AttentionPoint
+
+    assert step_grid("quick") is STEP_QUICK and step_grid("full") is STEP_FULL
+    assert STEP_QUICK.head_dims == (128,) and STEP_QUICK.chunks == (4096, 8192)
+    assert STEP_QUICK.pasts[0] == 0 and STEP_QUICK.budget_s <= 15
+    assert STEP_FULL.head_dims == (128, 64) and STEP_FULL.kv_heads == (1, 2, 4, 8) and STEP_FULL.budget_s <= 60
+    assert STEP_FULL.pasts[0] == 0 and list(STEP_FULL.pasts) == sorted(STEP_FULL.pasts)
+    # the split's cost depends on how many power-of-two past blocks a past needs: the grids must hold pasts that
+    # need several (a grid of powers of two would only ever time one cuDNN call per step)
+    from executor.attention_split import DEFAULT_PAST_BLOCK_TOKENS as block
+
+    for grid in (STEP_QUICK, STEP_FULL):
+        assert max(bin(past // block).count("1") for past in grid.pasts) >= 3
+    for name in STEP_BACKEND_NAMES.values():
+        AttentionPoint(backend=name, head_dim=128, q_heads=4, kv_heads=1, q_len=4096, k_len=4096, causal=True,
+                       flops_per_s=1.0)
+
+
+def test_tiny_profile_skips_the_attention_step_with_a_note(tiny_run):
+    run, _ = tiny_run
+    assert "attention step table (attention_step.py) skipped" in run.profile.measurement.notes
+    assert not any(p.backend.endswith("-step") for p in run.profile.attention_table)

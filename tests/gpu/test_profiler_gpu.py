@@ -4,6 +4,7 @@ ranges. No timing is asserted as a performance claim: ranges are wide sanity bou
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -73,6 +74,24 @@ def test_quick_gpu_profile_plausible(tmp_path):
     assert 1e7 < profile.runtime_overhead_bytes < 32 * 2**30
     assert 0 < profile.launch_overhead_s < 1e-3
     assert all(p.flops_per_s > 0 and p.spread_rel >= 0 for p in profile.attention_table)
-    assert {p.backend for p in profile.attention_table} <= {"flash", "cudnn"}
+    backends = {p.backend for p in profile.attention_table}
+    assert backends <= {"flash", "cudnn", "flash-step", "cudnn-split-step"} and "flash-step" in backends
     write_profile(profile, tmp_path / "quick.json")
     assert load_profile(str(tmp_path / "quick.json")).content_hash
+
+
+def test_attention_step_section_on_gpu():
+    """The executor's per-group step (attention_step.py) on a small grid: both backends, warmed up, points."""
+    from executor.attention_split import cudnn_available
+    from executor.profiler.attention_step import STEP_QUICK, measure_attention_step
+    from executor.profiler.config import GPU_QUICK
+    from executor.profiler.context import ProfileContext
+
+    grid = dataclasses.replace(STEP_QUICK, head_dims=(64,), kv_heads=(1, 2), chunks=(1024,), pasts=(0, 2048, 6144),
+                               budget_s=30.0)
+    ctx = ProfileContext(device=torch.device("cuda"), preset=GPU_QUICK, stream=io.StringIO())
+    points = measure_attention_step(ctx, grid=grid)
+    expected = {"flash-step", "cudnn-split-step"} if cudnn_available() else {"flash-step"}
+    assert {p.backend for p in points} == expected
+    assert len(points) == 6 * len(expected)
+    assert all(p.causal and p.q_heads == 4 * p.kv_heads and p.flops_per_s > 0 for p in points)

@@ -70,3 +70,22 @@ def test_matmul_and_pinning():
     assert RateLookup(scalar_profile()).pin_seconds(8 * 10**9) == pytest.approx(2.0)
     assert RateLookup(scalar_profile()).pin_seconds(0) == 0.0
     assert math.isfinite(RateLookup(table_profile()).pin_seconds(1))
+
+
+def test_step_points_are_their_own_backend():
+    from hwprofiles.schema import AttentionPoint
+    from planner.hw_lookup import step_backend_name
+
+    base = table_profile()
+    step = AttentionPoint(backend="flash-step", head_dim=128, q_heads=4, kv_heads=1, q_len=8192, k_len=139264,
+                          causal=True, flops_per_s=150 * T)
+    lookup = RateLookup(base.model_copy(update={"attention_table": list(base.attention_table) + [step]}))
+    assert step_backend_name("cudnn-split") == "cudnn-split-step"
+    assert lookup.has_step_points("flash") and not lookup.has_step_points("cudnn-split")
+    assert not RateLookup(base).has_step_points("flash")
+    rate = lookup.attention_flops_per_s(backend="flash-step", q_heads=4, q_len=8192, k_len=1 << 20, head_dim=128,
+                                        causal=True)
+    assert float(rate) == pytest.approx(150 * T)                       # clamped at its only point
+    kernel = lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=8192, k_len=131072, head_dim=128,
+                                          causal=True)
+    assert float(kernel) == pytest.approx(200 * T)                     # kernel points unchanged by step points

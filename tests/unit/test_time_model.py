@@ -165,3 +165,58 @@ def test_host_time_falls_back_to_counted_ops_without_the_fields():
                              executor_decode_layer_host_s=300e-6)      # group cost missing: counted model
     assert predict_time(M, partial, RateLookup(partial), _work(resident_kv_heads=256)).terms["decode_host_s"] == \
         pytest.approx(pred.terms["decode_host_s"])
+
+
+# --- attention: the executor's measured step ("<backend>-step" points) first, the composed model as fallback --
+
+
+def _with_step_points(profile, backend: str, rate_of):
+    """``profile`` plus "<backend>-step" points at the flash points' shapes, rate_of(flash point) each."""
+    from hwprofiles.schema import AttentionPoint
+
+    steps = [AttentionPoint(backend=f"{backend}-step", head_dim=p.head_dim, q_heads=p.q_heads, kv_heads=p.kv_heads,
+                            q_len=p.q_len, k_len=p.k_len, causal=True, flops_per_s=rate_of(p))
+             for p in profile.attention_table if p.backend == "flash"]
+    return profile.model_copy(update={"attention_table": list(profile.attention_table) + steps})
+
+
+def _group_attention_s(profile, backend: str, kv_heads: int = 2) -> np.ndarray:
+    from planner.time_model import attention_seconds
+
+    past = np.arange(0, 131072, 8192, dtype=float)
+    return attention_seconds(M, RateLookup(profile), kv_heads=kv_heads, chunk=np.full_like(past, 8192.0), past=past,
+                             backend=backend)
+
+
+def test_attention_uses_flash_step_points_at_half_rate():
+    kernels = table_profile()
+    steps = _with_step_points(kernels, "flash", lambda p: p.flops_per_s / 2)
+    assert _group_attention_s(steps, "flash") == pytest.approx(2 * _group_attention_s(kernels, "flash"), rel=1e-9)
+    # the whole prediction follows: prefill attention term twice as long
+    work = _work(context_tokens=131072)
+    slow = predict_time(M, steps, RateLookup(steps), work).terms["prefill_attention_s"]
+    fast = predict_time(M, kernels, RateLookup(kernels), work).terms["prefill_attention_s"]
+    assert slow == pytest.approx(2 * fast, rel=1e-9)
+
+
+def test_attention_uses_cudnn_split_step_points_instead_of_the_composed_model():
+    kernels = table_profile()
+    step_rate = 250e12
+    steps = _with_step_points(kernels, "cudnn-split", lambda p: step_rate)
+    past = np.arange(0, 131072, 8192, dtype=float)
+    flops = 4.0 * 8 * M.head_dim * (8192 * past + 8192 * 8193 / 2)
+    assert _group_attention_s(steps, "cudnn-split") == pytest.approx(flops / step_rate, rel=1e-9)
+    # with a past, the composed model (most of it on cuDNN at 600 TFLOP/s) is faster than the 250 steps
+    assert np.all(_group_attention_s(steps, "cudnn-split")[1:] > _group_attention_s(kernels, "cudnn-split")[1:])
+    # flash-step points do not stand in for cudnn-split (nor the other way round): fallback to the composed model
+    flash_only = _with_step_points(kernels, "flash", lambda p: p.flops_per_s / 2)
+    assert _group_attention_s(flash_only, "cudnn-split") == pytest.approx(_group_attention_s(kernels, "cudnn-split"))
+    assert _group_attention_s(steps, "flash") == pytest.approx(_group_attention_s(kernels, "flash"))
+
+
+def test_cudnn_split_step_points_keep_the_graph_builds():
+    kernels = table_profile()
+    steps = _with_step_points(kernels, "cudnn-split", lambda p: 250e12)
+    work = _work(backend="cudnn-split", context_tokens=131072)
+    with_steps = predict_time(M, steps, RateLookup(steps), work).terms["prefill_cudnn_graph_build_s"]
+    assert with_steps == predict_time(M, kernels, RateLookup(kernels), work).terms["prefill_cudnn_graph_build_s"] > 0
