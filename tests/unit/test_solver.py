@@ -116,3 +116,15 @@ def test_evaluate_fixed_configuration():
 def test_measured_profile_prefers_cudnn_and_datasheet_flash():
     assert _plan().attention_backend == "cudnn-split"
     assert _plan(RTX, gpu=None, context=32768).attention_backend == "flash"
+
+
+def test_plan_notes_when_its_shapes_lie_outside_the_profile():
+    """A chunk longer than any the profile measured gets a note; a plan inside the measured range gets none."""
+    from planner.model_spec import BUILTIN_MODELS
+
+    outside = make_plan(BUILTIN_MODELS["llama-3.2-1b"], H100, context_tokens=131072, decode_tokens=16,
+                        gpu_mem_bytes=24 * 10**9, chunk_size=131072)
+    assert any("extrapolated" in note for note in outside.notes)
+    inside = make_plan(BUILTIN_MODELS["llama-3-8b"], H100, context_tokens=131072, decode_tokens=16,
+                       gpu_mem_bytes=24 * 10**9, chunk_size=8192)
+    assert not any("extrapolated" in note for note in inside.notes)
