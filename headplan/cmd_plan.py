@@ -2,6 +2,8 @@
 
     headplan plan                                   Llama-3-8B, 128K context, the measured H100 profile
     headplan plan --context 1M --gpu-mem 24GB --hw rtx-4090 --host-mem 200GiB
+    headplan plan --model llama-3-70b --context 1M --gpu-mem 24GB --gpus 8 --host-mem 600GiB --hw rtx-4090
+                                                    layers split over 8 GPUs (per-GPU budget, shared host RAM)
     headplan plan --max-context --gpu-mem 24GB      longest context per strategy
     headplan plan --sweep 32K:1M --plot sweep.png   one plan per context, table and PNG
     headplan plan --json --out plan.json            the Plan as JSON (stdout and/or file)
@@ -49,6 +51,17 @@ def _non_negative_int(what: str):
     return parse
 
 
+def parse_gpus(text) -> int:
+    """--gpus: a whole number >= 1 (the upper bound, the model's layer count, is checked by the planner)."""
+    try:
+        value = int(str(text).replace("_", ""))
+    except ValueError:
+        raise UserError(f"--gpus must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise UserError(f"--gpus must be at least 1, got {value}")
+    return value
+
+
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `plan` and `run`: model, hardware, workload, budgets and knobs (kept as text; parsed
     in plan_from_args so that bad values become one-line errors with exit status 2)."""
@@ -73,6 +86,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None,
                         choices=["standard", "chunked", "layer-offload", "head-offload"],
                         help="force one strategy (default: the fastest that fits)")
+    parser.add_argument("--gpus", default="1", help="GPUs of the profile in a pipeline: the layers split into "
+                        "this many contiguous stages, --gpu-mem per GPU, host RAM shared (default 1)")
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
                         "log-sum-exp); auto = the faster by the hardware profile")
@@ -119,10 +134,16 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     from planner.solver import make_plan
     from planner.units import parse_tokens
 
+    gpus = parse_gpus(getattr(args, "gpus", "1"))
     work = _workload(args)
     model, hardware = work.pop("model"), work.pop("hardware")
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
-    return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args), **work)
+    if gpus == 1:
+        return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args), **work)
+    from planner.pipeline import make_pipeline_plan
+
+    return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),
+                              **work)
 
 
 def _backend(args: argparse.Namespace) -> Optional[str]:
@@ -191,6 +212,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     _check_plot_path(args.plot)
     _check_plot_path(args.roofline)
+    if parse_gpus(args.gpus) > 1 and (args.max_context or args.sweep is not None):
+        raise UserError("--gpus above 1 plans one context; --max-context and --sweep are single-GPU only")
     if args.max_context:
         return _max_context(args)
     if args.sweep is not None:

@@ -59,8 +59,17 @@ fixed blocks. Measured on the H100 (2026-11-22): without it, reserved ran 0.4-0.
 and plans sized to the last few hundred MiB ran out of memory."""
 
 
+MULTI_GPU_REFUSAL = ("the multi-GPU executor is not built yet (issue 6): headplan run takes --gpus 1 only; "
+                     "use headplan plan --gpus N to plan a split")
+
+
 def main(args) -> int:
     import os
+
+    from headplan.cmd_plan import parse_gpus
+
+    if parse_gpus(args.gpus) > 1:
+        raise UserError(f"--gpus {args.gpus}: {MULTI_GPU_REFUSAL}")
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_CONFIG)
     import torch
@@ -72,6 +81,8 @@ def main(args) -> int:
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
     plan = _resolve_plan(args)
+    if plan.gpus > 1:
+        raise UserError(f"plan for {plan.gpus} GPUs: {MULTI_GPU_REFUSAL}")
     spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
     if new_tokens < 1:

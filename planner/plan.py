@@ -6,6 +6,11 @@ Field names are a contract with scripts (issue 2): ``schema_version``, ``context
 ``predicted.decode_s_per_token``, ``alternatives[*].{strategy,fits,gpu_peak_bytes,prefill_s,
 decode_s_per_token,reason}``. The plan embeds the ModelSpec and HardwareProfile it was made with and the
 profile's hash, so a run can tell whether it is on the hardware the plan assumed.
+
+Several GPUs (``gpus`` > 1, planner/pipeline.py): ``stages`` gives each GPU's layers, memory and time;
+``memory`` then describes the fullest GPU (``gpu_budget_bytes`` is per GPU) with ``host_kv_bytes`` summed over
+the stages, ``resident_kv_heads`` is the total over the stages, and ``predicted`` is the whole pipeline.
+With one GPU, ``gpus`` = 1 and ``stages`` is empty.
 """
 
 from __future__ import annotations
@@ -76,6 +81,26 @@ class Alternative(_Model):
     resident_kv_heads: Optional[int] = None
 
 
+class Stage(_Model):
+    """One GPU of a pipeline: its contiguous decoder layers (the first stage also holds the embeddings, the last
+    the final norm and lm_head), its memory, and its share of the time."""
+
+    first_layer: int
+    num_layers: int
+    resident_kv_heads: int = Field(description="(layer, KV head) slots of this stage's layers kept on its GPU")
+    gpu_peak_bytes: int
+    gpu_breakdown: GpuBreakdown
+    kv_detail: dict[str, int] = Field(default_factory=dict, description="kv split: resident, buffers, chunk")
+    host_kv_bytes: int = Field(description="this stage's offloaded KV in host memory (its own store and link)")
+    prefill_s: float = Field(description="this GPU's busy time over the whole prefill")
+    decode_s_per_token: float = Field(description="this GPU's busy time per decoded token")
+    prefill_bound: Bound
+    decode_bound: Bound
+    idle_fraction: float = Field(description="share of the workload (prefill + decode) this GPU waits for others")
+    compute_bound_chunk_tokens: Optional[int] = Field(
+        None, description="smallest ladder chunk at which this stage's prefill is compute-bound (None: none)")
+
+
 class Plan(_Model):
     schema_version: int = PLAN_SCHEMA_VERSION
     model: ModelSpec
@@ -93,6 +118,8 @@ class Plan(_Model):
     predicted: Prediction
     alternatives: list[Alternative] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    gpus: int = Field(1, description="GPUs in the pipeline; the layers split into this many contiguous stages")
+    stages: list[Stage] = Field(default_factory=list, description="per-GPU split (empty when gpus = 1)")
 
 
 class PlanFileError(ValueError):

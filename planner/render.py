@@ -35,13 +35,14 @@ def render_plan(plan: Plan) -> str:
     lines = [
         f"headplan plan: {model.name} on {hw.name} ({hw.gpu_name}, {hw.origin}), context "
         f"{format_tokens(plan.context_tokens)} + {plan.decode_tokens} decode tokens, {plan.dtype}",
-        f"GPU budget {format_bytes(mem.gpu_budget_bytes)}, host RAM for KV {format_bytes(mem.host_budget_bytes)}",
+        f"GPU budget {format_bytes(mem.gpu_budget_bytes)}{_per_gpu(plan)}, host RAM for KV "
+        f"{format_bytes(mem.host_budget_bytes)}",
         "",
         f"chosen: {plan.strategy}  chunk {format_tokens(plan.chunk_size)} ({plan.chunk_size} tokens), "
         f"{plan.heads_per_group} KV heads per group, {plan.resident_kv_heads}/{slots} KV heads resident, "
         f"attention backend {plan.attention_backend}",
         "",
-        "GPU memory (peak)",
+        "GPU memory (peak)" + (f", the fullest GPU (of {plan.gpus})" if plan.stages else ""),
         f"  weights      {format_bytes(bd.weights):>12}",
         f"  kv           {format_bytes(bd.kv):>12}   (resident {format_bytes(mem.kv_detail.get('resident', 0))}, "
         f"ping-pong buffers {format_bytes(mem.kv_detail.get('buffers', 0))}, chunk in flight "
@@ -68,6 +69,9 @@ def render_plan(plan: Plan) -> str:
             f"{format_seconds(terms.get('prefill_elementwise_s', 0))}, host->GPU transfers "
             f"{format_seconds(terms.get('prefill_h2d_s', 0))} (overlapped), cuDNN graph builds "
             f"{format_seconds(terms.get('prefill_cudnn_graph_build_s', 0))}")
+    if plan.stages:
+        lines += ["", f"stages ({plan.gpus} GPUs in series, {format_bytes(mem.gpu_budget_bytes)} budget each)"]
+        lines += ["  " + r for r in _stage_table(plan)]
     if plan.alternatives:
         rows = []
         for alt in plan.alternatives:
@@ -81,6 +85,27 @@ def render_plan(plan: Plan) -> str:
     if plan.notes:
         lines += [""] + [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _per_gpu(plan: Plan) -> str:
+    return f" per GPU x {plan.gpus} GPUs (layers split into {plan.gpus} stages)" if plan.stages else ""
+
+
+def _stage_table(plan: Plan) -> list[str]:
+    """One row per GPU of a pipeline plan: layers, resident heads, memory terms, host KV, busy time, idle."""
+    rows = []
+    for index, stage in enumerate(plan.stages):
+        bd = stage.gpu_breakdown
+        last = stage.first_layer + stage.num_layers - 1
+        rows.append([str(index), f"{stage.first_layer}-{last}", str(stage.resident_kv_heads),
+                     format_bytes(bd.weights), format_bytes(bd.kv), format_bytes(bd.activations),
+                     format_bytes(stage.gpu_peak_bytes), format_bytes(stage.host_kv_bytes),
+                     f"{format_seconds(stage.prefill_s)} ({_BOUND_TEXT[stage.prefill_bound]})",
+                     f"{format_seconds(stage.decode_s_per_token)} ({_BOUND_TEXT[stage.decode_bound]})",
+                     f"{stage.idle_fraction:.0%}",
+                     format_tokens(stage.compute_bound_chunk_tokens) if stage.compute_bound_chunk_tokens else "-"])
+    return _table(rows, ["stage", "layers", "resident", "weights", "kv", "activations", "GPU peak", "host KV",
+                         "busy prefill", "busy decode/tok", "idle", "compute-bound chunk"])
 
 
 def render_max_context(model_name: str, hw_name: str, gpu_budget_bytes: int, host_budget_bytes: int,
