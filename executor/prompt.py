@@ -3,9 +3,10 @@ checkpoint's tokenizer, or random ids of a given length from a seed. Leaves out:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
+
+from hwprofiles.jsonfile import read_json
 
 import torch
 
@@ -16,12 +17,7 @@ class PromptError(ValueError):
 
 def prompt_ids_from_file(path: str | Path, vocab_size: int) -> torch.Tensor:
     """A JSON list of token ids -> [1, n]."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PromptError(f"prompt ids file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PromptError(f"cannot read prompt ids {path}: {exc}") from None
+    data = read_json(path, "prompt ids", PromptError)
     if isinstance(data, list) and data and isinstance(data[0], list):
         data = data[0]
     if not isinstance(data, list) or not data or not all(isinstance(x, int) and not isinstance(x, bool) for x in data):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -39,27 +38,23 @@ def _auto_or(parse):
     return parse_knob
 
 
-def _non_negative_int(what: str):
+def _whole_number(what: str, minimum: int = 0):
+    """A parser of a whole number >= ``minimum`` for option ``what`` (UserError: one line, exit 2)."""
     def parse(text: str) -> int:
         try:
             value = int(str(text).replace("_", ""))
         except ValueError:
             raise UserError(f"{what} must be a whole number, got {text!r}") from None
-        if value < 0:
-            raise UserError(f"{what} must be zero or more, got {value}")
+        if value < minimum:
+            bound = "zero or more" if minimum == 0 else f"at least {minimum}"
+            raise UserError(f"{what} must be {bound}, got {value}")
         return value
     return parse
 
 
 def parse_gpus(text) -> int:
     """--gpus: a whole number >= 1 (the upper bound, the model's layer count, is checked by the planner)."""
-    try:
-        value = int(str(text).replace("_", ""))
-    except ValueError:
-        raise UserError(f"--gpus must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise UserError(f"--gpus must be at least 1, got {value}")
-    return value
+    return _whole_number("--gpus", minimum=1)(text)
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,13 +110,13 @@ def _workload(args: argparse.Namespace) -> dict:
 
     model = load_model_spec(args.model)
     hardware = load_profile(args.hw)
-    resident = _auto_or(_non_negative_int("--resident-heads"))(args.resident_heads)
-    group = _auto_or(_non_negative_int("--heads-per-group"))(args.heads_per_group)
+    resident = _auto_or(_whole_number("--resident-heads"))(args.resident_heads)
+    group = _auto_or(_whole_number("--heads-per-group"))(args.heads_per_group)
     if group == 0:
         raise UserError("--heads-per-group must be positive")
     return dict(
         model=model, hardware=hardware,
-        decode_tokens=_non_negative_int("--decode-tokens")(args.decode_tokens),
+        decode_tokens=_whole_number("--decode-tokens")(args.decode_tokens),
         gpu_mem_bytes=parse_bytes(args.gpu_mem) if args.gpu_mem is not None else None,
         host_mem_bytes=parse_bytes(args.host_mem) if args.host_mem is not None else None,
         dtype=args.dtype, chunk_size=_auto_or(parse_tokens)(args.chunk_size), heads_per_group=group,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from hwprofiles.jsonfile import read_json
 from hwprofiles.schema import HardwareProfile, with_hash
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
@@ -34,12 +35,7 @@ def _first_error(exc: ValidationError) -> str:
 
 def read_profile_file(path: Path) -> HardwareProfile:
     """Read and validate one profile file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"hardware profile file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProfileError(f"cannot read hardware profile {path}: {exc}") from None
+    data = read_json(path, "hardware profile", ProfileError)
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as exc:

@@ -83,8 +83,26 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
                  overhead_bytes(profile.runtime_overhead_bytes), backends, notes)
 
 
+class FitsByMemory:
+    """How far a candidate's ``memory`` (MemoryPrediction) is over its budgets, and whether it fits."""
+
+    memory: MemoryPrediction
+
+    @property
+    def gpu_over_bytes(self) -> int:
+        return self.memory.gpu_peak_bytes - self.memory.gpu_budget_bytes
+
+    @property
+    def host_over_bytes(self) -> int:
+        return self.memory.host_kv_bytes - self.memory.host_budget_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_over_bytes <= 0 and self.host_over_bytes <= 0
+
+
 @dataclass
-class Candidate:
+class Candidate(FitsByMemory):
     strategy: str
     chunk_size: int
     heads_per_group: int
@@ -103,18 +121,6 @@ class Candidate:
             resident_kv_heads=resident, capacity_tokens=setup.capacity_tokens, elem_bytes=setup.elem_bytes,
             gpu_budget_bytes=setup.gpu_budget_bytes, host_budget_bytes=setup.host_budget_bytes)
         return cls(strategy, chunk, group, resident, memory)
-
-    @property
-    def gpu_over_bytes(self) -> int:
-        return self.memory.gpu_peak_bytes - self.memory.gpu_budget_bytes
-
-    @property
-    def host_over_bytes(self) -> int:
-        return self.memory.host_kv_bytes - self.memory.host_budget_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.gpu_over_bytes <= 0 and self.host_over_bytes <= 0
 
 
 def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None) -> Candidate:

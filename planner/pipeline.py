@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hwprofiles.schema import HardwareProfile, profile_hash
-from planner.candidates import Setup, make_setup
+from planner.candidates import FitsByMemory, Setup, make_setup
 from planner.errors import PlanError
 from planner.layout import resident_heads_per_layer
 from planner.memory_model import chunk_activation_bytes, host_kv_bytes, kv_terms, max_resident_heads, weights_bytes
@@ -119,7 +119,7 @@ class StagePoint:
 
 
 @dataclass
-class PipelineCandidate:
+class PipelineCandidate(FitsByMemory):
     """One (strategy, c, G, R_0..R_{N-1}) point; ``memory`` is the fullest stage's with host bytes summed, so
     the single-GPU solver's ranking and reasons apply unchanged."""
 
@@ -138,18 +138,6 @@ class PipelineCandidate:
     @property
     def resident_kv_heads(self) -> int:
         return sum(stage.resident_kv_heads for stage in self.stages)
-
-    @property
-    def gpu_over_bytes(self) -> int:
-        return self.memory.gpu_peak_bytes - self.memory.gpu_budget_bytes
-
-    @property
-    def host_over_bytes(self) -> int:
-        return self.memory.host_kv_bytes - self.memory.host_budget_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.gpu_over_bytes <= 0 and self.host_over_bytes <= 0
 
     @property
     def fullest_stage(self) -> int:

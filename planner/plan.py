@@ -21,6 +21,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hwprofiles.jsonfile import read_json
 from hwprofiles.schema import HardwareProfile
 from planner.model_spec import ModelSpec
 
@@ -131,12 +132,7 @@ def write_plan(plan: Plan, path: Path) -> None:
 
 
 def read_plan(path: Path) -> Plan:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PlanFileError(f"plan file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PlanFileError(f"cannot read plan {path}: {exc}") from None
+    data = read_json(path, "plan", PlanFileError)
     if isinstance(data, dict) and data.get("schema_version") != PLAN_SCHEMA_VERSION:
         raise PlanFileError(f"plan {path} has schema_version {data.get('schema_version')!r}, "
                             f"this headplan reads {PLAN_SCHEMA_VERSION}")
