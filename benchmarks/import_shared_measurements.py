@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from hwprofiles.catalog import CATALOG_DIR, write_profile  # noqa: E402
 from hwprofiles.schema import AttentionPoint, HardwareProfile, MatmulPoint, MeasurementInfo  # noqa: E402
 from hwprofiles.schema import PinningPoint, TransferPoint  # noqa: E402
-from planner.time_model import HOST_OPS_PER_LAYER, HOST_OPS_PER_MODEL, HOST_OPS_RESIDENT  # noqa: E402
+from planner.host_time import HOST_OPS_PER_LAYER, HOST_OPS_PER_MODEL, HOST_OPS_RESIDENT  # noqa: E402
 from planner.units import GIB, KIB, MIB  # noqa: E402
 
 TERA = 1e12

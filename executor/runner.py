@@ -20,8 +20,7 @@ import torch
 
 from executor.attention_kernels import normalize_backend
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
-from executor.kv_store import (EventRecorder, ExecutionSettings, GpuKVStore, HostKVStore, KVLayout, StreamSet,
-                               _dtype_bytes)
+from executor.kv_store import (EventRecorder, ExecutionSettings, GpuKVStore, HostKVStore, KVLayout, StreamSet)
 from executor.offload_attention import ATTENTION_NAME, OffloadEngine, PhaseCounters
 from executor.offload_cache import OffloadCache
 

@@ -30,19 +30,7 @@ Decode per token: the same with c = 1 at the mean past s = context + (decode_tok
 reads K, V from HBM (resident heads and the streamed slots), the streamed heads cross PCIe, always "flash".
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
-Host time per step (chunk or token), two models (executor_host_seconds):
-  measured (the profile has executor_decode_layer_host_s and executor_group_host_s, from the real executor on a
-  tiny model, executor/profiler/executor_host.py):
-    host = model_s + sum over layers of (layer_s + sum over the layer's groups of (group_s
-           + HOST_OPS_PER_GROUP_HEAD h launch_overhead)) + split_parts * split_part_s
-    model_s = executor_model_host_s (else HOST_OPS_PER_MODEL launch_overhead); layer_s = the decode or the
-    prefill layer figure (prefill falls back to decode's); split_parts = popcount(s // B) x attention calls
-    of the chunk ("cudnn-split" only; split_part_s else HOST_OPS_CUDNN_SPLIT launch_overhead)
-  counted (older profiles): launch_overhead * (host ops of the step) + attention_call_overhead * attention
-    calls, with op-equivalents of the executor's loop (constants below); the launch overhead of the
-    imported H100 profile is calibrated so that a Llama-3-8B decode step with the KV on the GPU costs the
-    measured 24.5 ms (h100-transformers-baseline-2026-11-22.json). Leaves out: the embedding, RoPE tables, the
-sampling step and tokenisation (each well under 1% of a chunk).
+Host time per step: planner/host_time.py.
 """
 
 from __future__ import annotations
@@ -52,21 +40,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwprofiles.schema import HardwareProfile
+from planner.host_time import (PAST_BLOCK_TOKENS, LayerType, executor_host_seconds, summarize_layers,
+                               popcount)
 from planner.hw_lookup import RateLookup, step_backend_name
-from planner.layout import offloaded_groups, resident_heads_per_layer
 from planner.model_spec import ModelSpec
 
-# Host ops (op-equivalents of PyTorch dispatch + launch + module overhead) of a transformers decoder layer:
-# 2 RMSNorms (~7 ops each), 7 linears, RoPE (~10), layout copies, residual adds, SwiGLU, cache update.
-HOST_OPS_PER_LAYER = 60
-HOST_OPS_PER_MODEL = 30          # embedding, final norm, lm_head, logits slice, next-token argmax
-HOST_OPS_RESIDENT = 3            # write the chunk's K, V into the resident store; one attention call
-HOST_OPS_PER_GROUP = 6           # 3 event record/waits, write chunk K, V into the slot, output placement
-HOST_OPS_PER_GROUP_HEAD = 4      # one H2D copy per head for K and V, one D2H copy per head for K and V
-HOST_OPS_CUDNN_SPLIT = 5         # per extra attention part: the call, its log-sum-exp merge (~4 ops)
 MERGE_BYTES_PER_ELEMENT = 16     # read two float32 partial outputs, write the float32 merge, cast to dtype
-# Past block of the cuDNN split (executor/attention_split.py DEFAULT_PAST_BLOCK_TOKENS; planner cannot import it).
-PAST_BLOCK_TOKENS = 2048
 # Backend of the chunk-vs-itself (square causal) part of "cudnn-split" (issue 7 plans cuDNN only for the past).
 CUDNN_SPLIT_CHUNK_BACKEND = "flash"
 
@@ -139,16 +118,6 @@ def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, el
     return total
 
 
-def _popcount(values: np.ndarray) -> np.ndarray:
-    """Set bits of each non-negative integer in an array."""
-    values = values.astype(np.int64)
-    count = np.zeros_like(values)
-    while np.any(values):
-        count += values & 1
-        values = values >> 1
-    return count
-
-
 def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
                       backend: str) -> np.ndarray:
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
@@ -200,9 +169,9 @@ def graph_builds_per_chunk(call_head_counts: int, chunk: np.ndarray, past: np.nd
     query rows, so all its lengths are new. ``call_head_counts`` = distinct head counts of the calls."""
     full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
     seen_before = np.concatenate([[0], np.bitwise_or.accumulate(full_blocks)[:-1]])
-    new_lengths = _popcount(full_blocks & ~seen_before)
+    new_lengths = popcount(full_blocks & ~seen_before)
     if len(chunk) > 1 and chunk[-1] != chunk[0]:
-        new_lengths[-1] = _popcount(full_blocks[-1:])[0]
+        new_lengths[-1] = popcount(full_blocks[-1:])[0]
     return new_lengths * call_head_counts
 
 
@@ -233,37 +202,11 @@ def pipeline_period(compute_other: np.ndarray, group_attention: np.ndarray, grou
     return np.maximum(compute, pcie), pcie > compute
 
 
-@dataclass
-class _LayerType:
-    resident: int
-    count: int
-    group_sizes: list[int]
-
-
-def _layer_types(model: ModelSpec, resident_kv_heads: int, heads_per_group: int) -> list[_LayerType]:
-    per_layer = resident_heads_per_layer(resident_kv_heads, model.num_hidden_layers, model.num_key_value_heads)
-    types = []
-    for resident in sorted(set(per_layer)):
-        sizes = [len(g) for g in offloaded_groups(resident, model.num_key_value_heads, heads_per_group)]
-        types.append(_LayerType(resident, per_layer.count(resident), sizes))
-    return types
-
-
-def _host_ops(layer_types: list[_LayerType], backend: str) -> int:
-    split_extra = HOST_OPS_CUDNN_SPLIT if backend == "cudnn-split" else 0     # the chunk part and its merge
-    ops = HOST_OPS_PER_MODEL
-    for lt in layer_types:
-        per_layer = HOST_OPS_PER_LAYER + (HOST_OPS_RESIDENT + split_extra if lt.resident else 0)
-        per_layer += sum(HOST_OPS_PER_GROUP + split_extra + HOST_OPS_PER_GROUP_HEAD * h for h in lt.group_sizes)
-        ops += lt.count * per_layer
-    return ops
-
-
 def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarray, past: np.ndarray, *,
            decode: bool) -> dict[str, np.ndarray]:
     """GPU and host time per step (chunk or token) with their terms, as arrays over the steps."""
     elem_bytes, hbm = work.elem_bytes, lookup.profile.hbm_bytes_per_s
-    layer_types = _layer_types(model, work.resident_kv_heads, work.heads_per_group)
+    layer_types = summarize_layers(model, work.resident_kv_heads, work.heads_per_group)
     backend = "flash" if decode else work.backend
     per_head_kv = 2.0 * model.head_dim * elem_bytes * (past + chunk)        # K, V bytes one head reads
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
@@ -309,38 +252,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     return out
 
 
-def has_executor_host_times(profile: HardwareProfile) -> bool:
-    """Whether the profile carries the executor's measured host times (else the counted-ops model)."""
-    return profile.executor_decode_layer_host_s is not None and profile.executor_group_host_s is not None
-
-
-def executor_host_seconds(profile: HardwareProfile, layer_types: list[_LayerType], backend: str,
-                          past: np.ndarray, *, decode: bool) -> np.ndarray:
-    """Host seconds of each step (array over the steps' pasts ``past``); the module docstring's formulas."""
-    launch_s = profile.launch_overhead_s
-    calls = sum(lt.count * (len(lt.group_sizes) + (1 if lt.resident else 0)) for lt in layer_types)
-    # one cuDNN call (and its merge) per set bit of s // B, for every attention call of the step
-    split_parts = (_popcount((past // PAST_BLOCK_TOKENS).astype(np.int64)) * calls if backend == "cudnn-split"
-                   else np.zeros_like(past, dtype=np.int64))
-    if not has_executor_host_times(profile):
-        ops = _host_ops(layer_types, backend) + HOST_OPS_CUDNN_SPLIT * split_parts
-        return launch_s * ops + profile.attention_call_overhead_s * (calls + split_parts)
-    model_s = (profile.executor_model_host_s if profile.executor_model_host_s is not None
-               else HOST_OPS_PER_MODEL * launch_s)
-    layer_s = profile.executor_decode_layer_host_s
-    if not decode and profile.executor_prefill_layer_host_s is not None:
-        layer_s = profile.executor_prefill_layer_host_s
-    group_s = profile.executor_group_host_s
-    part_s = (profile.executor_split_part_host_s if profile.executor_split_part_host_s is not None
-              else HOST_OPS_CUDNN_SPLIT * launch_s)
-    host_s = model_s
-    for lt in layer_types:
-        streamed_s = sum(group_s + HOST_OPS_PER_GROUP_HEAD * heads * launch_s for heads in lt.group_sizes)
-        host_s += lt.count * (layer_s + streamed_s)
-    return host_s + split_parts * part_s
-
-
-def _call_head_counts(layer_types: list[_LayerType]) -> set[int]:
+def _call_head_counts(layer_types: list[LayerType]) -> set[int]:
     """Distinct KV-head counts of the attention calls (resident call and streamed groups)."""
     counts = set()
     for lt in layer_types:

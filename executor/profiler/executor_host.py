@@ -37,7 +37,7 @@ from executor.attention_split import cudnn_available
 from executor.kv_store import ExecutionSettings
 from executor.profiler.context import ProfileContext, compute_dtype
 from executor.runner import execute
-from planner.time_model import HOST_OPS_CUDNN_SPLIT, HOST_OPS_PER_GROUP, HOST_OPS_PER_GROUP_HEAD, \
+from planner.host_time import HOST_OPS_CUDNN_SPLIT, HOST_OPS_PER_GROUP, HOST_OPS_PER_GROUP_HEAD, \
     HOST_OPS_PER_MODEL, PAST_BLOCK_TOKENS
 
 HIDDEN, INTERMEDIATE, QUERY_HEADS, KV_HEADS, HEAD_DIM, VOCAB = 256, 512, 8, 4, 32, 512

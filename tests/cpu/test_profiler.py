@@ -170,7 +170,7 @@ def test_tiny_cpu_profile_measures_executor_host_times(tiny_run):
 
 def test_fit_decode_recovers_the_host_model():
     from executor.profiler.executor_host import fit_decode
-    from planner.time_model import HOST_OPS_PER_GROUP_HEAD
+    from planner.host_time import HOST_OPS_PER_GROUP_HEAD
 
     launch_s, model_s, layer_s, group_s = 5e-6, 400e-6, 300e-6, 80e-6
 

@@ -126,7 +126,7 @@ HOST_FIELDS = dict(executor_model_host_s=1e-3, executor_decode_layer_host_s=300e
 
 
 def test_decode_host_time_uses_measured_executor_fields():
-    from planner.time_model import HOST_OPS_PER_GROUP_HEAD
+    from planner.host_time import HOST_OPS_PER_GROUP_HEAD
 
     profile = scalar_profile(launch_overhead_s=10e-6, **HOST_FIELDS)
     lookup = RateLookup(profile)
@@ -155,7 +155,7 @@ def test_prefill_host_time_counts_split_parts():
 
 
 def test_host_time_falls_back_to_counted_ops_without_the_fields():
-    from planner.time_model import HOST_OPS_PER_LAYER, HOST_OPS_PER_MODEL, HOST_OPS_RESIDENT
+    from planner.host_time import HOST_OPS_PER_LAYER, HOST_OPS_PER_MODEL, HOST_OPS_RESIDENT
 
     profile = scalar_profile(launch_overhead_s=10e-6, attention_call_overhead_s=5e-6)
     pred = predict_time(M, profile, RateLookup(profile), _work(resident_kv_heads=256))
