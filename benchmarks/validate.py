@@ -1,7 +1,8 @@
 """Prediction against measurement on a GPU: plan, run and compare, cell by cell (issue 5; also issue 4's runs).
 
-A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND]``, e.g. ``llama-3-8b:128K:24GB`` (the
-planner chooses the knobs) or ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one point of a grid). Each
+A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS]``, e.g.
+``llama-3-8b:128K:24GB`` (the planner chooses the knobs), ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one
+point of a grid) or ``llama-3-8b:256K:24GB:n=2`` (the layers split over 2 GPUs, GPU_MEM each). Each
 cell runs ``headplan run`` in its own process (a fresh CUDA context, so the memory cap and the peaks are the
 cell's own) with a per-cell time limit, and its report.json is appended as one JSON line to ``--out``. A cell
 already in ``--out`` or in a ``--resume`` file is skipped, so the matrix can be run in parts.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repo root: planner, hwprofiles
 from validation_summary import summarize  # noqa: E402
 
 PRESETS = {
@@ -38,8 +40,11 @@ PRESETS = {
                           for ctx in ("32K", "128K", "512K", "1M", "2M")),
     "grid-128k": ",".join(f"llama-3-8b:128K:24GB:c={c}:G={g}:R={r}" for c in ("4K", "8K", "16K")
                           for g in (1, 2, 8) for r in (0, 64)),
+    # issue 6 (2 H200 GPUs, --extra "--host-mem 240GiB"): the same 8B work on one GPU and split over two
+    "issue6-8b": "llama-3-8b:256K:24GB,llama-3-8b:256K:24GB:n=2",
 }
-KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend"}
+KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend",
+              "n": "--gpus"}
 
 
 def expand_cells(text: str) -> list[str]:
@@ -118,6 +123,36 @@ def command_run(args) -> int:
     return 0
 
 
+def command_pick_context(args) -> int:
+    """Print the cell of the longest context (of --contexts) whose plan fits and is predicted to finish (pinning
+    + prefill + decode) within --budget-s: issue 6's "longest context that fits host RAM and runs in 10 minutes"."""
+    from hwprofiles import load_profile
+    from planner.errors import PlanError
+    from planner.model_spec import load_model_spec
+    from planner.pipeline import make_pipeline_plan
+    from planner.units import parse_bytes, parse_tokens
+
+    model, hardware = load_model_spec(args.model), load_profile(args.hw)
+    best = None
+    for text in args.contexts.split(","):
+        try:
+            plan = make_pipeline_plan(model, hardware, gpus=args.gpus, context_tokens=parse_tokens(text),
+                                      decode_tokens=args.new_tokens, gpu_mem_bytes=parse_bytes(args.gpu_mem),
+                                      host_mem_bytes=parse_bytes(args.host_mem))
+        except PlanError as exc:
+            print(f"{text}: no plan ({exc})", file=sys.stderr)
+            continue
+        total_s = plan.predicted.total_s
+        print(f"{text}: predicted {total_s:.0f} s, host {plan.memory.host_kv_bytes / 2**30:.0f} GiB", file=sys.stderr)
+        if total_s <= args.budget_s:
+            best = text
+    if best is None:
+        print("no context fits the budget", file=sys.stderr)
+        return 1
+    print(f"{args.model}:{best}:{args.gpu_mem}" + (f":n={args.gpus}" if args.gpus > 1 else ""))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +164,15 @@ def main() -> int:
     run.add_argument("--out", type=Path, required=True, help="JSON lines file appended to")
     run.add_argument("--resume", type=Path, nargs="*", default=[], help="earlier results: their cells are skipped")
     run.add_argument("--extra", default="", help="more flags for headplan run, e.g. '--trace'")
+    pick = sub.add_parser("pick-context", help="print the cell of the longest context that fits a time budget")
+    pick.add_argument("--model", required=True)
+    pick.add_argument("--hw", required=True)
+    pick.add_argument("--gpus", type=int, default=1)
+    pick.add_argument("--gpu-mem", required=True)
+    pick.add_argument("--host-mem", required=True)
+    pick.add_argument("--new-tokens", type=int, default=8)
+    pick.add_argument("--budget-s", type=float, required=True, help="predicted pin + prefill + decode, seconds")
+    pick.add_argument("--contexts", default="64K,128K,192K,256K,320K,384K,448K,512K,640K,768K")
     summ = sub.add_parser("summarize", help="table, summary JSON and PNG from result files")
     summ.add_argument("results", type=Path, nargs="+")
     summ.add_argument("--name", required=True, help="base name, e.g. validation-h100-2026-11-22")
@@ -137,6 +181,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "run":
         return command_run(args)
+    if args.command == "pick-context":
+        return command_pick_context(args)
     return summarize(args.results, args.name, args.dir, args.device_name)
 
 

@@ -74,6 +74,32 @@ def _cell_line(row: dict) -> str:
     return "| " + " | ".join(parts) + " |"
 
 
+def _per_gpu_lines(rows: list[dict]) -> list[str]:
+    """Cells run over several GPUs: each GPU's busy time, idle share and peak, predicted → measured."""
+    lines = []
+    for row in rows:
+        gpus = (row.get("report") or {}).get("gpus") or []
+        if len(gpus) < 2:
+            continue
+        if not lines:
+            lines = ["", "Per GPU of the multi-GPU cells (predicted → measured):", "",
+                     "| cell | GPU | layers | resident | prefill busy | decode busy / token | idle | peak | "
+                     "H2D prefill | NUMA |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for g in gpus:
+            def pair(p, m, scale=1.0, unit=""):
+                return ("-" if p is None else f"{p * scale:.3g}") + " → " + ("-" if m is None else
+                                                                             f"{m * scale:.3g} {unit}")
+            h2d = ((g.get("transfers") or {}).get("prefill") or {}).get("h2d_bytes")
+            lines.append(
+                f"| {row['cell']} | {g['device']} | {g['first_layer']}-{g['first_layer'] + g['num_layers'] - 1} | "
+                f"{g['resident_kv_heads']} | {pair(g.get('predicted_prefill_busy_s'), g.get('measured_prefill_busy_s'), 1, 's')} | "
+                f"{pair(g.get('predicted_decode_busy_s_per_token'), g.get('measured_decode_busy_s_per_token'), 1000, 'ms')} | "
+                f"{pair(g.get('predicted_idle_fraction'), g.get('measured_idle_fraction'), 100, '%')} | "
+                f"{pair(g.get('predicted_gpu_peak_bytes'), g.get('measured_gpu_peak_bytes'), 1 / GIB, 'GiB')} | "
+                f"{'-' if h2d is None else f'{h2d / GIB:.1f} GiB'} | {g.get('numa_node')} |")
+    return lines
+
+
 def render_markdown(rows: list[dict], stats: dict, title: str, device_name: str | None = None) -> str:
     reports = [r["report"] for r in rows if r.get("report")]
     gpu = next((rep["memory"].get("gpu_name") for rep in reports if (rep.get("memory") or {}).get("gpu_name")), None)
@@ -87,6 +113,7 @@ def render_markdown(rows: list[dict], stats: dict, title: str, device_name: str 
              "| cell | plan | prefill pred → meas | err | decode pred → meas | err | peak GPU pred → meas | err | wall |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [_cell_line(row) for row in rows]
+    lines += _per_gpu_lines(rows)
     lines += ["", "| figure | median abs error | target | worst cell | target | n |", "|---|---|---|---|---|---|"]
     for key, fig in stats["figures"].items():
         lines.append(f"| {key} | {fig['median_abs_rel_error'] * 100:.1f}% | ≤ {fig['median_target'] * 100:.0f}% "

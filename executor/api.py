@@ -6,7 +6,9 @@
     result.report               # executor.report.RunReport (predicted, measured, error, ...)
 
 ``plan`` is a planner Plan (its settings and predictions are used) or an ExecutionSettings (no predictions).
-``model`` is a Llama / Mistral / Qwen2 ``*ForCausalLM`` already on ``device`` (executor.model_loader builds one).
+``model`` is a Llama / Mistral / Qwen2 ``*ForCausalLM`` already on ``device`` (executor.model_loader builds one);
+for a plan over N GPUs, already placed on its stages (``build_random(..., stages=stages_from_plan(plan,
+devices_for(N, "cuda")))``); the report then has a per-GPU block.
 ``input_ids`` is [1, n] int64. The model is not modified; its attention implementation is switched for the
 run and restored after. Faults raise executor.faults.RunFault with ``.report`` set to a partial report.
 Leaves out: batches, sampling, the CLI (headplan/cmd_run.py).
@@ -21,8 +23,10 @@ import torch
 
 from executor.faults import RunFault
 from executor.kv_store import ExecutionSettings
-from executor.report import (AttentionFigures, MemoryFigures, RunReport, TimesAndPeak, Transfers, errors_of)
+from executor.report import (AttentionFigures, GpuFigures, MemoryFigures, RunReport, TimesAndPeak, Transfers,
+                             errors_of, relative_error)
 from executor.runner import Measurement, execute
+from executor.stages import DeviceStage, devices_for, stages_from_plan
 
 
 @dataclass
@@ -45,17 +49,25 @@ def settings_from_plan(plan: Any, new_tokens: int, prompt_tokens: Optional[int] 
 def run_plan(model, plan: Union[Any, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,
              device: Union[str, torch.device], trace: bool = False, verify: bool = False,
              on_chunk: Optional[Callable[[int], None]] = None, model_name: str = "model",
-             memory_extra: Optional[dict] = None, warnings: Optional[list[str]] = None) -> RunResult:
-    """Head-offloaded prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; see the module doc."""
+             memory_extra: Optional[dict] = None, warnings: Optional[list[str]] = None,
+             stages: Optional[list[DeviceStage]] = None, host_available_bytes: Optional[int] = None) -> RunResult:
+    """Head-offloaded prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; see the module doc.
+
+    ``stages``: the layers split over devices (executor/stages.py), the model already placed on them (model_loader
+    does both); default: a plan for several GPUs runs its plan.stages on cuda:0 .. cuda:N-1, else one stage on
+    ``device``. ``host_available_bytes``: host RAM the stores may take (default: MemAvailable)."""
     if isinstance(plan, ExecutionSettings):
         settings, plan_obj = plan, None
     else:
         settings, plan_obj = settings_from_plan(plan, new_tokens, input_ids.shape[1]), plan
+        if stages is None and plan.gpus > 1:
+            stages = stages_from_plan(plan, devices_for(plan.gpus, torch.device(device).type))
     common = dict(model=model, plan=plan_obj, settings=settings, input_ids=input_ids, new_tokens=new_tokens,
                   device=device, model_name=model_name, memory_extra=memory_extra or {}, warnings=warnings or [])
     try:
         measurement = execute(model, input_ids, settings, new_tokens=new_tokens, device=device, trace=trace,
-                              keep_logits=verify, on_chunk=on_chunk)
+                              keep_logits=verify, on_chunk=on_chunk, stages=stages,
+                              host_available_bytes=host_available_bytes)
     except RunFault as fault:
         fault.report = build_report(measurement=fault.partial, status=fault.kind, fault=str(fault), **common)
         raise
@@ -109,8 +121,17 @@ def _predicted_block(plan) -> TimesAndPeak:
                         gpu_breakdown=memory.gpu_breakdown.model_dump(), host_kv_bytes=memory.host_kv_bytes)
 
 
+def weights_by_device(model) -> dict[str, int]:
+    """Parameter bytes on each device (shared parameters counted once)."""
+    out: dict[str, int] = {}
+    for param in model.parameters():
+        out[str(param.device)] = out.get(str(param.device), 0) + param.numel() * param.element_size()
+    return out
+
+
 def _measured_block(model, m: Measurement) -> TimesAndPeak:
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    by_device = weights_by_device(model)
+    weights = by_device.get(m.fullest_device, 0) if m.fullest_device else sum(by_device.values())
     breakdown: dict[str, int] = {}
     peak = None
     if m.gpu_peak_reserved_bytes is not None:
@@ -125,20 +146,63 @@ def _measured_block(model, m: Measurement) -> TimesAndPeak:
 
 
 def _phase_figures(m: Measurement) -> tuple[dict, dict]:
-    phase_s = {"prefill": m.prefill_s,
-               "decode": m.decode_s_per_token * m.decode_tokens_timed if m.decode_s_per_token else None}
-    transfers, attention = {}, {}
+    phase_s = _phase_seconds(m.prefill_s, m.decode_s_per_token, m.decode_tokens_timed)
+    transfers, attention = _transfers(m.counters, phase_s), {}
     for phase, counters in m.counters.items():
         seconds = phase_s.get(phase)
-        rate = (lambda b: b / seconds if seconds else None)  # noqa: E731
-        transfers[phase] = Transfers(h2d_bytes=counters.h2d_bytes, d2h_bytes=counters.d2h_bytes,
-                                     h2d_bytes_per_s=rate(counters.h2d_bytes), d2h_bytes_per_s=rate(counters.d2h_bytes),
-                                     group_fetches=counters.group_fetches)
         attn_s = m.attention_s.get(phase, 0.0)
         attention[phase] = AttentionFigures(flops=counters.attention_flops, seconds=attn_s,
                                             flops_per_s=counters.attention_flops / attn_s if attn_s else None,
                                             share_of_phase=attn_s / seconds if seconds else None)
     return transfers, attention
+
+
+def _phase_seconds(prefill_s: Optional[float], decode_s_per_token: Optional[float], tokens: int) -> dict:
+    return {"prefill": prefill_s, "decode": decode_s_per_token * tokens if decode_s_per_token else None}
+
+
+def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
+    out = {}
+    for phase, c in counters.items():
+        seconds = phase_s.get(phase)
+        rate = (lambda b: b / seconds if seconds else None)  # noqa: E731
+        out[phase] = Transfers(h2d_bytes=c.h2d_bytes, d2h_bytes=c.d2h_bytes, h2d_bytes_per_s=rate(c.h2d_bytes),
+                               d2h_bytes_per_s=rate(c.d2h_bytes), group_fetches=c.group_fetches)
+    return out
+
+
+def gpu_figures(plan, m: Measurement) -> list[GpuFigures]:
+    """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage."""
+    if len(m.stages) < 2:
+        return []
+    planned = list(getattr(plan, "stages", []) or []) if plan is not None else []
+    wall_s = (m.prefill_s or 0.0) + (m.decode_s_per_token or 0.0) * m.decode_tokens_timed
+    out = []
+    for index, st in enumerate(m.stages):
+        p = planned[index] if index < len(planned) else None
+        peak = None
+        if st.gpu_peak_reserved_bytes is not None:
+            peak = st.gpu_peak_reserved_bytes + (st.gpu_outside_allocator_bytes or 0)
+        busy = (st.prefill_busy_s or 0.0) + (st.decode_busy_s_per_token or 0.0) * m.decode_tokens_timed
+        figures = GpuFigures(
+            index=st.index, device=st.device, first_layer=st.first_layer, num_layers=st.num_layers,
+            resident_kv_heads=st.resident_kv_heads, numa_node=st.numa_node, numa_bound=st.numa_bound,
+            host_store_bytes=st.host_store_bytes, predicted_gpu_peak_bytes=p.gpu_peak_bytes if p else None,
+            measured_gpu_peak_bytes=peak, predicted_prefill_busy_s=p.prefill_s if p else None,
+            measured_prefill_busy_s=st.prefill_busy_s,
+            predicted_decode_busy_s_per_token=p.decode_s_per_token if p else None,
+            measured_decode_busy_s_per_token=st.decode_busy_s_per_token,
+            predicted_idle_fraction=p.idle_fraction if p else None,
+            measured_idle_fraction=max(0.0, 1.0 - busy / wall_s) if wall_s > 0 else None,
+            transfers=_transfers(st.counters, _phase_seconds(st.prefill_busy_s, st.decode_busy_s_per_token,
+                                                             m.decode_tokens_timed)))
+        figures.error = {
+            "gpu_peak_bytes": relative_error(figures.measured_gpu_peak_bytes, figures.predicted_gpu_peak_bytes),
+            "prefill_busy_s": relative_error(figures.measured_prefill_busy_s, figures.predicted_prefill_busy_s),
+            "decode_busy_s_per_token": relative_error(figures.measured_decode_busy_s_per_token,
+                                                      figures.predicted_decode_busy_s_per_token)}
+        out.append(figures)
+    return out
 
 
 def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tokens, device, model_name: str,
@@ -163,4 +227,5 @@ def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tok
                      generated_token_ids=m.generated_token_ids, transfers=transfers, attention=attention,
                      memory=memory, verify=verify, warnings=list(warnings or []),
                      plan_hardware=plan.hardware.name if plan is not None else None,
+                     gpus=gpu_figures(plan, m),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

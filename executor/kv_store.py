@@ -114,28 +114,37 @@ class HostKVStore:
     """
 
     PAGE_BYTES = 4096
+    REGISTER_PORTABLE = 1
+    """cudaHostRegisterPortable: the pages count as pinned for every device's context (several GPUs)"""
 
     def __init__(self, layout: KVLayout, dtype: torch.dtype, *, pin: bool,
-                 available_bytes: Optional[int] = None):
+                 available_bytes: Optional[int] = None, numa_node: Optional[int] = None):
         self.layout, self.dtype, self.nbytes = layout, dtype, layout.host_bytes(_dtype_bytes(dtype))
-        self._check_host_ram(available_bytes if available_bytes is not None else host_available_bytes())
-        self.pinned, self.pin_s = False, 0.0
+        self.check_host_ram(self.nbytes, available_bytes if available_bytes is not None else host_available_bytes())
+        self.pinned, self.pin_s, self.numa_bound = False, 0.0, False
         self._flat = torch.empty(self.nbytes, dtype=torch.uint8)
+        if numa_node is not None and self.nbytes:
+            from executor.numa import prefer_node
+
+            self.numa_bound = prefer_node(self._flat, numa_node)  # before the first touch places the pages
         if self.nbytes:
             self._flat[:: self.PAGE_BYTES].zero_()  # touch every page once so registering does not fault them
         if pin and self.nbytes:
             self._register()
         self.keys, self.values = self._views()
 
-    def _check_host_ram(self, available: Optional[int]) -> None:
-        if available is not None and self.nbytes > available:
+    @staticmethod
+    def check_host_ram(nbytes: int, available: Optional[int]) -> None:
+        """Raise HostMemoryError when ``nbytes`` exceed ``available`` (None: unknown, not checked)."""
+        if available is not None and nbytes > available:
             raise HostMemoryError(
-                f"host KV store needs {self.nbytes / GIB:.2f} GiB ({self.nbytes} B) of host RAM but only "
-                f"{available / GIB:.2f} GiB is available: lower the context, or keep more KV heads resident")
+                f"host KV store needs {nbytes / GIB:.2f} GiB ({nbytes} B) of host RAM but only "
+                f"{available / GIB:.2f} GiB is available: lower the context, keep more KV heads resident, or "
+                "state the host's memory with --host-mem where MemAvailable under-reports it (a VM that grows)")
 
     def _register(self) -> None:
         start = time.perf_counter()
-        code = torch.cuda.cudart().cudaHostRegister(self._flat.data_ptr(), self.nbytes, 0)
+        code = torch.cuda.cudart().cudaHostRegister(self._flat.data_ptr(), self.nbytes, self.REGISTER_PORTABLE)
         if int(code) != 0:
             raise RuntimeError(f"cudaHostRegister of {self.nbytes / GIB:.2f} GiB failed with CUDA error {code}")
         self.pinned, self.pin_s = True, time.perf_counter() - start
@@ -155,7 +164,8 @@ class HostKVStore:
     def close(self) -> None:
         """Unregister the pages (CUDA) and drop the memory. Safe to call twice."""
         if getattr(self, "pinned", False):
-            torch.cuda.synchronize()  # no copy may still read or write the pages
+            for index in range(torch.cuda.device_count()):  # no copy on any GPU may still use the pages
+                torch.cuda.synchronize(index)
             torch.cuda.cudart().cudaHostUnregister(self._flat.data_ptr())
             self.pinned = False
         self.keys, self.values, self._flat = [], [], None

@@ -2,10 +2,11 @@
 
 - ``load_checkpoint(path, dtype, device)``: config.json + safetensors (transformers' from_pretrained), and the
   tokenizer when the folder has one.
-- ``build_random(spec, dtype, device, seed)``: the architecture of a ModelSpec (a built-in name or any
-  Llama-family config.json) with random weights created directly on the device in the run's dtype.
+- ``build_random(spec, dtype, device, seed, stages=None)``: the architecture of a ModelSpec (a built-in name or
+  any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
+  stage's GPU through accelerate's device map) in the run's dtype.
 Both refuse sliding-window attention (head offload here is exact full attention only) and models outside
-the Llama family (Llama, Mistral, Qwen2). Leaves out: quantized checkpoints, sharding across GPUs, hub downloads.
+the Llama family (Llama, Mistral, Qwen2). Leaves out: quantized checkpoints, hub downloads.
 """
 
 from __future__ import annotations
@@ -53,23 +54,62 @@ def check_supported(config: Any) -> None:
                              "full attention; use a config without sliding_window")
 
 
-def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str, seed: int) -> LoadedModel:
-    """Random weights of ``spec``'s architecture, created on ``device`` in ``dtype`` (deterministic in ``seed``)."""
+def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str, seed: int,
+                 stages=None) -> LoadedModel:
+    """Random weights of ``spec``'s architecture in ``dtype``, created directly on the devices that will run
+    them: ``device``, or with ``stages`` (executor.stages.DeviceStage) each module on its stage's device and
+    the model dispatched there. The weights depend on ``seed`` alone, not on the placement (each parameter
+    draws from its own generator seeded by (seed, its index)): N(0, initializer_range) for matrices, 1 for
+    norms, 0 for biases."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from executor.stages import device_map_for, place_model, single_stage
 
     config_dict = spec.to_hf_config_dict()
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     check_supported(config)
-    torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    stages = stages or single_stage(config.num_hidden_layers, device, 0)
+    for name, where in device_map_for(model, stages).items():
+        model.get_submodule(name).to_empty(device=where)
+    _rebuild_rotary(model, stages[0].device)
+    init_random_weights(model, seed, std=getattr(config, "initializer_range", 0.02))
+    model = place_model(model, stages)
     model.eval()
     return LoadedModel(model=model, spec=spec, tokenizer=None, source=f"random weights, seed {seed}")
 
 
-def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.device | str) -> LoadedModel:
-    """A checkpoint folder (config.json + safetensors, tokenizer optional) loaded in ``dtype`` onto ``device``."""
+def _rebuild_rotary(model, device: torch.device) -> None:
+    """The rotary embedding's inv_freq is a non-persistent buffer computed at construction: build it again on
+    ``device`` (to_empty left it uninitialised)."""
+    rotary = getattr(model.model, "rotary_emb", None)
+    if rotary is not None:
+        with torch.device(device):
+            model.model.rotary_emb = type(rotary)(config=model.config)
+
+
+@torch.no_grad()
+def init_random_weights(model, seed: int, *, std: float) -> None:
+    """Each parameter from its own generator (seed * 1_000_003 + its index): placement-independent values."""
+    for index, (name, param) in enumerate(model.named_parameters()):
+        if name.endswith(".bias"):
+            param.zero_()
+        elif param.dim() == 1:  # RMSNorm weights
+            param.fill_(1.0)
+        else:
+            generator = torch.Generator(device=param.device)
+            generator.manual_seed(seed * 1_000_003 + index)
+            param.normal_(0.0, std, generator=generator)
+
+
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.device | str,
+                    stages=None) -> LoadedModel:
+    """A checkpoint folder (config.json + safetensors, tokenizer optional) loaded in ``dtype`` onto ``device``,
+    or with ``stages`` onto each stage's device (transformers' device_map, which accelerate dispatches)."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from executor.stages import device_map_for, is_multi_device
 
     folder = Path(path)
     if not (folder / "config.json").exists():
@@ -78,12 +118,12 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.devic
     check_supported(config)
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise ModelLoadError(f"{folder} has no weight files (*.safetensors)")
-    try:
-        import accelerate  # noqa: F401  (from_pretrained's device_map needs it)
-
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": str(device)})
-    except ImportError:  # load on the host, then move
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    device_map = {"": str(device)}
+    if stages is not None and is_multi_device(stages):
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        device_map = device_map_for(skeleton, stages)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map)
     model.eval()
     spec = model_spec_from_config(model.config.to_dict(), name=folder.name)
     return LoadedModel(model=model, spec=spec, tokenizer=load_tokenizer(folder), source=str(folder))

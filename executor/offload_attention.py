@@ -73,6 +73,8 @@ class OffloadEngine:
     next_phase: str = "prefill"
     """phase of that next forward (the prefetch's bytes are counted there)"""
     position: Position = field(default_factory=Position)
+    first_layer: int = 0
+    """global index of this engine's layer 0 (a stage of several GPUs holds layers [first_layer, ...))"""
     counters: dict = field(default_factory=dict)
     _pending: dict = field(default_factory=dict)
     _fetch_count: int = 0
@@ -83,8 +85,9 @@ class OffloadEngine:
     # ---- the layer ------------------------------------------------------------------------------------------
     def attend_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                      past_tokens: int, scale: float) -> torch.Tensor:
-        """q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> attention output [1, c, H_q, d] over [0, s + c)."""
-        self.position.layer = layer
+        """q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> attention output [1, c, H_q, d] over [0, s + c).
+        ``layer`` is this engine's own (local) index; positions and marks carry first_layer + layer."""
+        self.position.layer = self.first_layer + layer
         chunk_tokens, head_dim = query.shape[2], query.shape[3]
         self._mark("attn_start", layer=layer)
         key_chunk, value_chunk = key[0].contiguous(), value[0].contiguous()
@@ -214,6 +217,8 @@ class OffloadEngine:
                     self.position.phase = phase
 
     def _mark(self, name: str, lane: str = "compute", **meta) -> None:
+        if "layer" in meta:
+            meta["layer"] += self.first_layer
         if self.recorder is not None:
             self.recorder.mark(name, lane=lane, phase=self.position.phase, chunk=self.position.chunk, **meta)
 
@@ -233,7 +238,7 @@ def headplan_offload_attention(module: torch.nn.Module, query: torch.Tensor, key
         raise ValueError(f"head-offloaded attention runs batch 1, got batch {query.shape[0]}")
     layer = module.layer_idx
     scale = scaling if scaling is not None else module.scaling
-    output = headplan_cache.engine.attend_layer(layer, query, key, value,
+    output = headplan_cache.engine.attend_layer(layer, query, key, value,  # a StagedEngine routes by stage
                                                 past_tokens=headplan_cache.past_tokens(layer), scale=scale)
     return output, None
 

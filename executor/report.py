@@ -78,6 +78,30 @@ class MemoryFigures(_Block):
     gpu_store_bytes: dict[str, int] = Field(default_factory=dict)
 
 
+class GpuFigures(_Block):
+    """One GPU (pipeline stage) of a run over several: predicted beside measured, and the relative errors."""
+
+    index: int
+    device: str
+    first_layer: int
+    num_layers: int
+    resident_kv_heads: int
+    numa_node: Optional[int] = None
+    numa_bound: bool = False
+    host_store_bytes: int = 0
+    predicted_gpu_peak_bytes: Optional[int] = None
+    measured_gpu_peak_bytes: Optional[int] = None
+    predicted_prefill_busy_s: Optional[float] = None
+    measured_prefill_busy_s: Optional[float] = Field(None, description="sum over chunks of the stage's span, "
+                                                     "first layer start to last layer end, on its own GPU")
+    predicted_decode_busy_s_per_token: Optional[float] = None
+    measured_decode_busy_s_per_token: Optional[float] = None
+    predicted_idle_fraction: Optional[float] = None
+    measured_idle_fraction: Optional[float] = Field(None, description="1 - busy / (prefill + decode) wall time")
+    transfers: dict[str, Transfers] = Field(default_factory=dict)
+    error: dict[str, Optional[float]] = Field(default_factory=dict, description="measured / predicted - 1")
+
+
 class RunReport(_Block):
     schema_version: int = REPORT_SCHEMA_VERSION
     status: str = "complete"
@@ -99,6 +123,8 @@ class RunReport(_Block):
     warnings: list[str] = Field(default_factory=list)
     plan_hardware: Optional[str] = None
     versions: dict[str, str] = Field(default_factory=dict)
+    gpus: list[GpuFigures] = Field(default_factory=list, description="per GPU when the layers ran over several "
+                                   "stages (the headline memory figures are then the fullest GPU's)")
 
 
 def relative_error(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:
@@ -156,6 +182,29 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value * 100:+.1f}%"
 
 
+def _gpu_lines(report: RunReport) -> list[str]:
+    """Per-GPU table (runs over several stages only)."""
+    if len(report.gpus) < 2:
+        return []
+    lines = ["Per GPU (predicted / measured, error):", "",
+             "| GPU | layers | resident | peak | prefill busy | decode busy per token | idle | H2D prefill / decode "
+             "| NUMA |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in report.gpus:
+        pre, dec = g.transfers.get("prefill", Transfers()), g.transfers.get("decode", Transfers())
+        idle = "-" if g.measured_idle_fraction is None else f"{g.measured_idle_fraction:.0%}"
+        idle_p = "-" if g.predicted_idle_fraction is None else f"{g.predicted_idle_fraction:.0%}"
+        numa = "-" if g.numa_node is None else f"node {g.numa_node}" + (" (bound)" if g.numa_bound else "")
+        lines.append(
+            f"| {g.device} | {g.first_layer}-{g.first_layer + g.num_layers - 1} | {g.resident_kv_heads} | "
+            f"{_gib(g.predicted_gpu_peak_bytes)} / {_gib(g.measured_gpu_peak_bytes)} "
+            f"({_pct(g.error.get('gpu_peak_bytes'))}) | {_seconds(g.predicted_prefill_busy_s)} / "
+            f"{_seconds(g.measured_prefill_busy_s)} ({_pct(g.error.get('prefill_busy_s'))}) | "
+            f"{_seconds(g.predicted_decode_busy_s_per_token)} / {_seconds(g.measured_decode_busy_s_per_token)} "
+            f"({_pct(g.error.get('decode_busy_s_per_token'))}) | {idle_p} / {idle} | "
+            f"{_gib(pre.h2d_bytes)} / {_gib(dec.h2d_bytes)} | {numa} |")
+    return lines + [""]
+
+
 def render_markdown(report: RunReport) -> str:
     """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
     p, m, e = report.predicted, report.measured, report.error
@@ -185,6 +234,7 @@ def render_markdown(report: RunReport) -> str:
               + _gib(mem.gpu_peak_reserved_bytes) + ", process (driver) " + _gib(mem.gpu_process_used_bytes)
               + ", budget " + _gib(mem.gpu_budget_bytes) + f"; host store {_gib(mem.host_store_bytes)} pinned in "
               f"{mem.host_pin_s:.2f} s.", ""]
+    lines += _gpu_lines(report)
     if report.verify:
         lines += ["Verify against the standard forward: " + ", ".join(f"{k}={v}" for k, v in report.verify.items()),
                   ""]

@@ -20,9 +20,35 @@ import torch
 
 from executor.attention_kernels import normalize_backend
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
-from executor.kv_store import (EventRecorder, ExecutionSettings, GpuKVStore, HostKVStore, KVLayout, StreamSet)
-from executor.offload_attention import ATTENTION_NAME, OffloadEngine, PhaseCounters
+from executor.kv_store import EventRecorder, ExecutionSettings
+from executor.offload_attention import ATTENTION_NAME, PhaseCounters
 from executor.offload_cache import OffloadCache
+from executor.staged_engine import StagedEngine, StageParts, allocate_host_stores, build_staged_engine
+from executor.stages import DeviceStage, check_stages, single_stage
+
+
+@dataclass
+class StageMeasurement:
+    """One stage's (GPU's) share of a run: placement, stores, memory peaks and busy time."""
+
+    index: int
+    device: str
+    first_layer: int
+    num_layers: int
+    resident_kv_heads: int
+    numa_node: Optional[int] = None
+    numa_bound: bool = False
+    host_store_bytes: int = 0
+    host_pin_s: float = 0.0
+    gpu_store_bytes: dict[str, int] = field(default_factory=dict)
+    gpu_peak_allocated_bytes: Optional[int] = None
+    gpu_peak_reserved_bytes: Optional[int] = None
+    gpu_process_used_bytes: Optional[int] = None
+    gpu_outside_allocator_bytes: Optional[int] = None
+    prefill_busy_s: Optional[float] = None
+    """sum over chunks of the time from the stage's first layer starting to its last layer ending (its device)"""
+    decode_busy_s_per_token: Optional[float] = None
+    counters: dict[str, PhaseCounters] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,16 +79,9 @@ class Measurement:
     trace_events: list[tuple[str, dict, float, str]] = field(default_factory=list)
     step_logits: Optional[torch.Tensor] = None
     """[steps, vocab] float32 on CPU: logits of the last position of prefill and of each decode step"""
-
-
-def layout_for(model, settings: ExecutionSettings) -> KVLayout:
-    """KVLayout from a transformers Llama-family config."""
-    config = model.config
-    query_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or query_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // query_heads
-    return KVLayout.build(num_layers=config.num_hidden_layers, kv_heads=kv_heads, query_heads=query_heads,
-                          head_dim=head_dim, settings=settings)
+    stages: list[StageMeasurement] = field(default_factory=list)
+    """per stage (GPU); the top-level memory figures are the fullest GPU's, the host store the sum"""
+    fullest_device: Optional[str] = None
 
 
 @contextlib.contextmanager
@@ -79,7 +98,7 @@ def offload_attention_selected(model):
 @dataclass
 class _Run:
     model: object
-    engine: OffloadEngine
+    engine: StagedEngine
     cache: OffloadCache
     recorder: EventRecorder
     device: torch.device
@@ -87,6 +106,7 @@ class _Run:
     keep_logits: bool
     generated: list = field(default_factory=list)
     logits: list = field(default_factory=list)
+    hooks: list = field(default_factory=list)
 
     def forward(self, ids: torch.Tensor, *, phase: str, index: int, logits_to_keep: int, more: bool,
                 more_prefill: bool = False):
@@ -140,32 +160,36 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
             device: torch.device | str, trace: bool = False, keep_logits: bool = False,
             on_chunk: Optional[Callable[[int], None]] = None,
             host_available_bytes: Optional[int] = None, sync_debug: bool = False,
-            warmup: Optional[bool] = None) -> Measurement:
+            warmup: Optional[bool] = None, stages: Optional[list[DeviceStage]] = None) -> Measurement:
     """Run prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; return the Measurement.
 
-    ``sync_debug`` (CUDA, tests): the prefill and decode loops run under torch.cuda.set_sync_debug_mode("error"),
-    so any host synchronisation or pageable copy inside them raises.
+    ``stages`` (executor/stages.py): the layers split over devices, the model already placed on them; default
+    one stage of all layers on ``device`` with settings.resident_kv_heads resident slots. ``sync_debug``
+    (CUDA, tests): the prefill and decode loops run under torch.cuda.set_sync_debug_mode("error"), so any host
+    synchronisation or pageable copy inside them raises.
     """
-    device = torch.device(device)
+    if stages is None:
+        stages = single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
+    check_stages(stages, model.config.num_hidden_layers)
+    device = stages[0].device
     prompt_tokens = input_ids.shape[1]
     if new_tokens < 1:
         raise ValueError("new_tokens must be at least 1")
     if settings.capacity_tokens < prompt_tokens + new_tokens - 1:
         raise ValueError(f"capacity {settings.capacity_tokens} tokens < prompt {prompt_tokens} + "
                          f"{new_tokens - 1} decoded tokens")
-    layout = layout_for(model, settings)
     dtype = next(model.parameters()).dtype
     measurement = Measurement(prompt_tokens=prompt_tokens)
     if warmup if warmup is not None else device.type == "cuda":  # default: warm up on CUDA only
-        measurement.warmup_s = warm_up(model, input_ids, settings, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    host = HostKVStore(layout, dtype, pin=device.type == "cuda", available_bytes=host_available_bytes)
+        measurement.warmup_s = warm_up(model, input_ids, settings, stages)
+    for stage_device in _cuda_devices(stages):
+        torch.cuda.reset_peak_memory_stats(stage_device)
+    parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=host_available_bytes)
     run = None
     try:
-        run = _build_run(model, layout, host, settings, device, trace, keep_logits, on_chunk, measurement)
+        run = _build_run(model, parts, settings, trace, keep_logits, on_chunk, measurement)
         input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
-        with torch.inference_mode(), offload_attention_selected(model), _sync_guard(device, sync_debug):
+        with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
             run.decode(next_ids, new_tokens)
         _finish(run, measurement)
@@ -179,36 +203,48 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
         raise RunInterrupted(f"interrupted at {where}", measurement) from None
     finally:
         if run is not None:
-            run.engine.gpu.close()
-        host.close()
+            run.engine.close()
+            for hook in run.hooks:
+                hook.remove()
+        for part in parts:
+            part.host.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return measurement
+
+
+def _cuda_devices(stages: list[DeviceStage]) -> list[torch.device]:
+    seen: list[torch.device] = []
+    for stage in stages:
+        if stage.device.type == "cuda" and stage.device not in seen:
+            seen.append(stage.device)
+    return seen
 
 
 WARMUP_CHUNK_TOKENS = 32
 WARMUP_PROMPT_TOKENS = 96
 
 
-def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, device: torch.device) -> float:
-    """One tiny run through the same engine path (same head groups and resident layout, a 96-token prompt in
-    32-token chunks, 2 new tokens), so the timed run does not pay the process's one-time costs: CUDA module
-    loading, cuBLAS / cuDNN handles, first launches of each kernel. Returns its wall seconds (reported as
+def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages: list[DeviceStage]) -> float:
+    """One tiny run through the same engine path (same stages, head groups and resident layout, a 96-token
+    prompt in 32-token chunks, 2 new tokens), so the timed run does not pay the process's one-time costs: CUDA
+    module loading, cuBLAS / cuDNN handles, first launches of each kernel. Returns its wall seconds (reported as
     ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block sizes) stay in the run."""
     import dataclasses
 
     start_s = time.perf_counter()
     tiny = dataclasses.replace(settings, chunk_size=WARMUP_CHUNK_TOKENS,
                                capacity_tokens=WARMUP_PROMPT_TOKENS + 2)
-    execute(model, input_ids[:, :WARMUP_PROMPT_TOKENS], tiny, new_tokens=2, device=device, warmup=False)
-    if device.type == "cuda":
+    execute(model, input_ids[:, :WARMUP_PROMPT_TOKENS], tiny, new_tokens=2, device=stages[0].device,
+            warmup=False, stages=stages)
+    for device in _cuda_devices(stages):
         torch.cuda.synchronize(device)
     return time.perf_counter() - start_s
 
 
 @contextlib.contextmanager
-def _sync_guard(device: torch.device, enabled: bool):
-    if not (enabled and device.type == "cuda"):
+def _sync_guard(stages: list[DeviceStage], enabled: bool):
+    if not (enabled and _cuda_devices(stages)):
         yield
         return
     previous = torch.cuda.get_sync_debug_mode()
@@ -219,55 +255,129 @@ def _sync_guard(device: torch.device, enabled: bool):
         torch.cuda.set_sync_debug_mode(previous)
 
 
-def _build_run(model, layout, host, settings, device, trace, keep_logits, on_chunk, measurement) -> _Run:
-    dtype_bytes = host.keys[0].element_size() if host.keys else 2
-    measurement.host_store_bytes, measurement.host_pin_s = host.nbytes, host.pin_s
-    measurement.gpu_store_bytes = {"resident": layout.resident_bytes(dtype_bytes),
-                                   "ping_pong": layout.slot_bytes(dtype_bytes)}
-    streams = StreamSet(device, layout.num_layers)
-    recorder = EventRecorder(device=device, streams=streams)
-    gpu = GpuKVStore(layout, host.dtype, device)
-    backend = normalize_backend(settings.attention_backend)
-    engine = OffloadEngine(layout=layout, host=host, gpu=gpu, streams=streams, backend=backend,
-                           decode_backend="math" if backend == "math" else "flash", recorder=recorder, trace=trace)
-    cache = OffloadCache(layout.num_layers, settings.capacity_tokens, engine=engine)
-    return _Run(model=model, engine=engine, cache=cache, recorder=recorder, device=device, on_chunk=on_chunk,
-                keep_logits=keep_logits)
+def _build_run(model, parts: list[StageParts], settings, trace, keep_logits, on_chunk, measurement) -> _Run:
+    device = parts[0].stage.device
+    dtype_bytes = parts[0].host.dtype.itemsize
+    measurement.host_store_bytes = sum(p.host.nbytes for p in parts)
+    measurement.host_pin_s = sum(p.host.pin_s for p in parts)
+    measurement.stages = [StageMeasurement(
+        index=p.stage.index, device=str(p.stage.device), first_layer=p.stage.first_layer,
+        num_layers=p.stage.num_layers, resident_kv_heads=p.stage.resident_kv_heads, numa_node=p.numa_node,
+        numa_bound=p.numa_bound, host_store_bytes=p.host.nbytes, host_pin_s=p.host.pin_s,
+        gpu_store_bytes={"resident": p.layout.resident_bytes(dtype_bytes),
+                         "ping_pong": p.layout.slot_bytes(dtype_bytes)}) for p in parts]
+    fullest = max(measurement.stages, key=lambda st: sum(st.gpu_store_bytes.values()))
+    measurement.gpu_store_bytes = dict(fullest.gpu_store_bytes)
+    recorder = EventRecorder(device=device)
+    engine = build_staged_engine(parts, settings, normalize_backend(settings.attention_backend), recorder, trace)
+    cache = OffloadCache(model.config.num_hidden_layers, settings.capacity_tokens, engine=engine)
+    run = _Run(model=model, engine=engine, cache=cache, recorder=recorder, device=device, on_chunk=on_chunk,
+               keep_logits=keep_logits)
+    if len(parts) > 1:
+        run.hooks = _stage_span_hooks(model, engine)
+    return run
+
+
+def _stage_span_hooks(model, engine: StagedEngine) -> list:
+    """Marks 'stage_start' when a stage's first layer begins computing (a pre-hook on its input norm, so after
+    the hidden state has arrived on the device) and 'stage_end' when its last layer returns, on the stage's own
+    recorder: the stage's busy time per forward, on its own device's clock."""
+    hooks = []
+    layers = model.model.layers
+    for stage_engine, part in zip(engine.engines, engine.parts):
+        first, last = layers[part.stage.first_layer], layers[part.stage.layers[-1]]
+        recorder, position = stage_engine.recorder, engine.position
+
+        def start(module, args, _recorder=recorder, _position=position):
+            _recorder.mark("stage_start", phase=_position.phase, chunk=_position.chunk)
+
+        def end(module, args, output, _recorder=recorder, _position=position):
+            _recorder.mark("stage_end", phase=_position.phase, chunk=_position.chunk)
+
+        hooks.append(first.input_layernorm.register_forward_pre_hook(start))
+        hooks.append(last.register_forward_hook(end))
+    return hooks
 
 
 def _finish(run: _Run, measurement: Measurement) -> None:
-    """Resolve the events (one synchronize) into the Measurement."""
+    """Resolve the events (one synchronize per device) into the Measurement."""
     events = run.recorder.resolve()
-    _fill_times(events, measurement)
-    measurement.counters = dict(run.engine.counters)
+    stage_events = [events] + [r.resolve() for r in run.engine.recorders if r is not run.recorder]
+    _fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
+    measurement.counters = run.engine.counters
+    for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
+        stage.counters = dict(engine.counters)
+        _fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)
     if run.generated:
         measurement.generated_token_ids = [int(x) for x in torch.cat(run.generated, dim=1)[0].tolist()]
     if run.logits:
         measurement.step_logits = torch.stack(run.logits).cpu()
+    for stage in measurement.stages:
+        stage_device = torch.device(stage.device)
+        if stage_device.type == "cuda":
+            stage.gpu_peak_allocated_bytes = torch.cuda.max_memory_allocated(stage_device)
+            stage.gpu_peak_reserved_bytes = torch.cuda.max_memory_reserved(stage_device)
+            stage.gpu_process_used_bytes = process_gpu_used_bytes(stage_device)
+            stage.gpu_outside_allocator_bytes = max(
+                0, stage.gpu_process_used_bytes - torch.cuda.memory_reserved(stage_device))
     if run.device.type == "cuda":
-        measurement.gpu_peak_allocated_bytes = torch.cuda.max_memory_allocated(run.device)
-        measurement.gpu_peak_reserved_bytes = torch.cuda.max_memory_reserved(run.device)
-        measurement.gpu_process_used_bytes = process_gpu_used_bytes(run.device)
-        measurement.gpu_outside_allocator_bytes = max(
-            0, measurement.gpu_process_used_bytes - torch.cuda.memory_reserved(run.device))
+        fullest = max(measurement.stages, key=lambda st: (st.gpu_peak_reserved_bytes or 0)
+                      + (st.gpu_outside_allocator_bytes or 0))
+        measurement.gpu_peak_allocated_bytes = fullest.gpu_peak_allocated_bytes
+        measurement.gpu_peak_reserved_bytes = fullest.gpu_peak_reserved_bytes
+        measurement.gpu_process_used_bytes = fullest.gpu_process_used_bytes
+        measurement.gpu_outside_allocator_bytes = fullest.gpu_outside_allocator_bytes
+        measurement.gpu_store_bytes = dict(fullest.gpu_store_bytes)
+        measurement.fullest_device = fullest.device
+
+
+def _per_stage(run: _Run, stage_events: list) -> list:
+    """Events of each stage's recorder (stage 0 and any stage sharing the run's recorder get the run's)."""
+    by_recorder = {id(run.recorder): stage_events[0]}
+    others = [r for r in run.engine.recorders if r is not run.recorder]
+    for recorder, evts in zip(others, stage_events[1:]):
+        by_recorder[id(recorder)] = evts
+    return [by_recorder[id(engine.recorder)] for engine in run.engine.engines]
+
+
+def _fill_stage_busy(stage: StageMeasurement, events, measurement: Measurement, *, single: bool) -> None:
+    """Busy time of one stage: with one stage, the run's own figures; else its stage_start / stage_end spans."""
+    if single:
+        stage.prefill_busy_s, stage.decode_busy_s_per_token = measurement.prefill_s, measurement.decode_s_per_token
+        return
+    starts, prefill, decode = {}, 0.0, []
+    for name, meta, ms, _lane in events:
+        key = (meta.get("phase"), meta.get("chunk"))
+        if name == "stage_start":
+            starts[key] = ms
+        elif name == "stage_end" and key in starts:
+            seconds = (ms - starts.pop(key)) / 1000.0
+            if key[0] == "prefill":
+                prefill += seconds
+            elif key[0] == "decode":
+                decode.append(seconds)
+    stage.prefill_busy_s = prefill
+    stage.decode_busy_s_per_token = sum(decode) / len(decode) if decode else None
 
 
 def _finish_partial(run: Optional[_Run], measurement: Measurement) -> None:
     if run is None:
         return
     try:
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
+        for stage_device in _cuda_devices([p.stage for p in run.engine.parts]):
+            torch.cuda.synchronize(stage_device)
         _finish(run, measurement)
     except Exception:  # the partial report must not hide the original fault
         pass
 
 
-def _fill_times(events, measurement: Measurement) -> None:
+def _fill_times(events, measurement: Measurement, extra=()) -> None:
+    """Chunk, token and phase times from the run's recorder ``events``; per-layer attention spans from those and
+    ``extra`` (the other stages' recorders: each span is a difference on one device's clock)."""
     starts: dict = {}
     layer_attention: dict[str, list[float]] = {}
     first_chunk_ms = token_first_ms = token_last_ms = None
-    for name, meta, ms, lane in events:
+    for name, meta, ms, lane in list(events) + list(extra):
         phase = meta.get("phase")
         if name == "chunk_start":
             starts[meta["chunk"]] = ms

@@ -59,17 +59,8 @@ fixed blocks. Measured on the H100 (2026-11-22): without it, reserved ran 0.4-0.
 and plans sized to the last few hundred MiB ran out of memory."""
 
 
-MULTI_GPU_REFUSAL = ("the multi-GPU executor is not built yet (issue 6): headplan run takes --gpus 1 only; "
-                     "use headplan plan --gpus N to plan a split")
-
-
 def main(args) -> int:
     import os
-
-    from headplan.cmd_plan import parse_gpus
-
-    if parse_gpus(args.gpus) > 1:
-        raise UserError(f"--gpus {args.gpus}: {MULTI_GPU_REFUSAL}")
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_CONFIG)
     import torch
@@ -81,22 +72,32 @@ def main(args) -> int:
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
     plan = _resolve_plan(args)
-    if plan.gpus > 1:
-        raise UserError(f"plan for {plan.gpus} GPUs: {MULTI_GPU_REFUSAL}")
+    stages = _stages(plan, device)
     spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
     if new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
     warnings = _check_hardware(plan, device, args.strict)
-    memory_extra = _apply_budget(plan, device)
-    loaded = _load_model(args, spec, dtype_name, device)
+    memory_extra = _apply_budget(plan, stages)
+    loaded = _load_model(args, spec, dtype_name, device, stages)
     if prompt_ids is None:
         from executor.prompt import random_prompt_ids
 
         prompt_ids = random_prompt_ids(context, loaded.spec.vocab_size, args.seed)
     elif prompt_ids.shape[1] != context:
         raise UserError(f"the plan is for {context} tokens but the prompt has {prompt_ids.shape[1]}")
-    return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, device, warnings, memory_extra)
+    return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, stages, warnings, memory_extra)
+
+
+def _stages(plan, device: str):
+    """The plan's stages on cuda:0 .. cuda:N-1 (or, with --device cpu, N stages on the CPU: same code path,
+    one device); one stage for a single-GPU plan."""
+    from executor.stages import devices_for, stages_from_plan
+
+    try:
+        return stages_from_plan(plan, devices_for(max(plan.gpus, 1), device))
+    except ValueError as exc:
+        raise UserError(f"plan for {plan.gpus} GPUs: {exc}") from None
 
 
 def _prompt_before_plan(args):
@@ -135,23 +136,24 @@ def _check_hardware(plan, device: str, strict: bool) -> list[str]:
     return [text]
 
 
-def _apply_budget(plan, device: str) -> dict:
-    if device != "cuda" or not hasattr(plan, "memory"):
+def _apply_budget(plan, stages) -> dict:
+    """Cap each stage's GPU at the plan's per-GPU budget (the same fraction on each: identical GPUs)."""
+    if stages[0].device.type != "cuda" or not hasattr(plan, "memory"):
         return {}
     from executor.runner import apply_gpu_budget
 
     budget = plan.memory.gpu_budget_bytes
-    fraction = apply_gpu_budget(budget, plan.hardware.runtime_overhead_bytes, device)
-    return {"gpu_budget_bytes": budget, "gpu_memory_fraction": fraction}
+    fractions = [apply_gpu_budget(budget, plan.hardware.runtime_overhead_bytes, s.device) for s in stages]
+    return {"gpu_budget_bytes": budget, "gpu_memory_fraction": fractions[0]}
 
 
-def _load_model(args, spec, dtype_name: str, device: str):
+def _load_model(args, spec, dtype_name: str, device: str, stages):
     from executor.model_loader import build_random, load_checkpoint, torch_dtype
 
     try:
         if args.model_path is not None:
-            return load_checkpoint(args.model_path, dtype=torch_dtype(dtype_name), device=device)
-        return build_random(spec, dtype=torch_dtype(dtype_name), device=device, seed=args.seed)
+            return load_checkpoint(args.model_path, dtype=torch_dtype(dtype_name), device=device, stages=stages)
+        return build_random(spec, dtype=torch_dtype(dtype_name), device=device, seed=args.seed, stages=stages)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -171,7 +173,7 @@ def _progress(plan, input_ids, disabled: bool):
     return bar, lambda index: bar.update(1)
 
 
-def _run_and_report(args, loaded, plan, input_ids, new_tokens, device, warnings, memory_extra) -> int:
+def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings, memory_extra) -> int:
     from executor.api import run_plan
     from executor.faults import RunFault
     from executor.kv_store import HostMemoryError
@@ -180,9 +182,10 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, device, warnings,
 
     bar, on_chunk = _progress(plan, input_ids, args.no_progress)
     try:
-        result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=device, trace=args.trace,
-                          verify=args.verify, on_chunk=on_chunk, model_name=loaded.spec.name,
-                          memory_extra=memory_extra, warnings=warnings)
+        result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
+                          trace=args.trace, verify=args.verify, on_chunk=on_chunk, model_name=loaded.spec.name,
+                          memory_extra=memory_extra, warnings=warnings, stages=stages,
+                          host_available_bytes=_stated_host_bytes(args, plan))
     except HostMemoryError as exc:
         raise UserError(str(exc)) from None
     except RunFault as fault:
@@ -200,6 +203,14 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, device, warnings,
     return 0
 
 
+def _stated_host_bytes(args, plan):
+    """--host-mem, when the user gave it, replaces MemAvailable as the host RAM check (a VM whose memory grows
+    as it is used reports too little up front)."""
+    if getattr(args, "host_mem", None) is None or not hasattr(plan, "memory"):
+        return None
+    return plan.memory.host_budget_bytes
+
+
 def _summary(report, path) -> None:
     m, p = report.measured, report.predicted
     line = f"prefill {m.prefill_s:.3f} s" if m.prefill_s is not None else "prefill -"
@@ -212,4 +223,8 @@ def _summary(report, path) -> None:
     if report.verify:
         line += f", verify {report.verify}"
     print(line)
+    for g in report.gpus:
+        print(f"  {g.device}: layers {g.first_layer}-{g.first_layer + g.num_layers - 1}, prefill busy "
+              f"{g.measured_prefill_busy_s or 0:.3f} s, idle {g.measured_idle_fraction or 0:.0%}, peak "
+              f"{(g.measured_gpu_peak_bytes or 0) / 2**30:.2f} GiB")
     print(f"report: {path}")

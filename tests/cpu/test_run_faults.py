@@ -96,6 +96,26 @@ def test_cli_run_writes_report(tmp_path):
     assert cli_main(["report", str(out)]) == 0
 
 
+def test_cli_run_over_two_stages_reports_each(tmp_path):
+    """--gpus 2 on the CPU runs the staged path (two stages, one device) and reports per GPU."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=3)))
+    out = tmp_path / "out"
+    code = cli_main(["run", "--device", "cpu", "--gpus", "2", "--model", str(config), "--context", "11",
+                     "--chunk-size", "4", "--heads-per-group", "1", "--resident-heads", "2", "--new-tokens", "3",
+                     "--dtype", "float32", "--out", str(out), "--verify", "--no-progress"] + _plan_flags())
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["greedy_tokens_agree"] is True
+    assert [g["first_layer"] for g in report["gpus"]] == [0, 2]
+    assert [g["num_layers"] for g in report["gpus"]] == [2, 1]
+    assert sum(g["resident_kv_heads"] for g in report["gpus"]) == 2
+    for gpu in report["gpus"]:
+        assert gpu["predicted_prefill_busy_s"] > 0 and gpu["measured_prefill_busy_s"] > 0
+        assert set(gpu["error"]) == {"gpu_peak_bytes", "prefill_busy_s", "decode_busy_s_per_token"}
+    assert "Per GPU" in (out / "report.md").read_text()
+
+
 def _plan_flags() -> list[str]:
     """Extra flags the shared plan options need on CPU (a hardware profile, a memory budget), if any."""
     from headplan import cmd_plan

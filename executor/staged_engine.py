@@ -1,0 +1,157 @@
+"""StagedEngine: one OffloadEngine per stage (executor/stages.py), each layer routed to its stage's engine.
+
+Per stage s (layers [f_s, f_s + n_s) on device D_s, R_s resident slots):
+    layout      KVLayout of n_s layers with R_s resident slots (planner/layout.py spreads them within the stage,
+                as planner/pipeline.py's stage memory counts them)
+    host store  [H_kv - r_l, T, d] per layer of the stage, one allocation, on D_s's NUMA node (numa.py),
+                page-locked for every device (cudaHostRegisterPortable)
+    GPU store   resident rows and two ping-pong slots on D_s
+    streams     compute (D_s's current stream), h2d, d2h on D_s; its own events
+    recorder    the run's recorder for stage 0; its own EventRecorder on D_s for the others (CUDA events of
+                different devices cannot be subtracted)
+The runner's switches (``more_forwards``, ``next_phase``) go to every stage; ``position`` is shared. Each
+engine prefetches within its own layers: after its last layer it prefetches its own first group of the next
+forward, so stage s + 1's first fetch is in flight while stage s computes.
+With one stage this is exactly the single-GPU engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from executor.kv_store import (EventRecorder, ExecutionSettings, GpuKVStore, HostKVStore, KVLayout, StreamSet,
+                               host_available_bytes)
+from executor.numa import gpu_numa_node, numa_node_count
+from executor.offload_attention import OffloadEngine, PhaseCounters, Position
+from executor.stages import DeviceStage, stage_of_layers
+
+
+def stage_layout(model_config, stage: DeviceStage, settings: ExecutionSettings) -> KVLayout:
+    """KVLayout of the stage's n_s layers with its R_s resident slots."""
+    query_heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or query_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // query_heads
+    stage_settings = dataclasses.replace(settings, resident_kv_heads=stage.resident_kv_heads)
+    return KVLayout.build(num_layers=stage.num_layers, kv_heads=kv_heads, query_heads=query_heads,
+                          head_dim=head_dim, settings=stage_settings)
+
+
+@dataclass
+class StageParts:
+    """What one stage owns for a run."""
+
+    stage: DeviceStage
+    layout: KVLayout
+    host: HostKVStore
+    numa_node: Optional[int] = None
+    numa_bound: bool = False
+
+
+def allocate_host_stores(model_config, stages: Sequence[DeviceStage], settings: ExecutionSettings,
+                         dtype: torch.dtype, *, available_bytes: Optional[int] = None) -> list[StageParts]:
+    """Each stage's host store, checked against host RAM (the sum of all stages) before any is allocated,
+    then allocated on the stage GPU's NUMA node where the machine has several."""
+    layouts = [stage_layout(model_config, s, settings) for s in stages]
+    total = sum(layout.host_bytes(dtype.itemsize) for layout in layouts)
+    available = available_bytes if available_bytes is not None else host_available_bytes()
+    HostKVStore.check_host_ram(total, available)
+    remaining = available if available is not None else sys.maxsize  # checked once, for the sum, above
+    several_nodes = numa_node_count() > 1
+    parts: list[StageParts] = []
+    try:
+        for stage, layout in zip(stages, layouts):
+            cuda = stage.device.type == "cuda"
+            node = gpu_numa_node(stage.device) if cuda and several_nodes else None
+            host = HostKVStore(layout, dtype, pin=cuda, available_bytes=remaining, numa_node=node)
+            remaining -= host.nbytes
+            parts.append(StageParts(stage, layout, host, node, host.numa_bound))
+    except BaseException:
+        for part in parts:
+            part.host.close()
+        raise
+    return parts
+
+
+@dataclass
+class StagedEngine:
+    """Routes layer l to engines[stage_of[l]] with local index l - first_layer of that stage."""
+
+    engines: list[OffloadEngine]
+    parts: list[StageParts]
+    position: Position = field(default_factory=Position)
+
+    def __post_init__(self):
+        self._stage_of = stage_of_layers([p.stage for p in self.parts])
+
+    def attend_layer(self, layer: int, query, key, value, *, past_tokens: int, scale: float):
+        engine = self.engines[self._stage_of[layer]]
+        return engine.attend_layer(layer - engine.first_layer, query, key, value, past_tokens=past_tokens,
+                                   scale=scale)
+
+    @property
+    def more_forwards(self) -> bool:
+        return self.engines[0].more_forwards
+
+    @more_forwards.setter
+    def more_forwards(self, value: bool) -> None:
+        for engine in self.engines:
+            engine.more_forwards = value
+
+    @property
+    def next_phase(self) -> str:
+        return self.engines[0].next_phase
+
+    @next_phase.setter
+    def next_phase(self, value: str) -> None:
+        for engine in self.engines:
+            engine.next_phase = value
+
+    @property
+    def counters(self) -> dict[str, PhaseCounters]:
+        """Per phase, summed over the stages."""
+        total: dict[str, PhaseCounters] = {}
+        for engine in self.engines:
+            for phase, c in engine.counters.items():
+                t = total.setdefault(phase, PhaseCounters())
+                t.h2d_bytes += c.h2d_bytes
+                t.d2h_bytes += c.d2h_bytes
+                t.attention_flops += c.attention_flops
+                t.group_fetches += c.group_fetches
+        return total
+
+    @property
+    def recorders(self) -> list[EventRecorder]:
+        """Distinct recorders (stage 0 shares the run's)."""
+        seen: list[EventRecorder] = []
+        for engine in self.engines:
+            if engine.recorder is not None and all(engine.recorder is not r for r in seen):
+                seen.append(engine.recorder)
+        return seen
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.gpu.close()
+
+
+def build_staged_engine(parts: Sequence[StageParts], settings: ExecutionSettings, backend: str,
+                        recorder: EventRecorder, trace: bool) -> StagedEngine:
+    """The engines on each stage's device; stage 0 records into ``recorder`` (whose streams become its own)."""
+    position = Position()
+    engines: list[OffloadEngine] = []
+    for part in parts:
+        device = part.stage.device
+        streams = StreamSet(device, part.layout.num_layers)
+        if part.stage.index == 0:
+            recorder.streams, stage_recorder = streams, recorder
+        else:
+            stage_recorder = EventRecorder(device=device, streams=streams)
+        engines.append(OffloadEngine(
+            layout=part.layout, host=part.host, gpu=GpuKVStore(part.layout, part.host.dtype, device),
+            streams=streams, backend=backend, decode_backend="math" if backend == "math" else "flash",
+            recorder=stage_recorder, trace=trace, position=position, first_layer=part.stage.first_layer))
+    return StagedEngine(engines=engines, parts=list(parts), position=position)
