@@ -96,20 +96,32 @@ def _attend_flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     return out.transpose(1, 2)
 
 
-SPLIT_CHUNK_BACKEND = "flash"
-"""Kernel for the [tail, chunk] causal part of "cudnn-split": "flash" (default) or "cudnn" (square causal on
-cuDNN; benchmarks/split_variants.py compares them). The planner's time model assumes the same
-(planner/time_model.py CUDNN_SPLIT_CHUNK_BACKEND)."""
+SPLIT_CHUNK_CUDNN_MIN_TOKENS = 8192
+"""Chunks of at least this many tokens run the square causal chunk-vs-itself part of "cudnn-split" on cuDNN,
+shorter ones on the flash kernel (measured on the H100, 128K prefill of the 8B shape: 8K chunks 12.03 s with the
+cuDNN chunk part against 12.53 s with flash; 4K chunks 13.04 s against 12.74 s;
+benchmarks/results/split-variants-128k-h100-2026-11-22.json). The planner mirrors it
+(planner/time_model.py CUDNN_SPLIT_CHUNK_MIN_TOKENS; a test keeps them equal)."""
+
+SPLIT_CHUNK_BACKEND: str | None = None
+"""Override of that rule for experiments (benchmarks/split_variants.py): "flash" or "cudnn"; None: the rule."""
+
+
+def split_chunk_backend(chunk_tokens: int) -> str:
+    """Kernel of the chunk-vs-itself part of "cudnn-split" for a chunk of ``chunk_tokens`` queries."""
+    if SPLIT_CHUNK_BACKEND is not None:
+        return SPLIT_CHUNK_BACKEND
+    return "cudnn" if chunk_tokens >= SPLIT_CHUNK_CUDNN_MIN_TOKENS else "flash"
 
 
 def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
-    """cuDNN past + flash chunk, merged by log-sum-exp (executor/attention_split.py, issue 7)."""
+    """cuDNN past + chunk part (split_chunk_backend), merged by log-sum-exp (executor/attention_split.py)."""
     try:
         from executor.attention_split import attend_chunk_split
     except ImportError as exc:
         raise RuntimeError("attention backend 'cudnn-split' needs executor/attention_split.py "
                            "(attend_chunk_split), which is not available; use backend 'flash'") from exc
-    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=SPLIT_CHUNK_BACKEND)
+    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=split_chunk_backend(q.shape[2]))
 
 
 def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:

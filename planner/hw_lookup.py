@@ -2,7 +2,8 @@
 the profile's scalars as the fallback.
 
 - Attention (FLOP/s) for one call of ``q_heads`` query heads, ``q_len`` queries, ``k_len`` keys, head dim
-  ``head_dim``, a backend ("flash", "cudnn") and a causal flag. The table's points are grouped into curves of
+  ``head_dim``, a backend ("flash", "cudnn") and a causal flag (prefill shapes, q_len >= 64; the q_len = 1
+  points form the decode curves of decode_attention_flops_per_s). The table's points are grouped into curves of
   equal (backend, causal, head_dim, q_heads, q_len); along a curve the rate is interpolated linearly in
   log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
   distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). Below the fewest query rows
@@ -101,8 +102,11 @@ class RateLookup:
         self.profile = profile
         self.memo: dict = {}     # caches of derived quantities (time_model keeps per-shape results here)
         self._attention: dict[tuple[str, bool, int], _Curves] = defaultdict(_Curves)
+        self._decode: dict[int, _Curves] = defaultdict(_Curves)   # flash at q_len 1, by head_dim
         for point in profile.attention_table:
-            if point.q_len < 64:  # decode-shaped points are HBM-bound; the time model uses bytes / HBM there
+            if point.q_len < 64:  # decode-shaped points: their own curves (decode_attention_flops_per_s)
+                if point.q_len == 1 and point.backend in ("flash", "flash_attn"):
+                    self._decode[point.head_dim].add(point.q_heads, 1, point.k_len, point.flops_per_s)
                 continue
             backend = "cudnn" if point.backend == "cudnn" else ("flash" if point.backend in ("flash", "flash_attn")
                                                                 else point.backend)
@@ -132,6 +136,19 @@ class RateLookup:
         if (backend, causal, best_dim) in self._attention:
             return self._attention[(backend, causal, best_dim)]
         return self._attention[(backend, not causal, best_dim)]
+
+    def decode_attention_flops_per_s(self, *, q_heads: int, k_len, head_dim: int) -> Optional[np.ndarray]:
+        """Rate of one decode attention call (flash, one query per head) over ``k_len`` keys (array), from the
+        table's q_len = 1 points (nearest head_dim, blended over q_heads like the prefill curves); None
+        without such points."""
+        if not self._decode:
+            return None
+        dim = min(self._decode, key=lambda d: (abs(np.log2(d / head_dim)), -d))
+        return self._decode[dim].value(max(q_heads, 1), 1, np.asarray(k_len, dtype=float))
+
+    def has_attention_points(self, backend: str, causal: bool) -> bool:
+        """The profile measured ``backend`` with this causality (at any head dim)."""
+        return any(key[0] == backend and key[1] == causal for key in self._attention)
 
     def attention_flops_per_s(self, *, backend: str, q_heads: int, q_len: int, k_len, head_dim: int,
                               causal: bool) -> Optional[np.ndarray]:

@@ -27,7 +27,8 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
     chunk_s    = max(gpu_chunk, host_chunk)                             the host runs ahead (no syncs)
     prefill_s  = sum of chunk_s + cudnn graph builds (one per new (heads, q_len, k_len) shape)
 Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
-reads K, V from HBM (resident heads and the streamed slots), the streamed heads cross PCIe, always "flash".
+reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
+(decode_attention_seconds), the streamed heads cross PCIe, always "flash".
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -46,8 +47,10 @@ from planner.hw_lookup import RateLookup, step_backend_name
 from planner.model_spec import ModelSpec
 
 MERGE_BYTES_PER_ELEMENT = 16     # read two float32 partial outputs, write the float32 merge, cast to dtype
-# Backend of the chunk-vs-itself (square causal) part of "cudnn-split" (issue 7 plans cuDNN only for the past).
-CUDNN_SPLIT_CHUNK_BACKEND = "flash"
+# Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
+# flash (executor/attention_kernels.py SPLIT_CHUNK_CUDNN_MIN_TOKENS; the planner cannot import it, a test keeps
+# the two equal). Without cuDNN causal points in the profile the composed model times that part at flash's rate.
+CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
 
 
 @dataclass
@@ -130,8 +133,9 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     "flash": one call, 4 h q d (c s + c (c + 1) / 2) FLOPs at the flash rate for (h q, c, s + c, causal).
     "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
-    tail s - n B plus the chunk in one lower-right causal call on CUDNN_SPLIT_CHUNK_BACKEND, and one float32
-    log-sum-exp merge pass per part after the first (c h q d MERGE_BYTES_PER_ELEMENT bytes over HBM).
+    tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
+    the square causal part at the cuDNN causal rate where the profile has it), and one float32 log-sum-exp
+    merge pass per part after the first (c h q d MERGE_BYTES_PER_ELEMENT bytes over HBM).
     """
     if kv_heads <= 0:
         return np.zeros_like(past, dtype=float)
@@ -156,11 +160,31 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
                                             head_dim=head_dim, causal=False)
         past_s = past_s + has_block * flop_per_pair * chunk * block_tokens / rate
         parts = parts + has_block
-    chunk_rate = lookup.attention_flops_per_s(backend=CUDNN_SPLIT_CHUNK_BACKEND, q_heads=q_heads, q_len=q_len,
+    chunk_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
                                               k_len=tail + chunk, head_dim=head_dim, causal=True)
-    chunk_s = flop_per_pair * (chunk * tail + chunk * (chunk + 1) / 2.0) / chunk_rate
+    square_rate = chunk_rate
+    if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True):
+        square_rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=chunk,
+                                                   head_dim=head_dim, causal=True)
+    chunk_s = flop_per_pair * (chunk * tail / chunk_rate + chunk * (chunk + 1) / 2.0 / square_rate)
     merge_s = (parts - 1) * chunk * q_heads * head_dim * MERGE_BYTES_PER_ELEMENT / lookup.profile.hbm_bytes_per_s
     return past_s + chunk_s + merge_s
+
+
+def decode_attention_seconds(model: ModelSpec, lookup: RateLookup, kv_heads: int, past: np.ndarray,
+                             per_head_kv_bytes: np.ndarray) -> np.ndarray:
+    """One decode token's attention over ``kv_heads`` KV heads (one call, flash): the longer of reading their
+    K, V from HBM (h * 2 d (s + 1) b / HBM) and the measured flash rate at q_len 1 for (h q heads, k_len s + 1),
+    4 h q d (s + 1) / rate. The second binds where one query row per head leaves most SMs idle (few heads):
+    on the H100, 2 KV heads at 128K ran at ~40% of HBM speed. Profiles without flash points: HBM only."""
+    if kv_heads <= 0:
+        return np.zeros_like(past, dtype=float)
+    hbm_s = kv_heads * per_head_kv_bytes / lookup.profile.hbm_bytes_per_s
+    q_heads = kv_heads * model.query_heads_per_kv_head
+    rate = lookup.decode_attention_flops_per_s(q_heads=q_heads, k_len=past + 1, head_dim=model.head_dim)
+    if rate is None:
+        return hbm_s
+    return np.maximum(hbm_s, 4.0 * q_heads * model.head_dim * (past + 1) / rate)
 
 
 def graph_builds_per_chunk(call_head_counts: int, chunk: np.ndarray, past: np.ndarray) -> np.ndarray:
@@ -216,7 +240,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
 
     def attn(heads: int) -> np.ndarray:
         if decode:
-            return heads * per_head_kv / hbm
+            return decode_attention_seconds(model, lookup, heads, past, per_head_kv)
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend)
 
     layer0_resident = max(lt.resident for lt in layer_types)     # earlier layers hold the extra residents
@@ -245,8 +269,12 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     out["gpu"] += out["fill"] + lm_head
     out["builds"] = np.zeros_like(past, dtype=float)
     if backend == "cudnn-split":
-        out["builds"] = graph_builds_per_chunk(len(_call_head_counts(layer_types)), chunk, past) * \
-            (lookup.profile.cudnn_graph_build_s or 0.0)
+        calls = len(_call_head_counts(layer_types))
+        builds = graph_builds_per_chunk(calls, chunk, past)
+        square = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS) & (np.arange(len(chunk)) == 0)  # the square causal
+        if len(chunk) > 1 and chunk[-1] != chunk[0]:                                    # cuDNN part's shapes
+            square[-1] = chunk[-1] >= CUDNN_SPLIT_CHUNK_MIN_TOKENS
+        out["builds"] = (builds + calls * square) * (lookup.profile.cudnn_graph_build_s or 0.0)
     out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out

@@ -202,3 +202,14 @@ def test_cudnn_key_lengths_bounded_over_a_long_prefill():
         lengths = cudnn_key_lengths(context, chunk, block)
         bound = int(math.log2((context - chunk) // block)) + 1
         assert len(lengths) <= bound, (context, chunk, block, sorted(lengths))
+
+
+def test_chunk_part_rule_and_the_planner_agree():
+    """The executor's chunk-size rule for the cuDNN chunk part and the planner's copy of its threshold."""
+    from executor import attention_kernels
+    from planner.time_model import CUDNN_SPLIT_CHUNK_MIN_TOKENS
+
+    assert attention_kernels.SPLIT_CHUNK_CUDNN_MIN_TOKENS == CUDNN_SPLIT_CHUNK_MIN_TOKENS
+    assert attention_kernels.SPLIT_CHUNK_BACKEND is None
+    assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS) == "cudnn"
+    assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS - 1024) == "flash"

@@ -112,11 +112,12 @@ def test_cudnn_split_pays_graph_builds():
     pred = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072))
     builds = pred.terms["prefill_cudnn_graph_build_s"]
     # pasts 0, 8K, .., 120K in blocks of 2K: s // 2K = 4, 8, .., 60 sets bits 2..5 -> 4 key lengths, and one
-    # call shape (the 2 resident heads of every layer are shaped like a group of 2)
-    assert builds == pytest.approx(4 * 1 * 0.05)
+    # call shape (the 2 resident heads of every layer are shaped like a group of 2); 8K chunks put the square
+    # causal chunk part on cuDNN too: one more shape per call shape, in the first chunk
+    assert builds == pytest.approx((4 + 1) * 1 * 0.05)
     other = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072,
                                                                 resident_kv_heads=96))
-    assert other.terms["prefill_cudnn_graph_build_s"] == pytest.approx(4 * 3 * 0.05)   # resident 3; groups 2, 2, 1
+    assert other.terms["prefill_cudnn_graph_build_s"] == pytest.approx((4 + 1) * 3 * 0.05)  # resident 3; groups 2, 2, 1
 
 
 # --- host time: the executor's measured per-layer / per-group costs, else counted ops ----------------------
@@ -220,3 +221,24 @@ def test_cudnn_split_step_points_keep_the_graph_builds():
     work = _work(backend="cudnn-split", context_tokens=131072)
     with_steps = predict_time(M, steps, RateLookup(steps), work).terms["prefill_cudnn_graph_build_s"]
     assert with_steps == predict_time(M, kernels, RateLookup(kernels), work).terms["prefill_cudnn_graph_build_s"] > 0
+
+
+def test_decode_attention_uses_the_q1_table_where_it_is_slower_than_hbm():
+    """Few heads at one query row leave SMs idle: the measured q_len = 1 rate binds, not HBM; no q_len = 1
+    points: HBM alone."""
+    import numpy as np
+
+    from hwprofiles import load_profile
+    from planner.hw_lookup import RateLookup
+    from planner.model_spec import BUILTIN_MODELS
+    from planner.time_model import decode_attention_seconds
+
+    model = BUILTIN_MODELS["llama-3-8b"]
+    measured = load_profile("h100-sxm-measured")
+    past = np.array([4096.0, 131072.0])
+    per_head = 2.0 * model.head_dim * 2 * (past + 1)
+    hbm_only = 2 * per_head / measured.hbm_bytes_per_s
+    with_table = decode_attention_seconds(model, RateLookup(measured), 2, past, per_head)
+    assert np.all(with_table >= hbm_only) and with_table[1] > 1.2 * hbm_only[1]
+    bare = measured.model_copy(update={"attention_table": [p for p in measured.attention_table if p.q_len != 1]})
+    assert np.allclose(decode_attention_seconds(model, RateLookup(bare), 2, past, per_head), hbm_only)
