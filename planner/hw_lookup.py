@@ -18,7 +18,7 @@ the profile's scalars as the fallback.
 - Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
   scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
 - Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
-  points of that direction (host memory "registered" preferred — the executor's store — then "pinned";
+  points of that direction, made non-decreasing in size (host memory "registered" preferred — the executor's store — then "pinned";
   concurrent_with "none"), clamped at the ends; the scalar without points.
 - Pinning: seconds to page-lock n bytes, from the table's rate at that size (method "cuda_host_register"
   preferred, points with zero seconds ignored), else ``pin_bytes_per_s``.
@@ -186,12 +186,17 @@ class RateLookup:
             pts = sorted((p.size_bytes, p.bytes_per_s) for p in self.profile.transfer_table
                          if p.direction == direction and p.host_memory == host_memory
                          and p.concurrent_with == "none" and p.bytes_per_s > 0)
-            if pts:
-                return np.log2([p[0] for p in pts]), np.array([p[1] for p in pts])
+            if pts:  # non-decreasing in size: see transfer_bytes_per_s
+                return np.log2([p[0] for p in pts]), np.maximum.accumulate(np.array([p[1] for p in pts]))
         return None
 
     def transfer_bytes_per_s(self, direction: str, size_bytes) -> np.ndarray:
-        """Bandwidth of one contiguous host<->GPU copy of ``size_bytes`` (array allowed), pinned host memory."""
+        """Bandwidth of one contiguous host<->GPU copy of ``size_bytes`` (array allowed), pinned host memory.
+
+        The curve is taken non-decreasing in size (running maximum over the points): a larger copy moves bytes
+        at least as fast as a smaller one (it could be issued as several), which also discards a point that
+        was disturbed while measured (the H100 profile re-measured on 2026-11-22 read 23 GB/s at 64 MiB
+        between 54 GB/s at 16 MiB and at 256 MiB, spread 58%)."""
         curve = self._transfer[direction]
         if curve is None:
             scalar = self.profile.pcie_h2d_bytes_per_s if direction == "h2d" else self.profile.pcie_d2h_bytes_per_s
