@@ -27,7 +27,8 @@ cuDNN. chunk_backend="cudnn" also puts the square causal chunk-vs-itself part on
 chunk length; the probe measured 359 against the flash kernel's 174 TFLOP/s), with a non-empty tail then
 on the flash kernel (non-causal).
 
-cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
+The parts are merged in one Triton pass on the GPU (lse_merge_triton.py; FUSED_MERGE), else by the eager
+float32 accumulator. cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
 the part is non-causal). Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
 decode's past grows by one token a step), dropout, batch > 1.
 """
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from executor import lse_merge_triton
 from executor.attention_lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
 
 DEFAULT_PAST_BLOCK_TOKENS = 2048  # divides every chunk length that is a multiple of 2K; see the benchmark
@@ -187,15 +189,37 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     past_tokens = k.shape[2] - chunk_tokens
     parts = split_parts(past_tokens, chunk_tokens, block_tokens=block_tokens, past_backend=past_backend,
                         chunk_backend=chunk_backend)
+    if _use_fused_merge(q, len(parts)):
+        outs, lses = [], []
+        for part in parts:
+            out, lse = _partial(part, q, k, v, scale)
+            outs.append(out)
+            lses.append(lse)
+        return outs[0] if len(parts) == 1 else lse_merge_triton.merge(outs, lses, q.dtype)
     merged = LseAccumulator()
     for part in parts:
-        part_k = k[:, :, part.key_start:part.key_end]
-        part_v = v[:, :, part.key_start:part.key_end]
-        out, lse = _PARTIAL_BY_BACKEND[part.backend](q, part_k, part_v, scale=scale, causal=part.causal)
+        out, lse = _partial(part, q, k, v, scale)
         if len(parts) == 1:  # no past block and no cut: the single part is the whole answer
             return out
         merged.add(out, lse)
     return merged.result()[0].to(q.dtype)
+
+
+FUSED_MERGE = True
+"""Merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most
+MAX_PARTS parts, power-of-two head dim); False: always the eager LseAccumulator (benchmarks compare them)."""
+
+
+def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:
+    head_dim = q.shape[3]
+    return (FUSED_MERGE and q.is_cuda and 1 < num_parts <= lse_merge_triton.MAX_PARTS
+            and head_dim & (head_dim - 1) == 0 and lse_merge_triton.available())
+
+
+def _partial(part: AttentionPart, q, k, v, scale: float):
+    part_k = k[:, :, part.key_start:part.key_end]
+    part_v = v[:, :, part.key_start:part.key_end]
+    return _PARTIAL_BY_BACKEND[part.backend](q, part_k, part_v, scale=scale, causal=part.causal)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_backend: str,

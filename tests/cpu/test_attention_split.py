@@ -213,3 +213,44 @@ def test_chunk_part_rule_and_the_planner_agree():
     assert attention_kernels.SPLIT_CHUNK_BACKEND is None
     assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS) == "cudnn"
     assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS - 1024) == "flash"
+
+
+def test_fused_merge_kernel_in_triton_interpreter():
+    """The Triton merge kernel (executor/lse_merge_triton.py), run by Triton's CPU interpreter in a subprocess
+    (the interpreter must be chosen before Triton is imported): strided and contiguous parts, a part with no
+    keys on a row, 1 to 8 parts, against the eager float32 merge."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        from executor import lse_merge_triton as m
+        from executor.attention_lse import merge_by_lse
+        torch.manual_seed(0)
+        H, c, d = 3, 5, 16
+        for P in (1, 2, 3, 8):
+            outs, lses = [], []
+            for p in range(P):
+                base = torch.randn(1, c, H, d, dtype=torch.bfloat16)
+                o = base.transpose(1, 2) if p % 2 else base.transpose(1, 2).contiguous()
+                lse = torch.randn(1, H, c) * 3
+                if p == 1:
+                    lse[0, 0, 2] = float("-inf")
+                    o = o.clone()
+                    o[0, 0, 2] = 0
+                outs.append(o)
+                lses.append(lse)
+            got = m.merge(outs, lses, torch.bfloat16).float()
+            ref = merge_by_lse(outs, lses)[0]
+            assert torch.isfinite(got).all()
+            assert (got - ref).abs().max().item() <= 2 ** -7 * ref.abs().max().item(), P
+        print("ok")
+    """)
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

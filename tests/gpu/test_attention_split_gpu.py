@@ -105,3 +105,21 @@ def test_distinct_cudnn_shapes_bounded_over_a_prefill():
     assert len(key_lengths) <= int(math.log2((context - 1) // block)) + 1
     assert len(new_shapes) <= 2 * len(key_lengths)
     assert {shape[1][2] for shape in new_shapes} <= key_lengths
+
+
+@pytest.mark.parametrize("past,chunk,chunk_backend", [(6144, 2048, "flash"), (14336, 2048, "cudnn"),
+                                                      (30720, 1024, "flash"), (0, 2048, "cudnn")])
+def test_fused_merge_matches_eager_merge(monkeypatch, past, chunk, chunk_backend):
+    """The one-pass Triton merge against the eager float32 accumulator on the same parts: equal to bf16
+    rounding of the output."""
+    from executor import attention_split, lse_merge_triton
+
+    needs_cudnn()
+    if not lse_merge_triton.available():
+        pytest.skip("Triton not available")
+    q, k, v = make_inputs(16, 4, past, chunk, seed=3)
+    scale = HEAD_DIM ** -0.5
+    fused = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
+    monkeypatch.setattr(attention_split, "FUSED_MERGE", False)
+    eager = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
+    assert (fused - eager).abs().max().item() <= 2 * BF16_STEP * eager.abs().max().item()
