@@ -44,7 +44,7 @@ def main() -> int:
     for variant in args.variants.split(","):
         chunk_text, group, resident, chunk_backend, *merge = variant.split(":")
         attention_kernels.SPLIT_CHUNK_BACKEND = None if chunk_backend == "auto" else chunk_backend
-        attention_split.FUSED_MERGE = merge != ["eager"]
+        attention_split.FUSED_MERGE = merge == ["fused"]
         settings = ExecutionSettings(chunk_size=parse_tokens(chunk_text), heads_per_group=int(group),
                                      resident_kv_heads=int(resident), capacity_tokens=context + 2,
                                      attention_backend="cudnn-split")
@@ -60,7 +60,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     attention_kernels.SPLIT_CHUNK_BACKEND = None
-    attention_split.FUSED_MERGE = True
+    attention_split.FUSED_MERGE = False
     same = len({tuple(r["first_token"]) for r in rows}) == 1
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}; first generated token equal across "
           f"variants: {same}")

@@ -27,8 +27,8 @@ cuDNN. chunk_backend="cudnn" also puts the square causal chunk-vs-itself part on
 chunk length; the probe measured 359 against the flash kernel's 174 TFLOP/s), with a non-empty tail then
 on the flash kernel (non-causal).
 
-The parts are merged in one Triton pass on the GPU (lse_merge_triton.py; FUSED_MERGE), else by the eager
-float32 accumulator. cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
+The parts are merged by an eager float32 accumulator (or, opt-in, FUSED_MERGE, in one Triton pass:
+lse_merge_triton.py). cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
 the part is non-causal). Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
 decode's past grows by one token a step), dropout, batch > 1.
 """
@@ -205,9 +205,13 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     return merged.result()[0].to(q.dtype)
 
 
-FUSED_MERGE = True
-"""Merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most
-MAX_PARTS parts, power-of-two head dim); False: always the eager LseAccumulator (benchmarks compare them)."""
+FUSED_MERGE = False
+"""True: merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most
+MAX_PARTS parts, power-of-two head dim). Off by default: it holds every part's output until the merge
+(P x H_q,g c d bytes more at the peak, which the planner's memory model does not count), and on the H100
+(2026-11-22) it was 5% faster at 16K chunks of 8 heads without a GPU cap (12.19 -> 11.57 s, 128K prefill) but
+1.7% slower at 8K chunks of 2 heads, and under the 24 GB cap the 128K runs with it took 13.1-15.0 s against
+12.1 s without (benchmarks/results/*-fused-merge*)."""
 
 
 def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:

@@ -119,6 +119,7 @@ def test_fused_merge_matches_eager_merge(monkeypatch, past, chunk, chunk_backend
         pytest.skip("Triton not available")
     q, k, v = make_inputs(16, 4, past, chunk, seed=3)
     scale = HEAD_DIM ** -0.5
+    monkeypatch.setattr(attention_split, "FUSED_MERGE", True)
     fused = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
     monkeypatch.setattr(attention_split, "FUSED_MERGE", False)
     eager = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
