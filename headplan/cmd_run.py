@@ -3,7 +3,8 @@ predicted in a folder (report.json, report.md, PNG plots; trace.json + timeline.
 
 The plan comes from ``--plan plan.json`` or from the same options as ``headplan plan`` (planned and run in one
 step). The model is ``--model-path DIR`` (a checkpoint) or the plan's architecture with random weights from
-``--seed``. Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C (partial
+``--seed``. ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
+stages on the CPU). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C (partial
 report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
 """
 
