@@ -20,7 +20,7 @@ Leaves out: tensor parallelism, chunk-level pipelining of prefill, several proce
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -129,22 +129,3 @@ def devices_for(count: int, device_type: str) -> list[torch.device]:
     if count > visible:
         raise ValueError(f"{count} GPUs asked for but {visible} CUDA GPU(s) are visible")
     return [torch.device("cuda", i) for i in range(count)]
-
-
-def first_device(stages: Sequence[DeviceStage]) -> torch.device:
-    return stages[0].device
-
-
-def last_device(stages: Sequence[DeviceStage]) -> torch.device:
-    return stages[-1].device
-
-
-def describe(stages: Sequence[DeviceStage], nodes: Optional[Sequence[Optional[int]]] = None) -> list[str]:
-    """One line per stage: device, layers, resident slots (and NUMA node where known)."""
-    lines = []
-    for i, s in enumerate(stages):
-        node = nodes[i] if nodes is not None and i < len(nodes) else None
-        where = f", NUMA node {node}" if node is not None else ""
-        lines.append(f"stage {s.index}: {s.device}, layers {s.first_layer}-{s.first_layer + s.num_layers - 1}, "
-                     f"{s.resident_kv_heads} resident KV slots{where}")
-    return lines
