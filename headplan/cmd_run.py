@@ -73,7 +73,7 @@ def main(args) -> int:
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
     plan = _resolve_plan(args)
-    stages = _stages(plan, device)
+    stages = _stages(plan, device, args)
     spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
     if new_tokens < 1:
@@ -90,11 +90,16 @@ def main(args) -> int:
     return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, stages, warnings, memory_extra)
 
 
-def _stages(plan, device: str):
+def _stages(plan, device: str, args=None):
     """The plan's stages on cuda:0 .. cuda:N-1 (or, with --device cpu, N stages on the CPU: same code path,
     one device); one stage for a single-GPU plan."""
     from executor.stages import devices_for, stages_from_plan
+    from headplan.cmd_plan import parse_gpus
 
+    asked = getattr(args, "gpus", "1") if args is not None else "1"
+    if args is not None and args.plan is not None and str(asked) != "1" and parse_gpus(asked) != plan.gpus:
+        raise UserError(f"--gpus {asked} but {args.plan} was planned for {plan.gpus} GPU(s): plan again with "
+                        f"--gpus {asked}")
     try:
         return stages_from_plan(plan, devices_for(max(plan.gpus, 1), device))
     except ValueError as exc:

@@ -148,3 +148,15 @@ def test_sliding_window_refused():
     config = AutoConfig.for_model("mistral", sliding_window=4096)
     with pytest.raises(ModelLoadError, match="sliding"):
         check_supported(config)
+
+
+def test_cli_run_refuses_gpus_that_disagree_with_the_plan(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    plan = tmp_path / "plan.json"
+    assert cli_main(["plan", "--model", str(config), "--context", "11", "--chunk-size", "4", "--dtype", "float32",
+                     "--out", str(plan)] + _plan_flags()) == 0
+    capsys.readouterr()
+    code = cli_main(["run", "--plan", str(plan), "--gpus", "2", "--device", "cpu", "--out", str(tmp_path / "o"),
+                     "--no-progress"])
+    assert code == 2 and "planned for 1 GPU" in capsys.readouterr().err
