@@ -129,6 +129,9 @@ class HardwareProfile(_Frozen):
     launch_overhead_s: float = Field(description="host cost of one kernel launch through PyTorch")
     attention_call_overhead_s: float = Field(0.0, description="fixed cost of one attention call")
     cudnn_graph_build_s: Optional[float] = Field(None, description="cuDNN attention: first call at a new shape")
+    cudnn_causal_graph_build_s: Optional[float] = Field(
+        None, description="cuDNN attention: first call at a new square causal shape (the cudnn-split chunk part); "
+        "None: priced as cudnn_graph_build_s")
     # host time of the executor's own loop (executor/profiler/executor_host.py); None: the planner falls back
     # to counted host ops x launch_overhead_s (planner/time_model.py)
     executor_model_host_s: Optional[float] = Field(
@@ -158,7 +161,8 @@ class HardwareProfile(_Frozen):
 # Optional fields added after the first catalog files: left out of the hash while None, so the files written
 # before them keep their hash.
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
-                          "executor_prefill_layer_host_s", "executor_split_part_host_s")
+                          "executor_prefill_layer_host_s", "executor_split_part_host_s",
+                          "cudnn_causal_graph_build_s")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

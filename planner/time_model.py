@@ -25,7 +25,8 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
     gpu_chunk  = sum over layers of P + first transfer of the chunk (nothing to overlap it with) + lm_head
     host_chunk = executor_host_seconds (below): the host's own time for the chunk
     chunk_s    = max(gpu_chunk, host_chunk)                             the host runs ahead (no syncs)
-    prefill_s  = sum of chunk_s + cudnn graph builds (one per new (heads, q_len, k_len) shape)
+    prefill_s  = sum of chunk_s + cudnn graph builds (one per new (heads, q_len, k_len) shape; the square causal
+                 chunk part's at cudnn_causal_graph_build_s where the profile has it)
 Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
 reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash".
@@ -274,7 +275,9 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         square = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS) & (np.arange(len(chunk)) == 0)  # the square causal
         if len(chunk) > 1 and chunk[-1] != chunk[0]:                                    # cuDNN part's shapes
             square[-1] = chunk[-1] >= CUDNN_SPLIT_CHUNK_MIN_TOKENS
-        out["builds"] = (builds + calls * square) * (lookup.profile.cudnn_graph_build_s or 0.0)
+        build_s = lookup.profile.cudnn_graph_build_s or 0.0
+        causal_build_s = lookup.profile.cudnn_causal_graph_build_s
+        out["builds"] = builds * build_s + calls * square * (causal_build_s if causal_build_s is not None else build_s)
     out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out

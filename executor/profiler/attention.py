@@ -170,18 +170,44 @@ def measure_cudnn_graph_build(ctx: ProfileContext) -> float | None:
     return sorted(build_s)[len(build_s) // 2] if build_s else None
 
 
+CAUSAL_BUILD_CHUNKS = (8192 + 2048, 8192 + 6144)   # square causal shapes no sweep or executor step has used
+
+
+def measure_cudnn_causal_graph_build(ctx: ProfileContext) -> float | None:
+    """Median seconds of the first cuDNN call at a new square causal shape (q = k = c tokens, GQA heads as the
+    split's chunk part passes them: 4 query heads on 1 KV head) minus a steady call at that shape. The planner
+    prices the chunk part's graph builds with it (a 1B prefill of one 32K chunk ran ~0.46 s over its plan on the
+    H100, most likely that build, against 53 ms measured for non-causal shapes)."""
+    head_dim, build_s = ctx.preset.head_dims[0], []
+    for chunk in CAUSAL_BUILD_CHUNKS[:max(1, ctx.preset.cudnn_graph_builds - 1)]:
+        q = ctx.randn(1, GQA_RATIO, chunk, head_dim, dtype=torch.bfloat16)
+        k = ctx.randn(1, 1, chunk, head_dim, dtype=torch.bfloat16)
+
+        def call():
+            return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, k, None, True, 0.0, True, False)[0]
+
+        first_s = host_seconds(call, device=ctx.device)
+        steady_s = host_seconds(call, device=ctx.device)
+        build_s.append(max(first_s - steady_s, 0.0))
+        ctx.progress("attention", f"cudnn causal graph build (new c {chunk})", f"{build_s[-1] * 1e3:.1f} ms")
+    return sorted(build_s)[len(build_s) // 2] if build_s else None
+
+
 def measure_attention(ctx: ProfileContext) -> dict:
-    """{"points": [AttentionPoint], "cudnn_graph_build_s": float | None}."""
+    """{"points": [AttentionPoint], "cudnn_graph_build_s": float | None,
+    "cudnn_causal_graph_build_s": float | None}."""
     deadline_s = ctx.elapsed_s() + ctx.preset.attention_budget_s
     if not ctx.on_gpu:
-        return {"points": sweep(ctx, "cpu", deadline_s), "cudnn_graph_build_s": None}
+        return {"points": sweep(ctx, "cpu", deadline_s), "cudnn_graph_build_s": None,
+                "cudnn_causal_graph_build_s": None}
     started_s = time.perf_counter()
     flash_share = 0.55 if ctx.preset.cudnn_graph_builds else 1.0  # cuDNN keeps the rest (and what is left)
     points = sweep(ctx, "flash", ctx.elapsed_s() + flash_share * ctx.preset.attention_budget_s)
-    graph_build_s = None
+    graph_build_s = causal_build_s = None
     if ctx.preset.cudnn_graph_builds and cudnn_available(ctx):
         graph_build_s = measure_cudnn_graph_build(ctx)
+        causal_build_s = measure_cudnn_causal_graph_build(ctx)
         points += sweep(ctx, "cudnn", deadline_s)
     ctx.progress("attention", f"{len(points)} points", f"in {time.perf_counter() - started_s:.1f} s")
     ctx.free_memory()
-    return {"points": points, "cudnn_graph_build_s": graph_build_s}
+    return {"points": points, "cudnn_graph_build_s": graph_build_s, "cudnn_causal_graph_build_s": causal_build_s}

@@ -242,3 +242,13 @@ def test_decode_attention_uses_the_q1_table_where_it_is_slower_than_hbm():
     assert np.all(with_table >= hbm_only) and with_table[1] > 1.2 * hbm_only[1]
     bare = measured.model_copy(update={"attention_table": [p for p in measured.attention_table if p.q_len != 1]})
     assert np.allclose(decode_attention_seconds(model, RateLookup(bare), 2, past, per_head), hbm_only)
+
+
+def test_square_causal_builds_priced_at_the_causal_build_cost_when_profiled():
+    profile = table_profile()
+    work = _work(backend="cudnn-split", context_tokens=131072)
+    base = predict_time(M, profile, RateLookup(profile), work).terms["prefill_cudnn_graph_build_s"]
+    causal = profile.model_copy(update={"cudnn_causal_graph_build_s": 0.45})
+    priced = predict_time(M, causal, RateLookup(causal), work).terms["prefill_cudnn_graph_build_s"]
+    # 8K chunks: 4 past-block lengths at 0.05 s, and the square causal chunk shape now at 0.45 s (one call shape)
+    assert base == pytest.approx(5 * 0.05) and priced == pytest.approx(4 * 0.05 + 0.45)
