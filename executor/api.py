@@ -25,7 +25,8 @@ from executor.faults import RunFault
 from executor.kv_store import ExecutionSettings
 from executor.report import (AttentionFigures, GpuFigures, MemoryFigures, RunReport, TimesAndPeak, Transfers,
                              errors_of, relative_error)
-from executor.runner import Measurement, execute
+from executor.measurement import Measurement
+from executor.runner import execute
 from executor.stages import DeviceStage, devices_for, stages_from_plan
 
 

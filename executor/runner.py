@@ -4,7 +4,7 @@
 checking host RAM), switches the model's attention implementation to the registered head-offloaded one, runs
 prefill chunk by chunk with ``logits_to_keep=1`` and decode token by token (the next token stays on the GPU:
 no host synchronisation in the loop; one optional sync per chunk, one chunk behind, feeds the progress bar),
-and returns a Measurement built from events on the streams. The stores are released on every exit path; an
+and returns a Measurement (measurement.py) built from events on the streams. The stores are released on every exit path; an
 OOM or Ctrl-C becomes a faults.RunFault carrying the partial Measurement.
 Leaves out: the report (report.py), the plan (api.py), sampling other than greedy.
 """
@@ -21,67 +21,11 @@ import torch
 from executor.attention_kernels import normalize_backend
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
 from executor.kv_store import EventRecorder, ExecutionSettings
-from executor.offload_attention import ATTENTION_NAME, PhaseCounters
+from executor.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
+from executor.offload_attention import ATTENTION_NAME
 from executor.offload_cache import OffloadCache
 from executor.staged_engine import StagedEngine, StageParts, allocate_host_stores, build_staged_engine
 from executor.stages import DeviceStage, check_stages, single_stage
-
-
-@dataclass
-class StageMeasurement:
-    """One stage's (GPU's) share of a run: placement, stores, memory peaks and busy time."""
-
-    index: int
-    device: str
-    first_layer: int
-    num_layers: int
-    resident_kv_heads: int
-    numa_node: Optional[int] = None
-    numa_bound: bool = False
-    host_store_bytes: int = 0
-    host_pin_s: float = 0.0
-    gpu_store_bytes: dict[str, int] = field(default_factory=dict)
-    gpu_peak_allocated_bytes: Optional[int] = None
-    gpu_peak_reserved_bytes: Optional[int] = None
-    gpu_process_used_bytes: Optional[int] = None
-    gpu_outside_allocator_bytes: Optional[int] = None
-    prefill_busy_s: Optional[float] = None
-    """sum over chunks of the time from the stage's first layer starting to its last layer ending (its device)"""
-    decode_busy_s_per_token: Optional[float] = None
-    counters: dict[str, PhaseCounters] = field(default_factory=dict)
-
-
-@dataclass
-class Measurement:
-    """What a run measured (seconds, bytes). Partial runs fill what they reached."""
-
-    prompt_tokens: int
-    chunk_tokens: list[int] = field(default_factory=list)
-    chunk_s: list[float] = field(default_factory=list)
-    prefill_s: Optional[float] = None
-    time_to_first_token_s: Optional[float] = None
-    decode_s_per_token: Optional[float] = None
-    decode_tokens_timed: int = 0
-    generated_token_ids: list[int] = field(default_factory=list)
-    layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
-    attention_s: dict[str, float] = field(default_factory=dict)
-    counters: dict[str, PhaseCounters] = field(default_factory=dict)
-    host_store_bytes: int = 0
-    host_pin_s: float = 0.0
-    gpu_store_bytes: dict[str, int] = field(default_factory=dict)
-    gpu_peak_allocated_bytes: Optional[int] = None
-    gpu_peak_reserved_bytes: Optional[int] = None
-    gpu_process_used_bytes: Optional[int] = None
-    gpu_outside_allocator_bytes: Optional[int] = None
-    """driver-reported process use minus PyTorch's reserved memory at the end (CUDA context, workspaces)"""
-    warmup_s: Optional[float] = None
-    """wall time of the warm-up pass before the timed run (CUDA: module loading, library handles, first launches)"""
-    trace_events: list[tuple[str, dict, float, str]] = field(default_factory=list)
-    step_logits: Optional[torch.Tensor] = None
-    """[steps, vocab] float32 on CPU: logits of the last position of prefill and of each decode step"""
-    stages: list[StageMeasurement] = field(default_factory=list)
-    """per stage (GPU); the top-level memory figures are the fullest GPU's, the host store the sum"""
-    fullest_device: Optional[str] = None
 
 
 @contextlib.contextmanager
@@ -303,32 +247,20 @@ def _finish(run: _Run, measurement: Measurement) -> None:
     """Resolve the events (one synchronize per device) into the Measurement."""
     events = run.recorder.resolve()
     stage_events = [events] + [r.resolve() for r in run.engine.recorders if r is not run.recorder]
-    _fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
+    fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
     measurement.counters = run.engine.counters
     for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
         stage.counters = dict(engine.counters)
-        _fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)
+        fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)
     if run.generated:
         measurement.generated_token_ids = [int(x) for x in torch.cat(run.generated, dim=1)[0].tolist()]
     if run.logits:
         measurement.step_logits = torch.stack(run.logits).cpu()
     for stage in measurement.stages:
-        stage_device = torch.device(stage.device)
-        if stage_device.type == "cuda":
-            stage.gpu_peak_allocated_bytes = torch.cuda.max_memory_allocated(stage_device)
-            stage.gpu_peak_reserved_bytes = torch.cuda.max_memory_reserved(stage_device)
-            stage.gpu_process_used_bytes = process_gpu_used_bytes(stage_device)
-            stage.gpu_outside_allocator_bytes = max(
-                0, stage.gpu_process_used_bytes - torch.cuda.memory_reserved(stage_device))
+        if torch.device(stage.device).type == "cuda":
+            stage.read_gpu_peaks(torch.device(stage.device))
     if run.device.type == "cuda":
-        fullest = max(measurement.stages, key=lambda st: (st.gpu_peak_reserved_bytes or 0)
-                      + (st.gpu_outside_allocator_bytes or 0))
-        measurement.gpu_peak_allocated_bytes = fullest.gpu_peak_allocated_bytes
-        measurement.gpu_peak_reserved_bytes = fullest.gpu_peak_reserved_bytes
-        measurement.gpu_process_used_bytes = fullest.gpu_process_used_bytes
-        measurement.gpu_outside_allocator_bytes = fullest.gpu_outside_allocator_bytes
-        measurement.gpu_store_bytes = dict(fullest.gpu_store_bytes)
-        measurement.fullest_device = fullest.device
+        measurement.take_fullest_gpu()
 
 
 def _per_stage(run: _Run, stage_events: list) -> list:
@@ -340,26 +272,6 @@ def _per_stage(run: _Run, stage_events: list) -> list:
     return [by_recorder[id(engine.recorder)] for engine in run.engine.engines]
 
 
-def _fill_stage_busy(stage: StageMeasurement, events, measurement: Measurement, *, single: bool) -> None:
-    """Busy time of one stage: with one stage, the run's own figures; else its stage_start / stage_end spans."""
-    if single:
-        stage.prefill_busy_s, stage.decode_busy_s_per_token = measurement.prefill_s, measurement.decode_s_per_token
-        return
-    starts, prefill, decode = {}, 0.0, []
-    for name, meta, ms, _lane in events:
-        key = (meta.get("phase"), meta.get("chunk"))
-        if name == "stage_start":
-            starts[key] = ms
-        elif name == "stage_end" and key in starts:
-            seconds = (ms - starts.pop(key)) / 1000.0
-            if key[0] == "prefill":
-                prefill += seconds
-            elif key[0] == "decode":
-                decode.append(seconds)
-    stage.prefill_busy_s = prefill
-    stage.decode_busy_s_per_token = sum(decode) / len(decode) if decode else None
-
-
 def _finish_partial(run: Optional[_Run], measurement: Measurement) -> None:
     if run is None:
         return
@@ -369,59 +281,6 @@ def _finish_partial(run: Optional[_Run], measurement: Measurement) -> None:
         _finish(run, measurement)
     except Exception:  # the partial report must not hide the original fault
         pass
-
-
-def _fill_times(events, measurement: Measurement, extra=()) -> None:
-    """Chunk, token and phase times from the run's recorder ``events``; per-layer attention spans from those and
-    ``extra`` (the other stages' recorders: each span is a difference on one device's clock)."""
-    starts: dict = {}
-    layer_attention: dict[str, list[float]] = {}
-    first_chunk_ms = token_first_ms = token_last_ms = None
-    for name, meta, ms, lane in list(events) + list(extra):
-        phase = meta.get("phase")
-        if name == "chunk_start":
-            starts[meta["chunk"]] = ms
-            first_chunk_ms = ms if first_chunk_ms is None else first_chunk_ms
-        elif name == "chunk_end":
-            measurement.chunk_s.append((ms - starts[meta["chunk"]]) / 1000.0)
-            measurement.chunk_tokens.append(meta["tokens"])
-            measurement.prefill_s = (ms - first_chunk_ms) / 1000.0
-        elif name == "first_token":
-            measurement.time_to_first_token_s = (ms - first_chunk_ms) / 1000.0
-        elif name == "token_start":
-            token_first_ms = ms if token_first_ms is None else token_first_ms
-        elif name == "token_end":
-            token_last_ms = ms
-            measurement.decode_tokens_timed += 1
-        elif name == "attn_start":
-            starts[("attn", phase, meta["chunk"], meta["layer"])] = ms
-        elif name == "attn_end":
-            seconds = (ms - starts[("attn", phase, meta["chunk"], meta["layer"])]) / 1000.0
-            layer_attention.setdefault(phase, []).append(seconds)
-    if token_last_ms is not None and measurement.decode_tokens_timed:
-        measurement.decode_s_per_token = (token_last_ms - token_first_ms) / 1000.0 / measurement.decode_tokens_timed
-    measurement.layer_attention_s = layer_attention
-    measurement.attention_s = {phase: sum(values) for phase, values in layer_attention.items()}
-    measurement.trace_events = [e for e in events if e[0] in ("group_start", "group_end", "h2d_start", "h2d_end",
-                                                               "d2h_start", "d2h_end", "attn_start", "attn_end")]
-
-
-def process_gpu_used_bytes(device: torch.device) -> Optional[int]:
-    """This process's GPU memory as the driver reports it (NVML), else total - free of the device."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        import os
-
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                return int(proc.usedGpuMemory)
-    except Exception:
-        pass
-    free, total = torch.cuda.mem_get_info(device)
-    return int(total - free)
 
 
 def apply_gpu_budget(budget_bytes: int, runtime_overhead_bytes: int, device: torch.device | str) -> float:

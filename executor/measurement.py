@@ -1,0 +1,166 @@
+"""What a run measured: the Measurement and its per-stage parts, and how they are filled from recorded events.
+
+    GpuPeaks          the memory fields a whole run and each stage (GPU) share: host store, GPU stores, peaks
+    StageMeasurement  one stage's placement, peaks, busy time and counters
+    Measurement       the run: chunk, token and phase times, counters, logits, per-stage list; its GpuPeaks are
+                      the fullest GPU's
+    fill_times        chunk / token / attention times from (name, meta, ms, lane) events (executor/kv_store.py
+                      EventRecorder.resolve)
+    fill_stage_busy   a stage's busy time from its stage_start / stage_end spans
+Leaves out: recording the events (runner.py, offload_attention.py) and the report (report.py, api.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from executor.offload_attention import PhaseCounters
+
+
+@dataclass(kw_only=True)
+class GpuPeaks:
+    """Stores and GPU memory peaks (bytes) of a run or of one of its GPUs."""
+
+    host_store_bytes: int = 0
+    host_pin_s: float = 0.0
+    gpu_store_bytes: dict[str, int] = field(default_factory=dict)
+    gpu_peak_allocated_bytes: Optional[int] = None
+    gpu_peak_reserved_bytes: Optional[int] = None
+    gpu_process_used_bytes: Optional[int] = None
+    gpu_outside_allocator_bytes: Optional[int] = None
+    """driver-reported process use minus PyTorch's reserved memory at the end (CUDA context, workspaces)"""
+
+    def read_gpu_peaks(self, device: torch.device) -> None:
+        """Fill the peaks from PyTorch's allocator statistics and the driver, for ``device`` (CUDA)."""
+        self.gpu_peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
+        self.gpu_peak_reserved_bytes = torch.cuda.max_memory_reserved(device)
+        self.gpu_process_used_bytes = process_gpu_used_bytes(device)
+        self.gpu_outside_allocator_bytes = max(0, self.gpu_process_used_bytes - torch.cuda.memory_reserved(device))
+
+
+@dataclass(kw_only=True)
+class StageMeasurement(GpuPeaks):
+    """One stage's (GPU's) share of a run: placement, stores, memory peaks and busy time."""
+
+    index: int
+    device: str
+    first_layer: int
+    num_layers: int
+    resident_kv_heads: int
+    numa_node: Optional[int] = None
+    numa_bound: bool = False
+    prefill_busy_s: Optional[float] = None
+    """sum over chunks of the time from the stage's first layer starting to its last layer ending (its device)"""
+    decode_busy_s_per_token: Optional[float] = None
+    counters: dict[str, PhaseCounters] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Measurement(GpuPeaks):
+    """What a run measured (seconds, bytes). Partial runs fill what they reached; the GpuPeaks fields are the
+    fullest GPU's (take_fullest_gpu), the host store fields the sum over stages."""
+
+    prompt_tokens: int
+    chunk_tokens: list[int] = field(default_factory=list)
+    chunk_s: list[float] = field(default_factory=list)
+    prefill_s: Optional[float] = None
+    time_to_first_token_s: Optional[float] = None
+    decode_s_per_token: Optional[float] = None
+    decode_tokens_timed: int = 0
+    generated_token_ids: list[int] = field(default_factory=list)
+    layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
+    attention_s: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, PhaseCounters] = field(default_factory=dict)
+    warmup_s: Optional[float] = None
+    """wall time of the warm-up pass before the timed run (CUDA: module loading, library handles, first launches)"""
+    trace_events: list[tuple[str, dict, float, str]] = field(default_factory=list)
+    step_logits: Optional[torch.Tensor] = None
+    """[steps, vocab] float32 on CPU: logits of the last position of prefill and of each decode step"""
+    stages: list[StageMeasurement] = field(default_factory=list)
+    """per stage (GPU); the top-level memory figures are the fullest GPU's, the host store the sum"""
+    fullest_device: Optional[str] = None
+
+    def take_fullest_gpu(self) -> None:
+        """Copy the GPU figures of the stage whose GPU peaked highest (reserved + outside the allocator)."""
+        fullest = max(self.stages, key=lambda st: (st.gpu_peak_reserved_bytes or 0)
+                      + (st.gpu_outside_allocator_bytes or 0))
+        for name in ("gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "gpu_process_used_bytes",
+                     "gpu_outside_allocator_bytes"):
+            setattr(self, name, getattr(fullest, name))
+        self.gpu_store_bytes = dict(fullest.gpu_store_bytes)
+        self.fullest_device = fullest.device
+
+
+def fill_times(events, measurement: Measurement, extra=()) -> None:
+    """Chunk, token and phase times from the run's recorder ``events``; per-layer attention spans from those and
+    ``extra`` (the other stages' recorders: each span is a difference on one device's clock)."""
+    starts: dict = {}
+    layer_attention: dict[str, list[float]] = {}
+    first_chunk_ms = token_first_ms = token_last_ms = None
+    for name, meta, ms, lane in list(events) + list(extra):
+        phase = meta.get("phase")
+        if name == "chunk_start":
+            starts[meta["chunk"]] = ms
+            first_chunk_ms = ms if first_chunk_ms is None else first_chunk_ms
+        elif name == "chunk_end":
+            measurement.chunk_s.append((ms - starts[meta["chunk"]]) / 1000.0)
+            measurement.chunk_tokens.append(meta["tokens"])
+            measurement.prefill_s = (ms - first_chunk_ms) / 1000.0
+        elif name == "first_token":
+            measurement.time_to_first_token_s = (ms - first_chunk_ms) / 1000.0
+        elif name == "token_start":
+            token_first_ms = ms if token_first_ms is None else token_first_ms
+        elif name == "token_end":
+            token_last_ms = ms
+            measurement.decode_tokens_timed += 1
+        elif name == "attn_start":
+            starts[("attn", phase, meta["chunk"], meta["layer"])] = ms
+        elif name == "attn_end":
+            seconds = (ms - starts[("attn", phase, meta["chunk"], meta["layer"])]) / 1000.0
+            layer_attention.setdefault(phase, []).append(seconds)
+    if token_last_ms is not None and measurement.decode_tokens_timed:
+        measurement.decode_s_per_token = (token_last_ms - token_first_ms) / 1000.0 / measurement.decode_tokens_timed
+    measurement.layer_attention_s = layer_attention
+    measurement.attention_s = {phase: sum(values) for phase, values in layer_attention.items()}
+    measurement.trace_events = [e for e in events if e[0] in ("group_start", "group_end", "h2d_start", "h2d_end",
+                                                               "d2h_start", "d2h_end", "attn_start", "attn_end")]
+
+
+def fill_stage_busy(stage: StageMeasurement, events, measurement: Measurement, *, single: bool) -> None:
+    """Busy time of one stage: with one stage, the run's own figures; else its stage_start / stage_end spans."""
+    if single:
+        stage.prefill_busy_s, stage.decode_busy_s_per_token = measurement.prefill_s, measurement.decode_s_per_token
+        return
+    starts, prefill, decode = {}, 0.0, []
+    for name, meta, ms, _lane in events:
+        key = (meta.get("phase"), meta.get("chunk"))
+        if name == "stage_start":
+            starts[key] = ms
+        elif name == "stage_end" and key in starts:
+            seconds = (ms - starts.pop(key)) / 1000.0
+            if key[0] == "prefill":
+                prefill += seconds
+            elif key[0] == "decode":
+                decode.append(seconds)
+    stage.prefill_busy_s = prefill
+    stage.decode_busy_s_per_token = sum(decode) / len(decode) if decode else None
+
+
+def process_gpu_used_bytes(device: torch.device) -> Optional[int]:
+    """This process's GPU memory as the driver reports it (NVML), else total - free of the device."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return int(proc.usedGpuMemory)
+    except Exception:
+        pass
+    free, total = torch.cuda.mem_get_info(device)
+    return int(total - free)
