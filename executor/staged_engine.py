@@ -77,6 +77,20 @@ def allocate_host_stores(model_config, stages: Sequence[DeviceStage], settings: 
     return parts
 
 
+class _EveryStage:
+    """A runner switch of StagedEngine: read from stage 0's engine, written to every stage's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj.engines[0], self.name)
+
+    def __set__(self, obj, value) -> None:
+        for engine in obj.engines:
+            setattr(engine, self.name, value)
+
+
 @dataclass
 class StagedEngine:
     """Routes layer l to engines[stage_of[l]] with local index l - first_layer of that stage."""
@@ -93,23 +107,8 @@ class StagedEngine:
         return engine.attend_layer(layer - engine.first_layer, query, key, value, past_tokens=past_tokens,
                                    scale=scale)
 
-    @property
-    def more_forwards(self) -> bool:
-        return self.engines[0].more_forwards
-
-    @more_forwards.setter
-    def more_forwards(self, value: bool) -> None:
-        for engine in self.engines:
-            engine.more_forwards = value
-
-    @property
-    def next_phase(self) -> str:
-        return self.engines[0].next_phase
-
-    @next_phase.setter
-    def next_phase(self, value: str) -> None:
-        for engine in self.engines:
-            engine.next_phase = value
+    more_forwards = _EveryStage("more_forwards")
+    next_phase = _EveryStage("next_phase")
 
     @property
     def counters(self) -> dict[str, PhaseCounters]:
