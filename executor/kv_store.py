@@ -118,7 +118,9 @@ class HostKVStore:
     """cudaHostRegisterPortable: the pages count as pinned for every device's context (several GPUs)"""
 
     def __init__(self, layout: KVLayout, dtype: torch.dtype, *, pin: bool,
-                 available_bytes: Optional[int] = None, numa_node: Optional[int] = None):
+                 available_bytes: Optional[int] = None, numa_node: Optional[int] = None,
+                 device: Optional[torch.device] = None):
+        self.device = device  # the GPU whose streams copy to and from the pages (None: the current one)
         self.layout, self.dtype, self.nbytes = layout, dtype, layout.host_bytes(_dtype_bytes(dtype))
         self.check_host_ram(self.nbytes, available_bytes if available_bytes is not None else host_available_bytes())
         self.pinned, self.pin_s, self.numa_bound = False, 0.0, False
@@ -164,8 +166,7 @@ class HostKVStore:
     def close(self) -> None:
         """Unregister the pages (CUDA) and drop the memory. Safe to call twice."""
         if getattr(self, "pinned", False):
-            for index in range(torch.cuda.device_count()):  # no copy on any GPU may still use the pages
-                torch.cuda.synchronize(index)
+            torch.cuda.synchronize(self.device)  # no copy of that GPU's streams may still use the pages
             torch.cuda.cudart().cudaHostUnregister(self._flat.data_ptr())
             self.pinned = False
         self.keys, self.values, self._flat = [], [], None

@@ -67,7 +67,8 @@ def allocate_host_stores(model_config, stages: Sequence[DeviceStage], settings: 
         for stage, layout in zip(stages, layouts):
             cuda = stage.device.type == "cuda"
             node = gpu_numa_node(stage.device) if cuda and several_nodes else None
-            host = HostKVStore(layout, dtype, pin=cuda, available_bytes=remaining, numa_node=node)
+            host = HostKVStore(layout, dtype, pin=cuda, available_bytes=remaining, numa_node=node,
+                               device=stage.device if cuda else None)
             remaining -= host.nbytes
             parts.append(StageParts(stage, layout, host, node, host.numa_bound))
     except BaseException:
