@@ -23,8 +23,8 @@ import torch
 
 from executor.faults import RunFault
 from executor.kv_store import ExecutionSettings
-from executor.report import (AttentionFigures, GpuFigures, MemoryFigures, RunReport, TimesAndPeak, Transfers,
-                             errors_of, relative_error)
+from executor.report import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TimesAndPeak,
+                             Transfers, errors_of, relative_error)
 from executor.measurement import Measurement
 from executor.runner import execute
 from executor.stages import DeviceStage, devices_for, stages_from_plan
@@ -206,6 +206,15 @@ def gpu_figures(plan, m: Measurement) -> list[GpuFigures]:
     return out
 
 
+def host_figures(plan, m: Measurement) -> HostFigures:
+    """The plan's decode host and GPU terms beside the measured host time per token (median)."""
+    terms = getattr(getattr(plan, "predicted", None), "terms", None) or {}
+    host = sorted(m.decode_host_s)
+    return HostFigures(predicted_decode_host_s_per_token=terms.get("decode_host_s"),
+                       predicted_decode_gpu_s_per_token=terms.get("decode_gpu_s"),
+                       measured_decode_host_s_per_token=host[len(host) // 2] if host else None)
+
+
 def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tokens, device, model_name: str,
                  measurement: Optional[Measurement], status: str = "complete", fault: Optional[str] = None,
                  verify: Optional[dict] = None, memory_extra: Optional[dict] = None,
@@ -228,5 +237,5 @@ def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tok
                      generated_token_ids=m.generated_token_ids, transfers=transfers, attention=attention,
                      memory=memory, verify=verify, warnings=list(warnings or []),
                      plan_hardware=plan.hardware.name if plan is not None else None,
-                     gpus=gpu_figures(plan, m),
+                     gpus=gpu_figures(plan, m), host=host_figures(plan, m),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

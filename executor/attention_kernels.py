@@ -37,18 +37,25 @@ def normalize_backend(plan_backend: str) -> str:
     return "flash"
 
 
-def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, backend: str) -> torch.Tensor:
-    """Attention of q [1, Hq_g, c, d] against k, v [1, G, s + c, d], lower-right causal; returns [1, Hq_g, c, d]."""
+def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, backend: str,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of q [1, Hq_g, c, d] against k, v [1, G, s + c, d], lower-right causal; returns [1, Hq_g, c, d]:
+    ``out`` when given (e.g. a strided slice of the layer's output; the split path's merge writes there
+    directly, the other backends copy their result in), else a new tensor."""
     _check_shapes(q, k, v)
+    if out is not None and out.shape != q.shape:
+        raise ValueError(f"out {tuple(out.shape)} must have the query's shape {tuple(q.shape)}")
     on_gpu_half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-    if backend in ("math", "cpu") or not on_gpu_half:
-        return _attend_math(q, k, v, scale=scale)
     chunk_tokens = q.shape[2]
-    if backend == "cudnn-split" and chunk_tokens > 1:
-        return _attend_cudnn_split(q, k, v, scale=scale)
-    if backend == "flash_attn":
-        return _attend_flash_attn(q, k, v, scale=scale)
-    return _attend_flash(q, k, v, scale=scale)
+    if backend == "cudnn-split" and chunk_tokens > 1 and on_gpu_half:
+        return _attend_cudnn_split(q, k, v, scale=scale, out=out)
+    if backend in ("math", "cpu") or not on_gpu_half:
+        result = _attend_math(q, k, v, scale=scale)
+    elif backend == "flash_attn":
+        result = _attend_flash_attn(q, k, v, scale=scale)
+    else:
+        result = _attend_flash(q, k, v, scale=scale)
+    return result if out is None else out.copy_(result)
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -101,7 +108,7 @@ SPLIT_CHUNK_CUDNN_MIN_TOKENS = 8192
 shorter ones on the flash kernel (measured on the H100, 128K prefill of the 8B shape: 8K chunks 12.03 s with the
 cuDNN chunk part against 12.53 s with flash; 4K chunks 13.04 s against 12.74 s;
 benchmarks/results/split-variants-128k-h100-2026-11-22.json). The planner mirrors it
-(planner/time_model.py CUDNN_SPLIT_CHUNK_MIN_TOKENS; a test keeps them equal)."""
+(planner/host_time.py CUDNN_SPLIT_CHUNK_MIN_TOKENS; a test keeps them equal)."""
 
 SPLIT_CHUNK_BACKEND: str | None = None
 """Override of that rule for experiments (benchmarks/split_variants.py): "flash" or "cudnn"; None: the rule."""
@@ -114,14 +121,15 @@ def split_chunk_backend(chunk_tokens: int) -> str:
     return "cudnn" if chunk_tokens >= SPLIT_CHUNK_CUDNN_MIN_TOKENS else "flash"
 
 
-def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """cuDNN past + chunk part (split_chunk_backend), merged by log-sum-exp (executor/attention_split.py)."""
     try:
         from executor.attention_split import attend_chunk_split
     except ImportError as exc:
         raise RuntimeError("attention backend 'cudnn-split' needs executor/attention_split.py "
                            "(attend_chunk_split), which is not available; use backend 'flash'") from exc
-    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=split_chunk_backend(q.shape[2]))
+    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=split_chunk_backend(q.shape[2]), out=out)
 
 
 def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:

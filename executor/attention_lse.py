@@ -109,11 +109,12 @@ def unpack_query_rows(packed: torch.Tensor, query_heads: int) -> torch.Tensor:
 
 
 def partial_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                 causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 causal: bool, packed_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial attention with explicit scores in float32 (float64 for float64 inputs). Any device.
 
     q [1, Hq, c, d]; k, v [1, G, n, d] with Hq % G == 0 (query head j reads KV head j // (Hq // G)).
-    causal=False: every query sees all n keys (computed on packed rows, the same layout as the cuDNN path).
+    causal=False: every query sees all n keys (computed on packed rows, the same layout as the cuDNN path;
+        ``packed_query``: those rows packed once by the caller).
     causal=True: lower-right aligned, query i sees keys [0, n - c + i]; a query seeing none (n < c) gets
     out 0 and lse -inf.
     returns (out [1, Hq, c, d] in q.dtype, lse [1, Hq, c] in the accumulation dtype)
@@ -122,7 +123,7 @@ def partial_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: fl
     kv_heads, key_tokens = k.shape[1], k.shape[2]
     compute = accumulation_dtype(q.dtype)
     if not causal:
-        rows = pack_query_rows(q, kv_heads).to(compute)  # [1, G, r*c, d]
+        rows = (packed_query if packed_query is not None else pack_query_rows(q, kv_heads)).to(compute)
         scores = torch.einsum("bgqd,bgkd->bgqk", rows, k.to(compute)) * scale
     else:
         ratio = query_heads // kv_heads

@@ -27,9 +27,9 @@ cuDNN. chunk_backend="cudnn" also puts the square causal chunk-vs-itself part on
 chunk length; the probe measured 359 against the flash kernel's 174 TFLOP/s), with a non-empty tail then
 on the flash kernel (non-causal).
 
-The parts are merged by an eager float32 accumulator (or, opt-in, FUSED_MERGE, in one Triton pass:
-lse_merge_triton.py). cuDNN gets the query heads packed into rows per KV head ([1, G, r*c, d] against [1, G, n, d]: exact because
-the part is non-causal). Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
+The parts are merged in one Triton pass written into the caller's output (FUSED_MERGE, lse_merge_triton.py) on
+CUDA, else by an eager float32 accumulator. cuDNN gets the query heads packed into rows per KV head ([1, G, r*c,
+d] against [1, G, n, d]: exact because the part is non-causal), packed once per call for all past parts. Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
 decode's past grows by one token a step), dropout, batch > 1.
 """
 
@@ -135,11 +135,13 @@ def cudnn_available(device_index: int | None = None) -> bool:
 
 
 def partial_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                  causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  causal: bool, packed_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cuDNN partial attention (aten._scaled_dot_product_cudnn_attention, log-sum-exp on). CUDA, fp16/bf16.
 
     q [1, Hq, c, d]; k, v [1, G, n, d] (may be slices of a larger buffer: last dim contiguous).
-    causal=False: query heads packed into rows per KV head, [1, G, r*c, d] against [1, G, n, d].
+    causal=False: query heads packed into rows per KV head, [1, G, r*c, d] against [1, G, n, d]
+        (``packed_query``: that packing made once by the caller for several parts; else made here, a copy
+        when q is a strided view).
     causal=True: only for n == c (square, where top-left and lower-right masks agree); GQA passed as is.
     returns (out [1, Hq, c, d] q.dtype, lse [1, Hq, c] float32); cuDNN's lse is [B, H, L, 1] on torch 2.11
     and [B, H, L] elsewhere: both are handled.
@@ -147,7 +149,10 @@ def partial_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: f
     query_heads, chunk_tokens = q.shape[1], q.shape[2]
     if causal and k.shape[2] != chunk_tokens:
         raise ValueError(f"cuDNN causal part must be square; got {chunk_tokens} queries, {k.shape[2]} keys")
-    query = q if causal else pack_query_rows(q, k.shape[1])
+    if causal:
+        query = q
+    else:
+        query = packed_query if packed_query is not None else pack_query_rows(q, k.shape[1])
     _cudnn_shapes_seen.add((tuple(query.shape), tuple(k.shape), k.stride(), causal, q.dtype))
     result = torch.ops.aten._scaled_dot_product_cudnn_attention(
         query, k, v, None, True, 0.0, causal, False, scale=scale)
@@ -158,26 +163,29 @@ def partial_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: f
 
 
 def partial_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                  causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  causal: bool, packed_query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch's flash kernel (aten._scaled_dot_product_flash_attention). CUDA, fp16/bf16, GQA native.
 
     q [1, Hq, c, d]; k, v [1, G, n, d]; causal=True is lower-right aligned (FA2's convention, which
     torch.nn.attention.bias.causal_lower_right relies on): query i sees keys [0, n - c + i]; needs n >= c.
-    returns (out [1, Hq, c, d] q.dtype, lse [1, Hq, c] float32)
+    returns (out [1, Hq, c, d] q.dtype, lse [1, Hq, c] float32). packed_query: ignored (GQA is native here).
     """
     result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
     return result[0], result[1].reshape(1, q.shape[1], q.shape[2])
 
 
 _PARTIAL_BY_BACKEND = {"cudnn": partial_cudnn, "flash": partial_flash, "math": partial_math}
+PACKING_BACKENDS = ("cudnn", "math")  # non-causal parts on these take the query packed into rows per KV head
 
 
 def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                        past_block_tokens: int | None = None, past_backend: str = "cudnn",
-                       chunk_backend: str = "flash") -> torch.Tensor:
+                       chunk_backend: str = "flash", out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of the chunk's queries against [past, chunk], split into parts merged by log-sum-exp.
 
-    q [1, Hq_g, c, d]; k, v [1, G, s + c, d] (past then chunk); returns [1, Hq_g, c, d] in q.dtype.
+    q [1, Hq_g, c, d]; k, v [1, G, s + c, d] (past then chunk); returns [1, Hq_g, c, d] in q.dtype: ``out`` when
+    given (any strides with a contiguous last dim, e.g. a slice of the layer's output: the merge writes there
+    directly), else a new tensor.
     past_block_tokens: B of the binary block cut (default DEFAULT_PAST_BLOCK_TOKENS; a multiple of 128
         keeps cuDNN's key lengths aligned). past_backend: "cudnn" (GPU), "flash" or "math" (any device;
         the CPU path). chunk_backend: "flash", "cudnn" (square causal on cuDNN) or "math".
@@ -189,29 +197,34 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     past_tokens = k.shape[2] - chunk_tokens
     parts = split_parts(past_tokens, chunk_tokens, block_tokens=block_tokens, past_backend=past_backend,
                         chunk_backend=chunk_backend)
+    packed = None
+    if sum(part.backend in PACKING_BACKENDS and not part.causal for part in parts) > 1:
+        packed = pack_query_rows(q, k.shape[1]).contiguous()  # once for all past parts, not a copy per part
+    if len(parts) == 1:  # no past block and no cut: the single part is the whole answer
+        result = _partial(parts[0], q, k, v, scale, packed)[0]
+        return result if out is None else out.copy_(result)
     if _use_fused_merge(q, len(parts)):
         outs, lses = [], []
         for part in parts:
-            out, lse = _partial(part, q, k, v, scale)
-            outs.append(out)
-            lses.append(lse)
-        return outs[0] if len(parts) == 1 else lse_merge_triton.merge(outs, lses, q.dtype)
+            part_out, part_lse = _partial(part, q, k, v, scale, packed)
+            outs.append(part_out)
+            lses.append(part_lse)
+        dest = out if out is not None else torch.empty_like(q, memory_format=torch.contiguous_format)
+        return lse_merge_triton.merge_into(dest, outs, lses)
     merged = LseAccumulator()
     for part in parts:
-        out, lse = _partial(part, q, k, v, scale)
-        if len(parts) == 1:  # no past block and no cut: the single part is the whole answer
-            return out
-        merged.add(out, lse)
-    return merged.result()[0].to(q.dtype)
+        merged.add(*_partial(part, q, k, v, scale, packed))
+    result = merged.result()[0]
+    return result.to(q.dtype) if out is None else out.copy_(result)
 
 
-FUSED_MERGE = False
-"""True: merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most
-MAX_PARTS parts, power-of-two head dim). Off by default: it holds every part's output until the merge
-(P x H_q,g c d bytes more at the peak, which the planner's memory model does not count), and on the H100
-(2026-11-22) it was 5% faster at 16K chunks of 8 heads without a GPU cap (12.19 -> 11.57 s, 128K prefill) but
-1.7% slower at 8K chunks of 2 heads, and under the 24 GB cap the 128K runs with it took 13.1-15.0 s against
-12.1 s without (benchmarks/results/*-fused-merge*)."""
+FUSED_MERGE = True
+"""Merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most MAX_PARTS
+parts, power-of-two head dim), written straight into the layer's output; else the eager float32 accumulator.
+False: always eager (experiments). The one-pass merge holds every part until the merge; the planner counts
+them (planner/memory_model.py split_parts_bytes). History: the first version (weights by torch ops, a new output
+tensor then a copy) was 1.7% slower at 8K chunks of 2 heads on the H100 and ran near the 24 GB cap uncounted
+(benchmarks/results/*-fused-merge*); this one computes the weights in the kernel and writes in place."""
 
 
 def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:
@@ -220,10 +233,11 @@ def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:
             and head_dim & (head_dim - 1) == 0 and lse_merge_triton.available())
 
 
-def _partial(part: AttentionPart, q, k, v, scale: float):
+def _partial(part: AttentionPart, q, k, v, scale: float, packed: torch.Tensor | None = None):
     part_k = k[:, :, part.key_start:part.key_end]
     part_v = v[:, :, part.key_start:part.key_end]
-    return _PARTIAL_BY_BACKEND[part.backend](q, part_k, part_v, scale=scale, causal=part.causal)
+    return _PARTIAL_BY_BACKEND[part.backend](q, part_k, part_v, scale=scale, causal=part.causal,
+                                             packed_query=None if part.causal else packed)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_backend: str,

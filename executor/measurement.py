@@ -71,6 +71,9 @@ class Measurement(GpuPeaks):
     time_to_first_token_s: Optional[float] = None
     decode_s_per_token: Optional[float] = None
     decode_tokens_timed: int = 0
+    decode_host_s: list[float] = field(default_factory=list)
+    """per decode token: the host's wall time issuing its forward (perf_counter, no sync: the host's own cost
+    while it runs ahead of the GPU; it blocks, and so tracks the GPU, only once the launch queue is full)"""
     generated_token_ids: list[int] = field(default_factory=list)
     layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
     attention_s: dict[str, float] = field(default_factory=dict)

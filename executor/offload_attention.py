@@ -115,8 +115,8 @@ class OffloadEngine:
         keys[:, past_tokens:end].copy_(key_chunk[:resident])
         values[:, past_tokens:end].copy_(value_chunk[:resident])
         query_rows = resident * self._ratio
-        out_heads[:, :query_rows] = attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end],
-                                                 scale=scale, backend=backend)
+        attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end], scale=scale,
+                     backend=backend, out=out_heads[:, :query_rows])
 
     def _attend_group(self, layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
                       backend):
@@ -131,8 +131,8 @@ class OffloadEngine:
         keys[:, past_tokens:end].copy_(key_chunk[first: first + count])
         values[:, past_tokens:end].copy_(value_chunk[first: first + count])
         rows = slice(first * self._ratio, (first + count) * self._ratio)
-        out_heads[:, rows] = attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
-                                          backend=backend)
+        attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale, backend=backend,
+                     out=out_heads[:, rows])
         streams.record(streams.slot_released[slot], streams.compute)
         if self.trace:
             self._mark("group_end", layer=layer, group=group_idx)

@@ -66,6 +66,16 @@ class AttentionFigures(_Block):
     share_of_phase: Optional[float] = None
 
 
+class HostFigures(_Block):
+    """Decode per token: the host's own time (Python, dispatch, launches) and the GPU's, predicted, beside the host
+    time measured; a token takes about the longer of the two (the host runs ahead of the GPU, no syncs)."""
+
+    predicted_decode_host_s_per_token: Optional[float] = None
+    predicted_decode_gpu_s_per_token: Optional[float] = None
+    measured_decode_host_s_per_token: Optional[float] = Field(
+        None, description="median over tokens of the host's wall time issuing one token (perf_counter, no sync)")
+
+
 class MemoryFigures(_Block):
     gpu_peak_allocated_bytes: Optional[int] = None
     gpu_peak_reserved_bytes: Optional[int] = None
@@ -119,6 +129,7 @@ class RunReport(_Block):
     transfers: dict[str, Transfers] = Field(default_factory=dict)
     attention: dict[str, AttentionFigures] = Field(default_factory=dict)
     memory: MemoryFigures = Field(default_factory=MemoryFigures)
+    host: HostFigures = Field(default_factory=HostFigures)
     verify: Optional[dict[str, Any]] = None
     warnings: list[str] = Field(default_factory=list)
     plan_hardware: Optional[str] = None
@@ -221,6 +232,11 @@ def render_markdown(report: RunReport) -> str:
               f"| decode per token | {_seconds(p.decode_s_per_token)} | {_seconds(m.decode_s_per_token)} | "
               f"{_pct(e.decode_s_per_token)} |",
               f"| GPU peak | {_gib(p.gpu_peak_bytes)} | {_gib(m.gpu_peak_bytes)} | {_pct(e.gpu_peak_bytes)} |", ""]
+    h = report.host
+    if h.measured_decode_host_s_per_token is not None:
+        lines += [f"Decode per token, host (issuing the token) predicted {_seconds(h.predicted_decode_host_s_per_token)}"
+                  f", measured {_seconds(h.measured_decode_host_s_per_token)}; GPU predicted "
+                  f"{_seconds(h.predicted_decode_gpu_s_per_token)}.", ""]
     lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
               "|---|---|---|---|---|---|"]
     for phase, t in report.transfers.items():

@@ -51,6 +51,8 @@ class _Run:
     generated: list = field(default_factory=list)
     logits: list = field(default_factory=list)
     hooks: list = field(default_factory=list)
+    host_s: list = field(default_factory=list)
+    """per decode token, the host's time issuing it (seconds)"""
 
     def forward(self, ids: torch.Tensor, *, phase: str, index: int, logits_to_keep: int, more: bool,
                 more_prefill: bool = False):
@@ -93,10 +95,12 @@ class _Run:
 
     def decode(self, next_ids: torch.Tensor, new_tokens: int) -> None:
         for step in range(1, new_tokens):
+            issued_s = time.perf_counter()
             self.recorder.mark("token_start", phase="decode", chunk=step)
             next_ids = self.forward(next_ids, phase="decode", index=step, logits_to_keep=1,
                                     more=step + 1 < new_tokens)
             self.recorder.mark("token_end", phase="decode", chunk=step)
+            self.host_s.append(time.perf_counter() - issued_s)
             self.generated.append(next_ids)
 
 
@@ -249,6 +253,7 @@ def _finish(run: _Run, measurement: Measurement) -> None:
     stage_events = [events] + [r.resolve() for r in run.engine.recorders if r is not run.recorder]
     fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
     measurement.counters = run.engine.counters
+    measurement.decode_host_s = list(run.host_s)
     for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
         stage.counters = dict(engine.counters)
         fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)

@@ -57,10 +57,18 @@ class Setup:
         """Tokens the KV stores are allocated for: context + decode tokens."""
         return self.context_tokens + self.decode_tokens
 
+    @property
+    def split_context_tokens(self) -> Optional[int]:
+        """The prompt length when the prefill may run "cudnn-split" (its attention parts then count in the GPU
+        memory: memory_model.split_parts_bytes), else None."""
+        return self.context_tokens if "cudnn-split" in self.backends else None
+
 
 def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
-               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str) -> Setup:
-    """Validate the workload and budgets; None budgets default to the profile's card memory and host RAM."""
+               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
+               attention_backend: Optional[str] = None) -> Setup:
+    """Validate the workload and budgets; None budgets default to the profile's card memory and host RAM.
+    ``attention_backend`` "flash" leaves "cudnn-split" out of the backends considered."""
     if context_tokens <= 0:
         raise PlanError(f"context must be positive, got {context_tokens} tokens")
     if decode_tokens < 0:
@@ -79,6 +87,8 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
                      f"{format_bytes(profile.gpu_mem_bytes)}")
     lookup = rate_lookup(profile)
     backends = ("flash", "cudnn-split") if lookup.has_backend("cudnn") else ("flash",)
+    if attention_backend == "flash":
+        backends = ("flash",)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
                  overhead_bytes(profile.runtime_overhead_bytes), backends, notes)
 
@@ -119,7 +129,8 @@ class Candidate(FitsByMemory):
         memory = predict_memory(
             setup.model, runtime_overhead_bytes=setup.overhead_bytes, chunk_tokens=chunk, heads_per_group=group,
             resident_kv_heads=resident, capacity_tokens=setup.capacity_tokens, elem_bytes=setup.elem_bytes,
-            gpu_budget_bytes=setup.gpu_budget_bytes, host_budget_bytes=setup.host_budget_bytes)
+            gpu_budget_bytes=setup.gpu_budget_bytes, host_budget_bytes=setup.host_budget_bytes,
+            split_context_tokens=setup.split_context_tokens)
         return cls(strategy, chunk, group, resident, memory)
 
 
@@ -150,7 +161,8 @@ def _resident_choices(setup: Setup, chunk: int, group: int, knobs: Knobs) -> lis
         return [knobs.resident_kv_heads]
     most = max_resident_heads(model, runtime_overhead_bytes=setup.overhead_bytes, chunk_tokens=chunk,
                               heads_per_group=group, capacity_tokens=setup.capacity_tokens,
-                              elem_bytes=setup.elem_bytes, gpu_budget_bytes=setup.gpu_budget_bytes)
+                              elem_bytes=setup.elem_bytes, gpu_budget_bytes=setup.gpu_budget_bytes,
+                              split_context_tokens=setup.split_context_tokens)
     most = min(most, model.kv_head_slots - 1)
     fewest = min_resident_for_host(model, capacity_tokens=setup.capacity_tokens, elem_bytes=setup.elem_bytes,
                                    host_budget_bytes=setup.host_budget_bytes)

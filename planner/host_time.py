@@ -36,6 +36,9 @@ HOST_OPS_PER_GROUP_HEAD = 4      # one H2D copy per head for K and V, one D2H co
 HOST_OPS_CUDNN_SPLIT = 5         # per extra attention part: the call, its log-sum-exp merge (~4 ops)
 # Past block of the cuDNN split (executor/attention_split.py DEFAULT_PAST_BLOCK_TOKENS; planner cannot import it).
 PAST_BLOCK_TOKENS = 2048
+# Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
+# flash (executor/attention_kernels.py SPLIT_CHUNK_CUDNN_MIN_TOKENS; a test keeps the two equal).
+CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
 
 
 def popcount(values: np.ndarray) -> np.ndarray:

@@ -15,6 +15,11 @@ checkpoint loads (the executor loads straight to the GPU).
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
+
+from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, popcount
 from planner.layout import max_group_heads
 from planner.model_spec import ModelSpec
 from planner.plan import GpuBreakdown, MemoryPrediction
@@ -52,7 +57,47 @@ def overhead_bytes(runtime_overhead_bytes: int) -> int:
     return runtime_overhead_bytes + ALLOCATOR_SLACK_BYTES
 
 
-def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:
+# The cudnn-split merge (executor/attention_split.py, executor/lse_merge_triton.py MAX_PARTS): up to this many
+# parts are merged in one pass that holds them all; more go through the eager float32 accumulator, which holds
+# about EAGER_MERGE_HELD_PARTS parts' bytes (the accumulator is two, the current part one).
+FUSED_MERGE_MAX_PARTS = 8
+EAGER_MERGE_HELD_PARTS = 3
+
+
+def split_held_parts(context_tokens: int, chunk_tokens: int) -> int:
+    """Most part-sized buffers one "cudnn-split" attention call holds at once over a prefill in chunks of c:
+
+        parts(s) = popcount(s // B) + 1 + [s % B > 0 and c >= 8K]   past blocks, the chunk part, a tail part
+        held(s)  = 0 if parts = 1 (no merge) else (parts if parts <= 8 (one-pass merge) else 3 (eager)) + 1
+                                                                    (+ 1: the query packed once for the parts)
+        over the prefill's pasts s = 0, c, 2c, ... < context_tokens; returns max_s held(s).
+    """
+    past = np.arange(0, max(context_tokens, 1), max(chunk_tokens, 1), dtype=np.int64)
+    tail = ((past % PAST_BLOCK_TOKENS) > 0) & (chunk_tokens >= CUDNN_SPLIT_CHUNK_MIN_TOKENS)
+    parts = popcount(past // PAST_BLOCK_TOKENS) + 1 + tail.astype(np.int64)
+    held = np.where(parts <= FUSED_MERGE_MAX_PARTS, parts, EAGER_MERGE_HELD_PARTS) + 1
+    return int(np.max(np.where(parts > 1, held, 0)))
+
+
+def split_parts_bytes(model: ModelSpec, *, chunk_tokens: int, context_tokens: int, call_kv_heads: int,
+                      elem_bytes: int) -> int:
+    """Transient bytes of the cudnn-split attention of one call (a streamed group or a layer's resident heads)
+    of ``call_kv_heads`` KV heads: split_held_parts(n, c) * (h q) * c * d * b, q = H_q / H_kv, n the prompt."""
+    query_heads = call_kv_heads * model.query_heads_per_kv_head
+    return (split_held_parts(context_tokens, chunk_tokens) * query_heads * chunk_tokens * model.head_dim
+            * elem_bytes)
+
+
+def largest_call_kv_heads(model: ModelSpec, resident_kv_heads: int, heads_per_group: int) -> int:
+    """KV heads of the widest attention call of a chunk: a layer's resident heads (at most ceil(R / L)) or a
+    streamed group (at most G)."""
+    layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
+    resident_max = min(kv_heads, -(-resident_kv_heads // layers))
+    group_max = min(heads_per_group, kv_heads) if resident_kv_heads < model.kv_head_slots else 0
+    return max(resident_max, group_max, 1)
+
+
+def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int, split_bytes: int = 0) -> int:
     """Largest transient working set of one chunk of c tokens in a transformers decoder layer, plus logits.
 
         held    = c * b * 2 D                         the model forward keeps ``inputs_embeds`` and the layer's
@@ -61,6 +106,7 @@ def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int)
         attention phase = held + c * b * (2 D         residual stream + its RMSNormed copy
                                    + 2 (H_q + 2 H_kv) d      q, k, v projections and their RoPE'd copies
                                    + 2 H_q d)                attention output and its o_proj input layout
+                          + split_bytes                      the cudnn-split call's parts (split_parts_bytes)
         MLP phase       = held + c * b * (2 D + 3 I)  residual, normed input, act(gate)/up/product (SwiGLU)
         logits          = V * (b + 4)                 last position only (logits_to_keep=1), + float32
         activations     = max(attention phase, MLP phase) + logits
@@ -72,7 +118,7 @@ def chunk_activation_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int)
         2 * dim
         + 2 * (q_heads + 2 * kv_heads) * head_dim
         + 2 * q_heads * head_dim
-    )
+    ) + split_bytes
     mlp_phase = held + chunk_tokens * elem_bytes * (2 * dim + 3 * inter)
     logits = model.vocab_size * (elem_bytes + 4)
     return max(attention_phase, mlp_phase) + logits
@@ -116,15 +162,20 @@ def kv_terms(model: ModelSpec, *, chunk_tokens: int, heads_per_group: int, resid
 
 def predict_memory(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_tokens: int, heads_per_group: int,
                    resident_kv_heads: int, capacity_tokens: int, elem_bytes: int, gpu_budget_bytes: int,
-                   host_budget_bytes: int) -> MemoryPrediction:
-    """All memory terms of one configuration, as the Plan schema's MemoryPrediction."""
+                   host_budget_bytes: int, split_context_tokens: Optional[int] = None) -> MemoryPrediction:
+    """All memory terms of one configuration, as the Plan schema's MemoryPrediction. ``split_context_tokens``:
+    the prompt length when the prefill may run "cudnn-split" (the profile has cuDNN): its parts then count in
+    the activations; None: they do not."""
     kv_detail = kv_terms(model, chunk_tokens=chunk_tokens, heads_per_group=heads_per_group,
                          resident_kv_heads=resident_kv_heads, capacity_tokens=capacity_tokens,
                          elem_bytes=elem_bytes)
     breakdown = GpuBreakdown(
         weights=weights_bytes(model, elem_bytes),
         kv=sum(kv_detail.values()),
-        activations=chunk_activation_bytes(model, chunk_tokens, elem_bytes),
+        activations=chunk_activation_bytes(model, chunk_tokens, elem_bytes, split_parts_bytes(
+            model, chunk_tokens=chunk_tokens, context_tokens=split_context_tokens, elem_bytes=elem_bytes,
+            call_kv_heads=largest_call_kv_heads(model, resident_kv_heads, heads_per_group))
+            if split_context_tokens is not None else 0),
         overhead=runtime_overhead_bytes,
     )
     peak = breakdown.weights + breakdown.kv + breakdown.activations + breakdown.overhead
@@ -136,24 +187,34 @@ def predict_memory(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_token
 
 
 def max_resident_heads(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_tokens: int, heads_per_group: int,
-                       capacity_tokens: int, elem_bytes: int, gpu_budget_bytes: int) -> int:
+                       capacity_tokens: int, elem_bytes: int, gpu_budget_bytes: int,
+                       split_context_tokens: Optional[int] = None) -> int:
     """The most resident slots R whose peak fits the GPU budget, or -1 if even R = 0 does not fit.
 
     Peak is linear in R within each segment [k L, (k+1) L) (the fewest resident heads of any layer is k, so
     G_max = min(G, H_kv - k) is fixed there); R = L * H_kv (nothing offloaded) drops the buffers and the
-    in-flight chunk K, V. The answer is the largest fitting R over the segments.
+    in-flight chunk K, V; ``split_context_tokens`` (see predict_memory): the cudnn-split parts of the widest call (at most fewest + 1 resident heads
+    of a layer, or G_max) count in the activations. The answer is the largest fitting R over the segments.
     """
     layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
     per_slot = resident_kv_bytes(model, 1, capacity_tokens, elem_bytes)
-    base = weights_bytes(model, elem_bytes) + runtime_overhead_bytes + chunk_activation_bytes(
-        model, chunk_tokens, elem_bytes)
+    fixed_base = weights_bytes(model, elem_bytes) + runtime_overhead_bytes
+
+    def activations(call_kv_heads: int) -> int:
+        if split_context_tokens is None:
+            return chunk_activation_bytes(model, chunk_tokens, elem_bytes)
+        split_bytes = split_parts_bytes(model, chunk_tokens=chunk_tokens, context_tokens=split_context_tokens,
+                                        call_kv_heads=call_kv_heads, elem_bytes=elem_bytes)
+        return chunk_activation_bytes(model, chunk_tokens, elem_bytes, split_bytes)
+
     all_slots = model.kv_head_slots
-    if base + all_slots * per_slot <= gpu_budget_bytes:
+    if fixed_base + activations(kv_heads) + all_slots * per_slot <= gpu_budget_bytes:
         return all_slots
     best = -1
     in_flight = chunk_kv_bytes(model, chunk_tokens, elem_bytes, True)
     for fewest in range(kv_heads):
         group_max = min(heads_per_group, kv_heads - fewest)
+        base = fixed_base + activations(max(min(fewest + 1, kv_heads), group_max))
         fixed = base + in_flight + head_buffer_bytes(model, group_max, capacity_tokens, elem_bytes)
         if fixed > gpu_budget_bytes:
             continue

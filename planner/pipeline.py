@@ -42,7 +42,8 @@ from hwprofiles.schema import HardwareProfile, profile_hash
 from planner.candidates import FitsByMemory, Setup, make_setup
 from planner.errors import PlanError
 from planner.layout import resident_heads_per_layer
-from planner.memory_model import chunk_activation_bytes, host_kv_bytes, kv_terms, max_resident_heads, weights_bytes
+from planner.memory_model import (chunk_activation_bytes, host_kv_bytes, kv_terms, largest_call_kv_heads,
+                                  max_resident_heads, split_parts_bytes, weights_bytes)
 from planner.model_spec import ModelSpec
 from planner.plan import GpuBreakdown, MemoryPrediction, Plan, Stage
 from planner.solver import _alternatives, _best, _closest_miss, _miss_reason, _prediction, make_plan
@@ -150,12 +151,23 @@ def stage_memory(setup: Setup, shape: StageShape, chunk: int, group: int, reside
     kv_detail = kv_terms(spec, chunk_tokens=chunk, heads_per_group=group, resident_kv_heads=resident,
                          capacity_tokens=setup.capacity_tokens, elem_bytes=elem)
     breakdown = GpuBreakdown(weights=stage_weights_bytes(setup.model, shape, elem), kv=sum(kv_detail.values()),
-                             activations=chunk_activation_bytes(spec, chunk, elem), overhead=setup.overhead_bytes)
+                             activations=stage_activation_bytes(setup, spec, chunk, group, resident),
+                             overhead=setup.overhead_bytes)
     return MemoryPrediction(
         gpu_peak_bytes=breakdown.weights + breakdown.kv + breakdown.activations + breakdown.overhead,
         gpu_budget_bytes=setup.gpu_budget_bytes, gpu_breakdown=breakdown, kv_detail=kv_detail,
         host_kv_bytes=host_kv_bytes(spec, resident, setup.capacity_tokens, elem),
         host_budget_bytes=setup.host_budget_bytes)
+
+
+def stage_activation_bytes(setup: Setup, spec, chunk: int, group: int, resident: int) -> int:
+    """memory_model.chunk_activation_bytes of the stage, with the cudnn-split parts of its widest call."""
+    split = 0
+    if setup.split_context_tokens is not None:
+        split = split_parts_bytes(spec, chunk_tokens=chunk, context_tokens=setup.split_context_tokens,
+                                  call_kv_heads=largest_call_kv_heads(spec, resident, group),
+                                  elem_bytes=setup.elem_bytes)
+    return chunk_activation_bytes(spec, chunk, setup.elem_bytes, split)
 
 
 def most_resident(setup: Setup, shape: StageShape, chunk: int, group: int) -> int:
@@ -165,7 +177,7 @@ def most_resident(setup: Setup, shape: StageShape, chunk: int, group: int) -> in
     extra_weights = stage_weights_bytes(setup.model, shape, elem) - weights_bytes(spec, elem)
     return max_resident_heads(spec, runtime_overhead_bytes=setup.overhead_bytes + extra_weights, chunk_tokens=chunk,
                               heads_per_group=group, capacity_tokens=setup.capacity_tokens, elem_bytes=elem,
-                              gpu_budget_bytes=setup.gpu_budget_bytes)
+                              gpu_budget_bytes=setup.gpu_budget_bytes, split_context_tokens=setup.split_context_tokens)
 
 
 def build_candidate(setup: Setup, shapes: list[StageShape], strategy: str, chunk: int, group: int,
@@ -329,7 +341,8 @@ def make_pipeline_plan(model: ModelSpec, hardware: HardwareProfile, *, gpus: int
     if attention_backend not in (None, "flash", "cudnn-split"):
         raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
-                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype)
+                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
+                       attention_backend=attention_backend)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     by_strategy = enumerate_pipeline(setup, shapes, knobs)
     every = [c for cands in by_strategy.values() for c in cands]

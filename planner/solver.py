@@ -102,7 +102,7 @@ def _no_fit_error(setup: Setup, knobs: Knobs, all_cands: list[Candidate]) -> Pla
             f"{format_bytes(smallest)}")
     host_free = make_setup(model, setup.profile, context_tokens=setup.context_tokens,
                            decode_tokens=setup.decode_tokens, gpu_mem_bytes=setup.gpu_budget_bytes,
-                           host_mem_bytes=1 << 62, dtype=setup.dtype)
+                           host_mem_bytes=1 << 62, dtype=setup.dtype, attention_backend=knobs.attention_backend)
     gpu_only = [c for cands in enumerate_candidates(host_free, knobs).values() for c in cands]
     gpu_ok = [c for c in gpu_only if c.gpu_over_bytes <= 0]
     if not gpu_ok:
@@ -159,7 +159,8 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
     if attention_backend not in (None, "flash", "cudnn-split"):
         raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
-                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype)
+                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
+                       attention_backend=attention_backend)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     chosen, by_strategy = solve(setup, knobs)
     notes = list(setup.notes)
@@ -206,7 +207,8 @@ def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int
              ) -> tuple[bool, MemoryPrediction, Prediction, str]:
     """Memory and time of one fixed configuration (timed even when it does not fit), and why it misses."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
-                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype)
+                       gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
+                       attention_backend=attention_backend)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads)
     from planner.strategies import check_knobs, strategy_of
 
@@ -224,7 +226,7 @@ def _fits_at(model: ModelSpec, hardware: HardwareProfile, strategy: str, context
              knobs: Knobs) -> bool:
     setup = make_setup(model, hardware, context_tokens=context, decode_tokens=base.decode_tokens,
                        gpu_mem_bytes=base.gpu_budget_bytes, host_mem_bytes=base.host_budget_bytes,
-                       dtype=base.dtype)
+                       dtype=base.dtype, attention_backend=knobs.attention_backend)
     if not allowed(strategy, model, context, knobs):
         return False
     # The most permissive point: the smallest chunk and group (least activation and buffer memory).

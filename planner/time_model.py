@@ -11,7 +11,7 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
                  (h q heads, q_len c, k_len s + c, head_dim); else composed from the kernel table:
                  "flash": one call, rate at (h q heads, q_len c, k_len s + c, causal)
                  "cudnn-split": past (q_len c, k_len s, non-causal, cuDNN) + chunk (c x c causal, flash) +
-                 the log-sum-exp merge (c h q d * MERGE_BYTES_PER_ELEMENT / HBM)
+                 the log-sum-exp merge (one pass: c h q d (parts + 1) b / HBM)
     h2d(h)     = h * 2 d s b bytes, copied one head and K/V at a time (s d b per copy) at the measured
                  bandwidth for that size;  d2h(h) = h * 2 d c b;  t = max(h2d / BW_h2d, d2h / BW_d2h,
                  (h2d + d2h) / BW_bidir)                                 both directions share the link
@@ -42,16 +42,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwprofiles.schema import HardwareProfile
-from planner.host_time import (PAST_BLOCK_TOKENS, LayerType, executor_host_seconds, summarize_layers,
+from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds, summarize_layers,
                                popcount)
 from planner.hw_lookup import RateLookup, step_backend_name
+from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
 
-MERGE_BYTES_PER_ELEMENT = 16     # read two float32 partial outputs, write the float32 merge, cast to dtype
-# Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
-# flash (executor/attention_kernels.py SPLIT_CHUNK_CUDNN_MIN_TOKENS; the planner cannot import it, a test keeps
-# the two equal). Without cuDNN causal points in the profile the composed model times that part at flash's rate.
-CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
+# The log-sum-exp merge of the cudnn-split parts (executor/lse_merge_triton.py): one pass that reads each part
+# and writes the output, (parts + 1) * b bytes per output element, for up to FUSED_MERGE_MAX_PARTS parts; more
+# go through the eager float32 accumulator, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first.
+EAGER_MERGE_BYTES_PER_ELEMENT = 18
+# CUDNN_SPLIT_CHUNK_MIN_TOKENS (planner/host_time.py): without cuDNN causal points in the profile the composed
+# model times the square causal chunk part at flash's rate.
 
 
 @dataclass
@@ -123,7 +125,7 @@ def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, el
 
 
 def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
-                      backend: str) -> np.ndarray:
+                      backend: str, elem_bytes: int = 2) -> np.ndarray:
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
     ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
 
@@ -135,8 +137,9 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
     tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
-    the square causal part at the cuDNN causal rate where the profile has it), and one float32 log-sum-exp
-    merge pass per part after the first (c h q d MERGE_BYTES_PER_ELEMENT bytes over HBM).
+    the square causal part at the cuDNN causal rate where the profile has it), and the log-sum-exp merge:
+    one pass reading every part and writing the output, c h q d (parts + 1) b bytes over HBM (more than
+    FUSED_MERGE_MAX_PARTS parts: the eager float32 merge, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first).
     """
     if kv_heads <= 0:
         return np.zeros_like(past, dtype=float)
@@ -168,7 +171,9 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
         square_rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=chunk,
                                                    head_dim=head_dim, causal=True)
     chunk_s = flop_per_pair * (chunk * tail / chunk_rate + chunk * (chunk + 1) / 2.0 / square_rate)
-    merge_s = (parts - 1) * chunk * q_heads * head_dim * MERGE_BYTES_PER_ELEMENT / lookup.profile.hbm_bytes_per_s
+    merge_bytes = np.where(parts <= FUSED_MERGE_MAX_PARTS, (parts + 1) * elem_bytes,
+                           (parts - 1) * EAGER_MERGE_BYTES_PER_ELEMENT)
+    merge_s = np.where(parts > 1, chunk * q_heads * head_dim * merge_bytes, 0.0) / lookup.profile.hbm_bytes_per_s
     return past_s + chunk_s + merge_s
 
 
@@ -242,7 +247,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     def attn(heads: int) -> np.ndarray:
         if decode:
             return decode_attention_seconds(model, lookup, heads, past, per_head_kv)
-        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend)
+        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend,
+                                 elem_bytes=elem_bytes)
 
     layer0_resident = max(lt.resident for lt in layer_types)     # earlier layers hold the extra residents
     for lt in layer_types:

@@ -246,6 +246,15 @@ def test_fused_merge_kernel_in_triton_interpreter():
             ref = merge_by_lse(outs, lses)[0]
             assert torch.isfinite(got).all()
             assert (got - ref).abs().max().item() <= 2 ** -7 * ref.abs().max().item(), P
+            layer_out = torch.full((1, c, H + 2, d), 7.0, dtype=torch.bfloat16)   # [1, c, H_q, d] output
+            dest = layer_out.transpose(1, 2)[:, 1:1 + H]                          # a strided head slice
+            m.merge_into(dest, outs, lses)
+            assert torch.equal(dest.float(), got), P
+            assert (layer_out[:, :, 0] == 7).all() and (layer_out[:, :, H + 1] == 7).all(), P
+        # a row where no part has keys: output 0, not NaN
+        outs = [torch.zeros(1, H, c, d, dtype=torch.bfloat16) for _ in range(2)]
+        lses = [torch.full((1, H, c), float("-inf")) for _ in range(2)]
+        assert torch.equal(m.merge(outs, lses, torch.bfloat16), torch.zeros(1, H, c, d, dtype=torch.bfloat16))
         print("ok")
     """)
     import os
@@ -254,3 +263,23 @@ def test_fused_merge_kernel_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_planner_counts_the_parts_the_split_holds():
+    """planner/memory_model.split_held_parts against the executor's own cut (split_parts) over whole prefills:
+    parts held = the most parts of any chunk's call (eager merge beyond the one-pass limit) + the packed query."""
+    from executor import lse_merge_triton
+    from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS
+    from planner.memory_model import EAGER_MERGE_HELD_PARTS, FUSED_MERGE_MAX_PARTS, split_held_parts
+
+    assert FUSED_MERGE_MAX_PARTS == lse_merge_triton.MAX_PARTS
+    for context, chunk in ((131072, 8192), (131072, 16384), (524288, 8192), (1 << 20, 1024), (32768, 32768),
+                           (300_000, 9216), (70_000, 3072)):
+        chunk_backend = "cudnn" if chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
+        most = 0
+        for past in range(0, context, chunk):
+            parts = len(split_parts(past, min(chunk, context - past), block_tokens=attention_split.DEFAULT_PAST_BLOCK_TOKENS,
+                                    past_backend="cudnn", chunk_backend=chunk_backend))
+            if parts > 1:
+                most = max(most, (parts if parts <= FUSED_MERGE_MAX_PARTS else EAGER_MERGE_HELD_PARTS) + 1)
+        assert split_held_parts(context, chunk) == most, (context, chunk)
