@@ -3,11 +3,15 @@
 # Results go to $OUT; copy them into benchmarks/results/ with the device and date.
 #   kernels: where the GPU time goes (benchmarks/kernel_profile.py): the 128K 24 GB prefill (issue 7's cell) and
 #            the all-resident 32K 24 GB decode (issue 5's worst decode cells), CUDA kernels and Python's cProfile
+#   merge:   after the one-pass merge written into the layer output became the default: the GPU tests of the split
+#            and the executor, the 128K 24 GB prefill's kernels again, 128K 24 GB cells (the planner's knobs and
+#            16K chunks), and host-bound decode cells with the host time per token now in the report
+#   profile: a full profile on the new executor (its step table includes the merge), then the 128K cells on it
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 PROFILE=${PROFILE:-hwprofiles/catalog/h100-sxm-measured.json}
-part=${1:?kernels}
+part=${1:?kernels, merge or profile}
 kp() { timeout "$1" python3 benchmarks/kernel_profile.py "${@:2}"; }
 
 case "$part" in
@@ -17,5 +21,20 @@ kernels)
         --gpu-mem 24GB --new-tokens 33
     kp 120 --name decode-32k-24gb-cprofile --from-chunk last --cprofile -- --hw "$PROFILE" --model llama-3-8b \
         --context 32K --gpu-mem 24GB --new-tokens 33
+    ;;
+merge)
+    timeout 200 python3 -m pytest tests/gpu/test_attention_split_gpu.py tests/gpu/test_executor_gpu.py -q -x 2>&1 \
+        | tee "$OUT/gpu-tests.log" | tail -3
+    kp 150 --name prefill-128k-24gb-merged -- --hw "$PROFILE" --model llama-3-8b --context 128K --gpu-mem 24GB \
+        --new-tokens 2
+    python3 benchmarks/validate.py run --hw "$PROFILE" --out "$OUT/validation.jsonl" --timeout-s 110 \
+        --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:80GB,llama-3-8b:128K:80GB
+    ;;
+profile)
+    timeout 280 python3 -m headplan.cli profile --name h100-sxm-measured --out "$OUT/h100-sxm-measured.json" \
+        --force 2>&1 | tee "$OUT/profile.txt" | tail -4
+    PROFILE=$OUT/h100-sxm-measured.json
+    python3 benchmarks/validate.py run --hw "$PROFILE" --out "$OUT/validation.jsonl" --timeout-s 110 \
+        --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:128K:24GB:c=16K:G=4
     ;;
 esac

@@ -1,7 +1,7 @@
 """Issue 7 experiment: 128K prefill of a Llama-3-8B-shaped model through the real executor with the cudnn-split
 backend, per variant CHUNK:G:R:CHUNK_PART[:eager] (chunk size, heads per group, resident KV heads, the kernel of the
 [tail, chunk] causal part: flash, cudnn, or auto = executor.attention_kernels.split_chunk_backend; ":eager"
-merges the parts with the eager float32 accumulator instead of the one-pass Triton merge). No GPU cap
+merges the parts with the eager float32 accumulator instead of the one-pass Triton merge, the default). No GPU cap
 (prefill time only). Prints one JSON line per variant and a table; writes $OUT/split_variants.json.
 
     python benchmarks/split_variants.py [--context 128K] [--variants 4K:2:64:flash,8K:2:64:cudnn]
@@ -44,7 +44,7 @@ def main() -> int:
     for variant in args.variants.split(","):
         chunk_text, group, resident, chunk_backend, *merge = variant.split(":")
         attention_kernels.SPLIT_CHUNK_BACKEND = None if chunk_backend == "auto" else chunk_backend
-        attention_split.FUSED_MERGE = merge == ["fused"]
+        attention_split.FUSED_MERGE = merge != ["eager"]
         settings = ExecutionSettings(chunk_size=parse_tokens(chunk_text), heads_per_group=int(group),
                                      resident_kv_heads=int(resident), capacity_tokens=context + 2,
                                      attention_backend="cudnn-split")
@@ -60,7 +60,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     attention_kernels.SPLIT_CHUNK_BACKEND = None
-    attention_split.FUSED_MERGE = False
+    attention_split.FUSED_MERGE = True
     same = len({tuple(r["first_token"]) for r in rows}) == 1
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}; first generated token equal across "
           f"variants: {same}")
