@@ -6,7 +6,8 @@
 #   merge:   after the one-pass merge written into the layer output became the default: the GPU tests of the split
 #            and the executor, the 128K 24 GB prefill's kernels again, 128K 24 GB cells (the planner's knobs and
 #            16K chunks), and host-bound decode cells with the host time per token now in the report
-#   profile: a full profile on the new executor (its step table includes the merge), then the 128K cells on it
+#   profile: the executor's decode host time against model width (benchmarks/host_width_probe.py), a full profile
+#            on the new executor (its step table includes the merge), then the 128K cells on it
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -31,6 +32,8 @@ merge)
         --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:80GB,llama-3-8b:128K:80GB
     ;;
 profile)
+    timeout 100 python3 -m pytest tests/gpu/test_attention_split_gpu.py -q -x -k warm_up 2>&1 | tail -2
+    timeout 120 python3 benchmarks/host_width_probe.py
     timeout 280 python3 -m headplan.cli profile --name h100-sxm-measured --out "$OUT/h100-sxm-measured.json" \
         --force 2>&1 | tee "$OUT/profile.txt" | tail -4
     PROFILE=$OUT/h100-sxm-measured.json

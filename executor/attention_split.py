@@ -227,6 +227,26 @@ tensor then a copy) was 1.7% slower at 8K chunks of 2 heads on the H100 and ran 
 (benchmarks/results/*-fused-merge*); this one computes the weights in the kernel and writes in place."""
 
 
+def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, context_tokens: int, chunk_tokens: int,
+                  block_tokens: int | None = None) -> list[int]:
+    """Compile (or load from Triton's cache) the one-pass merge for every part count a prefill of
+    ``context_tokens`` in chunks of ``chunk_tokens`` will merge, on tiny tensors with the same alignment, so the
+    timed run does not pay it (~0.45 s in the first chunk with a merge on the H100). Returns the part counts
+    warmed (none where the merge would not run: CPU, no Triton, FUSED_MERGE off)."""
+    block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
+    counts = sorted({len(split_parts(past, min(chunk_tokens, context_tokens - past), block_tokens=block,
+                                     past_backend="cudnn", chunk_backend="flash"))
+                     for past in range(0, context_tokens, chunk_tokens)} - {1})
+    counts = [n for n in counts if _use_fused_merge(probe, n)]
+    heads, rows = 2, 16     # strides and sizes multiples of 16, as in the run (Triton specialises on that)
+    for parts in counts:
+        outs = [torch.zeros(1, heads, rows, head_dim, device=device, dtype=dtype) for _ in range(parts)]
+        lses = [torch.zeros(1, heads, rows, device=device) for _ in range(parts)]
+        lse_merge_triton.merge(outs, lses, dtype)
+    return counts
+
+
 def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:
     head_dim = q.shape[3]
     return (FUSED_MERGE and q.is_cuda and 1 < num_parts <= lse_merge_triton.MAX_PARTS

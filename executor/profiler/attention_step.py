@@ -10,8 +10,8 @@ section times exactly that step, so that the planner can take the group's attent
     slot K, V  [G_max, T, d] random, T = a fixed capacity per sweep (max past + max chunk): the slot stride
     out        [1, c, H_q, d];  out_heads = out.transpose(1, 2)
     rows       = the group's query heads [0, G r)  (r = GQA_RATIO, H_q = G_max r as in Llama-3-8B)
-    step       out_heads[:, rows] = attend_chunk(q[:, rows], K[None, :G, :s + c], V[None, :G, :s + c],
-                                                 scale=d ** -0.5, backend=B)
+    step       attend_chunk(q[:, rows], K[None, :G, :s + c], V[None, :G, :s + c], scale=d ** -0.5, backend=B,
+                            out=out_heads[:, rows])          (the split path merges straight into out)
 
 Backends B: "flash" and "cudnn-split" (where executor.attention_split.cudnn_available()) on a GPU, "math" on
 a CPU (CI exercises the code; the runner does not call this section there). Recorded as AttentionPoint with
@@ -128,7 +128,7 @@ def step_call(query: torch.Tensor, out: torch.Tensor, slot_keys: torch.Tensor, s
     scale = head_dim ** -0.5
 
     def step() -> None:
-        out_heads[:, rows] = attend_chunk(q_heads[:, rows], keys, values, scale=scale, backend=backend)
+        attend_chunk(q_heads[:, rows], keys, values, scale=scale, backend=backend, out=out_heads[:, rows])
 
     return step
 

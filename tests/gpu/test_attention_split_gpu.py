@@ -124,3 +124,16 @@ def test_fused_merge_matches_eager_merge(monkeypatch, past, chunk, chunk_backend
     monkeypatch.setattr(attention_split, "FUSED_MERGE", False)
     eager = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
     assert (fused - eager).abs().max().item() <= 2 * BF16_STEP * eager.abs().max().item()
+
+
+def test_warm_up_merge_compiles_each_part_count_of_the_prefill():
+    """warm_up_merge runs the one-pass merge once per part count a 128K prefill in 8K chunks merges (2 to 5:
+    popcount of the past's 2K blocks plus the chunk part)."""
+    from executor import lse_merge_triton
+    from executor.attention_split import warm_up_merge
+
+    needs_cudnn()
+    if not lse_merge_triton.available():
+        pytest.skip("Triton not available")
+    counts = warm_up_merge(torch.device("cuda"), torch.bfloat16, HEAD_DIM, 131072, 8192)
+    assert counts == [2, 3, 4, 5]
