@@ -8,11 +8,16 @@
 #            16K chunks), and host-bound decode cells with the host time per token now in the report
 #   profile: the executor's decode host time against model width (benchmarks/host_width_probe.py), a full profile
 #            on the new executor (its step table includes the merge), then the 128K cells on it
+#   final1..3: issue 5's matrix on a profile made on the same machine (host time differs between the lent machines:
+#            the executor's decode layer measured 0.64 ms in one profile and 1.02 ms in another). final1 profiles
+#            (kept in /tmp for final2 and final3, called at once so the machine stays warm; a fresh machine falls back
+#            to the committed profile and says so) and runs the short cells; final2 and final3 the long ones and the
+#            128K grid of the plan's choice against fixed knobs
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 PROFILE=${PROFILE:-hwprofiles/catalog/h100-sxm-measured.json}
-part=${1:?kernels, merge or profile}
+part=${1:?kernels, merge, profile, final1, final2 or final3}
 kp() { timeout "$1" python3 benchmarks/kernel_profile.py "${@:2}"; }
 
 case "$part" in
@@ -39,5 +44,19 @@ profile)
     PROFILE=$OUT/h100-sxm-measured.json
     python3 benchmarks/validate.py run --hw "$PROFILE" --out "$OUT/validation.jsonl" --timeout-s 110 \
         --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:128K:24GB:c=16K:G=4
+    ;;
+final1)
+    timeout 280 python3 -m headplan.cli profile --name h100-sxm-measured --out "$OUT/h100-sxm-measured.json" \
+        --force 2>&1 | tee "$OUT/profile.txt" | tail -4
+    cp "$OUT/h100-sxm-measured.json" /tmp/hp-profile.json
+    python3 benchmarks/validate.py run --hw /tmp/hp-profile.json --out "$OUT/validation.jsonl" --timeout-s 100 \
+        --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:80GB,llama-3-8b:128K:80GB,llama-3.2-1b:32K:24GB,llama-3.2-1b:128K:24GB
+    ;;
+final2|final3)
+    hw=/tmp/hp-profile.json
+    [ -f "$hw" ] || { echo "fresh machine: no profile from final1 here; using $PROFILE"; hw=$PROFILE; }
+    cells=llama-3-8b:256K:24GB,llama-3-8b:256K:80GB,llama-3.2-1b:512K:24GB,llama-3-8b:512K:24GB
+    [ "$part" = final3 ] && cells=llama-3-8b:512K:80GB,llama-3.2-1b:1M:80GB,llama-3-8b:128K:24GB:c=8K:G=2,llama-3-8b:128K:24GB:c=16K:G=2
+    python3 benchmarks/validate.py run --hw "$hw" --out "$OUT/validation.jsonl" --timeout-s 250 --cells "$cells"
     ;;
 esac
