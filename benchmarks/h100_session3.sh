@@ -13,11 +13,12 @@
 #            (kept in /tmp for final2 and final3, called at once so the machine stays warm; a fresh machine falls back
 #            to the committed profile and says so) and runs the short cells; final2 and final3 the long ones and the
 #            128K grid of the plan's choice against fixed knobs
+#   grid:    the 128K 24 GB cell with the planner's choice and the alternatives it ranked next, knobs fixed
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 PROFILE=${PROFILE:-hwprofiles/catalog/h100-sxm-measured.json}
-part=${1:?kernels, merge, profile, final1, final2 or final3}
+part=${1:?kernels, merge, profile, final1, final2, final3 or grid}
 kp() { timeout "$1" python3 benchmarks/kernel_profile.py "${@:2}"; }
 
 case "$part" in
@@ -58,5 +59,9 @@ final2|final3)
     cells=llama-3-8b:256K:24GB,llama-3-8b:256K:80GB,llama-3.2-1b:512K:24GB,llama-3-8b:512K:24GB
     [ "$part" = final3 ] && cells=llama-3-8b:512K:80GB,llama-3.2-1b:1M:80GB,llama-3-8b:128K:24GB:c=8K:G=2,llama-3-8b:128K:24GB:c=16K:G=2
     python3 benchmarks/validate.py run --hw "$hw" --out "$OUT/validation.jsonl" --timeout-s 250 --cells "$cells"
+    ;;
+grid)
+    python3 benchmarks/validate.py run --hw "$PROFILE" --out "$OUT/validation.jsonl" --timeout-s 80 \
+        --cells llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8:R=0,llama-3-8b:128K:24GB:c=8K:G=8:R=0,llama-3-8b:128K:24GB:c=16K:G=1,llama-3-8b:128K:24GB:c=8K:G=4,llama-3-8b:128K:24GB:c=4K:G=2,llama-3-8b:128K:24GB:c=8K:G=8
     ;;
 esac

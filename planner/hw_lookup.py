@@ -18,8 +18,8 @@ the profile's scalars as the fallback.
 - Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
   scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
 - Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
-  points of that direction, made non-decreasing in size (host memory "registered" preferred — the executor's store — then "pinned";
-  concurrent_with "none"), clamped at the ends; the scalar without points.
+  points of that direction (concurrent_with "none"), at each size the better of host memory "registered" (the
+  executor's store) and "pinned", made non-decreasing in size, clamped at the ends; the scalar without points.
 - Pinning: seconds to page-lock n bytes, from the table's rate at that size (method "cuda_host_register"
   preferred, points with zero seconds ignored), else ``pin_bytes_per_s``.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from hwprofiles.schema import HardwareProfile
 
-_HOST_MEMORY_PREFERENCE = ("registered", "pinned")
+_PAGE_LOCKED = ("registered", "pinned")
 FULL_RATE_QUERY_ROWS = 128 * 128
 _K_GRID_LOG2 = np.arange(0.0, 40.0, 1.0 / 16)      # key lengths 1 .. 2^40, 16 points per doubling
 _PIN_METHOD_PREFERENCE = ("cuda_host_register", "cuda_host_alloc", "torch_pin_memory")
@@ -182,21 +182,27 @@ class RateLookup:
 
     # ---- transfers ------------------------------------------------------------------------------------------
     def _transfer_curve(self, direction: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        for host_memory in _HOST_MEMORY_PREFERENCE:
-            pts = sorted((p.size_bytes, p.bytes_per_s) for p in self.profile.transfer_table
-                         if p.direction == direction and p.host_memory == host_memory
-                         and p.concurrent_with == "none" and p.bytes_per_s > 0)
-            if pts:  # non-decreasing in size: see transfer_bytes_per_s
-                return np.log2([p[0] for p in pts]), np.maximum.accumulate(np.array([p[1] for p in pts]))
-        return None
+        """log2(size) and bandwidth of page-locked copies: at each measured size the better of the registered
+        (the executor's store) and pinned points, then the running maximum over sizes (transfer_bytes_per_s)."""
+        best: dict[int, float] = {}
+        for p in self.profile.transfer_table:
+            if (p.direction == direction and p.host_memory in _PAGE_LOCKED
+                    and p.concurrent_with == "none" and p.bytes_per_s > 0):
+                best[p.size_bytes] = max(best.get(p.size_bytes, 0.0), p.bytes_per_s)
+        if not best:
+            return None
+        sizes = sorted(best)
+        return np.log2(sizes), np.maximum.accumulate(np.array([best[size] for size in sizes]))
 
     def transfer_bytes_per_s(self, direction: str, size_bytes) -> np.ndarray:
-        """Bandwidth of one contiguous host<->GPU copy of ``size_bytes`` (array allowed), pinned host memory.
+        """Bandwidth of one contiguous host<->GPU copy of ``size_bytes`` (array allowed), page-locked host memory.
 
-        The curve is taken non-decreasing in size (running maximum over the points): a larger copy moves bytes
-        at least as fast as a smaller one (it could be issued as several), which also discards a point that
-        was disturbed while measured (the H100 profile re-measured on 2026-11-22 read 23 GB/s at 64 MiB
-        between 54 GB/s at 16 MiB and at 256 MiB, spread 58%)."""
+        A disturbance while measuring only ever slows a copy, so the curve keeps the best measurement: the
+        better of registered and pinned memory at each size (the same DMA from page-locked pages: the H100
+        profile of 2026-11-22 (final) read registered 44 GB/s at 16 MiB and 29 GB/s at 64 MiB against pinned
+        53 and 52 GB/s, while its runs moved 32 MiB registered copies at ~51 GB/s), and non-decreasing in size
+        (running maximum: a larger copy moves bytes at least as fast as a smaller one, which could be issued
+        as several; an earlier profile read 23 GB/s at 64 MiB between 54 GB/s at 16 and 256 MiB)."""
         curve = self._transfer[direction]
         if curve is None:
             scalar = self.profile.pcie_h2d_bytes_per_s if direction == "h2d" else self.profile.pcie_d2h_bytes_per_s

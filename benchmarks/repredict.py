@@ -1,0 +1,86 @@
+"""Re-predict validation cells with the current cost model: the same profile and the same knobs the cell ran with.
+
+A cell's measurement does not depend on the planner once its knobs are fixed, so after a fix to the cost model the
+cells can be predicted again without running them. This writes the JSON lines again with ``report.predicted``
+and ``report.error`` recomputed (the as-run prediction kept under ``report.predicted_as_run``), and says for each
+cell that let the planner choose whether the fixed model still chooses the same knobs (if not, the cell measures
+a plan the model would no longer make: it is marked ``"choice_changed": true``).
+
+    python benchmarks/repredict.py RESULTS.jsonl --hw PROFILE --out RESULTS-repredicted.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hwprofiles import load_profile  # noqa: E402
+from planner.model_spec import load_model_spec  # noqa: E402
+from planner.pipeline import make_pipeline_plan  # noqa: E402
+from planner.solver import evaluate  # noqa: E402
+from planner.units import parse_bytes, parse_tokens  # noqa: E402
+
+
+def repredict(row: dict, hardware) -> dict:
+    report = row["report"]
+    model_name, context, gpu_mem, *knobs = row["cell"].split(":")
+    spec, settings = load_model_spec(model_name), report["settings"]
+    decode_tokens = report["new_tokens"]
+    common = dict(context_tokens=parse_tokens(context), decode_tokens=decode_tokens, gpu_mem_bytes=parse_bytes(gpu_mem),
+                  host_mem_bytes=None, dtype=report["dtype"])
+    _, memory, predicted, _ = evaluate(spec, hardware, chunk_size=settings["chunk_size"],
+                                       heads_per_group=settings["heads_per_group"],
+                                       resident_kv_heads=settings["resident_kv_heads"],
+                                       attention_backend=settings["attention_backend"], **common)
+    fixed = dict(knob.split("=", 1) for knob in knobs)
+    chosen = make_pipeline_plan(spec, hardware, gpus=int(fixed.get("n", 1)), **common,
+                                chunk_size=parse_tokens(fixed["c"]) if "c" in fixed else None,
+                                heads_per_group=int(fixed["G"]) if "G" in fixed else None,
+                                resident_kv_heads=int(fixed["R"]) if "R" in fixed else None)
+    same = (chosen.chunk_size, chosen.heads_per_group, chosen.resident_kv_heads, chosen.attention_backend) == (
+        settings["chunk_size"], settings["heads_per_group"], settings["resident_kv_heads"],
+        settings["attention_backend"])
+    new = json.loads(json.dumps(row))
+    rep = new["report"]
+    rep["predicted_as_run"] = report["predicted"]
+    rep["predicted"] = dict(report["predicted"], prefill_s=predicted.prefill_s,
+                            decode_s_per_token=predicted.decode_s_per_token, gpu_peak_bytes=memory.gpu_peak_bytes,
+                            chunk_s=list(predicted.chunk_s))
+    measured = rep["measured"]
+    rep["error"] = {key: (measured[key] / rep["predicted"][key] - 1.0
+                          if measured.get(key) is not None and rep["predicted"].get(key) else None)
+                    for key in ("prefill_s", "decode_s_per_token", "gpu_peak_bytes")}
+    rep["error"]["chunk_s"] = [m / p - 1.0 if p else None for m, p in zip(measured["chunk_s"],
+                                                                            rep["predicted"]["chunk_s"])]
+    new["choice_changed"] = not same and "R" not in fixed
+    new["choice_now"] = f"c={chosen.chunk_size} G={chosen.heads_per_group} R={chosen.resident_kv_heads}"
+    return new
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--hw", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    hardware = load_profile(args.hw)
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    with args.out.open("w") as sink:
+        for row in rows:
+            if "report" not in row or "error_text" in row:
+                continue
+            new = repredict(row, hardware)
+            sink.write(json.dumps(new) + "\n")
+            old, now = row["report"]["predicted"], new["report"]["predicted"]
+            print(f"{row['cell']:38s} prefill {old['prefill_s']:.3g} -> {now['prefill_s']:.3g}, decode "
+                  f"{old['decode_s_per_token'] * 1e3:.1f} -> {now['decode_s_per_token'] * 1e3:.1f} ms"
+                  + (f"  (planner now chooses {new['choice_now']})" if new["choice_changed"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
