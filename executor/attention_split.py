@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from executor import lse_merge_triton
+from executor.attention_kernels import SPLIT_CHUNK_CUDNN_MIN_TOKENS
 from executor.attention_lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
 
 DEFAULT_PAST_BLOCK_TOKENS = 2048  # divides every chunk length that is a multiple of 2K; see the benchmark
@@ -245,6 +246,27 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
         lses = [torch.zeros(1, heads, rows, device=device) for _ in range(parts)]
         lse_merge_triton.merge(outs, lses, dtype)
     return counts
+
+
+def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, query_heads_per_kv: int,
+                  kv_heads: int, chunk_tokens: int, block_tokens: int | None = None) -> int:
+    """One cuDNN call of each kind the prefill makes, at its first shapes: a chunk of ``chunk_tokens`` queries of
+    ``kv_heads`` KV heads against one past block (non-causal) and, for chunks on the cuDNN chunk part, the square
+    causal chunk. On a machine where no process has run them yet, cuDNN's first calls of a kind compile their
+    kernels (the first 128K prefill of each fresh H100 ran 1.0-1.9 s over in its first two chunks, later
+    processes not); the run's warm-up pays that instead (reported as warmup_s). Returns the calls made."""
+    if not cudnn_available(device.index):
+        return 0
+    block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    query = torch.zeros(1, kv_heads * query_heads_per_kv, chunk_tokens, head_dim, device=device, dtype=dtype)
+    keys = torch.zeros(1, kv_heads, max(block, chunk_tokens), head_dim, device=device, dtype=dtype)
+    partial_cudnn(query, keys[:, :, :block], keys[:, :, :block], scale=head_dim ** -0.5, causal=False)
+    calls = 1
+    if chunk_tokens >= SPLIT_CHUNK_CUDNN_MIN_TOKENS:
+        partial_cudnn(query, keys[:, :, :chunk_tokens], keys[:, :, :chunk_tokens], scale=head_dim ** -0.5,
+                      causal=True)
+        calls += 1
+    return calls
 
 
 def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:

@@ -176,8 +176,9 @@ WARMUP_PROMPT_TOKENS = 96
 def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages: list[DeviceStage]) -> float:
     """One tiny run through the same engine path (same stages, head groups and resident layout, a 96-token
     prompt in 32-token chunks, 2 new tokens), so the timed run does not pay the process's one-time costs: CUDA
-    module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split) the Triton merge of
-    each part count the prefill will merge. Returns its wall seconds (reported as ``warmup_s``, not hidden).
+    module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split) one cuDNN call of
+    each kind at the first chunk's shapes (attention_split.warm_up_cudnn: cuDNN compiles its kernels the first
+    time a machine runs them) and the Triton merge of each part count the prefill will merge. Returns its wall seconds (reported as ``warmup_s``, not hidden).
     Shape-specific costs (cuDNN graphs of the real block sizes) stay in the run."""
     import dataclasses
 
@@ -187,11 +188,15 @@ def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages:
     execute(model, input_ids[:, :WARMUP_PROMPT_TOKENS], tiny, new_tokens=2, device=stages[0].device,
             warmup=False, stages=stages)
     if normalize_backend(settings.attention_backend) == "cudnn-split":
-        from executor.attention_split import warm_up_merge
+        from executor.attention_split import warm_up_cudnn, warm_up_merge
 
         config, dtype = model.config, next(model.parameters()).dtype
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = config.num_key_value_heads
         for device in _cuda_devices(stages):
+            warm_up_cudnn(device, dtype, head_dim=head_dim, query_heads_per_kv=config.num_attention_heads // kv_heads,
+                          kv_heads=min(settings.heads_per_group, kv_heads),
+                          chunk_tokens=min(settings.chunk_size, input_ids.shape[1]))
             warm_up_merge(device, dtype, head_dim, input_ids.shape[1], settings.chunk_size)
     for device in _cuda_devices(stages):
         torch.cuda.synchronize(device)
