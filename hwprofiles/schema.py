@@ -132,6 +132,10 @@ class HardwareProfile(_Frozen):
     cudnn_causal_graph_build_s: Optional[float] = Field(
         None, description="cuDNN attention: first call at a new square causal shape (the cudnn-split chunk part); "
         "None: priced as cudnn_graph_build_s")
+    elementwise_bytes_per_s: Optional[float] = Field(
+        None, description="achieved rate of a Llama layer's memory-bound ops (norms, RoPE, layout copies, residual "
+        "adds, SwiGLU product) in eager PyTorch, bytes as planner/time_model.elementwise_bytes_per_token counts "
+        "them (executor/profiler/elementwise.py); None: hbm_bytes_per_s")
     # host time of the executor's own loop (executor/profiler/executor_host.py); None: the planner falls back
     # to counted host ops x launch_overhead_s (planner/time_model.py)
     executor_model_host_s: Optional[float] = Field(
@@ -162,7 +166,7 @@ class HardwareProfile(_Frozen):
 # before them keep their hash.
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
-                          "cudnn_causal_graph_build_s")
+                          "cudnn_causal_graph_build_s", "elementwise_bytes_per_s")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

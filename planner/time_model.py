@@ -4,7 +4,8 @@ resource that binds. Pure numpy over the chunks of the prompt; no torch.
 Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n offloaded groups of h heads:
     linear_s   = sum over q, k, v, o, gate, up, down of max(2 m K N / matmul_rate(m, N, K),
                  (m K + K N + m N) b / HBM)                             m = c_i  (roofline: decode reads weights)
-    elem_s     = c_i * elementwise_bytes_per_token / HBM                norms, RoPE, residuals, SwiGLU, layouts
+    elem_s     = c_i * elementwise_bytes_per_token / elementwise rate   norms, RoPE, residuals, SwiGLU, layouts (the
+                                                                        profile's measured rate of those ops, else HBM)
     attn(h)    = 4 h q d (c s + c (c + 1) / 2) / attention_rate(shape)   q = H_q / H_kv, lower-right causal
                  with "<backend>-step" points in the profile (the executor's measured per-group step:
                  strided q and output, slot views, split parts and merges): rate interpolated in them at
@@ -240,7 +241,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     backend = "flash" if decode else work.backend
     per_head_kv = 2.0 * model.head_dim * elem_bytes * (past + chunk)        # K, V bytes one head reads
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
-    elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / hbm
+    elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / (lookup.profile.elementwise_bytes_per_s or hbm)
     out = {key: np.zeros_like(past, dtype=float) for key in
            ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill")}
 

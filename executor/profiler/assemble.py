@@ -184,6 +184,7 @@ def build_profile(results: dict, *, name: str, mode: str, notes: list[str]) -> H
         attention_call_overhead_s=results["launch"]["attention_call_overhead_s"],
         cudnn_graph_build_s=results["attention"]["cudnn_graph_build_s"],
         cudnn_causal_graph_build_s=results["attention"].get("cudnn_causal_graph_build_s"),
+        elementwise_bytes_per_s=results.get("elementwise", {}).get("elementwise_bytes_per_s"),
         **results.get("executor_host", {}),
         attention_table=results["attention"]["points"],
         transfer_table=results.get("pcie", []),

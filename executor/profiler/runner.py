@@ -1,7 +1,7 @@
 """Run a whole profile: pick the device and preset, run the sections in order, assemble the HardwareProfile.
 
 Order (each section frees its memory before the next): runtime context baseline, host, matmul, device
-memory, attention, the executor's attention step (GPU, quick and full only: attention_step.py), then on a
+memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and full only: attention_step.py), then on a
 GPU pinning (before any pinned allocation, so no cached block is reused), PCIe, launch overhead, the
 executor's own host time per layer and group (executor_host.py: the real executor on a tiny model) and the
 runtime memory (after matmul and attention warmed the libraries up).
@@ -19,7 +19,8 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import attention, attention_step, executor_host, hbm, host, matmul, pcie, pinning, runtime
+from executor.profiler import (attention, attention_step, elementwise, executor_host, hbm, host, matmul, pcie, pinning,
+                               runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset
 from executor.profiler.context import ProfileContext
@@ -127,6 +128,7 @@ def collect(ctx: ProfileContext) -> dict:
     results["host"] = _timed(ctx, "host", host.measure_host)
     results["matmul"] = _timed(ctx, "matmul", matmul.measure_matmul)
     results["hbm"] = _timed(ctx, "memory", hbm.measure_hbm)
+    results["elementwise"] = _timed(ctx, "elementwise", elementwise.measure_elementwise)
     results["attention"] = _timed(ctx, "attention", attention.measure_attention)
     if ctx.on_gpu and ctx.preset.mode != "tiny":
         results["attention"]["points"] += _timed(ctx, attention_step.SECTION, attention_step.measure_attention_step)

@@ -151,8 +151,9 @@ def test_tiny_cpu_profile_is_valid_and_cpu_only(tiny_run):
     assert all(p.flops_per_s > 0 for p in profile.attention_table + profile.matmul_table)
     for field in ("matmul_flops_per_s", "attention_flops_per_s", "hbm_bytes_per_s", "pcie_h2d_bytes_per_s",
                   "pcie_d2h_bytes_per_s", "pcie_bidir_total_bytes_per_s", "pin_bytes_per_s", "host_mem_bytes",
-                  "launch_overhead_s", "attention_call_overhead_s"):
+                  "launch_overhead_s", "attention_call_overhead_s", "elementwise_bytes_per_s"):
         assert getattr(profile, field) > 0, field
+    assert "elementwise" in progress and "layer ops" in progress
     assert "skipped" in progress and "matmul" in progress  # progress lines were written
     assert run.datasheet is None
 

@@ -252,3 +252,22 @@ def test_square_causal_builds_priced_at_the_causal_build_cost_when_profiled():
     priced = predict_time(M, causal, RateLookup(causal), work).terms["prefill_cudnn_graph_build_s"]
     # 8K chunks: 4 past-block lengths at 0.05 s, and the square causal chunk shape now at 0.45 s (one call shape)
     assert base == pytest.approx(5 * 0.05) and priced == pytest.approx(4 * 0.05 + 0.45)
+
+
+def test_elementwise_term_uses_the_measured_rate_of_the_layer_ops():
+    """With elementwise_bytes_per_s in the profile the chunk's elementwise term is bytes / that rate (not HBM):
+    half the rate, twice the term."""
+    from hwprofiles import load_profile
+    from planner.candidates import rate_lookup
+    from planner.model_spec import BUILTIN_MODELS
+    from planner.time_model import Workload, predict_prefill
+
+    base = load_profile("h100-sxm-measured")
+    model = BUILTIN_MODELS["llama-3-8b"]
+    work = Workload(context_tokens=32768, decode_tokens=1, chunk_size=8192, heads_per_group=8,
+                    resident_kv_heads=256, elem_bytes=2, backend="flash")
+    terms = {}
+    for rate in (2e12, 1e12):
+        profile = base.model_copy(update={"elementwise_bytes_per_s": rate})
+        terms[rate] = float(predict_prefill(model, rate_lookup(profile), work)[1]["elementwise"].sum())
+    assert terms[1e12] == pytest.approx(2 * terms[2e12])

@@ -1,0 +1,62 @@
+"""Measure one section of the profiler on this machine and add its figure to an existing profile.
+
+    python benchmarks/profile_section.py --section elementwise --update hwprofiles/catalog/h100-sxm-measured.json \
+        --out $OUT/h100-sxm-measured.json
+
+For a field added to the profiler after a profile was taken (here ``elementwise_bytes_per_s``): the section runs
+with the full preset on the first GPU, the figure is written into a copy of the profile with a line in its
+measurement notes saying when and on which GPU it was taken (it comes from a different process, possibly a
+different machine of the same kind, than the rest of the profile), and the content hash is recomputed.
+Refuses a profile of another GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SECTIONS = {"elementwise": "elementwise_bytes_per_s"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--section", choices=sorted(SECTIONS), required=True)
+    parser.add_argument("--update", required=True, help="profile file or catalog name to add the figure to")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    import torch
+
+    from executor.profiler import elementwise
+    from executor.profiler.config import choose_preset
+    from executor.profiler.context import ProfileContext
+    from executor.profiler.runner import resolve_device
+    from hwprofiles import load_profile
+    from hwprofiles.catalog import write_profile
+
+    profile = load_profile(args.update)
+    device = resolve_device(None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if name != profile.gpu_name:
+        print(f"profile_section: {args.update} is for {profile.gpu_name}, this machine has {name}", file=sys.stderr)
+        return 2
+    ctx = ProfileContext(device=device, preset=choose_preset(quick=False, sizes="default",
+                                                             on_gpu=device.type == "cuda"), stream=sys.stdout)
+    figure = elementwise.measure_elementwise(ctx)[SECTIONS[args.section]]
+    info = profile.measurement
+    line = (f"{SECTIONS[args.section]} measured on {time.strftime('%Y-%m-%d')} on {name} by "
+            f"benchmarks/profile_section.py, in a separate process from the rest of this profile")
+    updated = profile.model_copy(update={
+        SECTIONS[args.section]: figure,
+        "measurement": info.model_copy(update={"notes": (info.notes + "; " if info.notes else "") + line}),
+    })
+    write_profile(updated, args.out)
+    print(f"{SECTIONS[args.section]} = {figure:.4g}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
