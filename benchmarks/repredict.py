@@ -40,7 +40,8 @@ def repredict(row: dict, hardware) -> dict:
     chosen = make_pipeline_plan(spec, hardware, gpus=int(fixed.get("n", 1)), **common,
                                 chunk_size=parse_tokens(fixed["c"]) if "c" in fixed else None,
                                 heads_per_group=int(fixed["G"]) if "G" in fixed else None,
-                                resident_kv_heads=int(fixed["R"]) if "R" in fixed else None)
+                                resident_kv_heads=int(fixed["R"]) if "R" in fixed else None,
+                                attention_backend=fixed.get("b"))
     same = (chosen.chunk_size, chosen.heads_per_group, chosen.resident_kv_heads, chosen.attention_backend) == (
         settings["chunk_size"], settings["heads_per_group"], settings["resident_kv_heads"],
         settings["attention_backend"])
