@@ -184,7 +184,8 @@ def main() -> int:
         (out_dir / f"{args.name}.cprofile.txt").write_text(text.getvalue())
     summary = summarize_trace(trace)
     summary.update({"name": args.name, "run_args": run_args, "exit_code": code, "from_chunk": args.from_chunk,
-                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "report": report})
+                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                    "torch": torch.__version__, "report": report})
     (out_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({"name": args.name, "kinds": summary["kinds"], "streams": summary["streams"]}, indent=1))
     for row in summary["top"][:15]:

@@ -29,8 +29,9 @@ on the flash kernel (non-causal).
 
 The parts are merged in one Triton pass written into the caller's output (FUSED_MERGE, lse_merge_triton.py) on
 CUDA, else by an eager float32 accumulator. cuDNN gets the query heads packed into rows per KV head ([1, G, r*c,
-d] against [1, G, n, d]: exact because the part is non-causal), packed once per call for all past parts. Leaves out: decode (c = 1 works but the executor keeps the flash kernel there:
-decode's past grows by one token a step), dropout, batch > 1.
+d] against [1, G, n, d]: exact because the part is non-causal), packed once per call for all past parts.
+Leaves out: decode (c = 1 works but the executor keeps the flash kernel there: decode's past grows by one
+token a step), dropout, batch > 1.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from executor import lse_merge_triton
-from executor.attention_kernels import SPLIT_CHUNK_CUDNN_MIN_TOKENS
+from executor.attention_kernels import split_chunk_backend
 from executor.attention_lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
 
 DEFAULT_PAST_BLOCK_TOKENS = 2048  # divides every chunk length that is a multiple of 2K; see the benchmark
@@ -236,9 +237,12 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
     warmed (none where the merge would not run: CPU, no Triton, FUSED_MERGE off)."""
     block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
-    counts = sorted({len(split_parts(past, min(chunk_tokens, context_tokens - past), block_tokens=block,
-                                     past_backend="cudnn", chunk_backend="flash"))
-                     for past in range(0, context_tokens, chunk_tokens)} - {1})
+    counts = set()
+    for past in range(0, context_tokens, chunk_tokens):
+        chunk = min(chunk_tokens, context_tokens - past)
+        counts.add(len(split_parts(past, chunk, block_tokens=block, past_backend="cudnn",
+                                   chunk_backend=split_chunk_backend(chunk))))
+    counts = sorted(counts - {1})
     counts = [n for n in counts if _use_fused_merge(probe, n)]
     heads, rows = 2, 16     # strides and sizes multiples of 16, as in the run (Triton specialises on that)
     for parts in counts:
@@ -262,7 +266,7 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
     keys = torch.zeros(1, kv_heads, max(block, chunk_tokens), head_dim, device=device, dtype=dtype)
     partial_cudnn(query, keys[:, :, :block], keys[:, :, :block], scale=head_dim ** -0.5, causal=False)
     calls = 1
-    if chunk_tokens >= SPLIT_CHUNK_CUDNN_MIN_TOKENS:
+    if split_chunk_backend(chunk_tokens) == "cudnn":
         partial_cudnn(query, keys[:, :, :chunk_tokens], keys[:, :, :chunk_tokens], scale=head_dim ** -0.5,
                       causal=True)
         calls += 1

@@ -234,8 +234,9 @@ def render_markdown(report: RunReport) -> str:
               f"| GPU peak | {_gib(p.gpu_peak_bytes)} | {_gib(m.gpu_peak_bytes)} | {_pct(e.gpu_peak_bytes)} |", ""]
     h = report.host
     if h.measured_decode_host_s_per_token is not None:
-        lines += [f"Decode per token, host (issuing the token) predicted {_seconds(h.predicted_decode_host_s_per_token)}"
-                  f", measured {_seconds(h.measured_decode_host_s_per_token)}; GPU predicted "
+        lines += [f"Decode per token, host (issuing the token) predicted "
+                  f"{_seconds(h.predicted_decode_host_s_per_token)}, measured "
+                  f"{_seconds(h.measured_decode_host_s_per_token)}; GPU predicted "
                   f"{_seconds(h.predicted_decode_gpu_s_per_token)}.", ""]
     lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
               "|---|---|---|---|---|---|"]

@@ -4,8 +4,9 @@
 checking host RAM), switches the model's attention implementation to the registered head-offloaded one, runs
 prefill chunk by chunk with ``logits_to_keep=1`` and decode token by token (the next token stays on the GPU:
 no host synchronisation in the loop; one optional sync per chunk, one chunk behind, feeds the progress bar),
-and returns a Measurement (measurement.py) built from events on the streams. The stores are released on every exit path; an
-OOM or Ctrl-C becomes a faults.RunFault carrying the partial Measurement.
+and returns a Measurement (measurement.py) built from events on the streams, with the host's own time per decode
+token. The stores are released on every exit path; an OOM or Ctrl-C becomes a faults.RunFault carrying the
+partial Measurement.
 Leaves out: the report (report.py), the plan (api.py), sampling other than greedy.
 """
 
@@ -178,8 +179,9 @@ def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages:
     prompt in 32-token chunks, 2 new tokens), so the timed run does not pay the process's one-time costs: CUDA
     module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split) one cuDNN call of
     each kind at the first chunk's shapes (attention_split.warm_up_cudnn: cuDNN compiles its kernels the first
-    time a machine runs them) and the Triton merge of each part count the prefill will merge. Returns its wall seconds (reported as ``warmup_s``, not hidden).
-    Shape-specific costs (cuDNN graphs of the real block sizes) stay in the run."""
+    time a machine runs them) and the Triton merge of each part count the prefill will merge. Returns its wall
+    seconds (reported as ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block sizes
+    beyond the first chunk's) stay in the run."""
     import dataclasses
 
     start_s = time.perf_counter()

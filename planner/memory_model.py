@@ -193,8 +193,9 @@ def max_resident_heads(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_t
 
     Peak is linear in R within each segment [k L, (k+1) L) (the fewest resident heads of any layer is k, so
     G_max = min(G, H_kv - k) is fixed there); R = L * H_kv (nothing offloaded) drops the buffers and the
-    in-flight chunk K, V; ``split_context_tokens`` (see predict_memory): the cudnn-split parts of the widest call (at most fewest + 1 resident heads
-    of a layer, or G_max) count in the activations. The answer is the largest fitting R over the segments.
+    in-flight chunk K, V; ``split_context_tokens`` (see predict_memory): the cudnn-split parts of the widest
+    call (at most fewest + 1 resident heads of a layer, or G_max) count in the activations. The answer is the
+    largest fitting R over the segments.
     """
     layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
     per_slot = resident_kv_bytes(model, 1, capacity_tokens, elem_bytes)

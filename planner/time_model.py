@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwprofiles.schema import HardwareProfile
-from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds, summarize_layers,
-                               popcount)
+from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
+                               popcount, summarize_layers)
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec

@@ -195,7 +195,8 @@ def measure_cudnn_causal_graph_build(ctx: ProfileContext) -> float | None:
     prices the chunk part's graph builds with it (a 1B prefill of one 32K chunk ran ~0.46 s over its plan on the
     H100, most likely that build, against 53 ms measured for non-causal shapes)."""
     head_dim, build_s = ctx.preset.head_dims[0], []
-    for index, chunk in enumerate((CAUSAL_LOAD_CHUNK,) + CAUSAL_BUILD_CHUNKS[:max(1, ctx.preset.cudnn_graph_builds - 1)]):
+    chunks = (CAUSAL_LOAD_CHUNK,) + CAUSAL_BUILD_CHUNKS[:max(1, ctx.preset.cudnn_graph_builds - 1)]
+    for index, chunk in enumerate(chunks):
         q = ctx.randn(1, GQA_RATIO, chunk, head_dim, dtype=torch.bfloat16)
         k = ctx.randn(1, 1, chunk, head_dim, dtype=torch.bfloat16)
 

@@ -1,10 +1,10 @@
 """Run a whole profile: pick the device and preset, run the sections in order, assemble the HardwareProfile.
 
 Order (each section frees its memory before the next): runtime context baseline, host, matmul, device
-memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and full only: attention_step.py), then on a
-GPU pinning (before any pinned allocation, so no cached block is reused), PCIe, launch overhead, the
-executor's own host time per layer and group (executor_host.py: the real executor on a tiny model) and the
-runtime memory (after matmul and attention warmed the libraries up).
+memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and
+full only: attention_step.py), then on a GPU pinning (before any pinned allocation, so no cached block is
+reused), PCIe, launch overhead, the executor's own host time per layer and group (executor_host.py: the real
+executor on a tiny model) and the runtime memory (after matmul and attention warmed the libraries up).
 Without a GPU the GPU-only sections are skipped, noted, and the profile is CPU-only (assemble.py).
 Leaves out: writing the file and the CLI (headplan/cmd_profile.py).
 """

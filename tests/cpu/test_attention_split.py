@@ -278,7 +278,8 @@ def test_planner_counts_the_parts_the_split_holds():
         chunk_backend = "cudnn" if chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
         most = 0
         for past in range(0, context, chunk):
-            parts = len(split_parts(past, min(chunk, context - past), block_tokens=attention_split.DEFAULT_PAST_BLOCK_TOKENS,
+            parts = len(split_parts(past, min(chunk, context - past),
+                                    block_tokens=attention_split.DEFAULT_PAST_BLOCK_TOKENS,
                                     past_backend="cudnn", chunk_backend=chunk_backend))
             if parts > 1:
                 most = max(most, (parts if parts <= FUSED_MERGE_MAX_PARTS else EAGER_MERGE_HELD_PARTS) + 1)
