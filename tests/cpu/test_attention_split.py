@@ -284,3 +284,17 @@ def test_planner_counts_the_parts_the_split_holds():
             if parts > 1:
                 most = max(most, (parts if parts <= FUSED_MERGE_MAX_PARTS else EAGER_MERGE_HELD_PARTS) + 1)
         assert split_held_parts(context, chunk) == most, (context, chunk)
+
+
+def test_merge_into_refuses_bad_arguments_before_any_kernel():
+    """lse_merge_triton.merge_into checks its inputs first (no Triton needed to see these errors)."""
+    from executor import lse_merge_triton as m
+
+    outs = [torch.zeros(1, 2, 4, 16) for _ in range(2)]
+    lses = [torch.zeros(1, 2, 4) for _ in range(2)]
+    with pytest.raises(ValueError, match="share one shape"):
+        m.merge_into(torch.zeros(1, 2, 5, 16), outs, lses)
+    with pytest.raises(ValueError, match="1..8 parts"):
+        m.merge_into(torch.zeros(1, 2, 4, 16), outs * 5, lses * 5)
+    with pytest.raises(ValueError, match="power of two"):
+        m.merge_into(torch.zeros(1, 2, 4, 12), [torch.zeros(1, 2, 4, 12)] * 2, lses)

@@ -92,6 +92,8 @@ def test_cli_run_writes_report(tmp_path):
     assert len(report["generated_token_ids"]) == 3
     assert len(report["measured"]["chunk_s"]) == 3
     assert report["verify"]["greedy_tokens_agree"] is True
+    assert report["host"]["measured_decode_host_s_per_token"] > 0    # 2 decode tokens issued, timed on the host
+    assert report["host"]["predicted_decode_host_s_per_token"] is not None
     assert (out / "report.md").exists() and (out / "trace.json").exists()
     assert cli_main(["report", str(out)]) == 0
 

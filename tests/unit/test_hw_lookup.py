@@ -89,3 +89,18 @@ def test_step_points_are_their_own_backend():
     kernel = lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=8192, k_len=131072, head_dim=128,
                                           causal=True)
     assert float(kernel) == pytest.approx(200 * T)                     # kernel points unchanged by step points
+
+
+def test_transfer_curve_keeps_the_better_page_locked_measurement():
+    """At each size the better of registered and pinned points (a disturbed measurement only slows a copy), then
+    non-decreasing in size; pageable points never count."""
+    from hwprofiles.schema import TransferPoint
+
+    points = [TransferPoint(direction="h2d", host_memory=kind, size_bytes=size, bytes_per_s=rate * G)
+              for kind, size, rate in (("registered", 1 << 24, 44.0), ("pinned", 1 << 24, 52.0),
+                                       ("registered", 1 << 26, 29.0), ("pinned", 1 << 26, 51.0),
+                                       ("registered", 1 << 28, 54.0), ("pageable", 1 << 28, 90.0))]
+    lookup = RateLookup(table_profile(transfer_table=points))
+    assert float(lookup.transfer_bytes_per_s("h2d", 1 << 24)) == pytest.approx(52 * G)
+    assert float(lookup.transfer_bytes_per_s("h2d", 1 << 26)) == pytest.approx(52 * G)   # running maximum
+    assert float(lookup.transfer_bytes_per_s("h2d", 1 << 28)) == pytest.approx(54 * G)   # not the pageable 90

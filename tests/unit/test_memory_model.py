@@ -73,3 +73,23 @@ def test_min_resident_for_host():
 def test_overhead_adds_allocator_slack_to_the_measured_runtime():
     assert mm.overhead_bytes(0) == mm.ALLOCATOR_SLACK_BYTES == 256 * MIB
     assert mm.overhead_bytes(GIB) == GIB + 256 * MIB
+
+
+def test_split_parts_count_in_the_attention_phase():
+    """cudnn-split holds its parts until the merge: (parts + packed query) x (h q) c d b in the attention phase,
+    h the widest call's KV heads (ceil(R / L) resident, or G); it shows in the peak only where the attention
+    phase then outgrows the MLP phase."""
+    c = 16384
+    held = mm.split_held_parts(131072, c)
+    assert held == 5                          # pasts of 8 x 16K: popcount(8 i) <= 3 past parts + the chunk part + q
+    assert mm.largest_call_kv_heads(M, 0, 8) == 8 and mm.largest_call_kv_heads(M, 64, 2) == 2
+    assert mm.largest_call_kv_heads(M, 256, 8) == 8 and mm.largest_call_kv_heads(M, 33, 1) == 2
+    parts = mm.split_parts_bytes(M, chunk_tokens=c, context_tokens=131072, call_kv_heads=8, elem_bytes=2)
+    assert parts == held * 32 * c * 128 * 2
+    kwargs = dict(runtime_overhead_bytes=GIB, chunk_tokens=c, heads_per_group=8, resident_kv_heads=0,
+                  capacity_tokens=T, elem_bytes=2, gpu_budget_bytes=24 * GIB, host_budget_bytes=100 * GIB)
+    with_split = mm.predict_memory(M, split_context_tokens=131072, **kwargs).gpu_breakdown.activations
+    without = mm.predict_memory(M, **kwargs).gpu_breakdown.activations
+    attention_phase = c * 2 * 2 * 4096 + c * 2 * (2 * 4096 + 2 * (32 + 16) * 128 + 2 * 32 * 128) + parts
+    assert with_split == max(attention_phase, without - 128256 * 6) + 128256 * 6
+    assert mm.split_held_parts(32768, 32768) == 0   # one chunk, no past: a single part, no merge
