@@ -212,12 +212,23 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
             outs.append(part_out)
             lses.append(part_lse)
         dest = out if out is not None else torch.empty_like(q, memory_format=torch.contiguous_format)
-        return lse_merge_triton.merge_into(dest, outs, lses)
+        try:
+            return lse_merge_triton.merge_into(dest, outs, lses)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a Triton that imports but cannot build or launch here
+            lse_merge_triton.disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            return _merge_eager(zip(outs, lses), q.dtype, out)
+    return _merge_eager((_partial(part, q, k, v, scale, packed) for part in parts), q.dtype, out)
+
+
+def _merge_eager(parts, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """Fold (out_p, lse_p) pairs through the float32 LseAccumulator; the result in ``dtype`` (into ``out``)."""
     merged = LseAccumulator()
-    for part in parts:
-        merged.add(*_partial(part, q, k, v, scale, packed))
+    for part_out, part_lse in parts:
+        merged.add(part_out, part_lse)
     result = merged.result()[0]
-    return result.to(q.dtype) if out is None else out.copy_(result)
+    return result.to(dtype) if out is None else out.copy_(result)
 
 
 FUSED_MERGE = True
@@ -234,7 +245,8 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
     """Compile (or load from Triton's cache) the one-pass merge for every part count a prefill of
     ``context_tokens`` in chunks of ``chunk_tokens`` will merge, on tiny tensors with the same alignment, so the
     timed run does not pay it (~0.45 s in the first chunk with a merge on the H100). Returns the part counts
-    warmed (none where the merge would not run: CPU, no Triton, FUSED_MERGE off)."""
+    warmed (none where the merge would not run: CPU, no Triton, FUSED_MERGE off, or a Triton that cannot build
+    here, which turns the merge off for the process)."""
     block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
     counts = set()
@@ -248,7 +260,11 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
     for parts in counts:
         outs = [torch.zeros(1, heads, rows, head_dim, device=device, dtype=dtype) for _ in range(parts)]
         lses = [torch.zeros(1, heads, rows, device=device) for _ in range(parts)]
-        lse_merge_triton.merge(outs, lses, dtype)
+        try:
+            lse_merge_triton.merge(outs, lses, dtype)
+        except Exception as exc:  # noqa: BLE001 - cannot build here: the run merges eagerly (warned once)
+            lse_merge_triton.disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            return []
     return counts
 
 

@@ -24,16 +24,30 @@ Leaves out: the lse of the merge for further merging (the split path needs only 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
 MAX_PARTS = 8
 BLOCK_ROWS = 32
+_disabled: list[str] = []   # why the merge was turned off in this process (a Triton that cannot build here)
+
+
+def disable(reason: str) -> None:
+    """Turn the one-pass merge off for the rest of the process (callers fall back to the eager merge), warning once."""
+    if not _disabled:
+        warnings.warn(f"one-pass Triton merge disabled, using the eager merge: {reason}", RuntimeWarning,
+                      stacklevel=2)
+    _disabled.append(reason)
+
+
+def available() -> bool:
+    """Triton imports, a CUDA device is present, and the merge has not been disabled."""
+    return not _disabled and _importable()
 
 
 @functools.lru_cache(maxsize=None)
-def available() -> bool:
-    """Triton imports and a CUDA device is present."""
+def _importable() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401

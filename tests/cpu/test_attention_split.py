@@ -298,3 +298,23 @@ def test_merge_into_refuses_bad_arguments_before_any_kernel():
         m.merge_into(torch.zeros(1, 2, 4, 16), outs * 5, lses * 5)
     with pytest.raises(ValueError, match="power of two"):
         m.merge_into(torch.zeros(1, 2, 4, 12), [torch.zeros(1, 2, 4, 12)] * 2, lses)
+
+
+def test_a_merge_kernel_that_cannot_build_falls_back_to_the_eager_merge(monkeypatch):
+    """If the one-pass merge fails for a reason other than bad arguments (a Triton that imports but cannot build),
+    the call still returns the exact result through the eager merge, and the merge stays off for the process."""
+    from executor import lse_merge_triton
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(attention_split, "_use_fused_merge", lambda q, n: lse_merge_triton.available())
+    monkeypatch.setattr(lse_merge_triton, "_importable", lambda: True)
+    monkeypatch.setattr(lse_merge_triton, "merge_into", broken)
+    monkeypatch.setattr(lse_merge_triton, "_disabled", [])
+    q, k, v = make_inputs(8, 2, 40, 8, seed=5)
+    ref = reference(q, k, v, 0.3)
+    with pytest.warns(RuntimeWarning, match="eager merge"):
+        out = attend_chunk_split(q, k, v, scale=0.3, past_block_tokens=8, past_backend="math", chunk_backend="math")
+    assert (out.double() - ref).abs().max().item() <= tolerance(q, k, v, 0.3, ref)
+    assert not lse_merge_triton.available()
