@@ -67,8 +67,10 @@ class Setup:
 def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
                gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
                attention_backend: Optional[str] = None) -> Setup:
-    """Validate the workload and budgets; None budgets default to the profile's card memory and host RAM.
-    ``attention_backend`` "flash" leaves "cudnn-split" out of the backends considered."""
+    """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
+    ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered."""
+    if attention_backend not in (None, "flash", "cudnn-split"):
+        raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     if context_tokens <= 0:
         raise PlanError(f"context must be positive, got {context_tokens} tokens")
     if decode_tokens < 0:

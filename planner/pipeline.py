@@ -338,8 +338,6 @@ def make_pipeline_plan(model: ModelSpec, hardware: HardwareProfile, *, gpus: int
     shapes = stage_shapes(model, gpus)                     # validates gpus first
     if gpus == 1:
         return make_plan(model, hardware, **single)
-    if attention_backend not in (None, "flash", "cudnn-split"):
-        raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
                        attention_backend=attention_backend)
