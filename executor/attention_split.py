@@ -217,7 +217,7 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
         except ValueError:
             raise
         except Exception as exc:  # noqa: BLE001 - a Triton that imports but cannot build or launch here
-            lse_merge_triton.disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            lse_merge_triton.disable(exc)
             return _merge_eager(zip(outs, lses), q.dtype, out)
     return _merge_eager((_partial(part, q, k, v, scale, packed) for part in parts), q.dtype, out)
 
@@ -263,7 +263,7 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
         try:
             lse_merge_triton.merge(outs, lses, dtype)
         except Exception as exc:  # noqa: BLE001 - cannot build here: the run merges eagerly (warned once)
-            lse_merge_triton.disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            lse_merge_triton.disable(exc)
             return []
     return counts
 

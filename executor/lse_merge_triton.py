@@ -33,8 +33,11 @@ BLOCK_ROWS = 32
 _disabled: list[str] = []   # why the merge was turned off in this process (a Triton that cannot build here)
 
 
-def disable(reason: str) -> None:
-    """Turn the one-pass merge off for the rest of the process (callers fall back to the eager merge), warning once."""
+def disable(cause: BaseException) -> None:
+    """Turn the one-pass merge off for the rest of the process (callers fall back to the eager merge), warning once
+    with ``cause`` (the error from building or launching the kernel)."""
+    text = str(cause)
+    reason = f"{type(cause).__name__}: {text.splitlines()[0][:200] if text else ''}"
     if not _disabled:
         warnings.warn(f"one-pass Triton merge disabled, using the eager merge: {reason}", RuntimeWarning,
                       stacklevel=2)
