@@ -44,7 +44,8 @@ def settings_from_plan(plan: Any, new_tokens: int, prompt_tokens: Optional[int] 
     capacity = max(prompt + new_tokens, plan.context_tokens + plan.decode_tokens)
     return ExecutionSettings(chunk_size=plan.chunk_size, heads_per_group=plan.heads_per_group,
                              resident_kv_heads=plan.resident_kv_heads, capacity_tokens=capacity,
-                             attention_backend=plan.attention_backend)
+                             attention_backend=plan.attention_backend,
+                             decode_graphs=getattr(plan, "decode_graphs", False))
 
 
 def run_plan(model, plan: Union[Any, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,
@@ -212,7 +213,9 @@ def host_figures(plan, m: Measurement) -> HostFigures:
     host = sorted(m.decode_host_s)
     return HostFigures(predicted_decode_host_s_per_token=terms.get("decode_host_s"),
                        predicted_decode_gpu_s_per_token=terms.get("decode_gpu_s"),
-                       measured_decode_host_s_per_token=host[len(host) // 2] if host else None)
+                       measured_decode_host_s_per_token=host[len(host) // 2] if host else None,
+                       planned_decode_graphs=getattr(plan, "decode_graphs", None), decode_step=m.decode_step,
+                       decode_graph_setup_s=m.decode_graph_setup_s, decode_graph_fallback=m.decode_graph_fallback)
 
 
 def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tokens, device, model_name: str,

@@ -46,6 +46,8 @@ class ExecutionSettings:
     """T: tokens the stores hold (context + new tokens)"""
     attention_backend: str = "flash"
     """attention_kernels backend: flash | flash_attn | cudnn-split | math"""
+    decode_graphs: bool = True
+    """decode through the static step where it applies (executor/decode_graph.py), replayed as a CUDA graph on a GPU"""
 
 
 @dataclass(frozen=True)

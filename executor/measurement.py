@@ -74,6 +74,13 @@ class Measurement(GpuPeaks):
     decode_host_s: list[float] = field(default_factory=list)
     """per decode token: the host's wall time issuing its forward (perf_counter, no sync: the host's own cost
     while it runs ahead of the GPU; it blocks, and so tracks the GPU, only once the launch queue is full)"""
+    decode_step: str = "eager"
+    """how decode tokens ran: "eager" (the module code per token), "static" (the fixed-shape step run eagerly: CPU,
+    or a failed capture) or "graph" (replays of one captured CUDA graph); executor/decode_graph.py"""
+    decode_graph_setup_s: Optional[float] = None
+    """wall seconds of the static decode's setup: one untimed eager step and the capture (outside decode time)"""
+    decode_graph_fallback: Optional[str] = None
+    """why a capture failed (the static step then ran eagerly), else None"""
     generated_token_ids: list[int] = field(default_factory=list)
     layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
     attention_s: dict[str, float] = field(default_factory=dict)

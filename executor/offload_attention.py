@@ -12,6 +12,9 @@ q [1, H_q, c, d] and the chunk's k, v [1, H_kv, c, d] (after RoPE; OffloadCache.
      layer's last, and the next forward's first when the runner says one follows - so copies overlap
      attention, o_proj and the MLP.
   4. returns the output [1, c, H_q, d] assembled over all query heads.
+Decode with ``device_position`` set (the CUDA-graph decode step, executor/decode_graph.py; every head resident):
+the token's K, V go to the resident store at the device-held position and attention reads [0, s + 1) with the
+key length on the device (executor/attention_decode.py), so the step has fixed shapes and host arguments.
 No host synchronisation anywhere here. Leaves out: masks (it owns causality), dropout, sliding windows.
 """
 
@@ -23,6 +26,7 @@ from typing import Optional
 import torch
 from transformers import AttentionInterface
 
+from executor.attention_decode import DevicePosition, attend_decode, write_token
 from executor.attention_kernels import attend_chunk, attention_flops
 from executor.kv_store import EventRecorder, GpuKVStore, HostKVStore, KVLayout, StreamSet
 
@@ -75,6 +79,8 @@ class OffloadEngine:
     position: Position = field(default_factory=Position)
     first_layer: int = 0
     """global index of this engine's layer 0 (a stage of several GPUs holds layers [first_layer, ...))"""
+    device_position: Optional[DevicePosition] = None
+    """set by the runner for a static decode step (executor/decode_graph.py): decode reads the position from it"""
     counters: dict = field(default_factory=dict)
     _pending: dict = field(default_factory=dict)
     _fetch_count: int = 0
@@ -96,7 +102,10 @@ class OffloadEngine:
                           device=query.device)
         out_heads = out.transpose(1, 2)  # [1, H_q, c, d] view
         backend = self.decode_backend if chunk_tokens == 1 else self.backend
-        self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend)
+        if chunk_tokens == 1 and self.device_position is not None:
+            self._attend_resident_static(layer, query, key_chunk, value_chunk, out_heads, scale, backend)
+        else:
+            self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend)
         for group_idx in range(len(self.layout.groups_per_layer[layer])):
             self._attend_group(layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
                                backend)
@@ -117,6 +126,22 @@ class OffloadEngine:
         query_rows = resident * self._ratio
         attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end], scale=scale,
                      backend=backend, out=out_heads[:, :query_rows])
+
+    def _attend_resident_static(self, layer, query, key_chunk, value_chunk, out_heads, scale, backend):
+        """Decode of an all-resident layer at ``device_position`` (no host int in any argument)."""
+        resident = self.layout.resident_per_layer[layer]
+        if resident != self.layout.kv_heads:
+            raise RuntimeError(f"a static decode step needs every KV head resident; layer {layer} holds "
+                               f"{resident} of {self.layout.kv_heads}")
+        keys, values = self.gpu.resident_keys[layer], self.gpu.resident_values[layer]
+        write_token(keys, values, key_chunk, value_chunk, self.device_position)
+        attend_decode(query, keys, values, self.device_position, scale=scale, backend=backend, out=out_heads)
+
+    def count_decode_token(self, past_tokens: int) -> None:
+        """Count one decode token's attention work (a replayed graph step does not pass through attend_layer)."""
+        counters = self.counters.setdefault("decode", PhaseCounters())
+        counters.attention_flops += self.layout.num_layers * attention_flops(
+            self.layout.query_heads, self.layout.head_dim, 1, past_tokens)
 
     def _attend_group(self, layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
                       backend):

@@ -51,6 +51,14 @@ class OffloadLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.capacity_tokens
 
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` processed without update() (a replayed CUDA-graph decode step)."""
+        if self.tokens + tokens > self.capacity_tokens:
+            raise ValueError(f"KV store capacity {self.capacity_tokens} tokens exceeded: "
+                             f"{self.tokens} cached + {tokens} new")
+        self.past_tokens = self.tokens + tokens - 1
+        self.tokens += tokens
+
     def reset(self) -> None:
         self.tokens = self.past_tokens = 0
 
@@ -65,3 +73,16 @@ class OffloadCache(Cache):
     def past_tokens(self, layer_idx: int) -> int:
         """s for the chunk now in layer ``layer_idx``: tokens cached before it."""
         return self.layers[layer_idx].past_tokens
+
+    def token_counts(self) -> list[tuple[int, int]]:
+        """(tokens, past_tokens) of each layer, to put back with restore_counts."""
+        return [(layer.tokens, layer.past_tokens) for layer in self.layers]
+
+    def restore_counts(self, counts: list[tuple[int, int]]) -> None:
+        for layer, (tokens, past) in zip(self.layers, counts):
+            layer.tokens, layer.past_tokens = tokens, past
+
+    def advance(self, tokens: int) -> None:
+        """Every layer counts ``tokens`` more (processed by a replayed graph, which calls no update())."""
+        for layer in self.layers:
+            layer.advance(tokens)

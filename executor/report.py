@@ -74,6 +74,12 @@ class HostFigures(_Block):
     predicted_decode_gpu_s_per_token: Optional[float] = None
     measured_decode_host_s_per_token: Optional[float] = Field(
         None, description="median over tokens of the host's wall time issuing one token (perf_counter, no sync)")
+    planned_decode_graphs: Optional[bool] = Field(None, description="the plan's decode_graphs")
+    decode_step: Optional[str] = Field(None, description="how decode ran: eager, static (fixed-shape step, no "
+                                       "graph) or graph (one CUDA graph replayed per token)")
+    decode_graph_setup_s: Optional[float] = Field(None, description="one-time setup of the static decode step "
+                                                  "(an untimed step and the capture), outside decode time")
+    decode_graph_fallback: Optional[str] = Field(None, description="why the capture failed, when it did")
 
 
 class MemoryFigures(_Block):
@@ -237,7 +243,10 @@ def render_markdown(report: RunReport) -> str:
         lines += [f"Decode per token, host (issuing the token) predicted "
                   f"{_seconds(h.predicted_decode_host_s_per_token)}, measured "
                   f"{_seconds(h.measured_decode_host_s_per_token)}; GPU predicted "
-                  f"{_seconds(h.predicted_decode_gpu_s_per_token)}.", ""]
+                  f"{_seconds(h.predicted_decode_gpu_s_per_token)}. Decode step: {h.decode_step}"
+                  + (f" (capture and one untimed step: {_seconds(h.decode_graph_setup_s)})"
+                     if h.decode_step == "graph" else "")
+                  + (f"; capture failed: {h.decode_graph_fallback}" if h.decode_graph_fallback else "") + ".", ""]
     lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
               "|---|---|---|---|---|---|"]
     for phase, t in report.transfers.items():

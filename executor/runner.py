@@ -3,7 +3,8 @@
 ``execute(model, input_ids, settings, new_tokens=..., device=...)`` builds the stores (host store first, after
 checking host RAM), switches the model's attention implementation to the registered head-offloaded one, runs
 prefill chunk by chunk with ``logits_to_keep=1`` and decode token by token (the next token stays on the GPU:
-no host synchronisation in the loop; one optional sync per chunk, one chunk behind, feeds the progress bar),
+no host synchronisation in the loop; one optional sync per chunk, one chunk behind, feeds the progress bar;
+with every KV head resident on one device each decode token is one replay of a CUDA graph: decode_graph.py),
 and returns a Measurement (measurement.py) built from events on the streams, with the host's own time per decode
 token. The stores are released on every exit path; an OOM or Ctrl-C becomes a faults.RunFault carrying the
 partial Measurement.
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from executor.attention_kernels import normalize_backend
+from executor.decode_graph import StaticDecode, static_decode_applies
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
 from executor.kv_store import EventRecorder, ExecutionSettings
 from executor.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
@@ -54,6 +56,9 @@ class _Run:
     hooks: list = field(default_factory=list)
     host_s: list = field(default_factory=list)
     """per decode token, the host's time issuing it (seconds)"""
+    static_decode: bool = False
+    """decode through the static step (decode_graph.py), captured as a CUDA graph on a GPU"""
+    static: Optional[StaticDecode] = None
 
     def forward(self, ids: torch.Tensor, *, phase: str, index: int, logits_to_keep: int, more: bool,
                 more_prefill: bool = False):
@@ -95,6 +100,8 @@ class _Run:
         self.on_chunk(index - 1)
 
     def decode(self, next_ids: torch.Tensor, new_tokens: int) -> None:
+        if self.static_decode and new_tokens > 1:
+            return self._decode_static(next_ids, new_tokens)
         for step in range(1, new_tokens):
             issued_s = time.perf_counter()
             self.recorder.mark("token_start", phase="decode", chunk=step)
@@ -103,6 +110,24 @@ class _Run:
             self.recorder.mark("token_end", phase="decode", chunk=step)
             self.host_s.append(time.perf_counter() - issued_s)
             self.generated.append(next_ids)
+
+    def _decode_static(self, next_ids: torch.Tensor, new_tokens: int) -> None:
+        """Tokens 1 .. new_tokens - 1 through StaticDecode: set up (capture) first, untimed, then one step each."""
+        position = self.engine.position
+        position.phase, position.chunk, position.layer = "decode", 1, None
+        self.engine.more_forwards = False
+        self.static = StaticDecode(self, next_ids, prompt_tokens=self.cache.get_seq_length())
+        self.static.prepare()
+        for step in range(1, new_tokens):
+            issued_s = time.perf_counter()
+            position.chunk = step
+            self.recorder.mark("token_start", phase="decode", chunk=step)
+            self.static.step()
+            self.recorder.mark("token_end", phase="decode", chunk=step)
+            self.host_s.append(time.perf_counter() - issued_s)
+            self.generated.append(self.static.ids.clone())
+            if self.keep_logits:
+                self.logits.append(self.static.logits.clone())
 
 
 def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int,
@@ -152,6 +177,8 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
         raise RunInterrupted(f"interrupted at {where}", measurement) from None
     finally:
         if run is not None:
+            if run.static is not None:
+                run.static.close()
             run.engine.close()
             for hook in run.hooks:
                 hook.remove()
@@ -235,7 +262,9 @@ def _build_run(model, parts: list[StageParts], settings, trace, keep_logits, on_
     engine = build_staged_engine(parts, settings, normalize_backend(settings.attention_backend), recorder, trace)
     cache = OffloadCache(model.config.num_hidden_layers, settings.capacity_tokens, engine=engine)
     run = _Run(model=model, engine=engine, cache=cache, recorder=recorder, device=device, on_chunk=on_chunk,
-               keep_logits=keep_logits)
+               keep_logits=keep_logits,
+               static_decode=static_decode_applies([p.layout for p in parts], settings, parts[0].host.dtype,
+                                                   device))
     if len(parts) > 1:
         run.hooks = _stage_span_hooks(model, engine)
     return run
@@ -269,6 +298,10 @@ def _finish(run: _Run, measurement: Measurement) -> None:
     fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
     measurement.counters = run.engine.counters
     measurement.decode_host_s = list(run.host_s)
+    if run.static is not None:
+        measurement.decode_step = "graph" if run.static.graph is not None else "static"
+        measurement.decode_graph_setup_s = run.static.setup_s
+        measurement.decode_graph_fallback = run.static.fallback
     for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
         stage.counters = dict(engine.counters)
         fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)

@@ -86,6 +86,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
                         "log-sum-exp); auto = the faster by the hardware profile")
+    parser.add_argument("--no-decode-graphs", action="store_true",
+                        help="decode every token eagerly (default: with every KV head resident on one GPU, each "
+                        "decode token replays as one CUDA graph, which takes the host's launch time away)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +137,8 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     model, hardware = work.pop("model"), work.pop("hardware")
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
     if gpus == 1:
-        return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args), **work)
+        return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
+                         decode_graphs=not getattr(args, "no_decode_graphs", False), **work)
     from planner.pipeline import make_pipeline_plan
 
     return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),

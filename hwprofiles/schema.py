@@ -153,6 +153,12 @@ class HardwareProfile(_Frozen):
     executor_split_part_host_s: Optional[float] = Field(
         None, description="extra host seconds per cuDNN part of the cudnn-split attention (one cuDNN call and "
         "its log-sum-exp merge) per attention call")
+    executor_graph_token_host_s: Optional[float] = Field(
+        None, description="host seconds per decode token when the step replays as a CUDA graph (all KV heads "
+        "resident, one GPU), outside the per-layer part: the replay call, the token's events and copy")
+    executor_graph_layer_host_s: Optional[float] = Field(
+        None, description="extra host seconds of a replayed decode graph per decoder layer (the graph's launch "
+        "cost grows with its kernels)")
     # measured tables (empty for datasheet profiles)
     attention_table: list[AttentionPoint] = Field(default_factory=list)
     transfer_table: list[TransferPoint] = Field(default_factory=list)
@@ -166,7 +172,8 @@ class HardwareProfile(_Frozen):
 # before them keep their hash.
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
-                          "cudnn_causal_graph_build_s", "elementwise_bytes_per_s")
+                          "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
+                          "executor_graph_layer_host_s")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from hwprofiles.schema import HardwareProfile
 from planner.errors import PlanError
+from planner.host_time import decode_runs_as_graph
 from planner.hw_lookup import RateLookup
 from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_for_host, overhead_bytes,
                                   predict_memory)
@@ -51,11 +52,18 @@ class Setup:
     overhead_bytes: int
     backends: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
+    decode_graphs: bool = True
+    """CUDA-graph decode where it applies (host_time.decode_runs_as_graph); False: every decode step eager"""
 
     @property
     def capacity_tokens(self) -> int:
         """Tokens the KV stores are allocated for: context + decode tokens."""
         return self.context_tokens + self.decode_tokens
+
+    def graphs_decode(self, resident_kv_heads: int) -> bool:
+        """Whether a single-GPU plan with ``resident_kv_heads`` resident decodes through CUDA graphs."""
+        return decode_runs_as_graph(resident_kv_heads, self.model.kv_head_slots, self.elem_bytes,
+                                    enabled=self.decode_graphs)
 
     @property
     def split_context_tokens(self) -> Optional[int]:
@@ -66,9 +74,10 @@ class Setup:
 
 def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
                gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
-               attention_backend: Optional[str] = None) -> Setup:
+               attention_backend: Optional[str] = None, decode_graphs: bool = True) -> Setup:
     """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
-    ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered."""
+    ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered;
+    ``decode_graphs`` False plans every decode step eager."""
     if attention_backend not in (None, "flash", "cudnn-split"):
         raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
     if context_tokens <= 0:
@@ -92,7 +101,7 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     if attention_backend == "flash":
         backends = ("flash",)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes)
+                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs)
 
 
 class FitsByMemory:
@@ -143,7 +152,8 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
     for name in backends:
         work = Workload(context_tokens=setup.context_tokens, decode_tokens=setup.decode_tokens,
                         chunk_size=cand.chunk_size, heads_per_group=cand.heads_per_group,
-                        resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name)
+                        resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
+                        decode_graphs=setup.graphs_decode(cand.resident_kv_heads))
         prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
     prefills.sort(key=lambda item: (item[0][0], item[1] != "flash"))     # faster prefill; flash on a tie
     (best, name, work) = prefills[0]

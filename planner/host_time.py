@@ -9,6 +9,9 @@ Host time per step (chunk or token), two models (executor_host_seconds):
     model_s = executor_model_host_s (else HOST_OPS_PER_MODEL launch_overhead); layer_s = the decode or the
     prefill layer figure (prefill falls back to decode's); split_parts = popcount(s // B) x attention calls
     of the chunk ("cudnn-split" only; split_part_s else HOST_OPS_CUDNN_SPLIT launch_overhead)
+  graph (decode with every KV head resident on one GPU, fp16/bf16: decode_runs_as_graph): the step replays
+    as one CUDA graph, host = executor_graph_token_host_s + L executor_graph_layer_host_s (else
+    HOST_OPS_GRAPH_TOKEN launch_overhead)
   counted (older profiles): launch_overhead * (host ops of the step) + attention_call_overhead * attention
     calls, with op-equivalents of the executor's loop (constants below); the launch overhead of the
     imported H100 profile is calibrated so that a Llama-3-8B decode step with the KV on the GPU costs the
@@ -39,6 +42,22 @@ PAST_BLOCK_TOKENS = 2048
 # Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
 # flash (executor/attention_kernels.py SPLIT_CHUNK_CUDNN_MIN_TOKENS; a test keeps the two equal).
 CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
+HOST_OPS_GRAPH_TOKEN = 8         # a replayed decode graph: the replay call, two event marks, the token's copy
+
+
+def decode_runs_as_graph(resident_kv_heads: int, kv_head_slots: int, elem_bytes: int, *, gpus: int = 1,
+                         enabled: bool = True) -> bool:
+    """Whether the executor replays each decode step as one CUDA graph (executor/decode_graph.py applies the
+    same rule): every (layer, KV head) slot resident (no copy whose size changes per token), one GPU, a
+    16-bit dtype (the flash kernel that takes the key length from the device), and not turned off."""
+    return enabled and gpus == 1 and elem_bytes == 2 and resident_kv_heads >= kv_head_slots
+
+
+def graph_decode_host_seconds(profile: HardwareProfile, layers: int) -> float:
+    """Host seconds per decode token replayed as a CUDA graph (module docstring)."""
+    if profile.executor_graph_token_host_s is None:
+        return HOST_OPS_GRAPH_TOKEN * profile.launch_overhead_s
+    return profile.executor_graph_token_host_s + layers * (profile.executor_graph_layer_host_s or 0.0)
 
 
 def popcount(values: np.ndarray) -> np.ndarray:

@@ -329,15 +329,17 @@ def make_pipeline_plan(model: ModelSpec, hardware: HardwareProfile, *, gpus: int
                        decode_tokens: int, gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int] = None,
                        dtype: str = "bfloat16", chunk_size: Optional[int] = None,
                        heads_per_group: Optional[int] = None, resident_kv_heads: Optional[int] = None,
-                       strategy: Optional[str] = None, attention_backend: Optional[str] = None) -> Plan:
+                       strategy: Optional[str] = None, attention_backend: Optional[str] = None,
+                       decode_graphs: bool = True) -> Plan:
     """The fastest split over ``gpus`` GPUs that fits (gpu_mem_bytes per GPU, host_mem_bytes shared); with one
-    GPU exactly solver.make_plan. Raises PlanError when none fits or gpus is not 1 .. L."""
+    GPU exactly solver.make_plan (``decode_graphs`` applies there only: several stages decode eagerly). Raises
+    PlanError when none fits or gpus is not 1 .. L."""
     single = dict(context_tokens=context_tokens, decode_tokens=decode_tokens, gpu_mem_bytes=gpu_mem_bytes,
                   host_mem_bytes=host_mem_bytes, dtype=dtype, chunk_size=chunk_size, heads_per_group=heads_per_group,
                   resident_kv_heads=resident_kv_heads, strategy=strategy, attention_backend=attention_backend)
     shapes = stage_shapes(model, gpus)                     # validates gpus first
     if gpus == 1:
-        return make_plan(model, hardware, **single)
+        return make_plan(model, hardware, decode_graphs=decode_graphs, **single)
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
                        attention_backend=attention_backend)

@@ -115,6 +115,8 @@ class Plan(_Model):
     heads_per_group: int
     resident_kv_heads: int = Field(description="(layer, KV head) slots kept on the GPU, over all layers")
     attention_backend: str = Field("flash", description="kernel per part, e.g. 'flash' or 'cudnn-past+flash-chunk'")
+    decode_graphs: bool = Field(False, description="each decode token replays as one CUDA graph (every KV head "
+                                "resident, one GPU, 16-bit); False: eager decode steps")
     memory: MemoryPrediction
     predicted: Prediction
     alternatives: list[Alternative] = Field(default_factory=list)

@@ -58,7 +58,7 @@ def render_plan(plan: Plan) -> str:
         f"  prefill          {format_seconds(pred.prefill_s):>10}   bound by {_BOUND_TEXT[pred.prefill_bound]} "
         f"({len(pred.chunk_s)} chunks, {plan.context_tokens / max(pred.prefill_s, 1e-12):,.0f} tokens/s)",
         f"  decode / token   {format_seconds(pred.decode_s_per_token):>10}   bound by "
-        f"{_BOUND_TEXT[pred.decode_bound]}",
+        f"{_BOUND_TEXT[pred.decode_bound]}" + (" (each token one CUDA graph replay)" if plan.decode_graphs else ""),
         f"  workload total   {format_seconds(pred.total_s):>10}   (pin + prefill + {plan.decode_tokens} x decode)",
     ]
     terms = pred.terms

@@ -152,13 +152,14 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int] = None, dtype: str = "bfloat16",
               chunk_size: Optional[int] = None, heads_per_group: Optional[int] = None,
               resident_kv_heads: Optional[int] = None, strategy: Optional[str] = None,
-              attention_backend: Optional[str] = None) -> Plan:
+              attention_backend: Optional[str] = None, decode_graphs: bool = True) -> Plan:
     """The fastest plan that fits, with every alternative and why it lost. Raises PlanError when none fits.
 
-    ``attention_backend`` ('flash' or 'cudnn-split') forces the prefill kernel; None picks the faster one."""
+    ``attention_backend`` ('flash' or 'cudnn-split') forces the prefill kernel; None picks the faster one.
+    ``decode_graphs`` False keeps every decode step eager (else a CUDA graph where it applies)."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
-                       attention_backend=attention_backend)
+                       attention_backend=attention_backend, decode_graphs=decode_graphs)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     chosen, by_strategy = solve(setup, knobs)
     notes = list(setup.notes)
@@ -172,7 +173,8 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         model=model, hardware=hardware, hardware_hash=hardware.content_hash or profile_hash(hardware), dtype=dtype,
         context_tokens=context_tokens, decode_tokens=decode_tokens, strategy=chosen.strategy,
         chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
-        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend, memory=chosen.memory,
+        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend,
+        decode_graphs=setup.graphs_decode(chosen.resident_kv_heads), memory=chosen.memory,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )
 

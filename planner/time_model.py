@@ -30,7 +30,8 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
                  chunk part's at cudnn_causal_graph_build_s where the profile has it)
 Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
 reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
-(decode_attention_seconds), the streamed heads cross PCIe, always "flash".
+(decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
+the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -44,7 +45,7 @@ import numpy as np
 
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
-                               popcount, summarize_layers)
+                               graph_decode_host_seconds, popcount, summarize_layers)
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
@@ -68,6 +69,8 @@ class Workload:
     resident_kv_heads: int
     elem_bytes: int
     backend: str = "flash"
+    decode_graphs: bool = False
+    """decode replays as one CUDA graph per token (host_time.decode_runs_as_graph): its host time is the replay's"""
 
 
 @dataclass
@@ -285,7 +288,11 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         build_s = lookup.profile.cudnn_graph_build_s or 0.0
         causal_build_s = lookup.profile.cudnn_causal_graph_build_s
         out["builds"] = builds * build_s + calls * square * (causal_build_s if causal_build_s is not None else build_s)
-    out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
+    if decode and work.decode_graphs:
+        out["host"] = np.full_like(past, graph_decode_host_seconds(lookup.profile, model.num_hidden_layers),
+                                   dtype=float)
+    else:
+        out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
 

@@ -21,6 +21,11 @@ Prefill, all heads resident, chunks of ``prefill_chunk_tokens`` past ``PREFILL_S
     -> executor_split_part_host_s = part_s (slope over the medians per p; calls = 1: the resident call)
 The split is measured on a CUDA GPU with cuDNN attention only (elsewhere the field stays None), in a second
 run so that no cuDNN graph build is timed.
+
+Decode replayed as a CUDA graph (all heads resident; executor/decode_graph.py), on a GPU only; the rows above run
+eager (decode_graphs off). Its host time per token is the host's own wall time issuing the token (Measurement.
+decode_host_s: the GPU runs the graph meanwhile), medians at 4 and 2 layers:
+    host(L) = token_s + L * layer_s  ->  executor_graph_token_host_s, executor_graph_layer_host_s (>= 0)
 Leaves out: the GPU side of the same steps (the other sections measure kernels and copies).
 """
 
@@ -74,11 +79,12 @@ def tiny_llama(layers: int, device: torch.device, dtype: torch.dtype):
 
 
 def _run(model, prompt_tokens: int, new_tokens: int, *, chunk: int, group: int, resident: int, backend: str,
-         device: torch.device):
-    """One executor run; returns its Measurement."""
+         device: torch.device, graphs: bool = False):
+    """One executor run (eager decode unless ``graphs``); returns its Measurement."""
     ids = torch.randint(0, VOCAB, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
-                                 capacity_tokens=prompt_tokens + new_tokens, attention_backend=backend)
+                                 capacity_tokens=prompt_tokens + new_tokens, attention_backend=backend,
+                                 decode_graphs=graphs)
     return execute(model, ids, settings, new_tokens=new_tokens, device=device)
 
 
@@ -91,6 +97,30 @@ def decode_token_s(model, sizes: HostSizes, device: torch.device, *, group: int,
         return measurement.decode_s_per_token
     once()
     return statistics.median(once() for _ in range(sizes.repeats))
+
+
+def graph_token_host_s(model, sizes: HostSizes, device: torch.device, layers: int) -> float:
+    """Median over ``repeats`` runs of the median host seconds issuing one replayed decode token (first run
+    untimed); raises when the run did not replay a graph."""
+    def once() -> float:
+        measurement = _run(model, sizes.decode_prompt_tokens, sizes.decode_tokens + 1,
+                           chunk=sizes.decode_prompt_tokens, group=1, resident=layers * KV_HEADS, backend="flash",
+                           device=device, graphs=True)
+        if measurement.decode_step != "graph":
+            raise RuntimeError(f"decode ran {measurement.decode_step!r}, not as a CUDA graph "
+                               f"({measurement.decode_graph_fallback})")
+        return statistics.median(measurement.decode_host_s)
+    once()
+    return statistics.median(once() for _ in range(sizes.repeats))
+
+
+def fit_graph(deep_s: float, shallow_s: float) -> dict:
+    """host(L) = token_s + L layer_s through (LAYERS, deep_s) and (SHALLOW_LAYERS, shallow_s); a negative slope
+    (noise) becomes 0 and token_s the mean."""
+    layer_s = (deep_s - shallow_s) / (LAYERS - SHALLOW_LAYERS)
+    if layer_s < 0:
+        return {"executor_graph_token_host_s": (deep_s + shallow_s) / 2, "executor_graph_layer_host_s": 0.0}
+    return {"executor_graph_token_host_s": deep_s - LAYERS * layer_s, "executor_graph_layer_host_s": layer_s}
 
 
 def fit_decode(rows: list[tuple[int, int, int, float]], launch_overhead_s: float) -> dict:
@@ -153,7 +183,7 @@ def _sizes(ctx: ProfileContext) -> HostSizes:
 
 
 def measure_executor_host(ctx: ProfileContext, launch_overhead_s: float) -> dict:
-    """The five executor_* profile fields (None where not measured here); progress lines "executor ...".
+    """The executor_* profile fields (None or absent where not measured here); progress lines "executor ...".
     A failing run is noted and leaves the fields out (the planner falls back): the rest of the profile
     stands without them."""
     try:
@@ -188,6 +218,14 @@ def _measure(ctx: ProfileContext, launch_overhead_s: float) -> dict:
     elif ctx.on_gpu:
         ctx.note("executor split part host time not measured (needs cuDNN attention on a GPU, non-tiny sizes); "
                  f"the planner uses {HOST_OPS_CUDNN_SPLIT} launches per part")
+    if ctx.on_gpu:
+        try:
+            deep_s, shallow_s = (graph_token_host_s(m, sizes, device, layers)
+                                 for m, layers in ((deep, LAYERS), (shallow, SHALLOW_LAYERS)))
+            fields.update(fit_graph(deep_s, shallow_s))
+        except Exception as exc:  # noqa: BLE001 - optional figures; the planner falls back to counted launches
+            ctx.note(f"executor graph decode host time not measured ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:120]})")
     for name, value in fields.items():
         ctx.progress("executor", name, "-" if value is None else f"{value * 1e6:.1f} us")
     del deep, shallow

@@ -49,14 +49,18 @@ def test_flash_gqa_lower_right(query_heads, kv_heads, chunk, past):
     assert (flash - exact).abs().max().item() < 2e-2
 
 
-@pytest.mark.parametrize("chunk,group,resident", [(64, 1, 0), (100, 2, 0), (64, 4, 0), (77, 1, 5), (64, 3, 7)])
+@pytest.mark.parametrize("chunk,group,resident", [(64, 1, 0), (100, 2, 0), (64, 4, 0), (77, 1, 5), (64, 3, 7),
+                                                 (64, 2, 12)])   # 12 of 12: the CUDA-graph decode
 def test_bfloat16_exact_on_cuda(chunk, group, resident):
     ids = ids_of(300)
     model16 = model_on("cuda", torch.bfloat16)
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
                                  capacity_tokens=300 + NEW_TOKENS, attention_backend="flash")
     ours = execute(model16, ids, settings, new_tokens=NEW_TOKENS, device="cuda", keep_logits=True)
-    assert ours.counters["prefill"].h2d_bytes > 0
+    if resident < 12:
+        assert ours.counters["prefill"].h2d_bytes > 0
+    else:
+        assert ours.decode_step == "graph"
     tokens = ours.generated_token_ids
     model32 = model_on("cuda", torch.float32)
     exact = standard_step_logits(model32, ids, tokens, "cuda")
@@ -75,6 +79,49 @@ def test_no_sync_and_no_pinned_allocation_in_loop():
     execute(model, ids_of(290), settings, new_tokens=8, device="cuda", sync_debug=True)
     if stats:
         assert stats()["num_host_alloc"] == before
+
+
+def test_graph_decode_matches_eager_decode_without_syncs():
+    """Every KV head resident: each decode token replays one CUDA graph (captured once, no host sync in the loop)
+    and decodes what the eager loop decodes; the host issues a token in well under the eager loop's time."""
+    import statistics
+
+    model, ids = model_on("cuda", torch.bfloat16), ids_of(290)
+
+    def run(graphs: bool):
+        settings = ExecutionSettings(chunk_size=64, heads_per_group=2, resident_kv_heads=12, capacity_tokens=310,
+                                     attention_backend="flash", decode_graphs=graphs)
+        return execute(model, ids, settings, new_tokens=16, device="cuda", keep_logits=True, sync_debug=True)
+
+    graph, eager = run(True), run(False)
+    assert (graph.decode_step, eager.decode_step) == ("graph", "eager")
+    assert graph.decode_graph_setup_s > 0 and graph.decode_graph_fallback is None
+    assert graph.generated_token_ids == eager.generated_token_ids
+    assert (graph.step_logits - eager.step_logits).abs().max().item() < 1e-2
+    assert graph.counters["decode"].attention_flops == eager.counters["decode"].attention_flops
+    assert graph.decode_tokens_timed == eager.decode_tokens_timed == 15
+    assert statistics.median(graph.decode_host_s) < statistics.median(eager.decode_host_s)
+
+
+def test_cli_graph_decode_under_the_cli_allocator(tmp_path):
+    """headplan run in a fresh process (its expandable-segments allocator setting applies): an all-resident plan
+    decodes through the CUDA graph and agrees with the standard forward."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+                                  "head_dim": 32, "vocab_size": 1000}))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    subprocess.run([sys.executable, "-m", "headplan.cli", "run", "--device", "cuda", "--model", str(config),
+                    "--context", "1K", "--new-tokens", "8", "--out", str(out), "--verify", "--no-progress"],
+                   check=True, env=env)
+    report = json.loads((out / "report.json").read_text())
+    assert report["host"]["planned_decode_graphs"] and report["host"]["decode_step"] == "graph"
+    assert report["verify"]["greedy_tokens_agree"]
 
 
 def test_host_store_pinned_exactly_and_released():

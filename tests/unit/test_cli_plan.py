@@ -46,6 +46,15 @@ def test_resident_heads_number(capsys):
     assert code == 0 and json.loads(out)["strategy"] == "layer-offload"
 
 
+def test_decode_graphs_on_by_default_and_turned_off(capsys):
+    code, out, _ = run(capsys, "--context", "8K", "--gpu-mem", "80GB", "--json")
+    assert code == 0 and json.loads(out)["decode_graphs"] is True       # all resident on one GPU
+    code, out, _ = run(capsys, "--context", "8K", "--gpu-mem", "80GB", "--no-decode-graphs", "--json")
+    assert code == 0 and json.loads(out)["decode_graphs"] is False
+    code, out, _ = run(capsys, "--context", "512K", "--gpu-mem", "24GB", "--json")
+    assert code == 0 and json.loads(out)["decode_graphs"] is False      # heads streamed: eager decode
+
+
 def test_max_context_json(capsys, tmp_path):
     code, out, _ = run(capsys, "--max-context", "--gpu-mem", "24GB", "--json")
     assert code == 0

@@ -105,6 +105,7 @@ def test_more_gpus_hold_more_resident_heads_and_decode_faster():
             assert plan.resident_kv_heads > previous.resident_kv_heads
             assert plan.memory.host_kv_bytes < previous.memory.host_kv_bytes
             assert plan.predicted.decode_s_per_token < previous.predicted.decode_s_per_token
+            assert not plan.decode_graphs          # several stages decode eagerly
         previous = plan
 
 

@@ -168,6 +168,45 @@ def test_host_time_falls_back_to_counted_ops_without_the_fields():
         pytest.approx(pred.terms["decode_host_s"])
 
 
+def test_graph_decode_host_time_is_the_replay():
+    """All KV resident on one GPU at 16 bits: decode replays a CUDA graph, host = token + L x layer figure (else
+    HOST_OPS_GRAPH_TOKEN launches); eager decode keeps the executor's per-layer host time."""
+    from planner.host_time import HOST_OPS_GRAPH_TOKEN, decode_runs_as_graph
+
+    profile = scalar_profile(launch_overhead_s=10e-6, executor_graph_token_host_s=40e-6,
+                             executor_graph_layer_host_s=2e-6, **HOST_FIELDS)
+    lookup = RateLookup(profile)
+    graphed = predict_time(M, profile, lookup, _work(resident_kv_heads=256, decode_graphs=True))
+    eager = predict_time(M, profile, lookup, _work(resident_kv_heads=256))
+    assert graphed.terms["decode_host_s"] == pytest.approx(40e-6 + 32 * 2e-6)
+    assert eager.terms["decode_host_s"] == pytest.approx(1e-3 + 32 * 300e-6)
+    assert graphed.terms["decode_gpu_s"] == pytest.approx(eager.terms["decode_gpu_s"])   # same kernels
+    assert graphed.decode_s_per_token <= eager.decode_s_per_token
+    bare = scalar_profile(launch_overhead_s=10e-6)
+    assert predict_time(M, bare, RateLookup(bare), _work(resident_kv_heads=256, decode_graphs=True)).terms[
+        "decode_host_s"] == pytest.approx(HOST_OPS_GRAPH_TOKEN * 10e-6)
+    assert decode_runs_as_graph(256, 256, 2) and not decode_runs_as_graph(255, 256, 2)
+    assert not decode_runs_as_graph(256, 256, 4) and not decode_runs_as_graph(256, 256, 2, gpus=2)
+    assert not decode_runs_as_graph(256, 256, 2, enabled=False)
+
+
+def test_plans_say_when_decode_replays_a_graph():
+    from planner.solver import make_plan
+
+    profile = table_profile()
+    resident = make_plan(M, profile, context_tokens=8192, decode_tokens=16, gpu_mem_bytes=80 * GB)
+    assert resident.resident_kv_heads == M.kv_head_slots and resident.decode_graphs
+    off = make_plan(M, profile, context_tokens=8192, decode_tokens=16, gpu_mem_bytes=80 * GB, decode_graphs=False)
+    assert not off.decode_graphs
+    assert off.predicted.terms["decode_host_s"] > resident.predicted.terms["decode_host_s"]
+    streamed = make_plan(M, profile, context_tokens=8192, decode_tokens=16, gpu_mem_bytes=80 * GB,
+                         resident_kv_heads=100)
+    assert not streamed.decode_graphs
+    fp32 = make_plan(BUILTIN_MODELS["llama-3.2-1b"], profile, context_tokens=8192, decode_tokens=16,
+                     gpu_mem_bytes=80 * GB, dtype="float32")
+    assert fp32.resident_kv_heads == BUILTIN_MODELS["llama-3.2-1b"].kv_head_slots and not fp32.decode_graphs
+
+
 # --- attention: the executor's measured step ("<backend>-step" points) first, the composed model as fallback --
 
 
