@@ -1,8 +1,10 @@
 """Prediction against measurement on a GPU: plan, run and compare, cell by cell (issue 5; also issue 4's runs).
 
-A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS]``, e.g.
+A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS][:tail=K]``, e.g.
 ``llama-3-8b:128K:24GB`` (the planner chooses the knobs), ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one
-point of a grid) or ``llama-3-8b:256K:24GB:n=2`` (the layers split over 2 GPUs, GPU_MEM each). Each
+point of a grid), ``llama-3-8b:256K:24GB:n=2`` (the layers split over 2 GPUs, GPU_MEM each) or
+``llama-3.2-1b:2M:80GB:tail=6`` (a timing probe, ``headplan run --tail-chunks 6``: only the last 6 prefill chunks
+run, over a zero-filled KV past, for contexts whose whole prefill would not fit the cell's time limit). Each
 cell runs ``headplan run`` in its own process (a fresh CUDA context, so the memory cap and the peaks are the
 cell's own) with a per-cell time limit, and its report.json is appended as one JSON line to ``--out``. A cell
 already in ``--out`` or in a ``--resume`` file is skipped, so the matrix can be run in parts.
@@ -42,9 +44,11 @@ PRESETS = {
                           for g in (1, 2, 8) for r in (0, 64)),
     # issue 6 (2 H200 GPUs, --extra "--host-mem 240GiB"): the same 8B work on one GPU and split over two
     "issue6-8b": "llama-3-8b:256K:24GB,llama-3-8b:256K:24GB:n=2",
+    # issue 5's 1B at 2M: the whole prefill (~11 min) is over the cell limit, so its last 6 chunks are timed
+    "issue5-1b-2m": "llama-3.2-1b:2M:80GB:tail=6,llama-3.2-1b:2M:24GB:tail=6",
 }
 KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend",
-              "n": "--gpus"}
+              "n": "--gpus", "tail": "--tail-chunks"}
 
 
 def expand_cells(text: str) -> list[str]:

@@ -2,7 +2,9 @@
 the error statistics against the issue-5 targets, and a PNG of predicted against measured on log axes.
 
 Relative error is measured / predicted - 1 (positive: slower or larger than predicted); the statistics use
-its absolute value. Cells that failed are listed with their error and left out of the statistics.
+its absolute value. Cells that failed are listed with their error and left out of the statistics. A timing probe's
+cell (a report with a ``tail`` block, headplan run --tail-chunks) compares the prefill of its last chunks with those
+chunks' prediction; its plan column says which chunks.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def statistics_of(rows: list[dict]) -> dict:
 
 
 def _settings(row: dict) -> str:
+    """The plan column: the knobs run, and for a timing probe which of the prefill chunks ran."""
     s = (row.get("report") or {}).get("settings") or {}
+    tail = (row.get("report") or {}).get("tail")
     return (f"c={s.get('chunk_size')} G={s.get('heads_per_group')} R={s.get('resident_kv_heads')} "
-            f"{s.get('attention_backend', '')}")
+            f"{s.get('attention_backend', '')}"
+            + (f" (last {tail['chunks']} of {tail['total_chunks']} chunks)" if tail else ""))
 
 
 def _cell_line(row: dict) -> str:

@@ -11,6 +11,10 @@ for a plan over N GPUs, already placed on its stages (``build_random(..., stages
 devices_for(N, "cuda")))``); the report then has a per-GPU block.
 ``input_ids`` is [1, n] int64. The model is not modified; its attention implementation is switched for the
 run and restored after. Faults raise executor.faults.RunFault with ``.report`` set to a partial report.
+``tail_chunks=K`` (with a Plan) is a timing probe: only the prompt's last K prefill chunks run, at their real
+positions, over a zero-filled KV past standing in for the earlier chunks (runner.execute's
+``synthetic_past_tokens``); the report's prefill figures, predicted and measured, are those K chunks' and its
+``tail`` block says so; the outputs are not the model's, so ``verify`` is refused.
 Leaves out: batches, sampling, the CLI (headplan/cmd_run.py).
 """
 
@@ -23,8 +27,8 @@ import torch
 
 from executor.faults import RunFault
 from executor.kv_store import ExecutionSettings
-from executor.report import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TimesAndPeak,
-                             Transfers, errors_of, relative_error)
+from executor.report import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TailFigures,
+                             TimesAndPeak, Transfers, errors_of, relative_error)
 from executor.measurement import Measurement
 from executor.runner import execute
 from executor.stages import DeviceStage, devices_for, stages_from_plan
@@ -36,6 +40,41 @@ class RunResult:
     report: RunReport
     measurement: Measurement
     extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TailSplit:
+    """A timing probe's share of the prefill: the last ``chunks`` of ``total_chunks`` chunks run; the K, V of
+    tokens [0, skipped_tokens) (the start of the first chunk run, a multiple of the chunk size) are zero-filled."""
+
+    chunks: int
+    total_chunks: int
+    skipped_tokens: int
+
+
+def tail_split(prompt_tokens: int, chunk_size: int, tail_chunks: Optional[int]) -> Optional[TailSplit]:
+    """The last ``tail_chunks`` of the chunks starting at range(0, prompt_tokens, chunk_size); None when
+    ``tail_chunks`` is None or covers every chunk (then the run is a whole one). ValueError when it is below 1."""
+    if tail_chunks is None:
+        return None
+    if tail_chunks < 1:
+        raise ValueError(f"tail_chunks must be at least 1, got {tail_chunks}")
+    starts = range(0, prompt_tokens, chunk_size)
+    if tail_chunks >= len(starts):
+        return None
+    return TailSplit(chunks=tail_chunks, total_chunks=len(starts), skipped_tokens=starts[-tail_chunks])
+
+
+def _check_tail(plan: Any, tail_chunks: Optional[int], verify: bool, prompt_tokens: int) -> Optional[TailSplit]:
+    """run_plan's ``tail_chunks`` checked against its other arguments, as a TailSplit (or None)."""
+    if tail_chunks is None:
+        return None
+    if isinstance(plan, ExecutionSettings):
+        raise ValueError("tail_chunks needs a Plan (its per-chunk predictions), not bare ExecutionSettings")
+    if verify:
+        raise ValueError("--verify needs the whole prefill: --tail-chunks zero-fills the earlier chunks' KV, so the "
+                         "outputs are not the model's")
+    return tail_split(prompt_tokens, plan.chunk_size, tail_chunks)
 
 
 def settings_from_plan(plan: Any, new_tokens: int, prompt_tokens: Optional[int] = None) -> ExecutionSettings:
@@ -52,12 +91,17 @@ def run_plan(model, plan: Union[Any, ExecutionSettings], input_ids: torch.Tensor
              device: Union[str, torch.device], trace: bool = False, verify: bool = False,
              on_chunk: Optional[Callable[[int], None]] = None, model_name: str = "model",
              memory_extra: Optional[dict] = None, warnings: Optional[list[str]] = None,
-             stages: Optional[list[DeviceStage]] = None, host_available_bytes: Optional[int] = None) -> RunResult:
+             stages: Optional[list[DeviceStage]] = None, host_available_bytes: Optional[int] = None,
+             tail_chunks: Optional[int] = None) -> RunResult:
     """Head-offloaded prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; see the module doc.
 
     ``stages``: the layers split over devices (executor/stages.py), the model already placed on them (model_loader
     does both); default: a plan for several GPUs runs its plan.stages on cuda:0 .. cuda:N-1, else one stage on
-    ``device``. ``host_available_bytes``: host RAM the stores may take (default: MemAvailable)."""
+    ``device``. ``host_available_bytes``: host RAM the stores may take (default: MemAvailable). ``tail_chunks``
+    K >= 1 (a Plan only; not with ``verify``): run only the last K of the prompt's prefill chunks over a zero-filled
+    past (module doc); K at least the chunk count runs the whole prompt as usual (``report.tail`` None).
+    ``on_chunk`` then counts the chunks run (0 .. K - 1)."""
+    tail = _check_tail(plan, tail_chunks, verify, input_ids.shape[1])
     if isinstance(plan, ExecutionSettings):
         settings, plan_obj = plan, None
     else:
@@ -65,11 +109,13 @@ def run_plan(model, plan: Union[Any, ExecutionSettings], input_ids: torch.Tensor
         if stages is None and plan.gpus > 1:
             stages = stages_from_plan(plan, devices_for(plan.gpus, torch.device(device).type))
     common = dict(model=model, plan=plan_obj, settings=settings, input_ids=input_ids, new_tokens=new_tokens,
-                  device=device, model_name=model_name, memory_extra=memory_extra or {}, warnings=warnings or [])
+                  device=device, model_name=model_name, memory_extra=memory_extra or {}, warnings=warnings or [],
+                  tail=tail)
+    past = tail.skipped_tokens if tail is not None else 0
     try:
-        measurement = execute(model, input_ids, settings, new_tokens=new_tokens, device=device, trace=trace,
+        measurement = execute(model, input_ids[:, past:], settings, new_tokens=new_tokens, device=device, trace=trace,
                               keep_logits=verify, on_chunk=on_chunk, stages=stages,
-                              host_available_bytes=host_available_bytes)
+                              host_available_bytes=host_available_bytes, synthetic_past_tokens=past)
     except RunFault as fault:
         fault.report = build_report(measurement=fault.partial, status=fault.kind, fault=str(fault), **common)
         raise
@@ -113,14 +159,34 @@ def verify_against_standard(model, input_ids, measurement: Measurement, device) 
                                         if a != b), None)}
 
 
-def _predicted_block(plan) -> TimesAndPeak:
+def _predicted_block(plan, tail: Optional[TailSplit] = None) -> TimesAndPeak:
+    """The plan's figures; for a timing probe, prefill (chunk_s, prefill_s and time to first token) restricted to
+    the chunks run: the last K of the plan's chunk_s, summed (None where the plan's chunk list does not match the
+    prompt's chunks: a prompt of another length than the plan's context)."""
     if plan is None:
         return TimesAndPeak()
     predicted, memory = plan.predicted, plan.memory
-    return TimesAndPeak(prefill_s=predicted.prefill_s, decode_s_per_token=predicted.decode_s_per_token,
-                        gpu_peak_bytes=memory.gpu_peak_bytes, chunk_s=list(predicted.chunk_s),
-                        time_to_first_token_s=predicted.prefill_s,
+    chunk_s, prefill_s = list(predicted.chunk_s), predicted.prefill_s
+    if tail is not None:
+        matches = len(chunk_s) == tail.total_chunks
+        chunk_s = chunk_s[-tail.chunks:] if matches else []
+        prefill_s = sum(chunk_s) if matches else None
+    return TimesAndPeak(prefill_s=prefill_s, decode_s_per_token=predicted.decode_s_per_token,
+                        gpu_peak_bytes=memory.gpu_peak_bytes, chunk_s=chunk_s, time_to_first_token_s=prefill_s,
                         gpu_breakdown=memory.gpu_breakdown.model_dump(), host_kv_bytes=memory.host_kv_bytes)
+
+
+def _tail_figures(plan, tail: Optional[TailSplit]) -> Optional[TailFigures]:
+    if tail is None:
+        return None
+    full = plan.predicted.prefill_s if plan is not None else None
+    return TailFigures(chunks=tail.chunks, total_chunks=tail.total_chunks, skipped_tokens=tail.skipped_tokens,
+                       predicted_full_prefill_s=full,
+                       description=f"timing probe: only the last {tail.chunks} of {tail.total_chunks} prefill chunks "
+                       f"ran, at their real positions; the KV of the first {tail.skipped_tokens} tokens was "
+                       "zero-filled instead of computed, so generated tokens are not the model's. Prefill and time "
+                       "to first token (predicted and measured) cover those chunks only; decode and GPU peak are at "
+                       "the full context.")
 
 
 def weights_by_device(model) -> dict[str, int]:
@@ -173,8 +239,10 @@ def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
     return out
 
 
-def gpu_figures(plan, m: Measurement) -> list[GpuFigures]:
-    """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage."""
+def gpu_figures(plan, m: Measurement, tail: Optional[TailSplit] = None) -> list[GpuFigures]:
+    """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage. For a timing probe
+    (``tail``) the predicted prefill busy time and idle share are None: the plan gives them for the whole prefill
+    only, and the measured ones cover the chunks run."""
     if len(m.stages) < 2:
         return []
     planned = list(getattr(plan, "stages", []) or []) if plan is not None else []
@@ -190,11 +258,11 @@ def gpu_figures(plan, m: Measurement) -> list[GpuFigures]:
             index=st.index, device=st.device, first_layer=st.first_layer, num_layers=st.num_layers,
             resident_kv_heads=st.resident_kv_heads, numa_node=st.numa_node, numa_bound=st.numa_bound,
             host_store_bytes=st.host_store_bytes, predicted_gpu_peak_bytes=p.gpu_peak_bytes if p else None,
-            measured_gpu_peak_bytes=peak, predicted_prefill_busy_s=p.prefill_s if p else None,
+            measured_gpu_peak_bytes=peak, predicted_prefill_busy_s=p.prefill_s if p and not tail else None,
             measured_prefill_busy_s=st.prefill_busy_s,
             predicted_decode_busy_s_per_token=p.decode_s_per_token if p else None,
             measured_decode_busy_s_per_token=st.decode_busy_s_per_token,
-            predicted_idle_fraction=p.idle_fraction if p else None,
+            predicted_idle_fraction=p.idle_fraction if p and not tail else None,
             measured_idle_fraction=max(0.0, 1.0 - busy / wall_s) if wall_s > 0 else None,
             transfers=_transfers(st.counters, _phase_seconds(st.prefill_busy_s, st.decode_busy_s_per_token,
                                                              m.decode_tokens_timed)))
@@ -221,12 +289,13 @@ def host_figures(plan, m: Measurement) -> HostFigures:
 def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tokens, device, model_name: str,
                  measurement: Optional[Measurement], status: str = "complete", fault: Optional[str] = None,
                  verify: Optional[dict] = None, memory_extra: Optional[dict] = None,
-                 warnings: Optional[list[str]] = None) -> RunReport:
-    """Assemble the RunReport from the plan (predicted) and the Measurement (possibly partial)."""
+                 warnings: Optional[list[str]] = None, tail: Optional[TailSplit] = None) -> RunReport:
+    """Assemble the RunReport from the plan (predicted) and the Measurement (possibly partial); ``input_ids`` the
+    whole prompt [1, n]; ``tail`` a timing probe's chunks (prefill predicted over those only, the ``tail`` block)."""
     import transformers
 
     m = measurement or Measurement(prompt_tokens=input_ids.shape[1])
-    predicted, measured = _predicted_block(plan), _measured_block(model, m)
+    predicted, measured = _predicted_block(plan, tail), _measured_block(model, m)
     transfers, attention = _phase_figures(m)
     memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
                            gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
@@ -240,5 +309,5 @@ def build_report(*, model, plan, settings: ExecutionSettings, input_ids, new_tok
                      generated_token_ids=m.generated_token_ids, transfers=transfers, attention=attention,
                      memory=memory, verify=verify, warnings=list(warnings or []),
                      plan_hardware=plan.hardware.name if plan is not None else None,
-                     gpus=gpu_figures(plan, m), host=host_figures(plan, m),
+                     gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

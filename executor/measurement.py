@@ -65,6 +65,10 @@ class Measurement(GpuPeaks):
     fullest GPU's (take_fullest_gpu), the host store fields the sum over stages."""
 
     prompt_tokens: int
+    """tokens prefilled (the input ids; after a synthetic past, the ids after it)"""
+    synthetic_past_tokens: int = 0
+    """N: tokens [0, N) whose K, V rows were zero-filled instead of computed (a timing probe: runner.execute's
+    ``synthetic_past_tokens``); the prefill ran at positions [N, N + prompt_tokens). 0 for a real run"""
     chunk_tokens: list[int] = field(default_factory=list)
     chunk_s: list[float] = field(default_factory=list)
     prefill_s: Optional[float] = None

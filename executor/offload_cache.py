@@ -52,7 +52,8 @@ class OffloadLayer(CacheLayerMixin):
         return self.capacity_tokens
 
     def advance(self, tokens: int) -> None:
-        """Count ``tokens`` processed without update() (a replayed CUDA-graph decode step)."""
+        """Count ``tokens`` processed without update() (a replayed CUDA-graph decode step, or the zero-filled
+        synthetic past of a timing probe: runner.execute's ``synthetic_past_tokens``)."""
         if self.tokens + tokens > self.capacity_tokens:
             raise ValueError(f"KV store capacity {self.capacity_tokens} tokens exceeded: "
                              f"{self.tokens} cached + {tokens} new")
@@ -83,6 +84,7 @@ class OffloadCache(Cache):
             layer.tokens, layer.past_tokens = tokens, past
 
     def advance(self, tokens: int) -> None:
-        """Every layer counts ``tokens`` more (processed by a replayed graph, which calls no update())."""
+        """Every layer counts ``tokens`` more (processed by a replayed graph, which calls no update(), or a
+        synthetic past whose rows were zero-filled instead of computed)."""
         for layer in self.layers:
             layer.advance(tokens)

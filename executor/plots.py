@@ -26,10 +26,12 @@ def plot_chunk_times(report, path: Path) -> Optional[Path]:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
+    tail = getattr(report, "tail", None)
+    first = tail.total_chunks - tail.chunks if tail is not None else 0  # a timing probe ran the last chunks only
     if predicted:
-        ax.plot(range(len(predicted)), predicted, "o--", label="predicted")
+        ax.plot(range(first, first + len(predicted)), predicted, "o--", label="predicted")
     if measured:
-        ax.plot(range(len(measured)), measured, "s-", label="measured")
+        ax.plot(range(first, first + len(measured)), measured, "s-", label="measured")
     ax.set_xlabel("prefill chunk (index over the context)")
     ax.set_ylabel("time per chunk (s)")
     ax.set_title(f"{report.model}: {report.context_tokens} tokens, chunk {report.settings.get('chunk_size')}")

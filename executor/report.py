@@ -5,6 +5,8 @@ report.json (schema_version 1) holds at least: ``predicted`` and ``measured`` bl
 (measured / predicted - 1) of each; ``generated_token_ids``; plus time to first token, bytes moved each way,
 achieved PCIe bandwidth, attention TFLOP/s, the attention share of prefill, the memory peaks, the settings
 run, and ``status`` ('complete', 'gpu_out_of_memory', 'interrupted') with the fault message for partial runs.
+A timing probe (headplan run --tail-chunks K) adds ``tail``: its prefill figures, predicted and measured, are those
+of the last K chunks only (TailFigures).
 Leaves out: plots (plots.py).
 """
 
@@ -118,6 +120,20 @@ class GpuFigures(_Block):
     error: dict[str, Optional[float]] = Field(default_factory=dict, description="measured / predicted - 1")
 
 
+class TailFigures(_Block):
+    """A timing probe (headplan run --tail-chunks K): only the last K of the prefill's M chunks ran, at their
+    real positions, over a KV past of N zero-filled tokens standing in for the earlier chunks. Prefill (chunk_s,
+    prefill_s, time to first token), predicted and measured alike, covers those K chunks; decode and GPU peak are
+    at the full context; generated tokens and logits are not the model's."""
+
+    chunks: int = Field(description="K: the last chunks run and timed")
+    total_chunks: int = Field(description="M: the prefill's chunks over the whole prompt")
+    skipped_tokens: int = Field(description="N: tokens [0, N) whose K, V were zero-filled instead of computed")
+    predicted_full_prefill_s: Optional[float] = Field(None, description="the plan's prediction of the whole "
+                                                      "prefill (all M chunks)")
+    description: str = ""
+
+
 class RunReport(_Block):
     schema_version: int = REPORT_SCHEMA_VERSION
     status: str = "complete"
@@ -142,6 +158,7 @@ class RunReport(_Block):
     versions: dict[str, str] = Field(default_factory=dict)
     gpus: list[GpuFigures] = Field(default_factory=list, description="per GPU when the layers ran over several "
                                    "stages (the headline memory figures are then the fullest GPU's)")
+    tail: Optional[TailFigures] = Field(None, description="a --tail-chunks timing probe (None: a whole run)")
 
 
 def relative_error(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:
@@ -222,6 +239,15 @@ def _gpu_lines(report: RunReport) -> list[str]:
     return lines + [""]
 
 
+def _tail_lines(tail: Optional[TailFigures]) -> list[str]:
+    """The one line that says a timing probe's prefill figures are not the whole prefill's."""
+    if tail is None:
+        return []
+    return [f"**Timing probe:** prefill figures are for the last {tail.chunks} of {tail.total_chunks} chunks, over a "
+            f"zero-filled KV past of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
+            f"prefill predicted {_seconds(tail.predicted_full_prefill_s)}).", ""]
+
+
 def render_markdown(report: RunReport) -> str:
     """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
     p, m, e = report.predicted, report.measured, report.error
@@ -231,9 +257,12 @@ def render_markdown(report: RunReport) -> str:
     lines += [f"Device {report.device}, dtype {report.dtype}, settings: "
               + ", ".join(f"{k}={v}" for k, v in report.settings.items()), ""]
     lines += [f"- warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
+    lines += _tail_lines(report.tail)
+    prefill = "prefill" if report.tail is None else f"prefill (last {report.tail.chunks} chunks)"
+    first_token = "time to first token" + ("" if report.tail is None else " (last chunks only)")
     lines += ["| | predicted | measured | error |", "|---|---|---|---|",
-              f"| prefill | {_seconds(p.prefill_s)} | {_seconds(m.prefill_s)} | {_pct(e.prefill_s)} |",
-              f"| time to first token | {_seconds(p.time_to_first_token_s)} | {_seconds(m.time_to_first_token_s)} | |",
+              f"| {prefill} | {_seconds(p.prefill_s)} | {_seconds(m.prefill_s)} | {_pct(e.prefill_s)} |",
+              f"| {first_token} | {_seconds(p.time_to_first_token_s)} | {_seconds(m.time_to_first_token_s)} | |",
               f"| warm-up (once per process, not in prefill) | - | {_seconds(m.warmup_s)} | |",
               f"| decode per token | {_seconds(p.decode_s_per_token)} | {_seconds(m.decode_s_per_token)} | "
               f"{_pct(e.decode_s_per_token)} |",

@@ -8,6 +8,9 @@ with every KV head resident on one device each decode token is one replay of a C
 and returns a Measurement (measurement.py) built from events on the streams, with the host's own time per decode
 token. The stores are released on every exit path; an OOM or Ctrl-C becomes a faults.RunFault carrying the
 partial Measurement.
+A timing probe (``synthetic_past_tokens=N``, headplan run --tail-chunks): the stores' rows [0, N) are zero-filled
+and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against a full-length
+past that was never computed: time and memory are the full context's, the outputs are not the model's.
 Leaves out: the report (report.py), the plan (api.py), sampling other than greedy.
 """
 
@@ -134,34 +137,36 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
             device: torch.device | str, trace: bool = False, keep_logits: bool = False,
             on_chunk: Optional[Callable[[int], None]] = None,
             host_available_bytes: Optional[int] = None, sync_debug: bool = False,
-            warmup: Optional[bool] = None, stages: Optional[list[DeviceStage]] = None) -> Measurement:
+            warmup: Optional[bool] = None, stages: Optional[list[DeviceStage]] = None,
+            synthetic_past_tokens: int = 0) -> Measurement:
     """Run prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; return the Measurement.
 
     ``stages`` (executor/stages.py): the layers split over devices, the model already placed on them; default
     one stage of all layers on ``device`` with settings.resident_kv_heads resident slots. ``sync_debug``
     (CUDA, tests): the prefill and decode loops run under torch.cuda.set_sync_debug_mode("error"), so any host
-    synchronisation or pageable copy inside them raises.
+    synchronisation or pageable copy inside them raises. ``synthetic_past_tokens`` N (a timing probe, module
+    docstring): ``input_ids`` are the tokens after position N; the K, V rows [0, N) of every store are zero-filled
+    (untimed, before the prefill) instead of computed, and the prefill continues at position N. The capacity must
+    hold N + n + new_tokens - 1 tokens. The warm-up never uses a synthetic past.
     """
     if stages is None:
         stages = single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
     check_stages(stages, model.config.num_hidden_layers)
     device = stages[0].device
     prompt_tokens = input_ids.shape[1]
-    if new_tokens < 1:
-        raise ValueError("new_tokens must be at least 1")
-    if settings.capacity_tokens < prompt_tokens + new_tokens - 1:
-        raise ValueError(f"capacity {settings.capacity_tokens} tokens < prompt {prompt_tokens} + "
-                         f"{new_tokens - 1} decoded tokens")
+    _check_sizes(settings, synthetic_past_tokens, prompt_tokens, new_tokens)
     dtype = next(model.parameters()).dtype
-    measurement = Measurement(prompt_tokens=prompt_tokens)
+    measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=synthetic_past_tokens)
     if warmup if warmup is not None else device.type == "cuda":  # default: warm up on CUDA only
-        measurement.warmup_s = warm_up(model, input_ids, settings, stages)
+        measurement.warmup_s = warm_up(model, input_ids, settings, stages,
+                                       context_tokens=synthetic_past_tokens + prompt_tokens)
     for stage_device in _cuda_devices(stages):
         torch.cuda.reset_peak_memory_stats(stage_device)
     parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=host_available_bytes)
     run = None
     try:
         run = _build_run(model, parts, settings, trace, keep_logits, on_chunk, measurement)
+        _zero_filled_past(run, synthetic_past_tokens)
         input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
         with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
@@ -189,6 +194,34 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     return measurement
 
 
+def _check_sizes(settings: ExecutionSettings, past_tokens: int, prompt_tokens: int, new_tokens: int) -> None:
+    """ValueError unless new_tokens >= 1, past_tokens >= 0 and the capacity holds past + prompt + new - 1 tokens
+    (the last generated token is never written to the stores)."""
+    if new_tokens < 1:
+        raise ValueError("new_tokens must be at least 1")
+    if past_tokens < 0:
+        raise ValueError(f"synthetic_past_tokens must be >= 0, got {past_tokens}")
+    if settings.capacity_tokens < past_tokens + prompt_tokens + new_tokens - 1:
+        past = f"synthetic past {past_tokens} + " if past_tokens else ""
+        raise ValueError(f"capacity {settings.capacity_tokens} tokens < {past}prompt {prompt_tokens} + "
+                         f"{new_tokens - 1} decoded tokens")
+
+
+def _zero_filled_past(run: _Run, tokens: int) -> None:
+    """The synthetic past of a timing probe: zero the K, V rows [0, N) of every stage's stores (resident
+    [r_l, T, d] on its GPU, host [H_kv - r_l, T, d]; the ping-pong slots are filled from the host rows), then
+    count N tokens in the cache so the prefill's positions start at N. Nothing is allocated (in-place fills of
+    the stores' views); the GPU fills are queued on the compute stream, ahead of the prefill that reads them."""
+    if not tokens:
+        return
+    for engine in run.engine.engines:
+        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values)
+        for per_layer in stores:
+            for rows in per_layer:
+                rows[:, :tokens].zero_()
+    run.cache.advance(tokens)
+
+
 def _cuda_devices(stages: list[DeviceStage]) -> list[torch.device]:
     seen: list[torch.device] = []
     for stage in stages:
@@ -201,14 +234,16 @@ WARMUP_CHUNK_TOKENS = 32
 WARMUP_PROMPT_TOKENS = 96
 
 
-def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages: list[DeviceStage]) -> float:
+def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages: list[DeviceStage], *,
+            context_tokens: Optional[int] = None) -> float:
     """One tiny run through the same engine path (same stages, head groups and resident layout, a 96-token
-    prompt in 32-token chunks, 2 new tokens), so the timed run does not pay the process's one-time costs: CUDA
-    module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split) one cuDNN call of
-    each kind at the first chunk's shapes (attention_split.warm_up_cudnn: cuDNN compiles its kernels the first
-    time a machine runs them) and the Triton merge of each part count the prefill will merge. Returns its wall
-    seconds (reported as ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block sizes
-    beyond the first chunk's) stay in the run."""
+    prompt in 32-token chunks, 2 new tokens, no synthetic past), so the timed run does not pay the process's
+    one-time costs: CUDA module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split)
+    one cuDNN call of each kind at the first chunk's shapes (attention_split.warm_up_cudnn: cuDNN compiles its
+    kernels the first time a machine runs them) and the Triton merge of each part count a prefill of
+    ``context_tokens`` (default: the prompt's length; after a synthetic past, past + prompt) will merge. Returns
+    its wall seconds (reported as ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block
+    sizes beyond the first chunk's) stay in the run."""
     import dataclasses
 
     start_s = time.perf_counter()
@@ -226,7 +261,7 @@ def warm_up(model, input_ids: torch.Tensor, settings: ExecutionSettings, stages:
             warm_up_cudnn(device, dtype, head_dim=head_dim, query_heads_per_kv=config.num_attention_heads // kv_heads,
                           kv_heads=min(settings.heads_per_group, kv_heads),
                           chunk_tokens=min(settings.chunk_size, input_ids.shape[1]))
-            warm_up_merge(device, dtype, head_dim, input_ids.shape[1], settings.chunk_size)
+            warm_up_merge(device, dtype, head_dim, context_tokens or input_ids.shape[1], settings.chunk_size)
     for device in _cuda_devices(stages):
         torch.cuda.synchronize(device)
     return time.perf_counter() - start_s

@@ -4,8 +4,9 @@ predicted in a folder (report.json, report.md, PNG plots; trace.json + timeline.
 The plan comes from ``--plan plan.json`` or from the same options as ``headplan plan`` (planned and run in one
 step). The model is ``--model-path DIR`` (a checkpoint) or the plan's architecture with random weights from
 ``--seed``. ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
-stages on the CPU). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C (partial
-report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
+stages on the CPU). ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
+past (executor/api.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
+(partial report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("run-report"), help="report folder (default run-report)")
     parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
     parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
+    parser.add_argument("--tail-chunks", type=int, default=None, metavar="K",
+                        help="timing probe: run only the last K prefill chunks, over a zero-filled KV past standing "
+                        "in for the earlier ones (outputs are not the model's; refuses --verify); prefill is "
+                        "compared with those chunks' prediction")
     parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -69,6 +74,7 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
+    _check_tail_chunks(args)
     prompt_ids = _prompt_before_plan(args)
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
@@ -88,6 +94,18 @@ def main(args) -> int:
     elif prompt_ids.shape[1] != context:
         raise UserError(f"the plan is for {context} tokens but the prompt has {prompt_ids.shape[1]}")
     return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, stages, warnings, memory_extra)
+
+
+def _check_tail_chunks(args) -> None:
+    """--tail-chunks K: K >= 1, and not with --verify (the zero-filled past makes the outputs not the model's)."""
+    tail = getattr(args, "tail_chunks", None)
+    if tail is None:
+        return
+    if tail < 1:
+        raise UserError(f"--tail-chunks must be at least 1, got {tail}")
+    if args.verify:
+        raise UserError("--verify needs the whole prefill: --tail-chunks zero-fills the earlier chunks' KV, so the "
+                        "outputs are not the model's")
 
 
 def _stages(plan, device: str, args=None):
@@ -164,12 +182,16 @@ def _load_model(args, spec, dtype_name: str, device: str, stages):
         raise UserError(str(exc)) from None
 
 
-def _progress(plan, input_ids, disabled: bool):
-    """A tqdm bar counted in predicted seconds (ETA from the plan), else in chunks; returns (bar, callback)."""
+def _progress(plan, input_ids, disabled: bool, tail=None):
+    """A tqdm bar counted in predicted seconds (ETA from the plan), else in chunks; returns (bar, callback).
+    ``tail`` (api.TailSplit, a timing probe): the bar counts the last chunks only, the ones run."""
     from tqdm import tqdm
 
     predicted = list(getattr(getattr(plan, "predicted", None), "chunk_s", []) or [])
     chunks = -(-input_ids.shape[1] // plan.chunk_size)
+    if tail is not None:
+        predicted = predicted[-tail.chunks:] if len(predicted) == chunks else []
+        chunks = tail.chunks
     if len(predicted) == chunks and sum(predicted) > 0:
         bar = tqdm(total=sum(predicted), unit="plan-s", desc="prefill", file=sys.stderr, disable=disabled,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} planned s "
@@ -180,18 +202,20 @@ def _progress(plan, input_ids, disabled: bool):
 
 
 def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings, memory_extra) -> int:
-    from executor.api import run_plan
+    from executor.api import run_plan, tail_split
     from executor.faults import RunFault
     from executor.kv_store import HostMemoryError
     from executor.plots import write_plots, write_trace
     from executor.report import write_report
 
-    bar, on_chunk = _progress(plan, input_ids, args.no_progress)
+    tail_chunks = getattr(args, "tail_chunks", None)
+    bar, on_chunk = _progress(plan, input_ids, args.no_progress,
+                              tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks))
     try:
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
                           trace=args.trace, verify=args.verify, on_chunk=on_chunk, model_name=loaded.spec.name,
                           memory_extra=memory_extra, warnings=warnings, stages=stages,
-                          host_available_bytes=_stated_host_bytes(args, plan))
+                          host_available_bytes=_stated_host_bytes(args, plan), tail_chunks=tail_chunks)
     except HostMemoryError as exc:
         raise UserError(str(exc)) from None
     except RunFault as fault:
@@ -219,7 +243,8 @@ def _stated_host_bytes(args, plan):
 
 def _summary(report, path) -> None:
     m, p = report.measured, report.predicted
-    line = f"prefill {m.prefill_s:.3f} s" if m.prefill_s is not None else "prefill -"
+    line = "prefill" + (f" (last {report.tail.chunks} of {report.tail.total_chunks} chunks)" if report.tail else "")
+    line += f" {m.prefill_s:.3f} s" if m.prefill_s is not None else " -"
     if p.prefill_s:
         line += f" (predicted {p.prefill_s:.3f} s)"
     if m.decode_s_per_token is not None:
