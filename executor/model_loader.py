@@ -73,11 +73,21 @@ def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | 
     stages = stages or single_stage(config.num_hidden_layers, device, 0)
     for name, where in device_map_for(model, stages).items():
         model.get_submodule(name).to_empty(device=where)
+    _retie(model)
     _rebuild_rotary(model, stages[0].device)
     init_random_weights(model, seed, std=getattr(config, "initializer_range", 0.02))
     model = place_model(model, stages)
     model.eval()
     return LoadedModel(model=model, spec=spec, tokenizer=None, source=f"random weights, seed {seed}")
+
+
+def _retie(model) -> None:
+    """to_empty gives each module its own new parameter (meta tensors cannot be filled in place), which unties a
+    tied lm_head from the embedding: tie them again, so a random model holds V x D once, as its checkpoint would
+    and as the planner counts it (found on the H100: Llama-3.2-1B carried a second 0.49 GiB copy, and its 2M-token
+    plan at 24 GB ran out of memory). With several stages place_model then gives lm_head its copy on the last."""
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
 
 
 def _rebuild_rotary(model, device: torch.device) -> None:

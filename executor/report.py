@@ -121,14 +121,16 @@ class GpuFigures(_Block):
 
 
 class TailFigures(_Block):
-    """A timing probe (headplan run --tail-chunks K): only the last K of the prefill's M chunks ran, at their
-    real positions, over a KV past of N zero-filled tokens standing in for the earlier chunks. Prefill (chunk_s,
+    """A timing probe (headplan run --tail-chunks K): only the last K of the prefill's M chunks are timed (after
+    one untimed lead-in chunk that pays the first-time costs of the context's shapes), at their real positions,
+    over a KV past of N zero-filled tokens standing in for the earlier chunks. Prefill (chunk_s,
     prefill_s, time to first token), predicted and measured alike, covers those K chunks; decode and GPU peak are
     at the full context; generated tokens and logits are not the model's."""
 
     chunks: int = Field(description="K: the last chunks run and timed")
     total_chunks: int = Field(description="M: the prefill's chunks over the whole prompt")
     skipped_tokens: int = Field(description="N: tokens [0, N) whose K, V were zero-filled instead of computed")
+    lead_in: int = Field(0, description="untimed chunks run before the K timed ones")
     predicted_full_prefill_s: Optional[float] = Field(None, description="the plan's prediction of the whole "
                                                       "prefill (all M chunks)")
     description: str = ""
@@ -243,8 +245,8 @@ def _tail_lines(tail: Optional[TailFigures]) -> list[str]:
     """The one line that says a timing probe's prefill figures are not the whole prefill's."""
     if tail is None:
         return []
-    return [f"**Timing probe:** prefill figures are for the last {tail.chunks} of {tail.total_chunks} chunks, over a "
-            f"zero-filled KV past of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
+    return [f"**Timing probe:** prefill figures are for the last {tail.chunks} of {tail.total_chunks} chunks (after "
+            f"{tail.lead_in} untimed lead-in chunk), over a zero-filled KV past of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
             f"prefill predicted {_seconds(tail.predicted_full_prefill_s)}).", ""]
 
 

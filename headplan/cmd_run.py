@@ -184,14 +184,14 @@ def _load_model(args, spec, dtype_name: str, device: str, stages):
 
 def _progress(plan, input_ids, disabled: bool, tail=None):
     """A tqdm bar counted in predicted seconds (ETA from the plan), else in chunks; returns (bar, callback).
-    ``tail`` (api.TailSplit, a timing probe): the bar counts the last chunks only, the ones run."""
+    ``tail`` (api.TailSplit, a timing probe): the bar counts the chunks run only (lead-in and timed)."""
     from tqdm import tqdm
 
     predicted = list(getattr(getattr(plan, "predicted", None), "chunk_s", []) or [])
     chunks = -(-input_ids.shape[1] // plan.chunk_size)
     if tail is not None:
-        predicted = predicted[-tail.chunks:] if len(predicted) == chunks else []
-        chunks = tail.chunks
+        predicted = predicted[-tail.run_chunks:] if len(predicted) == chunks else []
+        chunks = tail.run_chunks
     if len(predicted) == chunks and sum(predicted) > 0:
         bar = tqdm(total=sum(predicted), unit="plan-s", desc="prefill", file=sys.stderr, disable=disabled,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} planned s "

@@ -109,6 +109,23 @@ def test_untie_lm_head_copies_the_embedding():
     assert not untie_lm_head(model, "cpu")
 
 
+def test_random_weights_keep_a_tied_lm_head_tied():
+    """A tied config's random model holds V x D once (as its checkpoint and the planner's weights_bytes do); with
+    several stages the last one gets lm_head as a copy of the embedding."""
+    from executor.model_loader import build_random
+    from planner.memory_model import weights_bytes
+    from planner.model_spec import ModelSpec
+
+    spec = ModelSpec(name="tied", model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=60,
+                     max_position_embeddings=128, tie_word_embeddings=True)
+    model = build_random(spec, dtype=torch.float32, device="cpu", seed=3).model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert sum(p.numel() * 4 for p in model.parameters()) == weights_bytes(spec, 4)
+    staged = build_random(spec, dtype=torch.float32, device="cpu", seed=3, stages=cpu_stages([1, 1], [0, 0])).model
+    assert torch.equal(staged.lm_head.weight, staged.model.embed_tokens.weight)
+
+
 def test_random_weights_do_not_depend_on_placement():
     from executor.model_loader import build_random
     from planner.model_spec import ModelSpec

@@ -123,13 +123,17 @@ def test_run_plan_compares_the_tail_with_its_chunks_prediction():
     result = run_plan(model, plan, ids, new_tokens=NEW, device="cpu", tail_chunks=3)
     report = result.report
     assert report.tail is not None
-    assert (report.tail.chunks, report.tail.total_chunks, report.tail.skipped_tokens) == (3, 7, PAST)
+    # one untimed lead-in chunk (at 12) before the 3 timed ones (16, 20, 24)
+    assert (report.tail.chunks, report.tail.total_chunks, report.tail.skipped_tokens, report.tail.lead_in) == \
+        (3, 7, PAST - CHUNK, 1)
     assert report.tail.predicted_full_prefill_s == plan.predicted.prefill_s
     assert report.predicted.prefill_s == pytest.approx(sum(plan.predicted.chunk_s[-3:]))
     assert report.predicted.chunk_s == plan.predicted.chunk_s[-3:]
     assert len(report.measured.chunk_s) == 3 and len(report.error.chunk_s) == 3
     assert report.context_tokens == PROMPT and len(report.generated_token_ids) == NEW
-    assert result.measurement.synthetic_past_tokens == PAST
+    assert result.measurement.synthetic_past_tokens == PAST - CHUNK
+    assert len(result.measurement.chunk_s) == 4                        # lead-in + 3 timed
+    assert report.measured.prefill_s == pytest.approx(sum(result.measurement.chunk_s[1:]))
     assert "last 3 of 7 chunks" in render_markdown(report)
 
 
@@ -155,7 +159,8 @@ def test_run_plan_refuses_verify_bad_counts_and_bare_settings():
 
 def test_tail_split():
     assert tail_split(26, 4, None) is None and tail_split(26, 4, 7) is None and tail_split(26, 4, 9) is None
-    assert tail_split(26, 4, 1).skipped_tokens == 24 and tail_split(26, 4, 6).skipped_tokens == 4
+    assert tail_split(26, 4, 1).skipped_tokens == 20 and tail_split(26, 4, 6).skipped_tokens == 0
+    assert tail_split(26, 4, 1).run_chunks == 2 and tail_split(26, 4, 1).lead_in == 1
     assert tail_split(256, 64, 2).total_chunks == 4
 
 
@@ -172,7 +177,7 @@ def test_cli_tail_chunks_writes_the_tail_block(tmp_path, capsys):
     assert "last 2 of 4 chunks" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tail"]["chunks"] == 2 and report["tail"]["total_chunks"] == 4
-    assert report["tail"]["skipped_tokens"] == 128 and "zero-filled" in report["tail"]["description"]
+    assert report["tail"]["skipped_tokens"] == 64 and "zero-filled" in report["tail"]["description"]  # lead-in at 64
     assert len(report["measured"]["chunk_s"]) == 2 and len(report["predicted"]["chunk_s"]) == 2
     assert report["predicted"]["prefill_s"] == pytest.approx(sum(report["predicted"]["chunk_s"]))
     assert "last 2 of 4 chunks" in (tmp_path / "out" / "report.md").read_text()
