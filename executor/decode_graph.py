@@ -10,7 +10,8 @@ whole forward (embedding, L decoder layers, lm_head, argmax) is captured once an
 One step (``_forward``), on the static buffers ``ids`` [1, 1] and ``position``:
     logits = model(ids, position_ids = position.position_ids, cache)[:, -1]     K, V written at s, attention [0, s+1)
     logits_out <- logits (float32, when kept);  ids <- argmax(logits);  position <- s + 1
-so each replay feeds the next. Setup (``prepare``, timed apart as ``decode_graph_setup_s``): one eager step
+so each replay feeds the next. Setup (``prepare``, after the prefill has drained from the GPU; timed apart as
+``decode_graph_setup_s``): one eager step
 on a side stream (first launches of its kernels; it writes row s exactly as the first replay will rewrite it),
 the buffers put back, then the capture. On CPU the same step runs eagerly (no capture): the tests check it
 against the eager decode there. A capture that fails falls back to that eager static step, with a warning.
@@ -88,6 +89,8 @@ class StaticDecode:
         """On CUDA: warm-up step and capture (module docstring); its wall time goes to ``setup_s``."""
         if self.device.type != "cuda":
             return
+        with _sync_debug_off():            # the prefill's queued tail first: capture would wait for it anyway,
+            torch.cuda.synchronize(self.device)   # and setup_s is the setup's own time
         start_s = time.perf_counter()
         run, engines = self.run, self.run.engine.engines
         counts, counters = run.cache.token_counts(), [dict(e.counters) for e in engines]
