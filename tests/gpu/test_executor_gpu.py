@@ -32,6 +32,15 @@ def model_on(device, dtype, *, query_heads=16, kv_heads=4, layers=3, seed=0):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
+def tiny_config(tmp_path):
+    """A 2-layer Llama config.json for the CLI runs (written into ``tmp_path``); returns its path."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+                                  "head_dim": 32, "vocab_size": 1000}))
+    return config
+
+
 def ids_of(length):
     return torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
 
@@ -110,10 +119,7 @@ def test_cli_graph_decode_under_the_cli_allocator(tmp_path):
     import subprocess
     import sys
 
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
-                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
-                                  "head_dim": 32, "vocab_size": 1000}))
+    config = tiny_config(tmp_path)
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
     subprocess.run([sys.executable, "-m", "headplan.cli", "run", "--device", "cuda", "--model", str(config),
@@ -138,10 +144,7 @@ def test_host_store_pinned_exactly_and_released():
 def test_cli_smoke_on_cuda(tmp_path):
     from headplan.cli import main as cli_main
 
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
-                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
-                                  "head_dim": 32, "vocab_size": 1000}))
+    config = tiny_config(tmp_path)
     out = tmp_path / "out"
     code = cli_main(["run", "--device", "cuda", "--model", str(config), "--context", "1K", "--chunk-size", "256",
                      "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "4", "--out", str(out),
@@ -198,10 +201,7 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
 def test_cli_tail_chunks_on_cuda(tmp_path):
     from headplan.cli import main as cli_main
 
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
-                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
-                                  "head_dim": 32, "vocab_size": 1000}))
+    config = tiny_config(tmp_path)
     out = tmp_path / "out"
     code = cli_main(["run", "--device", "cuda", "--model", str(config), "--context", "1K", "--chunk-size", "256",
                      "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "4", "--out", str(out),
