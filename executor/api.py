@@ -78,15 +78,25 @@ def tail_split(prompt_tokens: int, chunk_size: int, tail_chunks: Optional[int]) 
                      lead_in=1)
 
 
+def check_tail_request(tail_chunks: Optional[int], verify: bool) -> None:
+    """ValueError unless ``tail_chunks`` is None or >= 1 and not asked together with ``verify`` (the zero-filled
+    past makes the outputs not the model's). The CLI calls it before loading anything."""
+    if tail_chunks is None:
+        return
+    if tail_chunks < 1:
+        raise ValueError(f"--tail-chunks must be at least 1, got {tail_chunks}")
+    if verify:
+        raise ValueError("--verify needs the whole prefill: --tail-chunks zero-fills the earlier chunks' KV, so the "
+                         "outputs are not the model's")
+
+
 def _check_tail(plan: Any, tail_chunks: Optional[int], verify: bool, prompt_tokens: int) -> Optional[TailSplit]:
     """run_plan's ``tail_chunks`` checked against its other arguments, as a TailSplit (or None)."""
+    check_tail_request(tail_chunks, verify)
     if tail_chunks is None:
         return None
     if isinstance(plan, ExecutionSettings):
         raise ValueError("tail_chunks needs a Plan (its per-chunk predictions), not bare ExecutionSettings")
-    if verify:
-        raise ValueError("--verify needs the whole prefill: --tail-chunks zero-fills the earlier chunks' KV, so the "
-                         "outputs are not the model's")
     return tail_split(prompt_tokens, plan.chunk_size, tail_chunks)
 
 

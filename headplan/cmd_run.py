@@ -97,15 +97,13 @@ def main(args) -> int:
 
 
 def _check_tail_chunks(args) -> None:
-    """--tail-chunks K: K >= 1, and not with --verify (the zero-filled past makes the outputs not the model's)."""
-    tail = getattr(args, "tail_chunks", None)
-    if tail is None:
-        return
-    if tail < 1:
-        raise UserError(f"--tail-chunks must be at least 1, got {tail}")
-    if args.verify:
-        raise UserError("--verify needs the whole prefill: --tail-chunks zero-fills the earlier chunks' KV, so the "
-                        "outputs are not the model's")
+    """--tail-chunks K: K >= 1, and not with --verify (executor.api.check_tail_request), before anything loads."""
+    from executor.api import check_tail_request
+
+    try:
+        check_tail_request(getattr(args, "tail_chunks", None), args.verify)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _stages(plan, device: str, args=None):
