@@ -93,8 +93,8 @@ class StaticDecode:
             torch.cuda.synchronize(self.device)   # and setup_s is the setup's own time
         start_s = time.perf_counter()
         run, engines = self.run, self.run.engine.engines
-        counts, counters = run.cache.token_counts(), [dict(e.counters) for e in engines]
-        counters = [{k: dataclasses.replace(v) for k, v in c.items()} for c in counters]
+        counts = run.cache.token_counts()
+        counters = [{phase: dataclasses.replace(c) for phase, c in e.counters.items()} for e in engines]
         recorders = [e.recorder for e in engines]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
