@@ -41,6 +41,18 @@ def tiny_config(tmp_path):
     return config
 
 
+def run_cli_on_cuda(tmp_path, *extra):
+    """headplan run in this process on tiny_config: 1K tokens in 256-token chunks, 1 head per group, 1 resident,
+    4 new tokens, plus ``extra`` flags. Returns (exit code, report folder)."""
+    from headplan.cli import main as cli_main
+
+    out = tmp_path / "out"
+    code = cli_main(["run", "--device", "cuda", "--model", str(tiny_config(tmp_path)), "--context", "1K",
+                     "--chunk-size", "256", "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "4",
+                     "--out", str(out), "--no-progress", *extra])
+    return code, out
+
+
 def ids_of(length):
     return torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
 
@@ -142,13 +154,7 @@ def test_host_store_pinned_exactly_and_released():
 
 
 def test_cli_smoke_on_cuda(tmp_path):
-    from headplan.cli import main as cli_main
-
-    config = tiny_config(tmp_path)
-    out = tmp_path / "out"
-    code = cli_main(["run", "--device", "cuda", "--model", str(config), "--context", "1K", "--chunk-size", "256",
-                     "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "4", "--out", str(out),
-                     "--verify", "--trace", "--no-progress"])
+    code, out = run_cli_on_cuda(tmp_path, "--verify", "--trace")
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["measured"]["gpu_peak_bytes"] > 0 and report["verify"]["greedy_tokens_agree"]
@@ -199,13 +205,7 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
 
 
 def test_cli_tail_chunks_on_cuda(tmp_path):
-    from headplan.cli import main as cli_main
-
-    config = tiny_config(tmp_path)
-    out = tmp_path / "out"
-    code = cli_main(["run", "--device", "cuda", "--model", str(config), "--context", "1K", "--chunk-size", "256",
-                     "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "4", "--out", str(out),
-                     "--tail-chunks", "2", "--no-progress"])
+    code, out = run_cli_on_cuda(tmp_path, "--tail-chunks", "2")
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["tail"]["skipped_tokens"] == 256 and len(report["measured"]["chunk_s"]) == 2   # lead-in at 256
