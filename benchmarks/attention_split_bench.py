@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from executor.attention_split import (attend_chunk_split, cudnn_available, cudnn_shapes_seen,  # noqa: E402
+from executor.attention.split import (attend_chunk_split, cudnn_available, cudnn_shapes_seen,  # noqa: E402
                                       partial_cudnn, partial_flash, past_block_spans)
-from executor.attention_lse import LseAccumulator  # noqa: E402
-from executor.timing import host_seconds, measure  # noqa: E402
+from executor.attention.lse import LseAccumulator  # noqa: E402
+from executor.runtime.timing import host_seconds, measure  # noqa: E402
 
 HEAD_DIM, RATIO, LAYERS, KV_HEADS = 128, 4, 32, 8  # Llama-3-8B
 K = 1024

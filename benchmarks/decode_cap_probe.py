@@ -21,10 +21,11 @@ CHILD = r"""
 import json, os, sys, time
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import torch
-from executor.kv_store import ExecutionSettings
-from executor.model_loader import build_random
-from executor.prompt import random_prompt_ids
-from executor.runner import apply_gpu_budget, execute
+from executor.settings import ExecutionSettings
+from executor.inputs.model_loader import build_random
+from executor.inputs.prompt import random_prompt_ids
+from executor.generation.runner import execute
+from executor.runtime.gpu_memory import apply_gpu_budget
 from planner.model_spec import BUILTIN_MODELS
 from planner.units import parse_bytes
 cap = sys.argv[1]

@@ -132,7 +132,12 @@ def main() -> int:
     original = api.run_plan
 
     def profiled_run_plan(*a, **kw):
-        on_chunk = kw.get("on_chunk")
+        import dataclasses
+
+        from executor.settings import RunOptions
+
+        options = kw.get("options", RunOptions())
+        on_chunk = options.on_chunk
         chunks = {"seen": 0}
 
         def on_chunk_wrapper(index):
@@ -150,9 +155,9 @@ def main() -> int:
 
         if args.from_chunk == "start":
             start()
-            kw["on_chunk"] = on_chunk_wrapper
+            kw["options"] = dataclasses.replace(options, on_chunk=on_chunk_wrapper)
         else:
-            kw["on_chunk"] = start_at_last
+            kw["options"] = dataclasses.replace(options, on_chunk=start_at_last)
         try:
             return original(*a, **kw)
         finally:

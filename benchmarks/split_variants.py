@@ -1,6 +1,6 @@
-"""Issue 7 experiment: 128K prefill of a Llama-3-8B-shaped model through the real executor with the cudnn-split
-backend, per variant CHUNK:G:R:CHUNK_PART[:eager] (chunk size, heads per group, resident KV heads, the kernel of the
-[tail, chunk] causal part: flash, cudnn, or auto = executor.attention_kernels.split_chunk_backend; ":eager"
+"""Prefill variants of the cudnn-split backend: 128K prefill of a Llama-3-8B-shaped model through the real
+executor, per variant CHUNK:G:R:CHUNK_PART[:eager] (chunk size, heads per group, resident KV heads, the kernel of the
+[tail, chunk] causal part: flash, cudnn, or auto = executor.settings.SplitOptions.chunk_backend_for; ":eager"
 merges the parts with the eager float32 accumulator instead of the one-pass Triton merge, the default). No GPU cap
 (prefill time only). Prints one JSON line per variant and a table; writes $OUT/split_variants.json.
 
@@ -30,11 +30,11 @@ def main() -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
-    from executor import attention_kernels, attention_split, lse_merge_triton
-    from executor.kv_store import ExecutionSettings
-    from executor.model_loader import build_random
-    from executor.prompt import random_prompt_ids
-    from executor.runner import execute
+    from executor.attention import merge_triton
+    from executor.generation.runner import execute
+    from executor.inputs.model_loader import build_random
+    from executor.inputs.prompt import random_prompt_ids
+    from executor.settings import ExecutionSettings, SplitOptions
 
     spec = BUILTIN_MODELS["llama-3-8b"]
     context = parse_tokens(args.context)
@@ -43,24 +43,22 @@ def main() -> int:
     rows = []
     for variant in args.variants.split(","):
         chunk_text, group, resident, chunk_backend, *merge = variant.split(":")
-        attention_kernels.SPLIT_CHUNK_BACKEND = None if chunk_backend == "auto" else chunk_backend
-        attention_split.FUSED_MERGE = merge != ["eager"]
+        split = SplitOptions(chunk_backend=None if chunk_backend == "auto" else chunk_backend,
+                             fused_merge=merge != ["eager"])
         settings = ExecutionSettings(chunk_size=parse_tokens(chunk_text), heads_per_group=int(group),
                                      resident_kv_heads=int(resident), capacity_tokens=context + 2,
-                                     attention_backend="cudnn-split")
+                                     attention_backend="cudnn-split", split=split)
         start_s = time.perf_counter()
         m = execute(loaded.model, ids, settings, new_tokens=2, device="cuda")
         row = {"context": context, "chunk": settings.chunk_size, "heads_per_group": settings.heads_per_group,
                "resident_kv_heads": settings.resident_kv_heads,
-               "chunk_backend": attention_kernels.split_chunk_backend(settings.chunk_size),
-               "merge": "fused" if attention_split.FUSED_MERGE and lse_merge_triton.available() else "eager",
+               "chunk_backend": split.chunk_backend_for(settings.chunk_size),
+               "merge": "fused" if split.fused_merge and merge_triton.available() else "eager",
                "prefill_s": round(m.prefill_s, 3), "warmup_s": round(m.warmup_s or 0, 3),
                "attention_prefill_s": round(m.attention_s.get("prefill", 0.0), 3),
                "first_token": m.generated_token_ids[:1], "wall_s": round(time.perf_counter() - start_s, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    attention_kernels.SPLIT_CHUNK_BACKEND = None
-    attention_split.FUSED_MERGE = True
     same = len({tuple(r["first_token"]) for r in rows}) == 1
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}; first generated token equal across "
           f"variants: {same}")

@@ -3,7 +3,7 @@
 - GPU out of memory: ``RunOutOfMemory`` names the phase, chunk (or decode token) and layer where the
   allocation failed; ``partial`` holds the measurement so far. The stores are released by the runner first.
 - Ctrl-C: ``RunInterrupted`` with the partial measurement; the stores are released.
-- Host RAM too small: kv_store.HostMemoryError, raised before anything is allocated.
+- Host RAM too small: kv/host_store.py HostMemoryError, raised before anything is allocated.
 - Plan made for other hardware: ``hardware_mismatch`` returns a warning text; ``--strict`` refuses.
 Leaves out: resuming a run from where it stopped.
 """

@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from executor.plots import write_plots
-    from executor.report import read_report, render_markdown
+    from executor.report.plots import write_plots
+    from executor.report.files import read_report
+    from executor.report.markdown import render_markdown
 
     try:
         report = read_report(args.report)

@@ -5,7 +5,7 @@ The plan comes from ``--plan plan.json`` or from the same options as ``headplan 
 step). The model is ``--model-path DIR`` (a checkpoint) or the plan's architecture with random weights from
 ``--seed``. ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
 stages on the CPU). ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
-past (executor/api.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
+past (generation/tail.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
 (partial report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
 """
 
@@ -88,7 +88,7 @@ def main(args) -> int:
     memory_extra = _apply_budget(plan, stages)
     loaded = _load_model(args, spec, dtype_name, device, stages)
     if prompt_ids is None:
-        from executor.prompt import random_prompt_ids
+        from executor.inputs.prompt import random_prompt_ids
 
         prompt_ids = random_prompt_ids(context, loaded.spec.vocab_size, args.seed)
     elif prompt_ids.shape[1] != context:
@@ -97,8 +97,9 @@ def main(args) -> int:
 
 
 def _check_tail_chunks(args) -> None:
-    """--tail-chunks K: K >= 1, and not with --verify (executor.api.check_tail_request), before anything loads."""
-    from executor.api import check_tail_request
+    """--tail-chunks K: K >= 1, and not with --verify (generation/tail.py check_tail_request), before anything
+    loads."""
+    from executor.generation.tail import check_tail_request
 
     try:
         check_tail_request(getattr(args, "tail_chunks", None), args.verify)
@@ -109,7 +110,7 @@ def _check_tail_chunks(args) -> None:
 def _stages(plan, device: str, args=None):
     """The plan's stages on cuda:0 .. cuda:N-1 (or, with --device cpu, N stages on the CPU: same code path,
     one device); one stage for a single-GPU plan."""
-    from executor.stages import devices_for, stages_from_plan
+    from executor.parallel.stages import devices_for, stages_from_plan
     from headplan.cmd_plan import parse_gpus
 
     asked = getattr(args, "gpus", "1") if args is not None else "1"
@@ -124,8 +125,8 @@ def _stages(plan, device: str, args=None):
 
 def _prompt_before_plan(args):
     """Token ids of --prompt-ids / --prompt (checked against the vocabulary), or None for a random prompt."""
-    from executor.model_loader import load_tokenizer
-    from executor.prompt import PromptError, prompt_ids_from_file, prompt_ids_from_text
+    from executor.inputs.model_loader import load_tokenizer
+    from executor.inputs.prompt import PromptError, prompt_ids_from_file, prompt_ids_from_text
     from planner.model_spec import load_model_spec
 
     if args.prompt_ids is None and args.prompt is None:
@@ -162,7 +163,7 @@ def _apply_budget(plan, stages) -> dict:
     """Cap each stage's GPU at the plan's per-GPU budget (the same fraction on each: identical GPUs)."""
     if stages[0].device.type != "cuda" or not hasattr(plan, "memory"):
         return {}
-    from executor.runner import apply_gpu_budget
+    from executor.runtime.gpu_memory import apply_gpu_budget
 
     budget = plan.memory.gpu_budget_bytes
     fractions = [apply_gpu_budget(budget, plan.hardware.runtime_overhead_bytes, s.device) for s in stages]
@@ -170,7 +171,7 @@ def _apply_budget(plan, stages) -> dict:
 
 
 def _load_model(args, spec, dtype_name: str, device: str, stages):
-    from executor.model_loader import build_random, load_checkpoint, torch_dtype
+    from executor.inputs.model_loader import build_random, load_checkpoint, torch_dtype
 
     try:
         if args.model_path is not None:
@@ -182,7 +183,7 @@ def _load_model(args, spec, dtype_name: str, device: str, stages):
 
 def _progress(plan, input_ids, disabled: bool, tail=None):
     """A tqdm bar counted in predicted seconds (ETA from the plan), else in chunks; returns (bar, callback).
-    ``tail`` (api.TailSplit, a timing probe): the bar counts the chunks run only (lead-in and timed)."""
+    ``tail`` (generation/tail.py TailSplit, a timing probe): the bar counts the chunks run only (lead-in and timed)."""
     from tqdm import tqdm
 
     predicted = list(getattr(getattr(plan, "predicted", None), "chunk_s", []) or [])
@@ -200,20 +201,24 @@ def _progress(plan, input_ids, disabled: bool, tail=None):
 
 
 def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings, memory_extra) -> int:
-    from executor.api import run_plan, tail_split
+    from executor.api import run_plan
     from executor.faults import RunFault
-    from executor.kv_store import HostMemoryError
-    from executor.plots import write_plots, write_trace
-    from executor.report import write_report
+    from executor.generation.tail import tail_split
+    from executor.kv.host_store import HostMemoryError
+    from executor.report.assemble import ReportContext
+    from executor.report.files import write_report
+    from executor.report.plots import write_plots, write_trace
+    from executor.settings import RunOptions
 
     tail_chunks = getattr(args, "tail_chunks", None)
     bar, on_chunk = _progress(plan, input_ids, args.no_progress,
                               tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks))
     try:
+        options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan))
+        context = ReportContext(model_name=loaded.spec.name, memory_extra=memory_extra, warnings=warnings)
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
-                          trace=args.trace, verify=args.verify, on_chunk=on_chunk, model_name=loaded.spec.name,
-                          memory_extra=memory_extra, warnings=warnings, stages=stages,
-                          host_available_bytes=_stated_host_bytes(args, plan), tail_chunks=tail_chunks)
+                          options=options, verify=args.verify, tail_chunks=tail_chunks, stages=stages,
+                          context=context)
     except HostMemoryError as exc:
         raise UserError(str(exc)) from None
     except RunFault as fault:

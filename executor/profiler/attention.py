@@ -1,4 +1,4 @@
-"""Attention throughput table, with the kernels the executor runs (DESIGN.md §5), and cuDNN's graph-build cost.
+"""Attention throughput table, with the kernels the executor runs (executor/attention/), and cuDNN's graph-build cost.
 
 Shapes (GQA ratio r = 4, G KV heads per call, head dim d, chunk of q_len queries):
 - ``flash``: ``aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal=True)``, lower-right causal
@@ -12,7 +12,7 @@ Shapes (GQA ratio r = 4, G KV heads per call, head dim d, chunk of q_len queries
 FLOPs (hwprofiles.schema.AttentionPoint): 4 * q_heads * d * attended pairs; causal pairs = q_len * (k_len -
 q_len) + q_len * (q_len + 1) / 2, non-causal q_len * k_len. Calls above the preset's FLOP cap or memory are
 skipped; the sweep stops at the preset's time budget (noted). Leaves out: the executor's own merging of the
-two parts by log-sum-exp (executor/attention_split.py).
+two parts by log-sum-exp (executor/attention/split.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from executor.profiler.config import GQA_RATIO
 from executor.profiler.context import ProfileContext, compute_dtype
-from executor.timing import host_seconds
+from executor.runtime.timing import host_seconds
 from planner.units import format_rate
 from hwprofiles.schema import AttentionPoint
 
@@ -156,7 +156,7 @@ def measure_cudnn_graph_build(ctx: ProfileContext) -> float | None:
     untimed call (ONE_TIME_LOAD).
 
     The key lengths are new multiples of 2048, like the past blocks the executor's cudnn-split sends
-    (executor/attention_split.py): misaligned lengths (e.g. 4160) build far slower (~0.5 s against ~0.05 s on
+    (executor/attention/split.py): misaligned lengths (e.g. 4160) build far slower (~0.5 s against ~0.05 s on
     an H100) and the executor never asks for them."""
     q_len, head_dim = min(max(ctx.preset.q_lens), 4096), ctx.preset.head_dims[0]
     q = ctx.randn(1, 1, GQA_RATIO * q_len, head_dim, dtype=torch.bfloat16)

@@ -1,7 +1,7 @@
 """Attention step table: the executor's real per-group attention step, timed with the executor's own layout.
 
 The attention table (attention.py) times isolated kernel calls on fresh contiguous tensors. The executor's
-step (executor/offload_attention.OffloadEngine._attend_group) also reads a transposed, strided query, attends
+step (executor/engine/offload.py OffloadEngine._attend_group) also reads a transposed, strided query, attends
 against views of a ping-pong slot, runs the cudnn-split parts and their merges, and writes into a strided
 output; on the H100 that step ran ~12% below the kernel table's rate (benchmarks/results/trace-128k-*). This
 section times exactly that step, so that the planner can take the group's attention rate from it:
@@ -13,11 +13,11 @@ section times exactly that step, so that the planner can take the group's attent
     step       attend_chunk(q[:, rows], K[None, :G, :s + c], V[None, :G, :s + c], scale=d ** -0.5, backend=B,
                             out=out_heads[:, rows])          (the split path merges straight into out)
 
-Backends B: "flash" and "cudnn-split" (where executor.attention_split.cudnn_available()) on a GPU, "math" on
+Backends B: "flash" and "cudnn-split" (where executor.attention.split.cudnn_available()) on a GPU, "math" on
 a CPU (CI exercises the code; the runner does not call this section there). Recorded as AttentionPoint with
 backend "<B>-step", q_heads = G r, kv_heads = G, q_len = c, k_len = s + c, causal, FLOPs as the schema
 counts them: 4 q_heads d (c s + c (c + 1) / 2). Each shape is warmed up before timing, so cuDNN's graph
-builds (attention.py measures them apart) are never in the timed repeats; medians via executor.timing.
+builds (attention.py measures them apart) are never in the timed repeats; medians via executor.runtime.timing.
 Shapes over the grid's FLOP cap or memory (~20 GiB at most) are skipped; the sweep stops at its time
 budget (noted). Leaves out: the chunk's K, V write into the slot and the transfers (pcie.py), the resident
 heads' call (same kernels, resident store instead of a slot: the planner uses the same rates).
@@ -31,8 +31,8 @@ from typing import Callable, Optional
 
 import torch
 
-from executor.attention_kernels import attend_chunk, attention_flops
-from executor.attention_split import cudnn_available
+from executor.attention.kernels import attend_chunk, attention_flops
+from executor.attention.split import cudnn_available
 from executor.profiler.config import GQA_RATIO, K
 from executor.profiler.context import ProfileContext, compute_dtype
 from hwprofiles.schema import AttentionPoint

@@ -4,7 +4,7 @@ Three presets per device kind: ``full`` (the committed profile, < 5 min on an H1
 an H100), ``tiny`` (CI: seconds on a 2-core CPU, any device). On a machine without a GPU the ``quick`` and
 ``full`` presets shrink to CPU-sized grids (a CPU runs ~1e11 FLOP/s, not ~1e15).
 
-Shapes follow the executor (DESIGN.md §2): Llama-3-8B linear layers (hidden 4096, intermediate 14336) for
+Shapes follow the executor (docs/how-it-works.md): Llama-3-8B linear layers (hidden 4096, intermediate 14336) for
 chunk sizes 1..32K tokens, and Llama-3.2-1B's (2048, 8192) in full mode; attention with GQA ratio 4 (Llama-3:
 4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64.
 Leaves out: the measuring itself (the section modules) and assembling the profile (assemble.py).

@@ -19,7 +19,7 @@ import torch
 
 from executor.profiler.config import Preset
 from executor.profiler.host import read_meminfo
-from executor.timing import TimingStats, measure
+from executor.runtime.timing import TimingStats, measure
 
 FIT_MARGIN = 0.8  # use at most this fraction of free memory for one measurement's tensors
 
@@ -87,7 +87,7 @@ class ProfileContext:
         return nbytes <= FIT_MARGIN * self.free_bytes()
 
     def randn(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
-        """Random normal tensor on the device (never zeros: see executor.timing)."""
+        """Random normal tensor on the device (never zeros: see executor.runtime.timing)."""
         return torch.randn(*shape, device=self.device, dtype=dtype)
 
     def random_bytes(self, nbytes: int) -> torch.Tensor:

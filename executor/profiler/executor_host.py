@@ -1,4 +1,4 @@
-"""Host time of the executor's own loop: the real executor (executor.runner.execute) on a tiny-width random
+"""Host time of the executor's own loop: the real executor (executor.generation.runner.execute) on a tiny-width random
 Llama, so that the GPU work is negligible and a step's time is the host's: transformers' module code, the
 head-offloaded attention function with its events, copies and kernel calls, the runner's bookkeeping.
 
@@ -22,7 +22,7 @@ Prefill, all heads resident, chunks of ``prefill_chunk_tokens`` past ``PREFILL_S
 The split is measured on a CUDA GPU with cuDNN attention only (elsewhere the field stays None), in a second
 run so that no cuDNN graph build is timed.
 
-Decode replayed as a CUDA graph (all heads resident; executor/decode_graph.py), on a GPU only; the rows above run
+Decode replayed as a CUDA graph (all heads resident; executor/generation/decode_graph.py), on a GPU only; the rows above run
 eager (decode_graphs off). Its host time per token is the host's own wall time issuing the token (Measurement.
 decode_host_s: the GPU runs the graph meanwhile), medians at 4 and 2 layers:
     host(L) = token_s + L * layer_s  ->  executor_graph_token_host_s, executor_graph_layer_host_s (>= 0)
@@ -38,10 +38,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from executor.attention_split import cudnn_available
-from executor.kv_store import ExecutionSettings
+from executor.attention.split import cudnn_available
+from executor.settings import ExecutionSettings
 from executor.profiler.context import ProfileContext, compute_dtype
-from executor.runner import execute
+from executor.generation.runner import execute
 from planner.host_time import HOST_OPS_CUDNN_SPLIT, HOST_OPS_PER_GROUP, HOST_OPS_PER_GROUP_HEAD, \
     HOST_OPS_PER_MODEL, PAST_BLOCK_TOKENS
 

@@ -16,7 +16,7 @@ import torch
 
 from executor.profiler.context import ProfileContext
 from executor.profiler.host import read_meminfo, touch_pages
-from executor.timing import host_seconds
+from executor.runtime.timing import host_seconds
 from hwprofiles.schema import PinningPoint
 from planner.units import GIB, MIB
 

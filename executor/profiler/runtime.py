@@ -25,7 +25,7 @@ import torch
 from executor.profiler.attention import cpu_causal_fn, flash_causal
 from executor.profiler.config import GQA_RATIO
 from executor.profiler.context import ProfileContext, compute_dtype
-from executor.timing import host_seconds, summarize
+from executor.runtime.timing import host_seconds, summarize
 from planner.units import MIB
 
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from executor import attention_split
-from executor.attention_lse import (LseAccumulator, merge_by_lse, pack_query_rows, partial_math,
-                                    unpack_query_rows)
-from executor.attention_split import (AttentionPart, attend_chunk_split, cudnn_key_lengths, past_block_spans,
-                                      split_parts)
+from executor.attention import split as attention_split
+from executor.attention.lse import LseAccumulator, merge_by_lse, pack_query_rows, partial_math, unpack_query_rows
+from executor.attention.split import (AttentionPart, attend_chunk_split, cudnn_key_lengths, past_block_spans,
+                                     split_parts)
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -104,7 +103,7 @@ def test_noncontiguous_query_and_bf16():
 
 
 def test_matches_attend_chunk_math():
-    attention_kernels = pytest.importorskip("executor.attention_kernels")
+    attention_kernels = pytest.importorskip("executor.attention.kernels")
     q, k, v = make_inputs(8, 2, 45, 7, seed=3)
     plain = attention_kernels.attend_chunk(q, k, v, scale=0.2, backend="math")
     split = attend_chunk_split(q, k, v, scale=0.2, past_block_tokens=8, past_backend="math",
@@ -205,18 +204,25 @@ def test_cudnn_key_lengths_bounded_over_a_long_prefill():
 
 
 def test_chunk_part_rule_and_the_planner_agree():
-    """The executor's chunk-size rule for the cuDNN chunk part and the planner's copy of its threshold."""
-    from executor import attention_kernels
+    """The executor's split knobs default to the planner's own constants (imported, not copied): the chunk-size rule
+    for the cuDNN chunk part and the past block; an override is a typed option, refused when misspelt."""
+    from executor.settings import ExecutionSettings, SplitOptions
+    from planner.host_time import PAST_BLOCK_TOKENS
     from planner.time_model import CUDNN_SPLIT_CHUNK_MIN_TOKENS
 
-    assert attention_kernels.SPLIT_CHUNK_CUDNN_MIN_TOKENS == CUDNN_SPLIT_CHUNK_MIN_TOKENS
-    assert attention_kernels.SPLIT_CHUNK_BACKEND is None
-    assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS) == "cudnn"
-    assert attention_kernels.split_chunk_backend(CUDNN_SPLIT_CHUNK_MIN_TOKENS - 1024) == "flash"
+    default = SplitOptions()
+    assert default.past_block_tokens == PAST_BLOCK_TOKENS
+    assert default.chunk_backend is None and default.fused_merge
+    assert default.chunk_backend_for(CUDNN_SPLIT_CHUNK_MIN_TOKENS) == "cudnn"
+    assert default.chunk_backend_for(CUDNN_SPLIT_CHUNK_MIN_TOKENS - 1024) == "flash"
+    assert SplitOptions(chunk_backend="flash").chunk_backend_for(CUDNN_SPLIT_CHUNK_MIN_TOKENS) == "flash"
+    assert ExecutionSettings(chunk_size=8, heads_per_group=1, resident_kv_heads=0, capacity_tokens=8).split == default
+    with pytest.raises(ValueError, match="chunk_backend"):
+        SplitOptions(chunk_backend="cudnn-split")
 
 
 def test_fused_merge_kernel_in_triton_interpreter():
-    """The Triton merge kernel (executor/lse_merge_triton.py), run by Triton's CPU interpreter in a subprocess
+    """The Triton merge kernel (executor/attention/merge_triton.py), run by Triton's CPU interpreter in a subprocess
     (the interpreter must be chosen before Triton is imported): strided and contiguous parts, a part with no
     keys on a row, 1 to 8 parts, against the eager float32 merge."""
     pytest.importorskip("triton")
@@ -226,8 +232,8 @@ def test_fused_merge_kernel_in_triton_interpreter():
 
     script = textwrap.dedent("""
         import torch
-        from executor import lse_merge_triton as m
-        from executor.attention_lse import merge_by_lse
+        from executor.attention import merge_triton as m
+        from executor.attention.lse import merge_by_lse
         torch.manual_seed(0)
         H, c, d = 3, 5, 16
         for P in (1, 2, 3, 8):
@@ -268,7 +274,8 @@ def test_fused_merge_kernel_in_triton_interpreter():
 def test_planner_counts_the_parts_the_split_holds():
     """planner/memory_model.split_held_parts against the executor's own cut (split_parts) over whole prefills:
     parts held = the most parts of any chunk's call (eager merge beyond the one-pass limit) + the packed query."""
-    from executor import lse_merge_triton
+    from executor.attention import merge_triton as lse_merge_triton
+    from executor.settings import SplitOptions
     from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS
     from planner.memory_model import EAGER_MERGE_HELD_PARTS, FUSED_MERGE_MAX_PARTS, split_held_parts
 
@@ -279,7 +286,7 @@ def test_planner_counts_the_parts_the_split_holds():
         most = 0
         for past in range(0, context, chunk):
             parts = len(split_parts(past, min(chunk, context - past),
-                                    block_tokens=attention_split.DEFAULT_PAST_BLOCK_TOKENS,
+                                    block_tokens=SplitOptions().past_block_tokens,
                                     past_backend="cudnn", chunk_backend=chunk_backend))
             if parts > 1:
                 most = max(most, (parts if parts <= FUSED_MERGE_MAX_PARTS else EAGER_MERGE_HELD_PARTS) + 1)
@@ -287,8 +294,8 @@ def test_planner_counts_the_parts_the_split_holds():
 
 
 def test_merge_into_refuses_bad_arguments_before_any_kernel():
-    """lse_merge_triton.merge_into checks its inputs first (no Triton needed to see these errors)."""
-    from executor import lse_merge_triton as m
+    """merge_triton.merge_into checks its inputs first (no Triton needed to see these errors)."""
+    from executor.attention import merge_triton as m
 
     outs = [torch.zeros(1, 2, 4, 16) for _ in range(2)]
     lses = [torch.zeros(1, 2, 4) for _ in range(2)]
@@ -303,7 +310,7 @@ def test_merge_into_refuses_bad_arguments_before_any_kernel():
 def test_a_merge_kernel_that_cannot_build_falls_back_to_the_eager_merge(monkeypatch):
     """If the one-pass merge fails for a reason other than bad arguments (a Triton that imports but cannot build),
     the call still returns the exact result through the eager merge, and the merge stays off for the process."""
-    from executor import lse_merge_triton
+    from executor.attention import merge_triton as lse_merge_triton
 
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")

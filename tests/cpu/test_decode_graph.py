@@ -1,4 +1,4 @@
-"""The static decode step (executor/decode_graph.py) on CPU: the fixed-shape step a GPU captures as a CUDA graph
+"""The static decode step (executor/generation/decode_graph.py) on CPU: the fixed-shape step a GPU captures as a CUDA graph
 must decode exactly what the eager loop decodes; its rule matches the planner's; its pieces do what they say."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.api import standard_step_logits  # noqa: E402
-from executor.attention_decode import DevicePosition, attend_decode, write_token  # noqa: E402
-from executor.attention_kernels import attend_chunk  # noqa: E402
-from executor.decode_graph import static_decode_applies  # noqa: E402
-from executor.kv_store import ExecutionSettings, KVLayout  # noqa: E402
-from executor.offload_cache import OffloadCache  # noqa: E402
-from executor.runner import execute  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.attention.decode import DevicePosition, attend_decode, write_token  # noqa: E402
+from executor.attention.kernels import attend_chunk  # noqa: E402
+from executor.generation.decode_graph import static_decode_applies  # noqa: E402
+from executor.kv.layout import KVLayout  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.engine.cache import OffloadCache  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
 from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
 
 
@@ -22,7 +23,7 @@ def _run(model, ids, *, graphs: bool, resident: int, new_tokens: int = 6, chunk:
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=2, resident_kv_heads=resident,
                                  capacity_tokens=ids.shape[1] + new_tokens, attention_backend="math",
                                  decode_graphs=graphs)
-    return execute(model, ids, settings, new_tokens=new_tokens, device="cpu", keep_logits=True)
+    return execute(model, ids, settings, new_tokens=new_tokens, device="cpu", options=RunOptions(keep_logits=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.api import standard_step_logits  # noqa: E402
-from executor.attention_kernels import attend_chunk  # noqa: E402
-from executor.kv_store import ExecutionSettings  # noqa: E402
-from executor.runner import execute  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.attention.kernels import attend_chunk  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
 
 NEW_TOKENS = 4
 
@@ -44,7 +44,7 @@ def prompt(length: int, seed: int = 1) -> torch.Tensor:
 def run_offloaded(model, ids, *, chunk: int, group: int, resident: int, backend: str = "math"):
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
                                  capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend=backend)
-    return execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", keep_logits=True)
+    return execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", options=RunOptions(keep_logits=True))
 
 
 def assert_exact_float32(model, ids, **knobs):
@@ -129,13 +129,13 @@ def test_model_unmodified_after_run():
 def test_warm_up_pass_then_exact_run():
     """The warm-up pass (default on CUDA) runs the same engine on a tiny prompt first; the timed run after it is
     still exact and reports the warm-up time apart from prefill."""
-    from executor.kv_store import ExecutionSettings
-    from executor.runner import execute
+    from executor.settings import ExecutionSettings
+    from executor.generation.runner import execute
 
     model, ids = tiny_model(kv_heads=2), prompt(13)
     settings = ExecutionSettings(chunk_size=5, heads_per_group=1, resident_kv_heads=1, capacity_tokens=16,
                                  attention_backend="math")
-    warm = execute(model, ids, settings, new_tokens=3, device="cpu", warmup=True)
-    cold = execute(model, ids, settings, new_tokens=3, device="cpu", warmup=False)
+    warm = execute(model, ids, settings, new_tokens=3, device="cpu", options=RunOptions(warmup=True))
+    cold = execute(model, ids, settings, new_tokens=3, device="cpu", options=RunOptions(warmup=False))
     assert warm.warmup_s is not None and warm.warmup_s > 0 and cold.warmup_s is None
     assert warm.generated_token_ids == cold.generated_token_ids

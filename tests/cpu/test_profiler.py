@@ -14,7 +14,7 @@ from executor.profiler import ProfileOptions, run_profile  # noqa: E402
 from executor.profiler.assemble import datasheet_name, default_profile_name  # noqa: E402
 from executor.profiler.attention import attention_flops  # noqa: E402
 from executor.profiler.config import CPU_QUICK, GPU_FULL, GPU_QUICK, TINY, choose_preset  # noqa: E402
-from executor.timing import TimingError, measure, summarize  # noqa: E402
+from executor.runtime.timing import TimingError, measure, summarize  # noqa: E402
 from headplan.cli import main as cli_main  # noqa: E402
 from hwprofiles import HardwareProfile, load_profile, profile_hash, write_profile  # noqa: E402
 
@@ -249,7 +249,7 @@ def test_attention_step_points_on_cpu():
 
 
 def test_attention_step_call_writes_what_attend_chunk_computes():
-    from executor.attention_kernels import attend_chunk
+    from executor.attention.kernels import attend_chunk
     from executor.profiler.attention_step import step_call
 
     torch.manual_seed(0)
@@ -275,7 +275,7 @@ def test_attention_step_grids_and_names():
     assert STEP_FULL.pasts[0] == 0 and list(STEP_FULL.pasts) == sorted(STEP_FULL.pasts)
     # the split's cost depends on how many power-of-two past blocks a past needs: the grids must hold pasts that
     # need several (a grid of powers of two would only ever time one cuDNN call per step)
-    from executor.attention_split import DEFAULT_PAST_BLOCK_TOKENS as block
+    from planner.host_time import PAST_BLOCK_TOKENS as block
 
     for grid in (STEP_QUICK, STEP_FULL):
         assert max(bin(past // block).count("1") for past in grid.pasts) >= 3

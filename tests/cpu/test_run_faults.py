@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor import kv_store  # noqa: E402
+from executor.kv import host_store as kv_store  # noqa: E402
 from executor.faults import RunInterrupted, RunOutOfMemory, hardware_mismatch  # noqa: E402
-from executor.kv_store import ExecutionSettings, HostMemoryError  # noqa: E402
-from executor.runner import execute  # noqa: E402
+from executor.kv.host_store import HostMemoryError  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
 from headplan.cli import main as cli_main  # noqa: E402
 from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
 
@@ -33,7 +34,7 @@ def test_host_ram_too_small_refused_before_allocating(monkeypatch):
     real_empty = torch.empty
     monkeypatch.setattr(kv_store.torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
     with pytest.raises(HostMemoryError, match="GiB"):
-        execute(model, ids, settings(), new_tokens=2, device="cpu", host_available_bytes=1000)
+        execute(model, ids, settings(), new_tokens=2, device="cpu", options=RunOptions(host_available_bytes=1000))
     assert allocated == []
 
 
@@ -145,7 +146,7 @@ def test_checkpoint_from_save_pretrained(tmp_path):
 def test_sliding_window_refused():
     from transformers import AutoConfig
 
-    from executor.model_loader import ModelLoadError, check_supported
+    from executor.inputs.model_loader import ModelLoadError, check_supported
 
     config = AutoConfig.for_model("mistral", sliding_window=4096)
     with pytest.raises(ModelLoadError, match="sliding"):

@@ -1,4 +1,4 @@
-"""Several stages (issue 6) on CPU: the staged engine is exact, the device map covers the model, random weights
+"""Several pipeline stages on CPU: the staged engine is exact, the device map covers the model, random weights
 do not depend on placement, the per-stage report is filled, and the NUMA helpers read sysfs correctly.
 
 On CPU every stage runs on the same device, so this checks the routing, the per-stage layouts and stores, the
@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.api import standard_step_logits  # noqa: E402
-from executor.kv_store import ExecutionSettings  # noqa: E402
-from executor.numa import node_of_pci, numa_node_count, pci_address, prefer_node  # noqa: E402
-from executor.runner import execute  # noqa: E402
-from executor.stages import DeviceStage, check_stages, device_map_for, untie_lm_head  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.runtime.numa import node_of_pci, numa_node_count, pci_address, prefer_node  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
+from executor.parallel.stages import DeviceStage, check_stages, device_map_for, untie_lm_head  # noqa: E402
 
 from test_exactness import NEW_TOKENS, prompt, tiny_model  # noqa: E402
 
@@ -36,7 +36,8 @@ def run_staged(model, ids, stages, *, chunk: int, group: int):
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group,
                                  resident_kv_heads=sum(s.resident_kv_heads for s in stages),
                                  capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="math")
-    return execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", keep_logits=True, stages=stages)
+    return execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", stages=stages,
+                   options=RunOptions(keep_logits=True))
 
 
 @pytest.mark.parametrize("split,residents,chunk,group", [
@@ -112,7 +113,7 @@ def test_untie_lm_head_copies_the_embedding():
 def test_random_weights_keep_a_tied_lm_head_tied():
     """A tied config's random model holds V x D once (as its checkpoint and the planner's weights_bytes do); with
     several stages the last one gets lm_head as a copy of the embedding."""
-    from executor.model_loader import build_random
+    from executor.inputs.model_loader import build_random
     from planner.memory_model import weights_bytes
     from planner.model_spec import ModelSpec
 
@@ -127,7 +128,7 @@ def test_random_weights_keep_a_tied_lm_head_tied():
 
 
 def test_random_weights_do_not_depend_on_placement():
-    from executor.model_loader import build_random
+    from executor.inputs.model_loader import build_random
     from planner.model_spec import ModelSpec
 
     spec = ModelSpec(name="tiny", model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -12,12 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor import runner  # noqa: E402
-from executor.api import run_plan, tail_split  # noqa: E402
-from executor.kv_store import ExecutionSettings  # noqa: E402
-from executor.offload_cache import OffloadCache  # noqa: E402
-from executor.report import render_markdown  # noqa: E402
-from executor.runner import execute  # noqa: E402
+from executor.generation import runner  # noqa: E402
+from executor.api import run_plan  # noqa: E402
+from executor.generation.tail import tail_split  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.engine.cache import OffloadCache  # noqa: E402
+from executor.report.markdown import render_markdown  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
 from headplan.cli import main as cli_main  # noqa: E402
 from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
 
@@ -32,8 +33,8 @@ def tail_settings(*, resident: int, group: int, capacity: int = PROMPT + NEW) ->
 
 
 def run_tail(model, ids, *, past: int = PAST, **knobs):
-    return execute(model, ids[:, past:], tail_settings(**knobs), new_tokens=NEW, device="cpu", keep_logits=True,
-                   synthetic_past_tokens=past)
+    return execute(model, ids[:, past:], tail_settings(**knobs), new_tokens=NEW, device="cpu",
+                   options=RunOptions(keep_logits=True, synthetic_past_tokens=past))
 
 
 def zero_past_reference(model, tail_ids: torch.Tensor, past: int, generated: list[int],
@@ -86,7 +87,8 @@ def test_store_placement_does_not_change_a_tail_run():
     resident, streamed = run_tail(model, ids, **ALL_RESIDENT), run_tail(model, ids, **STREAMED)
     assert (resident.step_logits - streamed.step_logits).abs().max().item() < 1e-5
     assert torch.equal(run_tail(model, ids, **STREAMED).step_logits, streamed.step_logits)
-    fresh = execute(model, ids[:, PAST:], tail_settings(**STREAMED), new_tokens=NEW, device="cpu", keep_logits=True)
+    fresh = execute(model, ids[:, PAST:], tail_settings(**STREAMED), new_tokens=NEW, device="cpu",
+                    options=RunOptions(keep_logits=True))
     assert (fresh.step_logits[0] - streamed.step_logits[0]).abs().max().item() > 1e-3
 
 
@@ -94,9 +96,10 @@ def test_capacity_must_hold_the_synthetic_past():
     model, ids = tiny_model(), prompt(PROMPT)
     with pytest.raises(ValueError, match="synthetic past 16"):
         execute(model, ids[:, PAST:], tail_settings(**STREAMED, capacity=PROMPT + NEW - 2), new_tokens=NEW,
-                device="cpu", synthetic_past_tokens=PAST)
+                device="cpu", options=RunOptions(synthetic_past_tokens=PAST))
     with pytest.raises(ValueError, match=">= 0"):
-        execute(model, ids, tail_settings(**STREAMED), new_tokens=NEW, device="cpu", synthetic_past_tokens=-1)
+        execute(model, ids, tail_settings(**STREAMED), new_tokens=NEW, device="cpu",
+                options=RunOptions(synthetic_past_tokens=-1))
 
 
 TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -115,7 +118,7 @@ def tiny_plan(context: int = PROMPT):
 
 
 def test_run_plan_compares_the_tail_with_its_chunks_prediction():
-    from executor.model_loader import build_random
+    from executor.inputs.model_loader import build_random
 
     plan = tiny_plan()
     model, ids = build_random(plan.model, dtype=torch.float32, device="cpu", seed=0).model, prompt(PROMPT)
@@ -138,7 +141,7 @@ def test_run_plan_compares_the_tail_with_its_chunks_prediction():
 
 
 def test_run_plan_tail_covering_every_chunk_is_a_whole_run():
-    from executor.model_loader import build_random
+    from executor.inputs.model_loader import build_random
 
     plan = tiny_plan()
     model = build_random(plan.model, dtype=torch.float32, device="cpu", seed=0).model

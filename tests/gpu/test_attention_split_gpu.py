@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from executor.attention_split import (attend_chunk_split, cudnn_available, cudnn_key_lengths,
-                                      cudnn_shapes_seen, partial_cudnn, partial_flash)
+from executor.attention.split import (attend_chunk_split, cudnn_available, cudnn_key_lengths, cudnn_shapes_seen,
+                                     partial_cudnn, partial_flash)
 
 pytestmark = pytest.mark.gpu
 
@@ -109,28 +109,26 @@ def test_distinct_cudnn_shapes_bounded_over_a_prefill():
 
 @pytest.mark.parametrize("past,chunk,chunk_backend", [(6144, 2048, "flash"), (14336, 2048, "cudnn"),
                                                       (30720, 1024, "flash"), (0, 2048, "cudnn")])
-def test_fused_merge_matches_eager_merge(monkeypatch, past, chunk, chunk_backend):
+def test_fused_merge_matches_eager_merge(past, chunk, chunk_backend):
     """The one-pass Triton merge against the eager float32 accumulator on the same parts: equal to bf16
     rounding of the output."""
-    from executor import attention_split, lse_merge_triton
+    from executor.attention import merge_triton as lse_merge_triton
 
     needs_cudnn()
     if not lse_merge_triton.available():
         pytest.skip("Triton not available")
     q, k, v = make_inputs(16, 4, past, chunk, seed=3)
     scale = HEAD_DIM ** -0.5
-    monkeypatch.setattr(attention_split, "FUSED_MERGE", True)
-    fused = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
-    monkeypatch.setattr(attention_split, "FUSED_MERGE", False)
-    eager = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend).float()
+    fused = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend, fused_merge=True).float()
+    eager = attend_chunk_split(q, k, v, scale=scale, chunk_backend=chunk_backend, fused_merge=False).float()
     assert (fused - eager).abs().max().item() <= 2 * BF16_STEP * eager.abs().max().item()
 
 
 def test_warm_up_merge_compiles_each_part_count_of_the_prefill():
     """warm_up_merge runs the one-pass merge once per part count a 128K prefill in 8K chunks merges (2 to 5:
     popcount of the past's 2K blocks plus the chunk part)."""
-    from executor import lse_merge_triton
-    from executor.attention_split import warm_up_merge
+    from executor.attention import merge_triton as lse_merge_triton
+    from executor.attention.split import warm_up_merge
 
     needs_cudnn()
     if not lse_merge_triton.available():
@@ -142,7 +140,7 @@ def test_warm_up_merge_compiles_each_part_count_of_the_prefill():
 def test_warm_up_cudnn_makes_the_first_chunks_calls():
     """warm_up_cudnn calls cuDNN once non-causal (chunk against one past block) and, for chunks of 8K and more,
     once square causal; the shapes land in cudnn_shapes_seen."""
-    from executor.attention_split import cudnn_shapes_seen, warm_up_cudnn
+    from executor.attention.split import cudnn_shapes_seen, warm_up_cudnn
 
     needs_cudnn()
     before = cudnn_shapes_seen()

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.api import standard_step_logits  # noqa: E402
-from executor.attention_kernels import attend_chunk  # noqa: E402
-from executor.kv_store import ExecutionSettings  # noqa: E402
-from executor.runner import execute  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.attention.kernels import attend_chunk  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 NEW_TOKENS = 6
@@ -77,7 +77,7 @@ def test_bfloat16_exact_on_cuda(chunk, group, resident):
     model16 = model_on("cuda", torch.bfloat16)
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
                                  capacity_tokens=300 + NEW_TOKENS, attention_backend="flash")
-    ours = execute(model16, ids, settings, new_tokens=NEW_TOKENS, device="cuda", keep_logits=True)
+    ours = execute(model16, ids, settings, new_tokens=NEW_TOKENS, device="cuda", options=RunOptions(keep_logits=True))
     if resident < 12:
         assert ours.counters["prefill"].h2d_bytes > 0
     else:
@@ -97,7 +97,7 @@ def test_no_sync_and_no_pinned_allocation_in_loop():
                                  attention_backend="flash")
     stats = getattr(torch.cuda, "host_memory_stats", None)
     before = stats()["num_host_alloc"] if stats else None
-    execute(model, ids_of(290), settings, new_tokens=8, device="cuda", sync_debug=True)
+    execute(model, ids_of(290), settings, new_tokens=8, device="cuda", options=RunOptions(sync_debug=True))
     if stats:
         assert stats()["num_host_alloc"] == before
 
@@ -112,7 +112,8 @@ def test_graph_decode_matches_eager_decode_without_syncs():
     def run(graphs: bool):
         settings = ExecutionSettings(chunk_size=64, heads_per_group=2, resident_kv_heads=12, capacity_tokens=310,
                                      attention_backend="flash", decode_graphs=graphs)
-        return execute(model, ids, settings, new_tokens=16, device="cuda", keep_logits=True, sync_debug=True)
+        return execute(model, ids, settings, new_tokens=16, device="cuda",
+                       options=RunOptions(keep_logits=True, sync_debug=True))
 
     graph, eager = run(True), run(False)
     assert (graph.decode_step, eager.decode_step) == ("graph", "eager")
@@ -143,7 +144,8 @@ def test_cli_graph_decode_under_the_cli_allocator(tmp_path):
 
 
 def test_host_store_pinned_exactly_and_released():
-    from executor.kv_store import HostKVStore, KVLayout
+    from executor.kv.host_store import HostKVStore
+    from executor.kv.layout import KVLayout
 
     settings = ExecutionSettings(chunk_size=64, heads_per_group=2, resident_kv_heads=1, capacity_tokens=1000)
     layout = KVLayout.build(num_layers=3, kv_heads=4, query_heads=16, head_dim=64, settings=settings)
@@ -163,7 +165,7 @@ def test_cli_smoke_on_cuda(tmp_path):
 
 def test_gpu_budget_caps_the_allocator():
     """--gpu-mem on a bigger card: an allocation over budget - overhead fails, one under it succeeds."""
-    from executor.runner import apply_gpu_budget
+    from executor.runtime.gpu_memory import apply_gpu_budget
 
     budget, overhead = 4 * 1024**3, 512 * 1024**2
     fraction = apply_gpu_budget(budget, overhead, "cuda")  # a bare "cuda" must work (no device index)
@@ -189,8 +191,8 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
     model16 = model_on("cuda", torch.bfloat16)
     settings = ExecutionSettings(chunk_size=64, heads_per_group=group, resident_kv_heads=resident,
                                  capacity_tokens=300 + NEW_TOKENS, attention_backend="flash")
-    ours = execute(model16, ids[:, past:], settings, new_tokens=NEW_TOKENS, device="cuda", keep_logits=True,
-                   sync_debug=True, synthetic_past_tokens=past)
+    ours = execute(model16, ids[:, past:], settings, new_tokens=NEW_TOKENS, device="cuda",
+                   options=RunOptions(keep_logits=True, sync_debug=True, synthetic_past_tokens=past))
     assert len(ours.chunk_s) == 2 and ours.synthetic_past_tokens == past
     if resident == 12:
         assert ours.decode_step == "graph"

@@ -1,4 +1,4 @@
-"""Several GPUs (issue 6): the layers split over cuda:0 and cuda:1 through accelerate's device map, each stage
+"""Several GPUs: the layers split over cuda:0 and cuda:1 through accelerate's device map, each stage
 with its own stores and streams. bf16 runs agree with the standard forward on the same dispatched model and with
 the same weights on one GPU; no host synchronisation inside the loop; each stage's store and peak is on its own
 GPU; the CLI runs --gpus 2 end to end. Skipped without two GPUs.
@@ -14,11 +14,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from executor.api import standard_step_logits  # noqa: E402
-from executor.kv_store import ExecutionSettings  # noqa: E402
-from executor.model_loader import build_random  # noqa: E402
-from executor.runner import execute  # noqa: E402
-from executor.stages import DeviceStage  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from executor.inputs.model_loader import build_random  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
+from executor.parallel.stages import DeviceStage  # noqa: E402
 from planner.model_spec import ModelSpec  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
@@ -52,7 +52,7 @@ def test_two_gpus_agree_with_standard_forward_and_with_one_gpu(chunk, group, res
     assert {str(p.device) for p in split.model.layers[0].parameters()} == {"cuda:0"}
     assert {str(p.device) for p in split.model.layers[3].parameters()} == {"cuda:1"}
     ours = execute(split, ids, settings(chunk, group, sum(resident), 300 + NEW_TOKENS, backend),
-                   new_tokens=NEW_TOKENS, device="cuda:0", keep_logits=True, stages=stages)
+                   new_tokens=NEW_TOKENS, device="cuda:0", stages=stages, options=RunOptions(keep_logits=True))
     for stage in ours.stages:
         offloaded = 2 * 4 - stage.resident_kv_heads
         assert (stage.counters["prefill"].h2d_bytes > 0) == (offloaded > 0)
@@ -62,8 +62,9 @@ def test_two_gpus_agree_with_standard_forward_and_with_one_gpu(chunk, group, res
     del split
     whole = build_random(SPEC, dtype=torch.bfloat16, device="cuda:0", seed=5).model
     single = execute(whole, ids, settings(chunk, group, sum(resident), 300 + NEW_TOKENS, backend),
-                     new_tokens=NEW_TOKENS, device="cuda:0", keep_logits=True,
-                     stages=[DeviceStage(0, 0, 4, torch.device("cuda", 0), sum(resident))])
+                     new_tokens=NEW_TOKENS, device="cuda:0",
+                     stages=[DeviceStage(0, 0, 4, torch.device("cuda", 0), sum(resident))],
+                     options=RunOptions(keep_logits=True))
     reference = standard_step_logits(whole, ids, single.generated_token_ids, "cuda:0")
     scale = reference.abs().max().item()
     assert (ours.step_logits - single.step_logits).abs().max().item() <= 2e-2 * scale
@@ -73,8 +74,8 @@ def test_two_gpus_agree_with_standard_forward_and_with_one_gpu(chunk, group, res
 def test_no_sync_in_loop_over_two_gpus():
     stages = two_stages((1, 2))
     model = build_random(SPEC, dtype=torch.bfloat16, device="cuda:0", seed=1, stages=stages).model
-    execute(model, ids_of(290), settings(64, 2, 3, 300), new_tokens=8, device="cuda:0", sync_debug=True,
-            stages=stages)
+    execute(model, ids_of(290), settings(64, 2, 3, 300), new_tokens=8, device="cuda:0",
+            stages=stages, options=RunOptions(sync_debug=True))
 
 
 def test_cli_run_two_gpus(tmp_path):

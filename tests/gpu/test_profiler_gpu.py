@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from executor.profiler import ProfileOptions, run_profile  # noqa: E402
 from executor.profiler.pinning import register_host, unregister_host  # noqa: E402
-from executor.timing import measure  # noqa: E402
+from executor.runtime.timing import measure  # noqa: E402
 from hwprofiles import load_profile, write_profile  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -82,7 +82,7 @@ def test_quick_gpu_profile_plausible(tmp_path):
 
 def test_attention_step_section_on_gpu():
     """The executor's per-group step (attention_step.py) on a small grid: both backends, warmed up, points."""
-    from executor.attention_split import cudnn_available
+    from executor.attention.split import cudnn_available
     from executor.profiler.attention_step import STEP_QUICK, measure_attention_step
     from executor.profiler.config import GPU_QUICK
     from executor.profiler.context import ProfileContext

@@ -28,7 +28,7 @@ def test_head_buffers_resident_chunk_and_host():
     assert mm.chunk_kv_bytes(M, 4096, 2, True) == 2 * 2 * 8 * 4096 * 128 * 2
     assert mm.chunk_kv_bytes(M, 4096, 2, False) == 0
     assert mm.host_kv_bytes(M, 100, T, 2) == (256 - 100) * 2 * 128 * T * 2
-    # all slots on host at 1M tokens: 128 GiB (DESIGN.md §2)
+    # all slots on host at 1M tokens: 128 GiB (2 x 32 layers x 8 KV heads x 128 x 2 bytes per token)
     assert mm.host_kv_bytes(M, 0, 1024**2, 2) == 128 * GIB
 
 

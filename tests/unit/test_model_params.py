@@ -1,4 +1,4 @@
-"""Parameter counts derived from the architecture against the published counts (issue 2)."""
+"""Parameter counts derived from the architecture against the published counts."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The planner and the hardware profiles never import torch (DESIGN.md §4)."""
+"""The planner and the hardware profiles never import torch, so `headplan plan` runs anywhere."""
 
 import subprocess
 import sys

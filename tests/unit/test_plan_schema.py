@@ -1,4 +1,4 @@
-"""Plan JSON round trip and the field names scripts rely on (issue 2)."""
+"""Plan JSON round trip and the field names scripts rely on."""
 
 import json
 

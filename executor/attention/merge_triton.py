@@ -1,6 +1,6 @@
 """One-pass log-sum-exp merge of up to MAX_PARTS partial attentions on the GPU (Triton), for the cudnn-split path.
 
-The eager merge (attention_lse.LseAccumulator) folds parts in one at a time through a float32 accumulator: per
+The eager merge (attention/lse.py LseAccumulator) folds parts in one at a time through a float32 accumulator: per
 part after the first, ~8 kernels that read and write the accumulator twice (rescale, then add), ~18 bytes per
 output element per part, then a cast and a copy into the layer's output. On the H100 (128K prefill of the 8B
 shape, c = 8K, G = 2) those kernels took ~0.5 s of a 12.1 s prefill (benchmarks/results/

@@ -1,4 +1,4 @@
-"""Several GPUs: the decoder layers split into contiguous stages, one per device (issue 6, executor half).
+"""Several GPUs: the decoder layers split into contiguous stages, one per device (pipeline parallelism).
 
 A stage is layers [first_layer, first_layer + num_layers) on one device with its own resident KV slots R_s;
 each stage gets its own OffloadEngine (host store on the device's NUMA node, resident store, ping-pong slots,

@@ -4,21 +4,21 @@
     StageMeasurement  one stage's placement, peaks, busy time and counters
     Measurement       the run: chunk, token and phase times, counters, logits, per-stage list; its GpuPeaks are
                       the fullest GPU's
-    fill_times        chunk / token / attention times from (name, meta, ms, lane) events (executor/kv_store.py
+    fill_times        chunk / token / attention times from (name, meta, ms, lane) events (runtime/events.py
                       EventRecorder.resolve)
     fill_stage_busy   a stage's busy time from its stage_start / stage_end spans
-Leaves out: recording the events (runner.py, offload_attention.py) and the report (report.py, api.py).
+Leaves out: recording the events (generation/loop.py, engine/offload.py) and the report (report/).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from executor.offload_attention import PhaseCounters
+from executor.engine.offload import PhaseCounters
+from executor.runtime.gpu_memory import process_gpu_used_bytes
 
 
 @dataclass(kw_only=True)
@@ -80,7 +80,7 @@ class Measurement(GpuPeaks):
     while it runs ahead of the GPU; it blocks, and so tracks the GPU, only once the launch queue is full)"""
     decode_step: str = "eager"
     """how decode tokens ran: "eager" (the module code per token), "static" (the fixed-shape step run eagerly: CPU,
-    or a failed capture) or "graph" (replays of one captured CUDA graph); executor/decode_graph.py"""
+    or a failed capture) or "graph" (replays of one captured CUDA graph); executor/generation/decode_graph.py"""
     decode_graph_setup_s: Optional[float] = None
     """wall seconds of the static decode's setup: one untimed eager step and the capture (outside decode time)"""
     decode_graph_fallback: Optional[str] = None
@@ -162,19 +162,3 @@ def fill_stage_busy(stage: StageMeasurement, events, measurement: Measurement, *
                 decode.append(seconds)
     stage.prefill_busy_s = prefill
     stage.decode_busy_s_per_token = sum(decode) / len(decode) if decode else None
-
-
-def process_gpu_used_bytes(device: torch.device) -> Optional[int]:
-    """This process's GPU memory as the driver reports it (NVML), else total - free of the device."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                return int(proc.usedGpuMemory)
-    except Exception:
-        pass
-    free, total = torch.cuda.mem_get_info(device)
-    return int(total - free)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.attention_kernels import attend_chunk
+from executor.attention.kernels import attend_chunk
 
 
 @dataclass

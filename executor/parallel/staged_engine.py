@@ -1,9 +1,9 @@
-"""StagedEngine: one OffloadEngine per stage (executor/stages.py), each layer routed to its stage's engine.
+"""StagedEngine: one OffloadEngine per stage (parallel/stages.py), each layer routed to its stage's engine.
 
 Per stage s (layers [f_s, f_s + n_s) on device D_s, R_s resident slots):
     layout      KVLayout of n_s layers with R_s resident slots (planner/layout.py spreads them within the stage,
                 as planner/pipeline.py's stage memory counts them)
-    host store  [H_kv - r_l, T, d] per layer of the stage, one allocation, on D_s's NUMA node (numa.py),
+    host store  [H_kv - r_l, T, d] per layer of the stage, one allocation, on D_s's NUMA node (runtime/numa.py),
                 page-locked for every device (cudaHostRegisterPortable)
     GPU store   resident rows and two ping-pong slots on D_s
     streams     compute (D_s's current stream), h2d, d2h on D_s; its own events
@@ -24,11 +24,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from executor.kv_store import (EventRecorder, ExecutionSettings, GpuKVStore, HostKVStore, KVLayout, StreamSet,
-                               host_available_bytes)
-from executor.numa import gpu_numa_node, numa_node_count
-from executor.offload_attention import OffloadEngine, PhaseCounters, Position
-from executor.stages import DeviceStage, stage_of_layers
+from executor.engine.offload import OffloadEngine, PhaseCounters, Position
+from executor.kv.gpu_store import GpuKVStore
+from executor.kv.host_store import HostKVStore
+from executor.kv.layout import KVLayout
+from executor.parallel.stages import DeviceStage, stage_of_layers
+from executor.runtime.events import EventRecorder
+from executor.runtime.host_memory import host_available_bytes
+from executor.runtime.numa import gpu_numa_node, numa_node_count
+from executor.runtime.streams import StreamSet
+from executor.settings import ExecutionSettings
 
 
 def stage_layout(model_config, stage: DeviceStage, settings: ExecutionSettings) -> KVLayout:
@@ -153,5 +158,6 @@ def build_staged_engine(parts: Sequence[StageParts], settings: ExecutionSettings
         engines.append(OffloadEngine(
             layout=part.layout, host=part.host, gpu=GpuKVStore(part.layout, part.host.dtype, device),
             streams=streams, backend=backend, decode_backend="math" if backend == "math" else "flash",
+            split=settings.split,
             recorder=stage_recorder, trace=trace, position=position, first_layer=part.stage.first_layer))
     return StagedEngine(engines=engines, parts=list(parts), position=position)

@@ -13,7 +13,7 @@ For disjoint parts P_1 .. P_n that cover the keys, one softmax over all keys is 
 A part that holds no keys has lse = -inf and weight 0; a query that sees no keys at all gets out = 0 and
 lse = -inf (never NaN). Rows whose lse is -inf must hold finite values (zeros): 0 * NaN is NaN.
 
-Leaves out: the GPU kernels and the choice of parts (executor/attention_split.py).
+Leaves out: the GPU kernels and the choice of parts (attention/split.py).
 """
 
 from __future__ import annotations

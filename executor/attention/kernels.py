@@ -12,9 +12,9 @@ Backends:
   ``is_causal`` is lower-right aligned and it accepts fewer KV heads than query heads (FA2's GQA). CUDA,
   fp16/bf16 only; anything else falls back to ``math``. Used for decode always (no graph per key length).
 - ``flash_attn``: the flash-attn package, when importable (same alignment and GQA).
-- ``cudnn-split``: executor/attention_split.py (cuDNN for the chunk-vs-past part, merged by log-sum-exp);
+- ``cudnn-split``: attention/split.py (cuDNN for the chunk-vs-past part, merged by log-sum-exp);
   prefill only; decode (c = 1) uses ``flash``.
-- ``math`` / ``cpu``: explicit float32 scores with a lower-right mask. Exact on CPU; the CI path.
+- ``math`` (alias ``cpu``): explicit float32 scores with a lower-right mask. Exact on CPU; the CI path.
 Leaves out: dropout, sliding windows, padding masks (batch 1, full causal attention only).
 """
 
@@ -22,34 +22,37 @@ from __future__ import annotations
 
 import torch
 
-BACKENDS = ("flash", "flash_attn", "cudnn-split", "math", "cpu")
+from executor.attention.split import attend_chunk_split
+from executor.settings import SplitOptions
+
+BACKENDS = ("flash", "flash_attn", "cudnn-split", "math")
+"""The backend names; a plan's ``attention_backend`` is one of "flash" and "cudnn-split"."""
+
+_ALIASES = {"cpu": "math", "flash-attn": "flash_attn"}
 
 
-def normalize_backend(plan_backend: str) -> str:
-    """Map a plan's ``attention_backend`` text ('flash', 'cudnn-past+flash-chunk', ...) to a backend name here."""
-    text = (plan_backend or "flash").lower()
-    if "cudnn" in text:
-        return "cudnn-split"
-    if text in ("flash_attn", "flash-attn", "fa2"):
-        return "flash_attn"
-    if text in ("math", "cpu", "eager", "sdpa-math"):
-        return "math"
-    return "flash"
+def backend_name(name: str) -> str:
+    """The backend ``name`` denotes (one of BACKENDS; "cpu" means "math"); ValueError for anything else, so a
+    misspelt backend fails at the start of a run instead of silently running another kernel."""
+    canonical = _ALIASES.get(name, name)
+    if canonical not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+    return canonical
 
 
 def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, backend: str,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, split: SplitOptions = SplitOptions()) -> torch.Tensor:
     """Attention of q [1, Hq_g, c, d] against k, v [1, G, s + c, d], lower-right causal; returns [1, Hq_g, c, d]:
     ``out`` when given (e.g. a strided slice of the layer's output; the split path's merge writes there
-    directly, the other backends copy their result in), else a new tensor."""
+    directly, the other backends copy their result in), else a new tensor. ``split``: the cudnn-split knobs."""
     _check_shapes(q, k, v)
     if out is not None and out.shape != q.shape:
         raise ValueError(f"out {tuple(out.shape)} must have the query's shape {tuple(q.shape)}")
     on_gpu_half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     chunk_tokens = q.shape[2]
     if backend == "cudnn-split" and chunk_tokens > 1 and on_gpu_half:
-        return _attend_cudnn_split(q, k, v, scale=scale, out=out)
-    if backend in ("math", "cpu") or not on_gpu_half:
+        return _attend_cudnn_split(q, k, v, scale=scale, split=split, out=out)
+    if backend == "math" or not on_gpu_half:
         result = _attend_math(q, k, v, scale=scale)
     elif backend == "flash_attn":
         result = _attend_flash_attn(q, k, v, scale=scale)
@@ -103,33 +106,12 @@ def _attend_flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     return out.transpose(1, 2)
 
 
-SPLIT_CHUNK_CUDNN_MIN_TOKENS = 8192
-"""Chunks of at least this many tokens run the square causal chunk-vs-itself part of "cudnn-split" on cuDNN,
-shorter ones on the flash kernel (measured on the H100, 128K prefill of the 8B shape: 8K chunks 12.03 s with the
-cuDNN chunk part against 12.53 s with flash; 4K chunks 13.04 s against 12.74 s;
-benchmarks/results/split-variants-128k-h100-2026-11-22.json). The planner mirrors it
-(planner/host_time.py CUDNN_SPLIT_CHUNK_MIN_TOKENS; a test keeps them equal)."""
-
-SPLIT_CHUNK_BACKEND: str | None = None
-"""Override of that rule for experiments (benchmarks/split_variants.py): "flash" or "cudnn"; None: the rule."""
-
-
-def split_chunk_backend(chunk_tokens: int) -> str:
-    """Kernel of the chunk-vs-itself part of "cudnn-split" for a chunk of ``chunk_tokens`` queries."""
-    if SPLIT_CHUNK_BACKEND is not None:
-        return SPLIT_CHUNK_BACKEND
-    return "cudnn" if chunk_tokens >= SPLIT_CHUNK_CUDNN_MIN_TOKENS else "flash"
-
-
 def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
-    """cuDNN past + chunk part (split_chunk_backend), merged by log-sum-exp (executor/attention_split.py)."""
-    try:
-        from executor.attention_split import attend_chunk_split
-    except ImportError as exc:
-        raise RuntimeError("attention backend 'cudnn-split' needs executor/attention_split.py "
-                           "(attend_chunk_split), which is not available; use backend 'flash'") from exc
-    return attend_chunk_split(q, k, v, scale=scale, chunk_backend=split_chunk_backend(q.shape[2]), out=out)
+                        split: SplitOptions, out: torch.Tensor | None = None) -> torch.Tensor:
+    """cuDNN past + chunk part (split.chunk_backend_for), merged by log-sum-exp (attention/split.py)."""
+    return attend_chunk_split(q, k, v, scale=scale, past_block_tokens=split.past_block_tokens,
+                              chunk_backend=split.chunk_backend_for(q.shape[2]), fused_merge=split.fused_merge,
+                              out=out)
 
 
 def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:

@@ -4,7 +4,7 @@ transformers 5.x calls ``Cache.update(k, v, layer_idx)`` with the chunk's k, v [
 before the attention function, and reads ``get_seq_length()`` at the start of each forward to build the
 position ids. This cache stores nothing itself: each layer counts its tokens (so position ids continue from
 the tokens already cached) and hands the chunk's k, v through unchanged; the registered attention function
-(offload_attention.py) writes them into the resident store, the ping-pong slots and the host store.
+(engine/registration.py, engine/offload.py) writes them into the resident store, the ping-pong slots and the host store.
 Leaves out: cropping, beam reordering, batch > 1.
 """
 

@@ -1,7 +1,8 @@
-"""The head-offloaded attention: an attention function registered with transformers' AttentionInterface.
+"""OffloadEngine: the per-layer head-offload loop of one device, with its transfers and events.
 
-For each decoder layer of each chunk [s, s + c) (decode: c = 1), called by the unmodified model code with
-q [1, H_q, c, d] and the chunk's k, v [1, H_kv, c, d] (after RoPE; OffloadCache.update passes them through):
+Called by the registered attention function (engine/registration.py) for each decoder layer of each chunk
+[s, s + c) (decode: c = 1), with q [1, H_q, c, d] and the chunk's k, v [1, H_kv, c, d] from the unmodified model
+code (after RoPE; engine/cache.py OffloadCache.update passes them through):
   1. k, v made contiguous [H_kv, c, d]; the offloaded heads' rows go to the host store at [s, s + c) on the
      d2h stream (one copy per head per K/V; the tensors stay alive through record_stream);
   2. resident heads [0, r_l): chunk written into the resident store, attention over [0, s + c);
@@ -12,9 +13,9 @@ q [1, H_q, c, d] and the chunk's k, v [1, H_kv, c, d] (after RoPE; OffloadCache.
      layer's last, and the next forward's first when the runner says one follows - so copies overlap
      attention, o_proj and the MLP.
   4. returns the output [1, c, H_q, d] assembled over all query heads.
-Decode with ``device_position`` set (the CUDA-graph decode step, executor/decode_graph.py; every head resident):
+Decode with ``device_position`` set (the CUDA-graph decode step, generation/decode_graph.py; every head resident):
 the token's K, V go to the resident store at the device-held position and attention reads [0, s + 1) with the
-key length on the device (executor/attention_decode.py), so the step has fixed shapes and host arguments.
+key length on the device (attention/decode.py), so the step has fixed shapes and host arguments.
 No host synchronisation anywhere here. Leaves out: masks (it owns causality), dropout, sliding windows.
 """
 
@@ -24,13 +25,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AttentionInterface
 
-from executor.attention_decode import DevicePosition, attend_decode, write_token
-from executor.attention_kernels import attend_chunk, attention_flops
-from executor.kv_store import EventRecorder, GpuKVStore, HostKVStore, KVLayout, StreamSet
-
-ATTENTION_NAME = "headplan_offload"
+from executor.attention.decode import DevicePosition, attend_decode, write_token
+from executor.attention.kernels import attend_chunk, attention_flops
+from executor.kv.gpu_store import GpuKVStore
+from executor.kv.host_store import HostKVStore
+from executor.kv.layout import KVLayout
+from executor.runtime.events import EventRecorder
+from executor.runtime.streams import StreamSet
+from executor.settings import SplitOptions
 
 
 @dataclass
@@ -70,6 +73,8 @@ class OffloadEngine:
     streams: StreamSet
     backend: str
     decode_backend: str = "flash"
+    split: SplitOptions = field(default_factory=SplitOptions)
+    """the cudnn-split knobs (settings.py), passed to every prefill attention call"""
     recorder: Optional[EventRecorder] = None
     trace: bool = False
     more_forwards: bool = False
@@ -80,7 +85,7 @@ class OffloadEngine:
     first_layer: int = 0
     """global index of this engine's layer 0 (a stage of several GPUs holds layers [first_layer, ...))"""
     device_position: Optional[DevicePosition] = None
-    """set by the runner for a static decode step (executor/decode_graph.py): decode reads the position from it"""
+    """set by the runner for a static decode step (generation/decode_graph.py): decode reads the position from it"""
     counters: dict = field(default_factory=dict)
     _pending: dict = field(default_factory=dict)
     _fetch_count: int = 0
@@ -125,7 +130,7 @@ class OffloadEngine:
         values[:, past_tokens:end].copy_(value_chunk[:resident])
         query_rows = resident * self._ratio
         attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end], scale=scale,
-                     backend=backend, out=out_heads[:, :query_rows])
+                     backend=backend, out=out_heads[:, :query_rows], split=self.split)
 
     def _attend_resident_static(self, layer, query, key_chunk, value_chunk, out_heads, scale, backend):
         """Decode of an all-resident layer at ``device_position`` (no host int in any argument)."""
@@ -157,7 +162,7 @@ class OffloadEngine:
         values[:, past_tokens:end].copy_(value_chunk[first: first + count])
         rows = slice(first * self._ratio, (first + count) * self._ratio)
         attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale, backend=backend,
-                     out=out_heads[:, rows])
+                     out=out_heads[:, rows], split=self.split)
         streams.record(streams.slot_released[slot], streams.compute)
         if self.trace:
             self._mark("group_end", layer=layer, group=group_idx)
@@ -246,26 +251,3 @@ class OffloadEngine:
             meta["layer"] += self.first_layer
         if self.recorder is not None:
             self.recorder.mark(name, lane=lane, phase=self.position.phase, chunk=self.position.chunk, **meta)
-
-
-def headplan_offload_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                               attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                               dropout: float = 0.0, headplan_cache=None, **kwargs):
-    """AttentionInterface entry: q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> ([1, c, H_q, d], None).
-
-    Needs ``headplan_cache=`` (an OffloadCache with its engine) passed to ``model(...)``; the mask is ignored
-    (None for a registered implementation: the engine owns causality).
-    """
-    if headplan_cache is None or getattr(headplan_cache, "engine", None) is None:
-        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside executor.api.run_plan "
-                           "(model(..., headplan_cache=cache) with an OffloadCache)")
-    if query.shape[0] != 1:
-        raise ValueError(f"head-offloaded attention runs batch 1, got batch {query.shape[0]}")
-    layer = module.layer_idx
-    scale = scaling if scaling is not None else module.scaling
-    output = headplan_cache.engine.attend_layer(layer, query, key, value,  # a StagedEngine routes by stage
-                                                past_tokens=headplan_cache.past_tokens(layer), scale=scale)
-    return output, None
-
-
-AttentionInterface.register(ATTENTION_NAME, headplan_offload_attention)

@@ -1,14 +1,15 @@
 """Prefill attention split for cuDNN: the chunk against its past in fixed-size key blocks (non-causal, on
 PyTorch's cuDNN attention, ~2x the flash kernel on the H100), the chunk against itself on the flash kernel
-(lower-right causal), merged exactly by log-sum-exp in float32 (executor/attention_lse.py).
+(lower-right causal), merged exactly by log-sum-exp in float32 (attention/lse.py).
 
-Contract (the same as executor/attention_kernels.attend_chunk):
+Contract (the same as attention/kernels.py attend_chunk):
 
     q [1, Hq_g, c, d]      a head group's query heads (query head j reads KV head j // (Hq_g // G))
     k, v [1, G, s + c, d]  the past [0, s) then the chunk [s, s + c); query i of the chunk sees keys [0, s + i]
     returns [1, Hq_g, c, d] in q.dtype
 
-How the keys are cut (``split_parts``), with B = past_block_tokens:
+How the keys are cut (``split_parts``), with B = past_block_tokens (settings.SplitOptions; the planner's
+PAST_BLOCK_TOKENS by default):
 
     s_full = B * floor(s / B)                    the past's full blocks; n = s_full / B of them
     [0, s_full) -> cuDNN, non-causal, one call per set bit of n, largest first: key lengths B * 2^i
@@ -27,7 +28,8 @@ cuDNN. chunk_backend="cudnn" also puts the square causal chunk-vs-itself part on
 chunk length; the probe measured 359 against the flash kernel's 174 TFLOP/s), with a non-empty tail then
 on the flash kernel (non-causal).
 
-The parts are merged in one Triton pass written into the caller's output (FUSED_MERGE, lse_merge_triton.py) on
+The parts are merged in one Triton pass written into the caller's output (SplitOptions.fused_merge,
+merge_triton.py) on
 CUDA, else by an eager float32 accumulator. cuDNN gets the query heads packed into rows per KV head ([1, G, r*c,
 d] against [1, G, n, d]: exact because the part is non-causal), packed once per call for all past parts.
 Leaves out: decode (c = 1 works but the executor keeps the flash kernel there: decode's past grows by one
@@ -41,11 +43,9 @@ from dataclasses import dataclass
 
 import torch
 
-from executor import lse_merge_triton
-from executor.attention_kernels import split_chunk_backend
-from executor.attention_lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
-
-DEFAULT_PAST_BLOCK_TOKENS = 2048  # divides every chunk length that is a multiple of 2K; see the benchmark
+from executor.attention import merge_triton
+from executor.attention.lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
+from executor.settings import SplitOptions
 PAST_BACKENDS = ("cudnn", "flash", "math")
 CHUNK_BACKENDS = ("flash", "cudnn", "math")
 
@@ -182,19 +182,21 @@ PACKING_BACKENDS = ("cudnn", "math")  # non-causal parts on these take the query
 
 def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                        past_block_tokens: int | None = None, past_backend: str = "cudnn",
-                       chunk_backend: str = "flash", out: torch.Tensor | None = None) -> torch.Tensor:
+                       chunk_backend: str = "flash", fused_merge: bool = True,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of the chunk's queries against [past, chunk], split into parts merged by log-sum-exp.
 
     q [1, Hq_g, c, d]; k, v [1, G, s + c, d] (past then chunk); returns [1, Hq_g, c, d] in q.dtype: ``out`` when
     given (any strides with a contiguous last dim, e.g. a slice of the layer's output: the merge writes there
     directly), else a new tensor.
-    past_block_tokens: B of the binary block cut (default DEFAULT_PAST_BLOCK_TOKENS; a multiple of 128
+    past_block_tokens: B of the binary block cut (default SplitOptions().past_block_tokens; a multiple of 128
         keeps cuDNN's key lengths aligned). past_backend: "cudnn" (GPU), "flash" or "math" (any device;
-        the CPU path). chunk_backend: "flash", "cudnn" (square causal on cuDNN) or "math".
+        the CPU path). chunk_backend: "flash", "cudnn" (square causal on cuDNN) or "math". fused_merge: the
+        one-pass Triton merge where it runs (else the eager float32 merge).
     Exact: the same softmax as one lower-right causal attention, reordered; float32 accumulation.
     """
     _check_inputs(q, k, v, past_backend, chunk_backend)
-    block_tokens = past_block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    block_tokens = past_block_tokens or SplitOptions().past_block_tokens
     chunk_tokens = q.shape[2]
     past_tokens = k.shape[2] - chunk_tokens
     parts = split_parts(past_tokens, chunk_tokens, block_tokens=block_tokens, past_backend=past_backend,
@@ -205,7 +207,7 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     if len(parts) == 1:  # no past block and no cut: the single part is the whole answer
         result = _partial(parts[0], q, k, v, scale, packed)[0]
         return result if out is None else out.copy_(result)
-    if _use_fused_merge(q, len(parts)):
+    if fused_merge and _use_fused_merge(q, len(parts)):
         outs, lses = [], []
         for part in parts:
             part_out, part_lse = _partial(part, q, k, v, scale, packed)
@@ -213,11 +215,11 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
             lses.append(part_lse)
         dest = out if out is not None else torch.empty_like(q, memory_format=torch.contiguous_format)
         try:
-            return lse_merge_triton.merge_into(dest, outs, lses)
+            return merge_triton.merge_into(dest, outs, lses)
         except ValueError:
             raise
         except Exception as exc:  # noqa: BLE001 - a Triton that imports but cannot build or launch here
-            lse_merge_triton.disable(exc)
+            merge_triton.disable(exc)
             return _merge_eager(zip(outs, lses), q.dtype, out)
     return _merge_eager((_partial(part, q, k, v, scale, packed) for part in parts), q.dtype, out)
 
@@ -231,29 +233,22 @@ def _merge_eager(parts, dtype: torch.dtype, out: torch.Tensor | None) -> torch.T
     return result.to(dtype) if out is None else out.copy_(result)
 
 
-FUSED_MERGE = True
-"""Merge the parts in one Triton pass (executor/lse_merge_triton.py) where it runs (CUDA, Triton, at most MAX_PARTS
-parts, power-of-two head dim), written straight into the layer's output; else the eager float32 accumulator.
-False: always eager (experiments). The one-pass merge holds every part until the merge; the planner counts
-them (planner/memory_model.py split_parts_bytes). History: the first version (weights by torch ops, a new output
-tensor then a copy) was 1.7% slower at 8K chunks of 2 heads on the H100 and ran near the 24 GB cap uncounted
-(benchmarks/results/*-fused-merge*); this one computes the weights in the kernel and writes in place."""
-
-
 def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, context_tokens: int, chunk_tokens: int,
-                  block_tokens: int | None = None) -> list[int]:
+                  options: SplitOptions = SplitOptions()) -> list[int]:
     """Compile (or load from Triton's cache) the one-pass merge for every part count a prefill of
     ``context_tokens`` in chunks of ``chunk_tokens`` will merge, on tiny tensors with the same alignment, so the
     timed run does not pay it (~0.45 s in the first chunk with a merge on the H100). Returns the part counts
-    warmed (none where the merge would not run: CPU, no Triton, FUSED_MERGE off, or a Triton that cannot build
+    warmed (none where the merge would not run: CPU, no Triton, options.fused_merge off, or a Triton that cannot build
     here, which turns the merge off for the process)."""
-    block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    if not options.fused_merge:
+        return []
+    block = options.past_block_tokens
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
     counts = set()
     for past in range(0, context_tokens, chunk_tokens):
         chunk = min(chunk_tokens, context_tokens - past)
         counts.add(len(split_parts(past, chunk, block_tokens=block, past_backend="cudnn",
-                                   chunk_backend=split_chunk_backend(chunk))))
+                                   chunk_backend=options.chunk_backend_for(chunk))))
     counts = sorted(counts - {1})
     counts = [n for n in counts if _use_fused_merge(probe, n)]
     heads, rows = 2, 16     # strides and sizes multiples of 16, as in the run (Triton specialises on that)
@@ -261,15 +256,15 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
         outs = [torch.zeros(1, heads, rows, head_dim, device=device, dtype=dtype) for _ in range(parts)]
         lses = [torch.zeros(1, heads, rows, device=device) for _ in range(parts)]
         try:
-            lse_merge_triton.merge(outs, lses, dtype)
+            merge_triton.merge(outs, lses, dtype)
         except Exception as exc:  # noqa: BLE001 - cannot build here: the run merges eagerly (warned once)
-            lse_merge_triton.disable(exc)
+            merge_triton.disable(exc)
             return []
     return counts
 
 
 def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, query_heads_per_kv: int,
-                  kv_heads: int, chunk_tokens: int, block_tokens: int | None = None) -> int:
+                  kv_heads: int, chunk_tokens: int, options: SplitOptions = SplitOptions()) -> int:
     """One cuDNN call of each kind the prefill makes, at its first shapes: a chunk of ``chunk_tokens`` queries of
     ``kv_heads`` KV heads against one past block (non-causal) and, for chunks on the cuDNN chunk part, the square
     causal chunk. On a machine where no process has run them yet, cuDNN's first calls of a kind compile their
@@ -277,12 +272,12 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
     processes not); the run's warm-up pays that instead (reported as warmup_s). Returns the calls made."""
     if not cudnn_available(device.index):
         return 0
-    block = block_tokens or DEFAULT_PAST_BLOCK_TOKENS
+    block = options.past_block_tokens
     query = torch.zeros(1, kv_heads * query_heads_per_kv, chunk_tokens, head_dim, device=device, dtype=dtype)
     keys = torch.zeros(1, kv_heads, max(block, chunk_tokens), head_dim, device=device, dtype=dtype)
     partial_cudnn(query, keys[:, :, :block], keys[:, :, :block], scale=head_dim ** -0.5, causal=False)
     calls = 1
-    if split_chunk_backend(chunk_tokens) == "cudnn":
+    if options.chunk_backend_for(chunk_tokens) == "cudnn":
         partial_cudnn(query, keys[:, :, :chunk_tokens], keys[:, :, :chunk_tokens], scale=head_dim ** -0.5,
                       causal=True)
         calls += 1
@@ -291,8 +286,8 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
 
 def _use_fused_merge(q: torch.Tensor, num_parts: int) -> bool:
     head_dim = q.shape[3]
-    return (FUSED_MERGE and q.is_cuda and 1 < num_parts <= lse_merge_triton.MAX_PARTS
-            and head_dim & (head_dim - 1) == 0 and lse_merge_triton.available())
+    return (q.is_cuda and 1 < num_parts <= merge_triton.MAX_PARTS
+            and head_dim & (head_dim - 1) == 0 and merge_triton.available())
 
 
 def _partial(part: AttentionPart, q, k, v, scale: float, packed: torch.Tensor | None = None):

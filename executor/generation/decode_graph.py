@@ -2,7 +2,7 @@
 
 With every KV head resident on one device (no per-token copy whose size grows with the context), a decode step
 can keep fixed shapes and fixed host arguments: the token id is a [1, 1] buffer, its position lives in a
-DevicePosition (executor/attention_decode.py), and the attention reads the key length from the device. Then the
+DevicePosition (attention/decode.py), and the attention reads the key length from the device. Then the
 whole forward (embedding, L decoder layers, lm_head, argmax) is captured once and each token is one
 ``graph.replay()``: the host's per-token work falls from the eager loop's (~1 ms per layer on the H100 host,
 0.65-1.2 ms across machines) to the replay call, and the step runs at the GPU's speed.
@@ -28,8 +28,9 @@ from typing import Optional
 
 import torch
 
-from executor.attention_decode import DevicePosition
-from executor.kv_store import ExecutionSettings, KVLayout
+from executor.attention.decode import DevicePosition
+from executor.kv.layout import KVLayout
+from executor.settings import ExecutionSettings
 from planner.host_time import decode_runs_as_graph
 
 
@@ -61,6 +62,7 @@ class StaticDecode:
     """Static buffers and (on CUDA) the captured graph of one run's decode step (module docstring)."""
 
     def __init__(self, run, first_ids: torch.Tensor, prompt_tokens: int):
+        """``run``: the generation/loop.py RunLoop whose model, cache and engines the step drives."""
         self.run, self.device = run, run.device
         self.ids = first_ids.clone()                                          # [1, 1] int64
         self.first_ids = first_ids

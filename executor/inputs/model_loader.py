@@ -57,13 +57,13 @@ def check_supported(config: Any) -> None:
 def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str, seed: int,
                  stages=None) -> LoadedModel:
     """Random weights of ``spec``'s architecture in ``dtype``, created directly on the devices that will run
-    them: ``device``, or with ``stages`` (executor.stages.DeviceStage) each module on its stage's device and
+    them: ``device``, or with ``stages`` (executor.parallel.stages.DeviceStage) each module on its stage's device and
     the model dispatched there. The weights depend on ``seed`` alone, not on the placement (each parameter
     draws from its own generator seeded by (seed, its index)): N(0, initializer_range) for matrices, 1 for
     norms, 0 for biases."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from executor.stages import device_map_for, place_model, single_stage
+    from executor.parallel.stages import device_map_for, place_model, single_stage
 
     config_dict = spec.to_hf_config_dict()
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
@@ -119,7 +119,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.devic
     or with ``stages`` onto each stage's device (transformers' device_map, which accelerate dispatches)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from executor.stages import device_map_for, is_multi_device
+    from executor.parallel.stages import device_map_for, is_multi_device
 
     folder = Path(path)
     if not (folder / "config.json").exists():

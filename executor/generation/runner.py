@@ -1,0 +1,238 @@
+"""Drive one head-offloaded run: chunked prefill, then greedy decode, through the unmodified transformers model.
+
+``execute(model, input_ids, settings, new_tokens=..., device=..., options=RunOptions(...))`` builds the stores
+(host store first, after checking host RAM), selects the registered head-offloaded attention
+(engine/registration.py), runs the RunLoop (generation/loop.py: prefill chunk by chunk with ``logits_to_keep=1``,
+decode token by token, no host synchronisation in the loop; with every KV head resident on one device each decode
+token is one replay of a CUDA graph: generation/decode_graph.py), and returns a Measurement
+(generation/measurement.py) built from events on the streams, with the host's own time per decode token. The
+stores are released on every exit path; an OOM or Ctrl-C becomes a faults.RunFault carrying the partial
+Measurement.
+A timing probe (``options.synthetic_past_tokens=N``, headplan run --tail-chunks): the stores' rows [0, N) are
+zero-filled and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
+a full-length past that was never computed: time and memory are the full context's, the outputs are not the
+model's.
+Leaves out: the report (report/), the plan (api.py), sampling other than greedy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from executor.attention.kernels import backend_name
+from executor.engine.cache import OffloadCache
+from executor.engine.registration import offload_attention_selected
+from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
+from executor.generation.decode_graph import static_decode_applies
+from executor.generation.loop import RunLoop
+from executor.generation.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
+from executor.generation.warmup import cuda_devices, warm_up
+from executor.parallel.staged_engine import StageParts, allocate_host_stores, build_staged_engine
+from executor.parallel.stages import DeviceStage, check_stages, single_stage
+from executor.runtime.events import EventRecorder
+from executor.settings import ExecutionSettings, RunOptions
+
+
+def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int,
+            device: torch.device | str, options: RunOptions = RunOptions(),
+            stages: Optional[list[DeviceStage]] = None) -> Measurement:
+    """Run prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; return the Measurement.
+
+    ``stages`` (parallel/stages.py): the layers split over devices, the model already placed on them; default
+    one stage of all layers on ``device`` with settings.resident_kv_heads resident slots. ``options``
+    (settings.py RunOptions): ``sync_debug`` (CUDA, tests) runs the prefill and decode loops under
+    torch.cuda.set_sync_debug_mode("error"), so any host synchronisation or pageable copy inside them raises;
+    ``synthetic_past_tokens`` N (a timing probe, module docstring): ``input_ids`` are the tokens after position
+    N; the K, V rows [0, N) of every store are zero-filled (untimed, before the prefill) instead of computed, and
+    the prefill continues at position N. The capacity must hold N + n + new_tokens - 1 tokens. The warm-up never
+    uses a synthetic past.
+    """
+    if stages is None:
+        stages = single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
+    check_stages(stages, model.config.num_hidden_layers)
+    device = stages[0].device
+    prompt_tokens = input_ids.shape[1]
+    past_tokens = options.synthetic_past_tokens
+    _check_sizes(settings, past_tokens, prompt_tokens, new_tokens)
+    backend_name(settings.attention_backend)  # an unknown backend fails here, before anything is allocated
+    dtype = next(model.parameters()).dtype
+    measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=past_tokens)
+    if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
+        measurement.warmup_s = warm_up(_tiny_run(model, stages), model, input_ids, settings, stages,
+                                       context_tokens=past_tokens + prompt_tokens)
+    for stage_device in cuda_devices(stages):
+        torch.cuda.reset_peak_memory_stats(stage_device)
+    parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes)
+    run = None
+    try:
+        run = _build_run(model, parts, settings, options, measurement)
+        _zero_filled_past(run, past_tokens)
+        input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
+        with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, options.sync_debug):
+            next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
+            run.decode(next_ids, new_tokens)
+        _finish(run, measurement)
+    except torch.OutOfMemoryError as exc:
+        where = run.engine.position.describe() if run else "setup (allocating the GPU KV store)"
+        _finish_partial(run, measurement)
+        raise RunOutOfMemory(out_of_memory_message(where, None, str(exc)), measurement) from None
+    except KeyboardInterrupt:
+        where = run.engine.position.describe() if run else "setup"
+        _finish_partial(run, measurement)
+        raise RunInterrupted(f"interrupted at {where}", measurement) from None
+    finally:
+        if run is not None:
+            if run.static is not None:
+                run.static.close()
+            run.engine.close()
+            for hook in run.hooks:
+                hook.remove()
+        for part in parts:
+            part.host.close()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return measurement
+
+
+def _check_sizes(settings: ExecutionSettings, past_tokens: int, prompt_tokens: int, new_tokens: int) -> None:
+    """ValueError unless new_tokens >= 1, past_tokens >= 0 and the capacity holds past + prompt + new - 1 tokens
+    (the last generated token is never written to the stores)."""
+    if new_tokens < 1:
+        raise ValueError("new_tokens must be at least 1")
+    if past_tokens < 0:
+        raise ValueError(f"synthetic_past_tokens must be >= 0, got {past_tokens}")
+    if settings.capacity_tokens < past_tokens + prompt_tokens + new_tokens - 1:
+        past = f"synthetic past {past_tokens} + " if past_tokens else ""
+        raise ValueError(f"capacity {settings.capacity_tokens} tokens < {past}prompt {prompt_tokens} + "
+                         f"{new_tokens - 1} decoded tokens")
+
+
+def _tiny_run(model, stages: list[DeviceStage]):
+    """The warm-up's run: the same engine path on ``stages``, no warm-up of its own, no synthetic past."""
+    def run(ids: torch.Tensor, settings: ExecutionSettings, new_tokens: int) -> None:
+        execute(model, ids, settings, new_tokens=new_tokens, device=stages[0].device,
+                options=RunOptions(warmup=False), stages=stages)
+    return run
+
+
+def _zero_filled_past(run: RunLoop, tokens: int) -> None:
+    """The synthetic past of a timing probe: zero the K, V rows [0, N) of every stage's stores (resident
+    [r_l, T, d] on its GPU, host [H_kv - r_l, T, d]; the ping-pong slots are filled from the host rows), then
+    count N tokens in the cache so the prefill's positions start at N. Nothing is allocated (in-place fills of
+    the stores' views); the GPU fills are queued on the compute stream, ahead of the prefill that reads them."""
+    if not tokens:
+        return
+    for engine in run.engine.engines:
+        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values)
+        for per_layer in stores:
+            for rows in per_layer:
+                rows[:, :tokens].zero_()
+    run.cache.advance(tokens)
+
+
+@contextlib.contextmanager
+def _sync_guard(stages: list[DeviceStage], enabled: bool):
+    if not (enabled and cuda_devices(stages)):
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, options: RunOptions,
+               measurement: Measurement) -> RunLoop:
+    device = parts[0].stage.device
+    dtype_bytes = parts[0].host.dtype.itemsize
+    measurement.host_store_bytes = sum(p.host.nbytes for p in parts)
+    measurement.host_pin_s = sum(p.host.pin_s for p in parts)
+    measurement.stages = [StageMeasurement(
+        index=p.stage.index, device=str(p.stage.device), first_layer=p.stage.first_layer,
+        num_layers=p.stage.num_layers, resident_kv_heads=p.stage.resident_kv_heads, numa_node=p.numa_node,
+        numa_bound=p.numa_bound, host_store_bytes=p.host.nbytes, host_pin_s=p.host.pin_s,
+        gpu_store_bytes={"resident": p.layout.resident_bytes(dtype_bytes),
+                         "ping_pong": p.layout.slot_bytes(dtype_bytes)}) for p in parts]
+    fullest = max(measurement.stages, key=lambda st: sum(st.gpu_store_bytes.values()))
+    measurement.gpu_store_bytes = dict(fullest.gpu_store_bytes)
+    recorder = EventRecorder(device=device)
+    engine = build_staged_engine(parts, settings, backend_name(settings.attention_backend), recorder, options.trace)
+    cache = OffloadCache(model.config.num_hidden_layers, settings.capacity_tokens, engine=engine)
+    run = RunLoop(model=model, engine=engine, cache=cache, recorder=recorder, device=device,
+                  on_chunk=options.on_chunk, keep_logits=options.keep_logits,
+                  static_decode=static_decode_applies([p.layout for p in parts], settings, parts[0].host.dtype,
+                                                      device))
+    if len(parts) > 1:
+        run.hooks = _stage_span_hooks(model, engine)
+    return run
+
+
+def _stage_span_hooks(model, engine: StagedEngine) -> list:
+    """Marks 'stage_start' when a stage's first layer begins computing (a pre-hook on its input norm, so after
+    the hidden state has arrived on the device) and 'stage_end' when its last layer returns, on the stage's own
+    recorder: the stage's busy time per forward, on its own device's clock."""
+    hooks = []
+    layers = model.model.layers
+    for stage_engine, part in zip(engine.engines, engine.parts):
+        first, last = layers[part.stage.first_layer], layers[part.stage.layers[-1]]
+        recorder, position = stage_engine.recorder, engine.position
+
+        def start(module, args, _recorder=recorder, _position=position):
+            _recorder.mark("stage_start", phase=_position.phase, chunk=_position.chunk)
+
+        def end(module, args, output, _recorder=recorder, _position=position):
+            _recorder.mark("stage_end", phase=_position.phase, chunk=_position.chunk)
+
+        hooks.append(first.input_layernorm.register_forward_pre_hook(start))
+        hooks.append(last.register_forward_hook(end))
+    return hooks
+
+
+def _finish(run: RunLoop, measurement: Measurement) -> None:
+    """Resolve the events (one synchronize per device) into the Measurement."""
+    events = run.recorder.resolve()
+    stage_events = [events] + [r.resolve() for r in run.engine.recorders if r is not run.recorder]
+    fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
+    measurement.counters = run.engine.counters
+    measurement.decode_host_s = list(run.host_s)
+    if run.static is not None:
+        measurement.decode_step = "graph" if run.static.graph is not None else "static"
+        measurement.decode_graph_setup_s = run.static.setup_s
+        measurement.decode_graph_fallback = run.static.fallback
+    for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
+        stage.counters = dict(engine.counters)
+        fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)
+    if run.generated:
+        measurement.generated_token_ids = [int(x) for x in torch.cat(run.generated, dim=1)[0].tolist()]
+    if run.logits:
+        measurement.step_logits = torch.stack(run.logits).cpu()
+    for stage in measurement.stages:
+        if torch.device(stage.device).type == "cuda":
+            stage.read_gpu_peaks(torch.device(stage.device))
+    if run.device.type == "cuda":
+        measurement.take_fullest_gpu()
+
+
+def _per_stage(run: RunLoop, stage_events: list) -> list:
+    """Events of each stage's recorder (stage 0 and any stage sharing the run's recorder get the run's)."""
+    by_recorder = {id(run.recorder): stage_events[0]}
+    others = [r for r in run.engine.recorders if r is not run.recorder]
+    for recorder, evts in zip(others, stage_events[1:]):
+        by_recorder[id(recorder)] = evts
+    return [by_recorder[id(engine.recorder)] for engine in run.engine.engines]
+
+
+def _finish_partial(run: Optional[RunLoop], measurement: Measurement) -> None:
+    if run is None:
+        return
+    try:
+        for stage_device in cuda_devices([p.stage for p in run.engine.parts]):
+            torch.cuda.synchronize(stage_device)
+        _finish(run, measurement)
+    except Exception:  # the partial report must not hide the original fault
+        pass

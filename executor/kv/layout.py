@@ -1,0 +1,63 @@
+"""KVLayout: the shapes of every KV store of one run, from the model's shape and the ExecutionSettings.
+
+L layers, H_kv KV heads of dim d, capacity T = context + new tokens, r_l resident heads of layer l and the
+offloaded groups from planner/layout.py (the planner and the executor share that slot rule):
+    host store      per layer K_l, V_l [H_kv - r_l, T, d]   offloaded KV head h of layer l is row h - r_l
+    resident store  per layer K_l, V_l [r_l, T, d] on the GPU (KV heads [0, r_l))
+    ping-pong slots 2 slots, each K, V [G_max, T, d] on the GPU (G_max = layout.max_group_heads)
+Rows are [T, d] contiguous, so a head's past [0, s) is one contiguous copy each way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from executor.settings import ExecutionSettings
+from planner.layout import max_group_heads, offloaded_groups, resident_heads_per_layer
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Shapes of the stores for one model and one ExecutionSettings."""
+
+    num_layers: int
+    kv_heads: int
+    query_heads: int
+    head_dim: int
+    capacity_tokens: int
+    heads_per_group: int
+    resident_per_layer: tuple[int, ...]
+    groups_per_layer: tuple[tuple[range, ...], ...]
+    max_group_heads: int
+
+    @classmethod
+    def build(cls, *, num_layers: int, kv_heads: int, query_heads: int, head_dim: int,
+              settings: ExecutionSettings) -> "KVLayout":
+        if settings.capacity_tokens <= 0 or settings.chunk_size <= 0:
+            raise ValueError("capacity_tokens and chunk_size must be positive")
+        if not 1 <= settings.heads_per_group <= kv_heads:
+            raise ValueError(f"heads_per_group must be in [1, {kv_heads}], got {settings.heads_per_group}")
+        resident = resident_heads_per_layer(settings.resident_kv_heads, num_layers, kv_heads)
+        groups = tuple(tuple(offloaded_groups(r, kv_heads, settings.heads_per_group)) for r in resident)
+        return cls(num_layers=num_layers, kv_heads=kv_heads, query_heads=query_heads, head_dim=head_dim,
+                   capacity_tokens=settings.capacity_tokens, heads_per_group=settings.heads_per_group,
+                   resident_per_layer=tuple(resident), groups_per_layer=groups,
+                   max_group_heads=max_group_heads(settings.resident_kv_heads, num_layers, kv_heads,
+                                                   settings.heads_per_group))
+
+    @property
+    def offloaded_per_layer(self) -> tuple[int, ...]:
+        return tuple(self.kv_heads - r for r in self.resident_per_layer)
+
+    def host_bytes(self, dtype_bytes: int) -> int:
+        """Host store: 2 (K, V) * sum_l (H_kv - r_l) * T * d * bytes."""
+        return 2 * sum(self.offloaded_per_layer) * self.capacity_tokens * self.head_dim * dtype_bytes
+
+    def resident_bytes(self, dtype_bytes: int) -> int:
+        """GPU resident store: 2 * sum_l r_l * T * d * bytes."""
+        return 2 * sum(self.resident_per_layer) * self.capacity_tokens * self.head_dim * dtype_bytes
+
+    def slot_bytes(self, dtype_bytes: int) -> int:
+        """Ping-pong buffers: 2 (slots) * 2 (K, V) * G_max * T * d * bytes."""
+        return 4 * self.max_group_heads * self.capacity_tokens * self.head_dim * dtype_bytes
+

@@ -1,0 +1,191 @@
+"""The RunReport assembled from the plan (predicted) and the Measurement (measured, possibly partial): the headline
+times and peaks, per-phase transfers and attention rates, per-GPU rows, the decode host time, a timing probe's
+block."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from executor.generation.measurement import Measurement
+from executor.generation.tail import TailSplit
+from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TailFigures,
+                                    TimesAndPeak, Transfers, errors_of, relative_error)
+from executor.settings import ExecutionSettings
+from planner.plan import Plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportContext:
+    """What the report says about the run beyond what was measured."""
+
+    model_name: str = "model"
+    """the model as the user named it (built-in name, checkpoint path)"""
+    memory_extra: dict = field(default_factory=dict)
+    """extra MemoryFigures fields (e.g. the GPU budget the CLI set)"""
+    warnings: list[str] = field(default_factory=list)
+    """warnings shown in report.md and report.json"""
+
+
+def _predicted_block(plan: Optional[Plan], tail: Optional[TailSplit] = None) -> TimesAndPeak:
+    """The plan's figures; for a timing probe, prefill (chunk_s, prefill_s and time to first token) restricted to
+    the chunks run: the last K of the plan's chunk_s, summed (None where the plan's chunk list does not match the
+    prompt's chunks: a prompt of another length than the plan's context)."""
+    if plan is None:
+        return TimesAndPeak()
+    predicted, memory = plan.predicted, plan.memory
+    chunk_s, prefill_s = list(predicted.chunk_s), predicted.prefill_s
+    if tail is not None:
+        matches = len(chunk_s) == tail.total_chunks
+        chunk_s = chunk_s[-tail.chunks:] if matches else []
+        prefill_s = sum(chunk_s) if matches else None
+    return TimesAndPeak(prefill_s=prefill_s, decode_s_per_token=predicted.decode_s_per_token,
+                        gpu_peak_bytes=memory.gpu_peak_bytes, chunk_s=chunk_s, time_to_first_token_s=prefill_s,
+                        gpu_breakdown=memory.gpu_breakdown.model_dump(), host_kv_bytes=memory.host_kv_bytes)
+
+
+def _tail_figures(plan: Optional[Plan], tail: Optional[TailSplit]) -> Optional[TailFigures]:
+    if tail is None:
+        return None
+    full = plan.predicted.prefill_s if plan is not None else None
+    return TailFigures(chunks=tail.chunks, total_chunks=tail.total_chunks, skipped_tokens=tail.skipped_tokens,
+                       lead_in=tail.lead_in,
+                       predicted_full_prefill_s=full,
+                       description=f"timing probe: only the last {tail.chunks} of {tail.total_chunks} prefill chunks "
+                       f"were timed (after {tail.lead_in} untimed lead-in chunk), at their real positions; the KV of "
+                       f"the first {tail.skipped_tokens} tokens was "
+                       "zero-filled instead of computed, so generated tokens are not the model's. Prefill and time "
+                       "to first token (predicted and measured) cover those chunks only; decode and GPU peak are at "
+                       "the full context.")
+
+
+def weights_by_device(model) -> dict[str, int]:
+    """Parameter bytes on each device (shared parameters counted once)."""
+    out: dict[str, int] = {}
+    for param in model.parameters():
+        out[str(param.device)] = out.get(str(param.device), 0) + param.numel() * param.element_size()
+    return out
+
+
+def _measured_block(model, m: Measurement, tail: Optional[TailSplit] = None) -> TimesAndPeak:
+    by_device = weights_by_device(model)
+    weights = by_device.get(m.fullest_device, 0) if m.fullest_device else sum(by_device.values())
+    breakdown: dict[str, int] = {}
+    peak = None
+    if m.gpu_peak_reserved_bytes is not None:
+        kv = sum(m.gpu_store_bytes.values())
+        peak = m.gpu_peak_reserved_bytes + (m.gpu_outside_allocator_bytes or 0)  # as the driver would see it
+        breakdown = {"weights": weights, "kv": kv,
+                     "activations": max(0, m.gpu_peak_allocated_bytes - weights - kv),
+                     "overhead": peak - m.gpu_peak_allocated_bytes}
+    chunk_s, prefill_s, first_token_s = list(m.chunk_s), m.prefill_s, m.time_to_first_token_s
+    if tail is not None and tail.lead_in and len(chunk_s) > tail.lead_in:     # the timed chunks only
+        chunk_s = chunk_s[tail.lead_in:]
+        prefill_s = first_token_s = sum(chunk_s)
+    return TimesAndPeak(prefill_s=prefill_s, decode_s_per_token=m.decode_s_per_token, gpu_peak_bytes=peak,
+                        chunk_s=chunk_s, time_to_first_token_s=first_token_s,
+                        warmup_s=m.warmup_s, gpu_breakdown=breakdown, host_kv_bytes=m.host_store_bytes)
+
+
+def _phase_figures(m: Measurement) -> tuple[dict, dict]:
+    phase_s = _phase_seconds(m.prefill_s, m.decode_s_per_token, m.decode_tokens_timed)
+    transfers, attention = _transfers(m.counters, phase_s), {}
+    for phase, counters in m.counters.items():
+        seconds = phase_s.get(phase)
+        attn_s = m.attention_s.get(phase, 0.0)
+        attention[phase] = AttentionFigures(flops=counters.attention_flops, seconds=attn_s,
+                                            flops_per_s=counters.attention_flops / attn_s if attn_s else None,
+                                            share_of_phase=attn_s / seconds if seconds else None)
+    return transfers, attention
+
+
+def _phase_seconds(prefill_s: Optional[float], decode_s_per_token: Optional[float], tokens: int) -> dict:
+    return {"prefill": prefill_s, "decode": decode_s_per_token * tokens if decode_s_per_token else None}
+
+
+def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
+    out = {}
+    for phase, c in counters.items():
+        seconds = phase_s.get(phase)
+        rate = (lambda b: b / seconds if seconds else None)  # noqa: E731
+        out[phase] = Transfers(h2d_bytes=c.h2d_bytes, d2h_bytes=c.d2h_bytes, h2d_bytes_per_s=rate(c.h2d_bytes),
+                               d2h_bytes_per_s=rate(c.d2h_bytes), group_fetches=c.group_fetches)
+    return out
+
+
+def gpu_figures(plan: Optional[Plan], m: Measurement, tail: Optional[TailSplit] = None) -> list[GpuFigures]:
+    """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage. For a timing probe
+    (``tail``) the predicted prefill busy time and idle share are None: the plan gives them for the whole prefill
+    only, and the measured ones cover the chunks run."""
+    if len(m.stages) < 2:
+        return []
+    planned = list(plan.stages or []) if plan is not None else []
+    wall_s = (m.prefill_s or 0.0) + (m.decode_s_per_token or 0.0) * m.decode_tokens_timed
+    out = []
+    for index, st in enumerate(m.stages):
+        p = planned[index] if index < len(planned) else None
+        peak = None
+        if st.gpu_peak_reserved_bytes is not None:
+            peak = st.gpu_peak_reserved_bytes + (st.gpu_outside_allocator_bytes or 0)
+        busy = (st.prefill_busy_s or 0.0) + (st.decode_busy_s_per_token or 0.0) * m.decode_tokens_timed
+        figures = GpuFigures(
+            index=st.index, device=st.device, first_layer=st.first_layer, num_layers=st.num_layers,
+            resident_kv_heads=st.resident_kv_heads, numa_node=st.numa_node, numa_bound=st.numa_bound,
+            host_store_bytes=st.host_store_bytes, predicted_gpu_peak_bytes=p.gpu_peak_bytes if p else None,
+            measured_gpu_peak_bytes=peak, predicted_prefill_busy_s=p.prefill_s if p and not tail else None,
+            measured_prefill_busy_s=st.prefill_busy_s,
+            predicted_decode_busy_s_per_token=p.decode_s_per_token if p else None,
+            measured_decode_busy_s_per_token=st.decode_busy_s_per_token,
+            predicted_idle_fraction=p.idle_fraction if p and not tail else None,
+            measured_idle_fraction=max(0.0, 1.0 - busy / wall_s) if wall_s > 0 else None,
+            transfers=_transfers(st.counters, _phase_seconds(st.prefill_busy_s, st.decode_busy_s_per_token,
+                                                             m.decode_tokens_timed)))
+        figures.error = {
+            "gpu_peak_bytes": relative_error(figures.measured_gpu_peak_bytes, figures.predicted_gpu_peak_bytes),
+            "prefill_busy_s": relative_error(figures.measured_prefill_busy_s, figures.predicted_prefill_busy_s),
+            "decode_busy_s_per_token": relative_error(figures.measured_decode_busy_s_per_token,
+                                                      figures.predicted_decode_busy_s_per_token)}
+        out.append(figures)
+    return out
+
+
+def host_figures(plan: Optional[Plan], m: Measurement) -> HostFigures:
+    """The plan's decode host and GPU terms beside the measured host time per token (median)."""
+    terms = plan.predicted.terms if plan is not None else {}
+    host = sorted(m.decode_host_s)
+    return HostFigures(predicted_decode_host_s_per_token=terms.get("decode_host_s"),
+                       predicted_decode_gpu_s_per_token=terms.get("decode_gpu_s"),
+                       measured_decode_host_s_per_token=host[len(host) // 2] if host else None,
+                       planned_decode_graphs=plan.decode_graphs if plan is not None else None,
+                       decode_step=m.decode_step,
+                       decode_graph_setup_s=m.decode_graph_setup_s, decode_graph_fallback=m.decode_graph_fallback)
+
+
+def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, input_ids: torch.Tensor,
+                 new_tokens: int, device, measurement: Optional[Measurement], context: ReportContext = ReportContext(),
+                 status: str = "complete", fault: Optional[str] = None, verify: Optional[dict] = None,
+                 tail: Optional[TailSplit] = None) -> RunReport:
+    """Assemble the RunReport from the plan (predicted) and the Measurement (possibly partial); ``input_ids`` the
+    whole prompt [1, n]; ``tail`` a timing probe's chunks (prefill predicted over those only, the ``tail`` block)."""
+    import transformers
+
+    m = measurement or Measurement(prompt_tokens=input_ids.shape[1])
+    predicted, measured = _predicted_block(plan, tail), _measured_block(model, m, tail)
+    transfers, attention = _phase_figures(m)
+    memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
+                           gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
+                           gpu_process_used_bytes=m.gpu_process_used_bytes, host_store_bytes=m.host_store_bytes,
+                           host_pin_s=m.host_pin_s, gpu_store_bytes=m.gpu_store_bytes, **context.memory_extra)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return RunReport(status=status, fault=fault, model=context.model_name, device=str(device), dtype=dtype,
+                     context_tokens=int(input_ids.shape[1]), new_tokens=new_tokens,
+                     settings=dataclasses.asdict(settings),
+                     predicted=predicted, measured=measured, error=errors_of(predicted, measured),
+                     generated_token_ids=m.generated_token_ids, transfers=transfers, attention=attention,
+                     memory=memory, verify=verify, warnings=list(context.warnings),
+                     plan_hardware=plan.hardware.name if plan is not None else None,
+                     gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
+                     versions={"torch": torch.__version__, "transformers": transformers.__version__})

@@ -1,0 +1,105 @@
+"""report.md: the RunReport as Markdown (headline table of predicted, measured and error, transfers, attention,
+memory, per-GPU rows, plots)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from executor.report.schema import AttentionFigures, RunReport, TailFigures, Transfers
+from planner.units import GIB
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def _gpu_lines(report: RunReport) -> list[str]:
+    """Per-GPU table (runs over several stages only)."""
+    if len(report.gpus) < 2:
+        return []
+    lines = ["Per GPU (predicted / measured, error):", "",
+             "| GPU | layers | resident | peak | prefill busy | decode busy per token | idle | H2D prefill / decode "
+             "| NUMA |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in report.gpus:
+        pre, dec = g.transfers.get("prefill", Transfers()), g.transfers.get("decode", Transfers())
+        idle = "-" if g.measured_idle_fraction is None else f"{g.measured_idle_fraction:.0%}"
+        idle_p = "-" if g.predicted_idle_fraction is None else f"{g.predicted_idle_fraction:.0%}"
+        numa = "-" if g.numa_node is None else f"node {g.numa_node}" + (" (bound)" if g.numa_bound else "")
+        lines.append(
+            f"| {g.device} | {g.first_layer}-{g.first_layer + g.num_layers - 1} | {g.resident_kv_heads} | "
+            f"{_gib(g.predicted_gpu_peak_bytes)} / {_gib(g.measured_gpu_peak_bytes)} "
+            f"({_pct(g.error.get('gpu_peak_bytes'))}) | {_seconds(g.predicted_prefill_busy_s)} / "
+            f"{_seconds(g.measured_prefill_busy_s)} ({_pct(g.error.get('prefill_busy_s'))}) | "
+            f"{_seconds(g.predicted_decode_busy_s_per_token)} / {_seconds(g.measured_decode_busy_s_per_token)} "
+            f"({_pct(g.error.get('decode_busy_s_per_token'))}) | {idle_p} / {idle} | "
+            f"{_gib(pre.h2d_bytes)} / {_gib(dec.h2d_bytes)} | {numa} |")
+    return lines + [""]
+
+
+def _tail_lines(tail: Optional[TailFigures]) -> list[str]:
+    """The one line that says a timing probe's prefill figures are not the whole prefill's."""
+    if tail is None:
+        return []
+    return [f"**Timing probe:** prefill figures are for the last {tail.chunks} of {tail.total_chunks} chunks (after "
+            f"{tail.lead_in} untimed lead-in chunk), over a zero-filled KV past of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
+            f"prefill predicted {_seconds(tail.predicted_full_prefill_s)}).", ""]
+
+
+def render_markdown(report: RunReport) -> str:
+    """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
+    p, m, e = report.predicted, report.measured, report.error
+    lines = [f"# headplan run: {report.model}, {report.context_tokens} tokens, {report.new_tokens} new", ""]
+    if report.status != "complete":
+        lines += [f"**Partial run ({report.status}):** {report.fault}", ""]
+    lines += [f"Device {report.device}, dtype {report.dtype}, settings: "
+              + ", ".join(f"{k}={v}" for k, v in report.settings.items()), ""]
+    lines += [f"- warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
+    lines += _tail_lines(report.tail)
+    prefill = "prefill" if report.tail is None else f"prefill (last {report.tail.chunks} chunks)"
+    first_token = "time to first token" + ("" if report.tail is None else " (last chunks only)")
+    lines += ["| | predicted | measured | error |", "|---|---|---|---|",
+              f"| {prefill} | {_seconds(p.prefill_s)} | {_seconds(m.prefill_s)} | {_pct(e.prefill_s)} |",
+              f"| {first_token} | {_seconds(p.time_to_first_token_s)} | {_seconds(m.time_to_first_token_s)} | |",
+              f"| warm-up (once per process, not in prefill) | - | {_seconds(m.warmup_s)} | |",
+              f"| decode per token | {_seconds(p.decode_s_per_token)} | {_seconds(m.decode_s_per_token)} | "
+              f"{_pct(e.decode_s_per_token)} |",
+              f"| GPU peak | {_gib(p.gpu_peak_bytes)} | {_gib(m.gpu_peak_bytes)} | {_pct(e.gpu_peak_bytes)} |", ""]
+    h = report.host
+    if h.measured_decode_host_s_per_token is not None:
+        lines += [f"Decode per token, host (issuing the token) predicted "
+                  f"{_seconds(h.predicted_decode_host_s_per_token)}, measured "
+                  f"{_seconds(h.measured_decode_host_s_per_token)}; GPU predicted "
+                  f"{_seconds(h.predicted_decode_gpu_s_per_token)}. Decode step: {h.decode_step}"
+                  + (f" (capture and one untimed step: {_seconds(h.decode_graph_setup_s)})"
+                     if h.decode_step == "graph" else "")
+                  + (f"; capture failed: {h.decode_graph_fallback}" if h.decode_graph_fallback else "") + ".", ""]
+    lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
+              "|---|---|---|---|---|---|"]
+    for phase, t in report.transfers.items():
+        a = report.attention.get(phase, AttentionFigures())
+        rate = "-" if t.h2d_bytes_per_s is None else f"{t.h2d_bytes_per_s / 1e9:.1f} GB/s"
+        tflops = "-" if a.flops_per_s is None else f"{a.flops_per_s / 1e12:.2f}"
+        share = "-" if a.share_of_phase is None else f"{a.share_of_phase * 100:.0f}%"
+        lines.append(f"| {phase} | {_gib(t.h2d_bytes)} | {_gib(t.d2h_bytes)} | {rate} | {tflops} | {share} |")
+    mem = report.memory
+    lines += ["", "Memory: peak allocated " + _gib(mem.gpu_peak_allocated_bytes) + ", peak reserved "
+              + _gib(mem.gpu_peak_reserved_bytes) + ", process (driver) " + _gib(mem.gpu_process_used_bytes)
+              + ", budget " + _gib(mem.gpu_budget_bytes) + f"; host store {_gib(mem.host_store_bytes)} pinned in "
+              f"{mem.host_pin_s:.2f} s.", ""]
+    lines += _gpu_lines(report)
+    if report.verify:
+        lines += ["Verify against the standard forward: " + ", ".join(f"{k}={v}" for k, v in report.verify.items()),
+                  ""]
+    lines += [f"Generated token ids: {report.generated_token_ids}", ""]
+    lines += ["![time per chunk](chunk_time.png)", "", "![memory](memory.png)", ""]
+    return "\n".join(lines)
