@@ -1,4 +1,4 @@
-"""Issue 7 experiment: 128K prefill of a Llama-3-8B-shaped model through the real executor with the cudnn-split
+"""Experiment: 128K prefill of a Llama-3-8B-shaped model through the real executor with the cudnn-split
 backend, per variant CHUNK:G:R:CHUNK_PART[:eager] (chunk size, heads per group, resident KV heads, the kernel of the
 [tail, chunk] causal part: flash, cudnn, or auto = executor.attention_kernels.split_chunk_backend; ":eager"
 merges the parts with the eager float32 accumulator instead of the one-pass Triton merge, the default). No GPU cap
