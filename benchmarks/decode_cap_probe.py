@@ -1,4 +1,4 @@
-"""Probe (issue 5): does the GPU memory cap change decode time? The same all-resident plan of the 8B shape at 32K
+"""Probe: does the GPU memory cap change decode time? The same all-resident plan of the 8B shape at 32K
 (c = 16K, G = 8, R = 256) measured 30-32 ms per token under a 24 GB cap and 40 ms under 80 GB, in the same lease.
 Each (cap, repeat) runs in its own process, alternating caps; per token it records the run's decode time (CUDA
 events) and the host's own time per token (perf_counter over the same loop with a sync only at the end).

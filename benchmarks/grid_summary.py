@@ -1,7 +1,7 @@
-"""Where the planner's choice lands among measured configurations of one workload (issue 5's grid).
+"""Where the planner's choice lands among measured configurations of one workload (a grid of fixed knobs).
 
     python benchmarks/grid_summary.py RESULTS.jsonl [MORE.jsonl ...] --choice llama-3-8b:512K:24GB \
-        --name grid-512k-h100-2026-11-22-session4 --dir benchmarks/results
+        --name grid-512k-24gb --dir benchmarks/results/2026-11-22-h100
 
 Rows are the validate.py cells (JSON lines; the last row of a cell wins) of the files whose cell is ``--choice``
 (the planner's own cell: no knobs fixed) or starts with it followed by fixed knobs (``--choice``:c=8K:G=2...). For each row, predicted (the plan

@@ -1,4 +1,4 @@
-"""Issue 5 probe: does the executor's decode host time per layer depend on the model's width or the context?
+"""Probe: does the executor's decode host time per layer depend on the model's width or the context?
 
 The profiler measures the executor's host time on a tiny-width Llama (executor/profiler/executor_host.py) and the
 planner scales it by the layer count; host-bound decode cells on the H100 then ran 20-100% over the prediction.

@@ -3,7 +3,7 @@
 Reads h100-limits-2026-11-22.json (matmul, HBM, PCIe by size, pinning, host RAM),
 h100-attention-backends-2026-11-22.json (flash and cuDNN attention by shape) and
 h100-cudnn-split-2026-11-22.json (cuDNN chunk-vs-past, square causal, graph-build cost), plus two figures
-that DESIGN.md §5 records from other runs on the same machine: cudaHostRegister of 16 GiB in 5.3 s, and the
+recorded from other runs on the same machine (2026-11-22): cudaHostRegister of 16 GiB in 5.3 s, and the
 transformers decode step of 24.5 ms (h100-transformers-baseline-2026-11-22.json) that calibrates the launch
 overhead. Writes a profile with origin "measured", measurement.mode "imported". Never touches a GPU.
 
@@ -109,7 +109,7 @@ def build_profile(shared: Path) -> HardwareProfile:
         f"{H100_SXM_DATASHEET}. Not measured there, estimated: runtime_overhead_bytes (1 GiB: CUDA context "
         "+ workspaces + allocator slack); launch_overhead_s calibrated so that a Llama-3-8B transformers decode "
         "step with the KV on the GPU costs the measured 24.5 ms; host_mem_bytes = 0.9 x MemTotal; "
-        "cuda_host_register 16 GiB in 5.3 s from DESIGN.md §5 (another run on that machine); the pin_alloc_1GiB "
+        "cuda_host_register 16 GiB in 5.3 s (another run on that machine, 2026-11-22); the pin_alloc_1GiB "
         "point (0.0 s) is dropped as a zero."
     )
     return HardwareProfile(

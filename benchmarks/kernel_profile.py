@@ -1,4 +1,4 @@
-"""Where a run's GPU time goes: `headplan run` under torch.profiler, kernels summed by kind (issues 5 and 7).
+"""Where a run's GPU time goes: `headplan run` under torch.profiler, kernels summed by kind.
 
     python benchmarks/kernel_profile.py --name prefill-128k -- --model llama-3-8b --context 128K --gpu-mem 24GB \
         --new-tokens 1

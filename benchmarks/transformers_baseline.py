@@ -1,6 +1,6 @@
 """The peer on the same work: transformers' own forward on a random-weight model of a built-in architecture.
 
-Three modes, as DESIGN.md §5 ran them: ``standard`` (the whole prompt in one forward, KV on the GPU),
+Three modes: ``standard`` (the whole prompt in one forward, KV on the GPU),
 ``chunked`` (prefill in chunks, DynamicCache on the GPU) and ``offload`` (chunks, transformers' offloaded cache:
 ``DynamicCache(offloading=True)`` in 5.x). Greedy decode of N tokens after prefill. Prints one JSON line per
 cell and appends it to --out. Runs uncapped (the peer gets the whole card); an out-of-memory is recorded, not

@@ -1,4 +1,4 @@
-"""Prediction against measurement on a GPU: plan, run and compare, cell by cell (issue 5; also issue 4's runs).
+"""Prediction against measurement on a GPU: plan, run and compare, cell by cell.
 
 A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS][:tail=K]``, e.g.
 ``llama-3-8b:128K:24GB`` (the planner chooses the knobs), ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one
@@ -11,10 +11,12 @@ already in ``--out`` or in a ``--resume`` file is skipped, so the matrix can be 
 
     # on the GPU machine (one command; resumes from what the results file already holds):
     python benchmarks/validate.py run --hw hwprofiles/catalog/h100-sxm-measured.json \
-        --cells preset:issue5-8b --out $OUT/validation.jsonl --resume benchmarks/results/validation-h100.jsonl
+        --cells preset:matrix-8b --out $OUT/validation.jsonl \
+        --resume benchmarks/results/2026-11-22-h100/validation.jsonl
     # anywhere, from the JSON lines: table (.md), summary (.json) and the predicted-vs-measured PNG
-    python benchmarks/validate.py summarize benchmarks/results/validation-h100.jsonl \
-        --name validation-h100-2026-11-22 --dir benchmarks/results
+    python benchmarks/validate.py summarize $OUT/validation.jsonl --name validation --dir $OUT
+
+The campaign drivers in benchmarks/campaigns/ (validation.sh, grids.sh, multi_gpu.sh) call this in parts.
 
 Leaves out: the transformers baselines (benchmarks/transformers_baseline.py) and the profiling itself.
 """
@@ -35,17 +37,20 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repo root
 from validation_summary import summarize  # noqa: E402
 
 PRESETS = {
-    "issue4": "llama-3-8b:32K:24GB,llama-3-8b:128K:24GB,llama-3-8b:256K:24GB,llama-3-8b:512K:24GB",
-    "issue5-8b": ",".join(f"llama-3-8b:{ctx}:{mem}" for mem in ("24GB", "80GB")
+    # Llama-3-8B under 24 GB from 32K to 512K
+    "sweep-8b-24gb": "llama-3-8b:32K:24GB,llama-3-8b:128K:24GB,llama-3-8b:256K:24GB,llama-3-8b:512K:24GB",
+    # the validation matrix: each model at each context under 24 GB and on the whole 80 GB card
+    "matrix-8b": ",".join(f"llama-3-8b:{ctx}:{mem}" for mem in ("24GB", "80GB")
                           for ctx in ("8K", "32K", "128K", "256K", "512K")),
-    "issue5-1b": ",".join(f"llama-3.2-1b:{ctx}:{mem}" for mem in ("24GB", "80GB")
-                          for ctx in ("32K", "128K", "512K", "1M")),      # 2M: issue5-1b-2m (timing probes)
+    "matrix-1b": ",".join(f"llama-3.2-1b:{ctx}:{mem}" for mem in ("24GB", "80GB")
+                          for ctx in ("32K", "128K", "512K", "1M")),      # 2M: tail-1b-2m (timing probes)
+    # 128K / 24 GB with the knobs fixed: chunk x heads per group x resident heads
     "grid-128k": ",".join(f"llama-3-8b:128K:24GB:c={c}:G={g}:R={r}" for c in ("4K", "8K", "16K")
                           for g in (1, 2, 8) for r in (0, 64)),
-    # issue 6 (2 H200 GPUs, --extra "--host-mem 240GiB"): the same 8B work on one GPU and split over two
-    "issue6-8b": "llama-3-8b:256K:24GB,llama-3-8b:256K:24GB:n=2",
-    # issue 5's 1B at 2M: the whole prefill (~11 min) is over the cell limit, so its last 6 chunks are timed
-    "issue5-1b-2m": "llama-3.2-1b:2M:80GB:tail=6,llama-3.2-1b:2M:24GB:tail=6",
+    # several GPUs (2 H200, --extra "--host-mem 240GiB"): the same 8B work on one GPU and split over two
+    "multi-gpu-8b": "llama-3-8b:256K:24GB,llama-3-8b:256K:24GB:n=2",
+    # 1B at 2M: the whole prefill (~11 min) is over the cell limit, so its last 6 chunks are timed
+    "tail-1b-2m": "llama-3.2-1b:2M:80GB:tail=6,llama-3.2-1b:2M:24GB:tail=6",
 }
 KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend",
               "n": "--gpus", "tail": "--tail-chunks"}
@@ -129,7 +134,7 @@ def command_run(args) -> int:
 
 def command_pick_context(args) -> int:
     """Print the cell of the longest context (of --contexts) whose plan fits and is predicted to finish (pinning
-    + prefill + decode) within --budget-s: issue 6's "longest context that fits host RAM and runs in 10 minutes"."""
+    + prefill + decode) within --budget-s: the longest context that fits host RAM and runs in one 10-minute command."""
     from hwprofiles import load_profile
     from planner.errors import PlanError
     from planner.model_spec import load_model_spec
@@ -179,7 +184,7 @@ def main() -> int:
     pick.add_argument("--contexts", default="64K,128K,192K,256K,320K,384K,448K,512K,640K,768K")
     summ = sub.add_parser("summarize", help="table, summary JSON and PNG from result files")
     summ.add_argument("results", type=Path, nargs="+")
-    summ.add_argument("--name", required=True, help="base name, e.g. validation-h100-2026-11-22")
+    summ.add_argument("--name", required=True, help="base name, e.g. validation")
     summ.add_argument("--device-name", default=None, help="GPU name for the table (reports record only 'cuda')")
     summ.add_argument("--dir", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
     args = parser.parse_args()

@@ -1,5 +1,6 @@
 """Summaries of validation cells (JSON lines written by validate.py run): a Markdown table, a summary JSON with
-the error statistics against the issue-5 targets, and a PNG of predicted against measured on log axes.
+the error statistics against the targets (TARGETS, WORST_CELL_TARGET), and a PNG of predicted against measured
+on log axes.
 
 Relative error is measured / predicted - 1 (positive: slower or larger than predicted); the statistics use
 its absolute value. Cells that failed are listed with their error and left out of the statistics. A timing probe's

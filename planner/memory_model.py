@@ -46,8 +46,9 @@ def weights_bytes(model: ModelSpec, elem_bytes: int) -> int:
 
 ALLOCATOR_SLACK_BYTES = 256 * MIB
 """PyTorch's caching allocator reserves more than it hands out. With expandable segments (what headplan run
-sets) reserved ran 0.08-0.23 GiB over peak allocated in five Llama-3-8B runs on the H100 (2026-11-22,
-benchmarks/results/validation-h100-2026-11-22.*); a plan 0.04 GiB under the cap ran out of memory. Not yet
+sets) reserved ran 0.08-0.23 GiB over peak allocated in five Llama-3-8B runs on the H100 (2026-11-22, the first validation runs:
+benchmarks/results/validation-h100-2026-11-22.jsonl in git commit 7cb8835, since superseded by
+benchmarks/results/2026-11-22-h100/validation.jsonl); a plan 0.04 GiB under the cap ran out of memory. Not yet
 measured by the profiler: this is a planning margin on the constraint, not a correction of a prediction."""
 
 

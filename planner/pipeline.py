@@ -1,5 +1,6 @@
 """Several GPUs: the decoder layers split into N contiguous stages, one per GPU of the profile, each stage
-offloading its own layers' KV head-wise over its own PCIe link into its own host store (issue 6, planner half).
+offloading its own layers' KV head-wise over its own PCIe link into its own host store (``headplan run --gpus N``
+executes it).
 
 Model, for N GPUs, L layers, capacity T tokens, chunk c, hidden D, dtype bytes b:
     split           stage i gets L // N layers, + 1 for the first L % N stages (earlier stages first, as

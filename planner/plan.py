@@ -1,6 +1,6 @@
 """Plan: what ``headplan plan`` decides and predicts, and what ``headplan run`` executes. A versioned JSON file.
 
-Field names are a contract with scripts (issue 2): ``schema_version``, ``context_tokens``, ``strategy``,
+Field names are a contract with scripts (tests/unit/test_plan_schema.py): ``schema_version``, ``context_tokens``, ``strategy``,
 ``chunk_size``, ``heads_per_group``, ``resident_kv_heads``, ``memory.gpu_peak_bytes``,
 ``memory.gpu_breakdown.{weights,kv,activations,overhead}``, ``memory.host_kv_bytes``, ``predicted.prefill_s``,
 ``predicted.decode_s_per_token``, ``alternatives[*].{strategy,fits,gpu_peak_bytes,prefill_s,

@@ -2,7 +2,7 @@
 context) and the roofline (the machine's compute, HBM and PCIe ceilings with the plan's prefill and decode
 operating points). matplotlib is imported inside the functions (Agg backend): importing this module is free.
 
-Operating points (FLOPs and bytes from the model's shape, DESIGN.md §3):
+Operating points (FLOPs and bytes from the model's shape, docs/how-it-works.md):
     prefill FLOPs = L (2 P_layer N + 4 H_q d N (N + 1) / 2)          N = context; causal pairs sum to N(N+1)/2
     prefill intensity = FLOPs / PCIe bytes (host->GPU + GPU->host) when anything is offloaded, else FLOPs /
                         (weights + KV written) bytes

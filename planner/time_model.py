@@ -1,4 +1,4 @@
-"""Predicted prefill time per chunk and decode time per token of one configuration (DESIGN.md §3), with the
+"""Predicted prefill time per chunk and decode time per token of one configuration (docs/how-it-works.md), with the
 resource that binds. Pure numpy over the chunks of the prompt; no torch.
 
 Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n offloaded groups of h heads:

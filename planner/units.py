@@ -1,6 +1,6 @@
 """Units: the one parser for token counts and memory sizes, and the formatters for output.
 
-Token counts use binary multipliers (DESIGN.md §3): ``K`` = 1024, ``M`` = 1,048,576, so "4M" is
+Token counts use binary multipliers (docs/cli.md, units): ``K`` = 1024, ``M`` = 1,048,576, so "4M" is
 4,194,304 tokens and "128K" is 131,072. Memory sizes accept ``B``, the decimal ``KB/MB/GB/TB`` (powers of
 1000) and the binary ``KiB/MiB/GiB/TiB`` (powers of 1024); output shows GiB with the unit.
 

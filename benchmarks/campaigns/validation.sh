@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prediction against measurement: the validation matrix (benchmarks/results/<date>-<machine>/validation.*).
+# Plans, runs and compares cell by cell (benchmarks/validate.py), each cell in its own process. Run the parts
+# back to back so that one machine serves as many as it can; `profile` first (the plans are made from it).
+#   gpu-tests:  the GPU test suite -> gpu-tests.log
+#   profile:    a full profile of this machine (profile.json, profile-full.txt), then the short cells: Llama-3-8B at
+#               8K-128K under 24 GB and the whole card, 128K / 24 GB with knobs fixed (c=16K G=8), Llama-3.2-1B at
+#               32K and 128K under 24 GB
+#   long:       8B at 256K (24 GB, whole card) and 512K (24 GB), 1B at 512K (24 GB)
+#   longest:    8B at 512K on the whole card, 1B at 1M on the whole card, 128K / 24 GB with c=8K G=2 and c=16K G=2
+#   tail:       1B at 2M: timing probes of the last 6 prefill chunks (headplan run --tail-chunks 6; the whole
+#               prefill is over the 10-minute cell limit)
+#   summary:    validation.md, validation.json and validation.png from validation.jsonl (no GPU needed)
+# WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
+source "$(dirname "$0")/common.sh"
+WHOLE=${WHOLE_CARD:-80GB}
+case "$PART" in
+gpu-tests)
+    timeout 500 python3 -m pytest tests/gpu -q -x 2>&1 | tee "$RESULTS/gpu-tests.log" | tail -3 ;;
+profile)
+    full_profile "${PROFILE_NAME:-$MACHINE-measured}"
+    cells 100 llama-3-8b:128K:24GB,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:$WHOLE,llama-3-8b:128K:$WHOLE,llama-3.2-1b:32K:24GB,llama-3.2-1b:128K:24GB ;;
+long)
+    cells 250 llama-3-8b:256K:24GB,llama-3-8b:256K:$WHOLE,llama-3.2-1b:512K:24GB,llama-3-8b:512K:24GB ;;
+longest)
+    cells 250 llama-3-8b:512K:$WHOLE,llama-3.2-1b:1M:$WHOLE,llama-3-8b:128K:24GB:c=8K:G=2,llama-3-8b:128K:24GB:c=16K:G=2 ;;
+tail)
+    cells 250 "llama-3.2-1b:2M:$WHOLE:tail=6,llama-3.2-1b:2M:24GB:tail=6" ;;
+summary)
+    python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
+*)
+    usage "gpu-tests, profile, long, longest, tail, summary" ;;
+esac
