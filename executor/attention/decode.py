@@ -13,7 +13,7 @@ write_token(keys, values, k, v, position): the token's k, v [G, 1, d] into the s
 attend_decode(q [1, Hq_g, 1, d], keys, values [G, T, d], position) -> [1, Hq_g, 1, d], attention over [0, s + 1):
   - CUDA fp16/bf16: the flash kernel's varlen form (aten._flash_attention_forward) with ``seqused_k`` =
     key_tokens: the same FA2 split-KV kernel the eager decode calls on the sliced keys. Measured on the H100
-    (benchmarks/results/decode-varlen-probe-h100-2026-11-22.json): equal outputs (max |difference| 0 at 8K-512K keys
+    (benchmarks/results/2026-11-22-h100/decode-varlen-probe.json): equal outputs (max |difference| 0 at 8K-512K keys
     but one 6e-5) and equal time (0.80 against 0.80 ms at 512K keys, d = 128);
   - elsewhere (CPU, the tests): s is read from the tensor (no device to synchronise with) and the sliced keys go
     through attend_chunk, exactly as the eager decode does.

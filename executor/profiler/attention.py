@@ -174,7 +174,7 @@ def measure_cudnn_graph_build(ctx: ProfileContext) -> float | None:
 
 
 # ONE_TIME_LOAD: in the profiler's process the first build of each kind (non-causal, causal) at the head dim took
-# ~0.7 s on the H100 and the builds after it 46-69 ms (benchmarks/results/profile-full-h100-2026-11-22-session3.txt),
+# ~0.7 s on the H100 and the builds after it 46-69 ms (H100, 2026-11-22, before the untimed first call was added),
 # while the executor's runs show no such first cost (the 16K chunk 0 of a 128K prefill ran 0.67 s in all, predicted
 # 1.32 s with the 0.78 s figure). So each measurement starts with one untimed call of its kind at a shape no other
 # measurement uses, and keeps the lower median.

@@ -3,7 +3,7 @@
 The attention table (attention.py) times isolated kernel calls on fresh contiguous tensors. The executor's
 step (executor/engine/offload.py OffloadEngine._attend_group) also reads a transposed, strided query, attends
 against views of a ping-pong slot, runs the cudnn-split parts and their merges, and writes into a strided
-output; on the H100 that step ran ~12% below the kernel table's rate (benchmarks/results/trace-128k-*). This
+output; on the H100 that step ran ~12% below the kernel table's rate (benchmarks/results/2026-11-22-h100/trace-128k-24gb/). This
 section times exactly that step, so that the planner can take the group's attention rate from it:
 
     query      [1, c, H_q, d] random, as transformers' q_proj output;  q = query.transpose(1, 2)  [1, H_q, c, d]

@@ -4,7 +4,7 @@ The planner prices a chunk's norms, RoPE, layout copies, residual adds and SwiGL
 planner/time_model.elementwise_bytes_per_token(model) per token per layer, over a bandwidth. The streaming HBM
 rate is too fast for them: RoPE runs on head-transposed (strided) tensors through PyTorch's non-vectorized
 kernels, RMSNorm through float32 copies. On the H100 the elementwise kernels of a 128K 8B prefill took 1.28 s
-against 0.76 s at the HBM read rate (benchmarks/results/kernels-h100-2026-11-22-session3-*.json).
+against 0.76 s at the HBM read rate (benchmarks/results/2026-11-22-h100/kernels-prefill-128k-24gb.json).
 
 This section runs those ops on one chunk of c tokens of a Llama-3-8B-shaped layer (Llama-3.2-1B-shaped on CPU,
 tiny in tiny mode), with transformers' own modules and functions where they exist, in the layouts the model

@@ -206,7 +206,7 @@ def test_validation_cells_and_summary_mark_the_tail(monkeypatch):
     spec = importlib.util.spec_from_file_location("validate_for_tests", path)
     validate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(validate)
-    assert validate.expand_cells("preset:issue5-1b-2m") == ["llama-3.2-1b:2M:80GB:tail=6",
+    assert validate.expand_cells("preset:tail-1b-2m") == ["llama-3.2-1b:2M:80GB:tail=6",
                                                             "llama-3.2-1b:2M:24GB:tail=6"]
     assert validate.cell_flags("llama-3.2-1b:2M:80GB:tail=6")[-2:] == ["--tail-chunks", "6"]
     from validation_summary import _cell_line  # importable once validate.py put benchmarks/ on the path
