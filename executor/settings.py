@@ -9,7 +9,7 @@ different ExecutionSettings. Leaves out: the plan itself (planner/plan.py) and i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
 
@@ -69,6 +69,43 @@ class ExecutionSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SamplingOptions:
+    """How each next token is chosen, by transformers' own logits processors and warpers (generation/sampling.py),
+    in generate()'s order: repetition penalty, temperature, top-k, top-p; then argmax (temperature 0) or one draw
+    from the softmax with a seeded generator on the device."""
+
+    temperature: float = 0.0
+    """0: greedy (argmax); > 0: sample from softmax(logits / temperature)"""
+    top_p: float = 1.0
+    """nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p (1: off)"""
+    top_k: Optional[int] = None
+    """keep the k most likely tokens (None: off)"""
+    repetition_penalty: float = 1.0
+    """> 1 penalises tokens already in the prompt or the answer (1: off)"""
+    seed: Optional[int] = None
+    """seed of the sampling generator (None: torch's default generator)"""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def plain_argmax(self) -> bool:
+        """Greedy with no processor: the token is argmax(logits), which the CUDA-graph step computes itself."""
+        return self.greedy and self.repetition_penalty == 1
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How generation.runner.execute drives one run (every field optional)."""
 
@@ -86,3 +123,8 @@ class RunOptions:
     """one tiny run through the same path first (None: on CUDA only)"""
     synthetic_past_tokens: int = 0
     """a timing probe: the first N tokens' K, V are zero-filled instead of computed (generation/runner.py)"""
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    """how each next token is chosen (default greedy)"""
+    token_stream: Optional[Any] = None
+    """a generation/output.py TokenStream: receives each generated token one behind the device, streams the
+    text and may end the decode early (end of sequence, a stop string); None: every token, no stop"""

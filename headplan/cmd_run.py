@@ -1,9 +1,11 @@
-"""headplan run: execute a plan for real (head-offloaded prefill + greedy decode) and report measured against
+"""headplan run: execute a plan for real (head-offloaded prefill + decode) and report measured against
 predicted in a folder (report.json, report.md, PNG plots; trace.json + timeline.png with --trace).
 
 The plan comes from ``--plan plan.json`` or from the same options as ``headplan plan`` (planned and run in one
-step). The model is ``--model-path DIR`` (a checkpoint) or the plan's architecture with random weights from
-``--seed``. ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
+step). The model is ``--model-path`` (a checkpoint folder or a .gguf file) or the plan's architecture with random
+weights from ``--seed``. With a tokenizer, the answer streams to stdout as text (headplan/run_answer.py: chat
+template, sampling, stop at end of sequence or ``--stop``); timings, warnings and the report path go to stderr
+(``--quiet`` drops them). ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
 stages on the CPU). ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
 past (generation/tail.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
 (partial report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from headplan.errors import UserError
+from headplan.run_answer import add_answer_arguments, answer_options, make_token_stream, say
 
 DESCRIPTION = ("Run exact head-offloaded inference with a plan (--plan plan.json, or the plan options to plan and "
                "run in one step) and report measured against predicted.")
@@ -27,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", type=Path, help="plan.json written by headplan plan (else: plan from the options "
                         "below, as headplan plan would, and run it)")
     add_plan_arguments(parser)
-    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens to generate (default: the "
-                        "plan's decode tokens)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="the most tokens to generate (default: the "
+                        "plan's decode tokens); fewer when the answer ends (end of sequence, --stop)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and random prompt ids")
-    parser.add_argument("--model-path", type=Path, help="checkpoint folder (config.json + safetensors); the plan "
-                        "is made for its architecture")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights, random prompt ids and sampling")
+    parser.add_argument("--model-path", type=Path, help="checkpoint folder (config.json + safetensors + tokenizer) "
+                        "or a .gguf file; the plan is made for its architecture")
     prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", type=Path, help="text file, tokenized with the checkpoint's tokenizer")
+    prompt.add_argument("--prompt", type=Path, help="text file (- reads stdin), tokenized with the checkpoint's "
+                        "tokenizer; the context is its length")
     prompt.add_argument("--prompt-ids", type=Path, help="JSON list of token ids (the context is its length)")
+    add_answer_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("run-report"), help="report folder (default run-report)")
     parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
     parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
@@ -45,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "compared with those chunks' prediction")
     parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--quiet", action="store_true", help="only the answer on stdout: no progress, timings, "
+                        "warnings or report path on stderr")
 
 
 def _resolve_plan(args):
@@ -69,31 +76,39 @@ def main(args) -> int:
     import os
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_CONFIG)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF loader draws its own bar
+        args.no_progress = True
+    answer = answer_options(args)            # sampling and stop options checked before anything loads
+    _check_tail_chunks(args)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
-    _check_tail_chunks(args)
-    prompt_ids = _prompt_before_plan(args)
-    if prompt_ids is not None:
+    tokenizer = _tokenizer_before_weights(args)
+    prompt_ids = _prompt_before_plan(args, tokenizer)
+    if prompt_ids is not None and args.plan is None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
+    if args.new_tokens is not None and args.plan is None:
+        args.decode_tokens = str(args.new_tokens)
     plan = _resolve_plan(args)
     stages = _stages(plan, device, args)
     spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
     if new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
-    warnings = _check_hardware(plan, device, args.strict)
+    if prompt_ids is not None and prompt_ids.shape[1] > context:
+        raise UserError(f"the prompt has {prompt_ids.shape[1]} tokens but the plan is for {context}: plan again "
+                        "for the longer context")
+    warnings = _check_hardware(plan, device, args.strict, args.quiet)
     memory_extra = _apply_budget(plan, stages)
-    loaded = _load_model(args, spec, dtype_name, device, stages)
+    loaded = _load_model(args, spec, dtype_name, device, stages, tokenizer)
     if prompt_ids is None:
         from executor.inputs.prompt import random_prompt_ids
 
         prompt_ids = random_prompt_ids(context, loaded.spec.vocab_size, args.seed)
-    elif prompt_ids.shape[1] != context:
-        raise UserError(f"the plan is for {context} tokens but the prompt has {prompt_ids.shape[1]}")
-    return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, stages, warnings, memory_extra)
+    return _run_and_report(args, loaded, plan, prompt_ids, new_tokens, stages, warnings, memory_extra, answer)
 
 
 def _check_tail_chunks(args) -> None:
@@ -123,26 +138,56 @@ def _stages(plan, device: str, args=None):
         raise UserError(f"plan for {plan.gpus} GPUs: {exc}") from None
 
 
-def _prompt_before_plan(args):
+def _tokenizer_before_weights(args):
+    """The checkpoint's tokenizer (a folder's files, or a .gguf file's), loaded before any weight, or None. The
+    checks that need it (a chat template for --chat, --stop) are made here."""
+    if args.model_path is None:
+        if args.chat or args.prompt is not None or args.stop:
+            what = "--chat" if args.chat else "--prompt" if args.prompt is not None else "--stop"
+            raise UserError(f"{what} needs a tokenizer: pass --model-path (a checkpoint folder or a .gguf file)")
+        return None
+    from executor.inputs.model_loader import ModelLoadError, load_tokenizer_of
+    from executor.inputs.prompt import PromptError, check_chat_template
+    from planner.model_spec import load_model_spec
+
+    load_model_spec(str(args.model_path))  # a GGUF's header (architecture, truncation) before its tokenizer
+    try:
+        tokenizer = load_tokenizer_of(args.model_path)
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    if tokenizer is None and (args.chat or args.prompt is not None or args.stop):
+        raise UserError(f"{args.model_path} has no tokenizer files: use --prompt-ids, without --chat or --stop")
+    if args.chat:
+        try:
+            check_chat_template(tokenizer, str(args.model_path))
+        except PromptError as exc:
+            raise UserError(str(exc)) from None
+    return tokenizer
+
+
+def _prompt_before_plan(args, tokenizer):
     """Token ids of --prompt-ids / --prompt (checked against the vocabulary), or None for a random prompt."""
-    from executor.inputs.model_loader import load_tokenizer
     from executor.inputs.prompt import PromptError, prompt_ids_from_file, prompt_ids_from_text
     from planner.model_spec import load_model_spec
 
     if args.prompt_ids is None and args.prompt is None:
+        if args.chat:
+            raise UserError("--chat needs --prompt (the text of the user message)")
         return None
     source = str(args.model_path) if args.model_path is not None else args.model
     vocab = load_model_spec(source).vocab_size
     try:
         if args.prompt_ids is not None:
+            if args.chat:
+                raise UserError("--chat applies to --prompt text, not to --prompt-ids")
             return prompt_ids_from_file(args.prompt_ids, vocab)
-        tokenizer = load_tokenizer(args.model_path) if args.model_path is not None else None
-        return prompt_ids_from_text(args.prompt, tokenizer, vocab)
+        return prompt_ids_from_text(args.prompt, tokenizer, vocab, chat=args.chat, system=args.system,
+                                    source=source)
     except PromptError as exc:
         raise UserError(str(exc)) from None
 
 
-def _check_hardware(plan, device: str, strict: bool) -> list[str]:
+def _check_hardware(plan, device: str, strict: bool, quiet: bool = False) -> list[str]:
     import torch
 
     from executor.faults import hardware_mismatch
@@ -155,7 +200,7 @@ def _check_hardware(plan, device: str, strict: bool) -> list[str]:
         return []
     if strict:
         raise UserError(f"{text} (refused: --strict)")
-    print(f"headplan run: warning: {text}", file=sys.stderr)
+    say(f"headplan run: warning: {text}", quiet)
     return [text]
 
 
@@ -170,12 +215,13 @@ def _apply_budget(plan, stages) -> dict:
     return {"gpu_budget_bytes": budget, "gpu_memory_fraction": fractions[0]}
 
 
-def _load_model(args, spec, dtype_name: str, device: str, stages):
+def _load_model(args, spec, dtype_name: str, device: str, stages, tokenizer=None):
     from executor.inputs.model_loader import build_random, load_checkpoint, torch_dtype
 
     try:
         if args.model_path is not None:
-            return load_checkpoint(args.model_path, dtype=torch_dtype(dtype_name), device=device, stages=stages)
+            return load_checkpoint(args.model_path, dtype=torch_dtype(dtype_name), device=device, stages=stages,
+                                   tokenizer=tokenizer)
         return build_random(spec, dtype=torch_dtype(dtype_name), device=device, seed=args.seed, stages=stages)
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -200,7 +246,7 @@ def _progress(plan, input_ids, disabled: bool, tail=None):
     return bar, lambda index: bar.update(1)
 
 
-def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings, memory_extra) -> int:
+def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings, memory_extra, answer) -> int:
     from executor.api import run_plan
     from executor.faults import RunFault
     from executor.generation.tail import tail_split
@@ -213,9 +259,11 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     tail_chunks = getattr(args, "tail_chunks", None)
     bar, on_chunk = _progress(plan, input_ids, args.no_progress,
                               tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks))
+    stream = make_token_stream(answer, loaded, stages[0].device, plan, input_ids.shape[1] + new_tokens)
+    options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan),
+                         sampling=answer.sampling, token_stream=stream)
+    context = ReportContext(model_name=loaded.spec.name, memory_extra=memory_extra, warnings=warnings)
     try:
-        options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan))
-        context = ReportContext(model_name=loaded.spec.name, memory_extra=memory_extra, warnings=warnings)
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
                           options=options, verify=args.verify, tail_chunks=tail_chunks, stages=stages,
                           context=context)
@@ -228,11 +276,15 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         print(f"headplan run: {fault} (partial report: {path})", file=sys.stderr)
         return fault.exit_code
     bar.close()
+    if stream is not None and stream.streamer is not None:
+        print(flush=True)  # the answer's last line
+    result.report.generated_text = stream.text if stream is not None and stream.streamer is not None else None
+    result.report.sampling = answer.describe()
     path = write_report(result.report, args.out)
     write_plots(result.report, args.out)
     if args.trace:
         write_trace(result.measurement.trace_events, args.out)
-    _summary(result.report, path)
+    _summary(result.report, path, args.quiet)
     return 0
 
 
@@ -244,7 +296,8 @@ def _stated_host_bytes(args, plan):
     return plan.memory.host_budget_bytes
 
 
-def _summary(report, path) -> None:
+def _summary(report, path, quiet: bool = False) -> None:
+    """Timings against the plan and the report path, on stderr (stdout carries the answer)."""
     m, p = report.measured, report.predicted
     line = "prefill" + (f" (last {report.tail.chunks} of {report.tail.total_chunks} chunks)" if report.tail else "")
     line += f" {m.prefill_s:.3f} s" if m.prefill_s is not None else " -"
@@ -254,11 +307,13 @@ def _summary(report, path) -> None:
         line += f", decode {m.decode_s_per_token * 1000:.1f} ms/token"
         if p.decode_s_per_token:
             line += f" (predicted {p.decode_s_per_token * 1000:.1f})"
+    if report.stop_reason is not None:
+        line += f", {len(report.generated_token_ids)} tokens generated (stopped: {report.stop_reason})"
     if report.verify:
         line += f", verify {report.verify}"
-    print(line)
+    say(line, quiet)
     for g in report.gpus:
-        print(f"  {g.device}: layers {g.first_layer}-{g.first_layer + g.num_layers - 1}, prefill busy "
-              f"{g.measured_prefill_busy_s or 0:.3f} s, idle {g.measured_idle_fraction or 0:.0%}, peak "
-              f"{(g.measured_gpu_peak_bytes or 0) / 2**30:.2f} GiB")
-    print(f"report: {path}")
+        say(f"  {g.device}: layers {g.first_layer}-{g.first_layer + g.num_layers - 1}, prefill busy "
+            f"{g.measured_prefill_busy_s or 0:.3f} s, idle {g.measured_idle_fraction or 0:.0%}, peak "
+            f"{(g.measured_gpu_peak_bytes or 0) / 2**30:.2f} GiB", quiet)
+    say(f"report: {path}", quiet)

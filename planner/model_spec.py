@@ -242,9 +242,14 @@ def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> Mode
 
 
 def load_model_spec(name_or_path: str) -> ModelSpec:
-    """A built-in name, a config.json path, or a checkpoint folder holding config.json."""
+    """A built-in name, a config.json path, a checkpoint folder holding config.json, or a .gguf file (its header:
+    planner/gguf_spec.py)."""
     if name_or_path in BUILTIN_MODELS:
         return BUILTIN_MODELS[name_or_path]
+    if str(name_or_path).lower().endswith(".gguf"):
+        from planner.gguf_spec import gguf_model_spec
+
+        return gguf_model_spec(name_or_path)
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "config.json"

@@ -10,8 +10,22 @@ Leaves out: cropping, beam reordering, batch > 1.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+def with_cache(model, cache) -> dict:
+    """The forward's keyword for the cache, ``{name: cache}``: transformers 5.24 renamed ``past_key_values`` to
+    ``cache`` (the old name still works there, with a FutureWarning; 5.17 knows only the old one)."""
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 class OffloadLayer(CacheLayerMixin):

@@ -15,7 +15,8 @@ so each replay feeds the next. Setup (``prepare``, after the prefill has drained
 on a side stream (first launches of its kernels; it writes row s exactly as the first replay will rewrite it),
 the buffers put back, then the capture. On CPU the same step runs eagerly (no capture): the tests check it
 against the eager decode there. A capture that fails falls back to that eager static step, with a warning.
-Leaves out: streamed heads and several stages (the eager decode handles those), sampling other than greedy.
+With sampling or logits processors the graph ends at the logits and the token is chosen eagerly after each
+replay (generation/sampling.py). Leaves out: streamed heads and several stages (the eager decode handles those).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Optional
 import torch
 
 from executor.attention.decode import DevicePosition
+from executor.engine.cache import with_cache
 from executor.kv.layout import KVLayout
 from executor.settings import ExecutionSettings
 from planner.host_time import decode_runs_as_graph
@@ -75,17 +77,30 @@ class StaticDecode:
         for engine in run.engine.engines:
             engine.device_position = self.position
 
+    @property
+    def _argmax_in_step(self) -> bool:
+        """Plain greedy: the step (and the graph) ends with argmax; else the chooser runs after each step."""
+        return self.run.chooser is None or self.run.chooser.plain_argmax
+
     def _forward(self) -> None:
+        """The capturable step: forward, logits kept (float32) when asked or when a chooser needs them, the
+        argmax (plain greedy) into ``ids``, the position advanced."""
         run = self.run
-        out = run.model(self.ids, position_ids=self.position.position_ids, past_key_values=run.cache,
+        out = run.model(self.ids, position_ids=self.position.position_ids, **with_cache(run.model, run.cache),
                         use_cache=True, logits_to_keep=1, headplan_cache=run.cache)
         last = out.logits[:, -1, :]
-        if run.keep_logits:
+        if run.keep_logits or not self._argmax_in_step:
             if self.logits is None:
                 self.logits = torch.empty(last.shape[-1], device=last.device, dtype=torch.float32)
             self.logits.copy_(last[0])
-        self.ids.copy_(last.argmax(-1, keepdim=True))
+        if self._argmax_in_step:
+            self.ids.copy_(last.argmax(-1, keepdim=True))
         self.position.advance()
+
+    def _choose(self) -> None:
+        """Sampling or processors: the next token from the kept logits, eagerly after the step (not captured)."""
+        if not self._argmax_in_step:
+            self.ids.copy_(self.run.chooser.choose(self.logits[None]))
 
     def prepare(self) -> None:
         """On CUDA: warm-up step and capture (module docstring); its wall time goes to ``setup_s``."""
@@ -130,12 +145,14 @@ class StaticDecode:
         """One token: replay the graph (then count it on the host), or run the step eagerly."""
         if self.graph is None:
             self._forward()
+            self._choose()
             return
         past = self.run.cache.layers[0].tokens
         self.graph.replay()
         self.run.cache.advance(1)
         for engine in self.run.engine.engines:
             engine.count_decode_token(past)
+        self._choose()
 
     def close(self) -> None:
         for engine in self.run.engine.engines:

@@ -1,9 +1,12 @@
 """RunLoop: the chunked prefill and the token-by-token decode of one run through the unmodified transformers model.
 
 Each forward is ``model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1, headplan_cache=cache)``
+(``cache=`` on transformers 5.24 and later: engine/cache.py with_cache)
 with the head-offloaded attention selected (engine/registration.py); before it the engine is told where the loop
 is (phase, chunk) and whether another forward follows (so it may prefetch that forward's first group).
-Leaves out: building and releasing the stores (generation/runner.py), sampling other than greedy.
+Each next token is chosen on the device (generation/sampling.py TokenChooser); a TokenStream (generation/output.py)
+reads tokens back one behind the device and ends the decode at end of sequence or a stop string.
+Leaves out: building and releasing the stores (generation/runner.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Callable, Optional
 
 import torch
 
-from executor.engine.cache import OffloadCache
+from executor.engine.cache import OffloadCache, with_cache
 from executor.generation.decode_graph import StaticDecode
+from executor.generation.output import TokenStream
+from executor.generation.sampling import TokenChooser
 from executor.parallel.staged_engine import StagedEngine
 from executor.runtime.events import EventRecorder
 
@@ -41,18 +46,26 @@ class RunLoop:
     static_decode: bool = False
     """decode through the static step (decode_graph.py), captured as a CUDA graph on a GPU"""
     static: Optional[StaticDecode] = None
+    chooser: Optional[TokenChooser] = None
+    """picks each next token from the logits (generation/sampling.py); None: argmax"""
+    stream: Optional[TokenStream] = None
+    """reads tokens back one behind and may stop the decode (generation/output.py); None: every token"""
 
     def forward(self, ids: torch.Tensor, *, phase: str, index: int, logits_to_keep: int, more: bool,
                 more_prefill: bool = False):
         self.engine.position.phase, self.engine.position.chunk, self.engine.position.layer = phase, index, None
         self.engine.more_forwards = more
         self.engine.next_phase = "prefill" if more_prefill else "decode"
-        out = self.model(ids, past_key_values=self.cache, use_cache=True, logits_to_keep=logits_to_keep,
+        out = self.model(ids, **with_cache(self.model, self.cache), use_cache=True, logits_to_keep=logits_to_keep,
                          headplan_cache=self.cache)
         last = out.logits[:, -1, :]
-        if self.keep_logits and not (phase == "prefill" and more_prefill):
+        if phase == "prefill" and more_prefill:
+            return None  # a chunk before the last: its logits are not a token
+        if self.keep_logits:
             self.logits.append(last.float()[0])
-        return last.argmax(-1, keepdim=True)  # [1, 1] on the device: no host sync
+        if self.chooser is None:
+            return last.argmax(-1, keepdim=True)  # [1, 1] on the device: no host sync
+        return self.chooser.choose(last)
 
     def prefill(self, input_ids: torch.Tensor, chunk_size: int, new_tokens: int) -> torch.Tensor:
         prompt_tokens, next_ids = input_ids.shape[1], None
@@ -70,6 +83,8 @@ class RunLoop:
         if self.on_chunk is not None:
             self.on_chunk(len(starts) - 1)
         self.generated.append(next_ids)
+        if self.stream is not None:
+            self.stream.push(next_ids)
         return next_ids
 
     def _progress(self, index: int) -> None:
@@ -92,6 +107,8 @@ class RunLoop:
             self.recorder.mark("token_end", phase="decode", chunk=step)
             self.host_s.append(time.perf_counter() - issued_s)
             self.generated.append(next_ids)
+            if self.stream is not None and self.stream.push(next_ids):
+                break
 
     def _decode_static(self, next_ids: torch.Tensor, new_tokens: int) -> None:
         """Tokens 1 .. new_tokens - 1 through StaticDecode: set up (capture) first, untimed, then one step each."""
@@ -107,6 +124,18 @@ class RunLoop:
             self.static.step()
             self.recorder.mark("token_end", phase="decode", chunk=step)
             self.host_s.append(time.perf_counter() - issued_s)
-            self.generated.append(self.static.ids.clone())
+            token = self.static.ids.clone()
+            self.generated.append(token)
             if self.keep_logits:
                 self.logits.append(self.static.logits.clone())
+            if self.stream is not None and self.stream.push(token):
+                break
+
+    def generated_ids(self) -> list[int]:
+        """The answer's token ids: what the stream read (cut at the stop), else every token generated."""
+        if self.stream is not None:
+            self.stream.finish()
+            return list(self.stream.tokens)
+        if not self.generated:
+            return []
+        return [int(x) for x in torch.cat(self.generated, dim=1)[0].tolist()]

@@ -86,6 +86,8 @@ class Measurement(GpuPeaks):
     decode_graph_fallback: Optional[str] = None
     """why a capture failed (the static step then ran eagerly), else None"""
     generated_token_ids: list[int] = field(default_factory=list)
+    stop_reason: Optional[str] = None
+    """why generation ended, when a TokenStream watched it: "eos", "stop" (a stop string) or "length"; else None"""
     layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
     attention_s: dict[str, float] = field(default_factory=dict)
     counters: dict[str, PhaseCounters] = field(default_factory=dict)

@@ -12,7 +12,7 @@ A timing probe (``options.synthetic_past_tokens=N``, headplan run --tail-chunks)
 zero-filled and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
 a full-length past that was never computed: time and memory are the full context's, the outputs are not the
 model's.
-Leaves out: the report (report/), the plan (api.py), sampling other than greedy.
+Leaves out: the report (report/), the plan (api.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_messag
 from executor.generation.decode_graph import static_decode_applies
 from executor.generation.loop import RunLoop
 from executor.generation.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
+from executor.generation.sampling import TokenChooser
 from executor.generation.warmup import cuda_devices, warm_up
 from executor.parallel.staged_engine import StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
@@ -39,7 +40,8 @@ from executor.settings import ExecutionSettings, RunOptions
 def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int,
             device: torch.device | str, options: RunOptions = RunOptions(),
             stages: Optional[list[DeviceStage]] = None) -> Measurement:
-    """Run prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; return the Measurement.
+    """Run prefill of ``input_ids`` [1, n] and up to ``new_tokens`` tokens (greedy, or as ``options.sampling``
+    says; fewer when ``options.token_stream`` stops at end of sequence or a stop string); return the Measurement.
 
     ``stages`` (parallel/stages.py): the layers split over devices, the model already placed on them; default
     one stage of all layers on ``device`` with settings.resident_kv_heads resident slots. ``options``
@@ -71,6 +73,9 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
         run = _build_run(model, parts, settings, options, measurement)
         _zero_filled_past(run, past_tokens)
         input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
+        if not options.sampling.plain_argmax:
+            run.chooser = TokenChooser(options.sampling, device=device, capacity_tokens=settings.capacity_tokens,
+                                       prompt_ids=input_ids)
         with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, options.sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
             run.decode(next_ids, new_tokens)
@@ -164,7 +169,7 @@ def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, opti
     engine = build_staged_engine(parts, settings, backend_name(settings.attention_backend), recorder, options.trace)
     cache = OffloadCache(model.config.num_hidden_layers, settings.capacity_tokens, engine=engine)
     run = RunLoop(model=model, engine=engine, cache=cache, recorder=recorder, device=device,
-                  on_chunk=options.on_chunk, keep_logits=options.keep_logits,
+                  on_chunk=options.on_chunk, keep_logits=options.keep_logits, stream=options.token_stream,
                   static_decode=static_decode_applies([p.layout for p in parts], settings, parts[0].host.dtype,
                                                       device))
     if len(parts) > 1:
@@ -207,8 +212,9 @@ def _finish(run: RunLoop, measurement: Measurement) -> None:
     for stage, engine, stage_evts in zip(measurement.stages, run.engine.engines, _per_stage(run, stage_events)):
         stage.counters = dict(engine.counters)
         fill_stage_busy(stage, stage_evts, measurement, single=len(measurement.stages) == 1)
-    if run.generated:
-        measurement.generated_token_ids = [int(x) for x in torch.cat(run.generated, dim=1)[0].tolist()]
+    measurement.generated_token_ids = run.generated_ids()
+    if run.stream is not None:
+        measurement.stop_reason = run.stream.stop_reason
     if run.logits:
         measurement.step_logits = torch.stack(run.logits).cpu()
     for stage in measurement.stages:

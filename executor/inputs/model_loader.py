@@ -1,7 +1,10 @@
 """Load the model a run executes: a real checkpoint from disk, or the exact architecture with random weights.
 
-- ``load_checkpoint(path, dtype, device)``: config.json + safetensors (transformers' from_pretrained), and the
-  tokenizer when the folder has one.
+- ``load_checkpoint(path, dtype, device)``: a checkpoint folder (config.json + safetensors, transformers'
+  from_pretrained) and its tokenizer when the folder has one; or a ``.gguf`` file through transformers' own GGUF
+  loader (the gguf package): weights dequantized to ``dtype``, tokenizer, chat template and end-of-sequence id
+  from the file. The GGUF header is read first (planner/gguf_spec.py: architecture, truncation), so a file
+  headplan cannot run is refused before any weight loads.
 - ``build_random(spec, dtype, device, seed, stages=None)``: the architecture of a ModelSpec (a built-in name or
   any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
   stage's GPU through accelerate's device map) in the run's dtype.
@@ -32,6 +35,18 @@ class LoadedModel:
     spec: ModelSpec
     tokenizer: Optional[Any]
     source: str
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """End-of-sequence ids of the checkpoint's generation config (a GGUF's from its header), else the
+        tokenizer's; () for random weights. (transformers 5.17's GGUF tokenizer names the wrong eos token, so the
+        generation config comes first.)"""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if ids is None and self.tokenizer is not None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return ()
+        return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -114,14 +129,17 @@ def init_random_weights(model, seed: int, *, std: float) -> None:
 
 
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.device | str,
-                    stages=None) -> LoadedModel:
-    """A checkpoint folder (config.json + safetensors, tokenizer optional) loaded in ``dtype`` onto ``device``,
-    or with ``stages`` onto each stage's device (transformers' device_map, which accelerate dispatches)."""
+                    stages=None, tokenizer=None) -> LoadedModel:
+    """A checkpoint folder (config.json + safetensors, tokenizer optional) or a .gguf file, loaded in ``dtype``
+    onto ``device``, or with ``stages`` onto each stage's device (transformers' device_map, which accelerate
+    dispatches). ``tokenizer``: one already loaded (load_tokenizer_of), so it is not read twice."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from executor.parallel.stages import device_map_for, is_multi_device
 
     folder = Path(path)
+    if folder.suffix.lower() == ".gguf":
+        return load_gguf(folder, dtype=dtype, device=device, stages=stages, tokenizer=tokenizer)
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} has no config.json (expected a checkpoint folder)")
     config = AutoConfig.from_pretrained(folder)
@@ -136,7 +154,58 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype, device: torch.devic
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map)
     model.eval()
     spec = model_spec_from_config(model.config.to_dict(), name=folder.name)
-    return LoadedModel(model=model, spec=spec, tokenizer=load_tokenizer(folder), source=str(folder))
+    return LoadedModel(model=model, spec=spec, tokenizer=tokenizer or load_tokenizer(folder), source=str(folder))
+
+
+def load_gguf(path: Path, *, dtype: torch.dtype, device: torch.device | str, stages=None,
+              tokenizer=None) -> LoadedModel:
+    """A .gguf file: header checked first (planner/gguf_spec.py), then transformers' GGUF loader for the weights
+    (dequantized to ``dtype``) and the tokenizer. Any failure of the loader on a damaged file is a ModelLoadError."""
+    import struct
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from executor.parallel.stages import device_map_for, is_multi_device
+    from planner.gguf_spec import gguf_model_spec
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a file")
+    try:
+        spec = gguf_model_spec(path)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    hf_logging.disable_progress_bar()
+    folder, name = path.parent, path.name
+    try:
+        device_map = {"": str(device)}
+        if stages is not None and is_multi_device(stages):
+            from transformers import AutoConfig
+
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, gguf_file=name))
+            device_map = device_map_for(skeleton, stages)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, device_map=device_map)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (ValueError, OSError, struct.error, IndexError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    check_supported(model.config)
+    model.eval()
+    return LoadedModel(model=model, spec=spec, tokenizer=tokenizer, source=str(path))
+
+
+def load_tokenizer_of(path: str | Path) -> Optional[Any]:
+    """The tokenizer of a checkpoint folder (None without tokenizer files) or of a .gguf file, without weights."""
+    path = Path(path)
+    if path.suffix.lower() != ".gguf":
+        return load_tokenizer(path)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # noqa: BLE001 - a damaged file: one line, not the loader's traceback
+        raise ModelLoadError(f"cannot read the tokenizer of {path}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
 
 def load_tokenizer(folder: Path) -> Optional[Any]:

@@ -1,8 +1,11 @@
 """The prompt of a run as token ids [1, n] (int64, on CPU): from a JSON file of ids, from text through the
-checkpoint's tokenizer, or random ids of a given length from a seed. Leaves out: chat templates, batches."""
+checkpoint's tokenizer (as it is, or as one user message in the tokenizer's chat template with the generation
+prompt added, and an optional system message), or random ids of a given length from a seed. Leaves out: batches,
+conversations of several turns (headplan chat builds those from the same pieces)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,17 +28,51 @@ def prompt_ids_from_file(path: str | Path, vocab_size: int) -> torch.Tensor:
     return _checked(torch.tensor([data], dtype=torch.long), vocab_size)
 
 
-def prompt_ids_from_text(path: str | Path, tokenizer: Optional[Any], vocab_size: int) -> torch.Tensor:
-    """Text file -> tokenizer -> [1, n]. Needs a checkpoint with a tokenizer."""
-    if tokenizer is None:
-        raise PromptError("--prompt needs a tokenizer: pass --model-path to a checkpoint with tokenizer files, "
-                          "or give --prompt-ids")
+def read_prompt_text(path: str | Path) -> str:
+    """The text of a prompt file ("-": standard input); PromptError when it cannot be read or is empty."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise PromptError(f"cannot read prompt {path}: {exc}") from None
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    return _checked(ids.to(torch.long), vocab_size)
+    if not text.strip():
+        raise PromptError(f"the prompt {'on standard input' if str(path) == '-' else path} is empty")
+    return text
+
+
+def check_chat_template(tokenizer: Optional[Any], source: str) -> None:
+    """PromptError unless ``tokenizer`` has a chat template (--chat needs one)."""
+    if tokenizer is None:
+        raise PromptError("--chat needs a tokenizer: pass --model-path to a checkpoint or a .gguf file")
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError(f"--chat: the tokenizer of {source} has no chat template; run without --chat")
+
+
+def chat_messages(text: str, system: Optional[str] = None) -> list[dict[str, str]]:
+    """The whole prompt as one user message, after a system message when given. Surrounding whitespace is not
+    part of a message (a file's final newline would otherwise sit before the template's end-of-turn token)."""
+    messages = [{"role": "system", "content": system.strip()}] if system else []
+    return messages + [{"role": "user", "content": text.strip()}]
+
+
+def text_ids(tokenizer: Any, text: str, *, chat: bool = False, system: Optional[str] = None) -> torch.Tensor:
+    """``text`` -> [1, n] int64: tokenized as it is, or (``chat``) inside the chat template with the generation
+    prompt added (``apply_chat_template(..., add_generation_prompt=True)``)."""
+    if chat:
+        encoded = tokenizer.apply_chat_template(chat_messages(text, system), add_generation_prompt=True,
+                                                return_dict=True, return_tensors="pt")
+        return encoded["input_ids"].to(torch.long)
+    return tokenizer(text, return_tensors="pt")["input_ids"].to(torch.long)
+
+
+def prompt_ids_from_text(path: str | Path, tokenizer: Optional[Any], vocab_size: int, *, chat: bool = False,
+                         system: Optional[str] = None, source: str = "the model") -> torch.Tensor:
+    """Text file ("-": stdin) -> tokenizer (optionally in the chat template) -> [1, n]. Needs a tokenizer."""
+    if tokenizer is None:
+        raise PromptError("--prompt needs a tokenizer: pass --model-path to a checkpoint with tokenizer files or "
+                          "a .gguf file, or give --prompt-ids")
+    if chat:
+        check_chat_template(tokenizer, source)
+    return _checked(text_ids(tokenizer, read_prompt_text(path), chat=chat, system=system), vocab_size)
 
 
 def random_prompt_ids(context_tokens: int, vocab_size: int, seed: int) -> torch.Tensor:

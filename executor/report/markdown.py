@@ -55,6 +55,19 @@ def _tail_lines(tail: Optional[TailFigures]) -> list[str]:
             f"prefill predicted {_seconds(tail.predicted_full_prefill_s)}).", ""]
 
 
+def _answer_lines(report: RunReport) -> list[str]:
+    """The answer as text (quoted), how it stopped and how it was sampled; the token ids."""
+    lines = []
+    if report.generated_text is not None:
+        quoted = "\n".join("> " + line for line in (report.generated_text or "(empty)").splitlines())
+        lines += ["## Answer", "", quoted or "> (empty)", ""]
+    if report.stop_reason is not None:
+        sampling = ", ".join(f"{k}={v}" for k, v in report.sampling.items())
+        lines += [f"{report.prompt_tokens} prompt tokens, {len(report.generated_token_ids)} generated, stopped by "
+                  f"{report.stop_reason}" + (f"; {sampling}" if sampling else "") + ".", ""]
+    return lines + [f"Generated token ids: {report.generated_token_ids}", ""]
+
+
 def render_markdown(report: RunReport) -> str:
     """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
     p, m, e = report.predicted, report.measured, report.error
@@ -100,6 +113,6 @@ def render_markdown(report: RunReport) -> str:
     if report.verify:
         lines += ["Verify against the standard forward: " + ", ".join(f"{k}={v}" for k, v in report.verify.items()),
                   ""]
-    lines += [f"Generated token ids: {report.generated_token_ids}", ""]
+    lines += _answer_lines(report)
     lines += ["![time per chunk](chunk_time.png)", "", "![memory](memory.png)", ""]
     return "\n".join(lines)

@@ -147,6 +147,14 @@ class RunReport(_Block):
     measured: TimesAndPeak
     error: RelativeErrors
     generated_token_ids: list[int] = Field(default_factory=list)
+    prompt_tokens: Optional[int] = Field(None, description="tokens of the prompt as given (its ids, or its text "
+                                         "after the tokenizer and the chat template)")
+    generated_text: Optional[str] = Field(None, description="the answer as text (special tokens skipped, cut "
+                                          "before a stop string), as streamed; None without a tokenizer")
+    stop_reason: Optional[str] = Field(None, description="'eos' (end-of-sequence id), 'stop' (a --stop string) "
+                                       "or 'length' (--new-tokens reached)")
+    sampling: dict[str, Any] = Field(default_factory=dict, description="temperature, top_p, top_k, "
+                                     "repetition_penalty, seed, stop strings, ignore_eos")
     transfers: dict[str, Transfers] = Field(default_factory=dict)
     attention: dict[str, AttentionFigures] = Field(default_factory=dict)
     memory: MemoryFigures = Field(default_factory=MemoryFigures)

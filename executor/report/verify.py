@@ -7,6 +7,7 @@ from typing import Union
 
 import torch
 
+from executor.engine.cache import with_cache
 from executor.generation.measurement import Measurement
 
 
@@ -19,11 +20,11 @@ def standard_step_logits(model, input_ids: torch.Tensor, generated_ids: list[int
     steps = []
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        out = model(input_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids.to(device), **with_cache(model, cache), use_cache=True, logits_to_keep=1)
         steps.append(out.logits[0, -1].float())
         for token in generated_ids[:-1]:
             ids = torch.tensor([[token]], device=device)
-            out = model(ids, past_key_values=cache, use_cache=True)
+            out = model(ids, **with_cache(model, cache), use_cache=True)
             steps.append(out.logits[0, -1].float())
     return torch.stack(steps).cpu()
 

@@ -16,7 +16,7 @@ from executor.generation import runner  # noqa: E402
 from executor.api import run_plan  # noqa: E402
 from executor.generation.tail import tail_split  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
-from executor.engine.cache import OffloadCache  # noqa: E402
+from executor.engine.cache import OffloadCache, with_cache  # noqa: E402
 from executor.report.markdown import render_markdown  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
 from headplan.cli import main as cli_main  # noqa: E402
@@ -50,10 +50,10 @@ def zero_past_reference(model, tail_ids: torch.Tensor, past: int, generated: lis
         for layer in range(config.num_hidden_layers):
             zeros = torch.zeros(1, config.num_key_value_heads, past, config.head_dim, device=device, dtype=dtype)
             cache.update(zeros, zeros.clone(), layer)
-        steps = [model(tail_ids.to(device), past_key_values=cache, use_cache=True).logits[0, -1]]
+        steps = [model(tail_ids.to(device), **with_cache(model, cache), use_cache=True).logits[0, -1]]
         for token in generated[:-1]:
             ids = torch.tensor([[token]], device=device)
-            steps.append(model(ids, past_key_values=cache, use_cache=True).logits[0, -1])
+            steps.append(model(ids, **with_cache(model, cache), use_cache=True).logits[0, -1])
     return torch.stack(steps).float().cpu()
 
 
@@ -177,7 +177,7 @@ def cli_run(tmp_path, *extra):
 
 def test_cli_tail_chunks_writes_the_tail_block(tmp_path, capsys):
     assert cli_run(tmp_path, "--tail-chunks", "2") == 0
-    assert "last 2 of 4 chunks" in capsys.readouterr().out
+    assert "last 2 of 4 chunks" in capsys.readouterr().err  # timings on stderr; stdout is for the answer
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tail"]["chunks"] == 2 and report["tail"]["total_chunks"] == 4
     assert report["tail"]["skipped_tokens"] == 64 and "zero-filled" in report["tail"]["description"]  # lead-in at 64
