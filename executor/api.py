@@ -15,25 +15,38 @@ run and restored after. Faults raise executor.faults.RunFault with ``.report`` s
 positions, over a zero-filled KV past standing in for the earlier chunks (generation/tail.py); the report's
 prefill figures, predicted and measured, are those K chunks' and its ``tail`` block says so; the outputs are not
 the model's, so ``verify`` is refused.
-Leaves out: batches, the CLI (headplan/cmd_run.py).
+``offloaded_cache(model, plan, device=...)`` is the same engine as a Cache for transformers' own ``generate``:
+
+    with offloaded_cache(model, plan, device="cuda") as cache:
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache,
+                             prefill_chunk_size=cache.chunk_size, max_new_tokens=64, streamer=TextStreamer(tok))
+
+(any generation config: sampling, stop strings, streamers are transformers' own; the run's timing, CUDA-graph
+decode and report belong to ``run_plan`` and the CLI). Leaves out: batches, the CLI (headplan/cmd_run.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 
+from executor.attention.kernels import backend_name
+from executor.engine.cache import OffloadCache
+from executor.engine.registration import bound_cache, offload_attention_selected
 from executor.faults import RunFault
 from executor.generation.measurement import Measurement
 from executor.generation.runner import execute
 from executor.generation.tail import check_tail_request, tail_split
-from executor.parallel.stages import DeviceStage, devices_for, stages_from_plan
+from executor.parallel.staged_engine import allocate_host_stores, build_staged_engine
+from executor.parallel.stages import DeviceStage, devices_for, single_stage, stages_from_plan
 from executor.report.assemble import ReportContext, build_report
 from executor.report.schema import RunReport
 from executor.report.verify import verify_against_standard
+from executor.runtime.events import EventRecorder
 from executor.settings import ExecutionSettings, RunOptions
 from planner.plan import Plan
 
@@ -92,3 +105,40 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     verify_block = verify_against_standard(model, input_ids, measurement, device) if verify else None
     report = build_report(measurement=measurement, verify=verify_block, **common)
     return RunResult(generated_ids=measurement.generated_token_ids, report=report, measurement=measurement)
+
+
+@contextlib.contextmanager
+def offloaded_cache(model, plan: Union[Plan, ExecutionSettings], *, device: Union[str, torch.device],
+                    new_tokens: Optional[int] = None, stages: Optional[list[DeviceStage]] = None,
+                    host_available_bytes: Optional[int] = None) -> Iterator[OffloadCache]:
+    """The head-offloaded KV of ``plan`` as a Cache for ``model.generate(past_key_values=cache, ...)``.
+
+    Allocates the plan's stores (host store pinned, resident heads and ping-pong slots on the GPU), selects the
+    head-offloaded attention and binds the cache to it for the block, and releases everything after. Capacity:
+    the plan's context + decode tokens, or at least ``new_tokens`` more than its context. ``cache.chunk_size`` is
+    the plan's prefill chunk: pass it as generate's ``prefill_chunk_size`` (a prompt in one piece would need the
+    activations of the whole prompt at once). One generate call per block: the cache does not rewind."""
+    if isinstance(plan, ExecutionSettings):
+        settings = plan
+    else:
+        settings = settings_from_plan(plan, new_tokens or plan.decode_tokens)
+        if stages is None and plan.gpus > 1:
+            stages = stages_from_plan(plan, devices_for(plan.gpus, torch.device(device).type))
+    backend_name(settings.attention_backend)
+    stages = stages or single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
+    dtype = next(model.parameters()).dtype
+    parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=host_available_bytes)
+    engine = None
+    try:
+        engine = build_staged_engine(parts, settings, backend_name(settings.attention_backend),
+                                     EventRecorder(device=stages[0].device), trace=False)
+        cache = OffloadCache(model.config.num_hidden_layers, settings.capacity_tokens, engine=engine,
+                             drives_phase=True)
+        cache.chunk_size = settings.chunk_size
+        with offload_attention_selected(model), bound_cache(cache):
+            yield cache
+    finally:
+        if engine is not None:
+            engine.close()
+        for part in parts:
+            part.host.close()

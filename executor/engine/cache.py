@@ -81,9 +81,15 @@ class OffloadLayer(CacheLayerMixin):
 class OffloadCache(Cache):
     """One OffloadLayer per decoder layer, plus the engine that owns the KV stores (``engine``)."""
 
-    def __init__(self, num_layers: int, capacity_tokens: int, engine=None):
+    def __init__(self, num_layers: int, capacity_tokens: int, engine=None, *, drives_phase: bool = False):
         super().__init__(layers=[OffloadLayer(capacity_tokens) for _ in range(num_layers)])
         self.engine = engine
+        self.drives_phase = drives_phase
+        """True under model.generate: the attention function tells the engine prefill (c > 1) or decode (c = 1)"""
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.layers[0].capacity_tokens
 
     def past_tokens(self, layer_idx: int) -> int:
         """s for the chunk now in layer ``layer_idx``: tokens cached before it."""
