@@ -32,6 +32,8 @@ Decode per token: the same with c = 1 at the mean past s = context + (decode_tok
 reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
 the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
+With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
+DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, N_l + host_l).
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -46,6 +48,7 @@ import numpy as np
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
+from planner.host_share import host_share_rates, host_tokens
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
@@ -71,6 +74,8 @@ class Workload:
     backend: str = "flash"
     decode_graphs: bool = False
     """decode replays as one CUDA graph per token (host_time.decode_runs_as_graph): its host time is the replay's"""
+    cpu_share: float = 0.0
+    """F: decode attends each offloaded head's past [0, F s) on the CPU (planner/host_share.py)"""
 
 
 @dataclass
@@ -248,9 +253,15 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     out = {key: np.zeros_like(past, dtype=float) for key in
            ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill")}
 
-    def attn(heads: int) -> np.ndarray:
+    share = _host_share_terms(model, lookup, work, past, decode=decode)
+    stream_past = past - share["tokens"]                                    # the streamed share's keys [F s, s)
+    stream_kv = 2.0 * model.head_dim * elem_bytes * (stream_past + chunk)
+    out.update(host_share=np.zeros_like(past, dtype=float), host_share_bytes=np.zeros_like(past, dtype=float))
+
+    def attn(heads: int, streamed: bool = False) -> np.ndarray:
         if decode:
-            return decode_attention_seconds(model, lookup, heads, past, per_head_kv)
+            return decode_attention_seconds(model, lookup, heads, stream_past if streamed else past,
+                                            stream_kv if streamed else per_head_kv)
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend,
                                  elem_bytes=elem_bytes)
 
@@ -262,12 +273,21 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         a_sum, t_sum = np.zeros_like(other), np.zeros_like(other)
         for heads in sorted(set(lt.group_sizes)):
             times = lt.group_sizes.count(heads)
-            t, h2d_bytes, d2h_bytes = transfer_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past,
-                                                       elem_bytes=elem_bytes)
-            a_sum, t_sum = a_sum + times * attn(heads), t_sum + times * t
+            t, h2d_bytes, d2h_bytes = transfer_seconds(model, lookup, kv_heads=heads, chunk=chunk,
+                                                       past=stream_past, elem_bytes=elem_bytes)
+            t = t / share["dma_factor"]                                     # DMA beside the CPU's reads
+            a_sum, t_sum = a_sum + times * attn(heads, streamed=True), t_sum + times * t
             out["h2d_bytes"] += lt.count * times * h2d_bytes
             out["d2h_bytes"] += lt.count * times * d2h_bytes
         period, pcie_bound = pipeline_period(other, a_sum / max(n, 1), t_sum / max(n, 1), n)
+        if n and np.any(share["tokens"] > 0):
+            offloaded = sum(lt.group_sizes)
+            host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
+            host_layer = host_bytes / share["cpu_bytes_per_s"] + share["handoff_s"]
+            pcie_bound = np.where(other + host_layer > period, False, pcie_bound)
+            period = np.maximum(period, other + host_layer)                 # the layer waits for both shares
+            out["host_share"] += lt.count * host_layer
+            out["host_share_bytes"] += lt.count * host_bytes
         out["gpu"] += lt.count * period
         out["linear"] += lt.count * linear
         out["elementwise"] += lt.count * elem
@@ -295,6 +315,26 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
+
+
+def _host_share_terms(model: ModelSpec, lookup: RateLookup, work: Workload, past: np.ndarray, *,
+                      decode: bool) -> dict:
+    """Keys per head on the CPU (s_h = floor(F s)), its contended kernel rate, the DMA's contention factor and the
+    per-layer hand-off (planner/host_share.py); s_h = 0 in prefill, at F = 0 or without CPU figures."""
+    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": 1.0,
+            "handoff_s": 0.0}
+    if not decode or work.cpu_share <= 0:
+        return none
+    key = ("host_share_rates", model.head_dim, work.elem_bytes)
+    if key not in lookup.memo:
+        lookup.memo[key] = host_share_rates(lookup.profile, head_dim=model.head_dim, element_bytes=work.elem_bytes)
+    rates = lookup.memo[key]
+    if rates is None:
+        return none
+    tokens = np.array([host_tokens(work.cpu_share, float(s)) for s in past])
+    return {"tokens": tokens, "dma_factor": rates.dma_factor,
+            "cpu_bytes_per_s": np.array([rates.cpu_bytes_per_s(max(t, 1.0)) for t in tokens]),
+            "handoff_s": rates.handoff_s}
 
 
 def _call_head_counts(layer_types: list[LayerType]) -> set[int]:
@@ -349,6 +389,9 @@ def predict_time(model: ModelSpec, profile: HardwareProfile, lookup: RateLookup,
         "decode_host_s": float(dec["host"][0]),
         "decode_gpu_s": float(dec["gpu"][0]),
         "decode_h2d_bytes": float(dec["h2d_bytes"][0]),
+        "decode_cpu_share": float(work.cpu_share),
+        "decode_host_share_s": float(dec["host_share"][0]),
+        "decode_host_share_bytes": float(dec["host_share_bytes"][0]),
     }
     pre_share = pre["pcie_bound"] / np.maximum(pre["gpu"], 1e-30)
     dec_share = dec["pcie_bound"] / np.maximum(dec["gpu"], 1e-30)
