@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Optional
 
 import torch
@@ -118,21 +119,23 @@ class HostShare:
         query_rows = self.query[:rows].view(heads, ratio, self.layout.head_dim)
         out_rows, lse_rows = self.out[:rows], self.lse[:rows]
 
-        def job() -> None:
+        def job() -> float:
             if event is not None:
                 event.synchronize()  # the query is in the buffer and the host rows [0, s) are written
+            start = time.perf_counter()
             out, lse = host_partial_attention(query_rows, keys, values, scale=scale, threads=threads)
             out_rows.copy_(out.reshape(rows, -1))
             lse_rows.copy_(lse.reshape(rows))
+            return time.perf_counter() - start
 
         self._busy = True
         self._worker.submit(job)
         return key_tokens
 
-    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Join layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device
-        (copied non-blocking on the current stream)."""
-        self._worker.result()
+        (copied non-blocking on the current stream), and the worker's kernel seconds (after its event wait)."""
+        kernel_s = self._worker.result()
         self._busy = False
         rows = (self.layout.kv_heads - self.layout.resident_per_layer[layer]) * (
             self.layout.query_heads // self.layout.kv_heads)
@@ -140,7 +143,7 @@ class HostShare:
         lse = self.lse[:rows].to(self.device, non_blocking=True)
         if self.device.type == "cpu":  # the pinned buffers are reused by the next layer: keep our own copy
             out, lse = out.clone(), lse.clone()
-        return out[None, :, None, :], lse[None, :, None]
+        return out[None, :, None, :], lse[None, :, None], kernel_s
 
     def close(self) -> None:
         if self._busy:

@@ -48,6 +48,8 @@ class PhaseCounters:
     group_fetches: int = 0
     host_attention_bytes: int = 0
     """KV bytes the CPU read for its share of decode attention (engine/host_share.py)"""
+    host_attention_s: float = 0.0
+    """the CPU worker's kernel seconds for those bytes (wall time after its event wait, summed over layers)"""
 
 
 @dataclass
@@ -208,7 +210,8 @@ class OffloadEngine:
 
     def _merge_host_share(self, layer: int, partial, out_heads: torch.Tensor) -> None:
         """Join the host share and merge it with the GPU share (float32 log-sum-exp) into the output rows."""
-        host_out, host_lse = self.host_share.collect(layer)
+        host_out, host_lse, kernel_s = self.host_share.collect(layer)
+        self._count().host_attention_s += kernel_s
         merged, _ = merge_by_lse([partial[0], host_out], [partial[1], host_lse])
         first = self.layout.resident_per_layer[layer] * self._ratio
         out_heads[:, first:].copy_(merged)

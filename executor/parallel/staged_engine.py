@@ -129,6 +129,7 @@ class StagedEngine:
                 t.attention_flops += c.attention_flops
                 t.group_fetches += c.group_fetches
                 t.host_attention_bytes += c.host_attention_bytes
+                t.host_attention_s += c.host_attention_s
         return total
 
     @property

@@ -122,3 +122,28 @@ def test_merge_with_an_empty_share(empty_side):
 def test_share_out_of_range_is_refused():
     with pytest.raises(ValueError, match="cpu_share"):
         ExecutionSettings(chunk_size=4, heads_per_group=1, resident_kv_heads=0, capacity_tokens=8, cpu_share=1.5)
+
+
+def test_cli_run_cpu_share_reports_both_sides(tmp_path, capsys):
+    from headplan.cli import main as cli_main
+    from tests.cpu.test_tail_chunks import cli_run
+
+    assert cli_run(tmp_path, "--cpu-share", "0.5", "--verify") == 0
+    import json
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["cpu_share"] == 0.5
+    share = report["host_share"]
+    assert share["cpu_share"] == 0.5 and share["measured_cpu_bytes_per_token"] > 0
+    assert share["measured_pcie_bytes_per_token"] > 0 and share["measured_cpu_bytes_per_s"] > 0
+    assert report["transfers"]["decode"]["host_attention_bytes"] > 0
+    assert "Decode CPU share F = 0.5" in (tmp_path / "out" / "report.md").read_text()
+    assert cli_main(["report", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_cli_cpu_share_bad_value(tmp_path, capsys, value):
+    from tests.cpu.test_tail_chunks import cli_run
+
+    assert cli_run(tmp_path, "--cpu-share", value) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--cpu-share" in err
