@@ -98,12 +98,15 @@ class CpuAttentionPoint(_Frozen):
 
 
 class HostConcurrencyPoint(_Frozen):
-    """Pinned host-to-device copies and a ``cpu_threads``-thread read of other host memory running at once (they
-    share the host's memory controllers): what each achieved meanwhile."""
+    """Pinned host-to-device copies and the host share's kernel on ``cpu_threads`` threads over other host memory,
+    running at once (they share the host's memory controllers): what each achieved meanwhile and alone, so the
+    planner's contention factors are concurrent / alone of the same work."""
 
     cpu_threads: int
     h2d_bytes_per_s: float
-    cpu_read_bytes_per_s: float
+    cpu_read_bytes_per_s: float = Field(description="the kernel's KV bytes per second during the copies")
+    h2d_alone_bytes_per_s: float
+    cpu_alone_bytes_per_s: float
 
 
 class MeasurementInfo(_Frozen):

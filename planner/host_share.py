@@ -6,7 +6,7 @@ it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and
     rates         cpu = kernel rate (profile cpu_attention_table at the host share's key length and the most
                   threads measured) x cpu_factor;  h2d = the streamed share's transfer rate x dma_factor
     contention    from the profile's host_concurrency_table point with the most CPU threads:
-                  dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = cpu_read_concurrent / host_read_alone
+                  dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
                   (no table: 1 and 1, said in the plan's note)
     per layer l   host_l = 2 (H_kv - r_l) F s d b / cpu + handoff         (handoff: host_share_handoff_s)
                   the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), N_l + host_l)
@@ -71,10 +71,10 @@ def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: 
             by_length.setdefault(point.key_tokens, []).append(point.bytes_per_s)
     kernel = tuple(sorted((k, sum(v) / len(v)) for k, v in by_length.items()))
     dma_factor, cpu_factor, measured = 1.0, 1.0, False
-    if profile.host_concurrency_table and profile.host_read_bytes_per_s:
+    if profile.host_concurrency_table:
         point = max(profile.host_concurrency_table, key=lambda p: p.cpu_threads)
-        dma_factor = min(1.0, point.h2d_bytes_per_s / profile.pcie_h2d_bytes_per_s)
-        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / profile.host_read_bytes_per_s)
+        dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
+        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / point.cpu_alone_bytes_per_s)
         measured = True
     return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured)
 

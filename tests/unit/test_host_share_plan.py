@@ -21,7 +21,8 @@ def cpu_profile(kernel_gbs: float, *, dma_gbs: float | None = None, cpu_read_gbs
     concurrency = []
     if dma_gbs is not None:
         concurrency = [HostConcurrencyPoint(cpu_threads=16, h2d_bytes_per_s=dma_gbs * G,
-                                            cpu_read_bytes_per_s=cpu_read_gbs * G)]
+                                            cpu_read_bytes_per_s=cpu_read_gbs * G, h2d_alone_bytes_per_s=25 * G,
+                                            cpu_alone_bytes_per_s=kernel_gbs * G)]
     return scalar_profile(cpu_attention_table=points, host_concurrency_table=concurrency,
                           host_read_bytes_per_s=80 * G, host_read_threads=16, host_share_handoff_s=handoff_s,
                           host_mem_bytes=200 * GIB)
