@@ -105,7 +105,7 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
     if rates is None:
         return ShareChoice(0.0, zero_s, zero_s, "CPU share 0: the profile has no CPU-attention figures (run "
                            "headplan profile with the host-attention section)")
-    tried = sorted(set(SHARE_GRID) | {round(min(max(balance_share, 0.0), 1.0), 4)})
+    tried = sorted(set(SHARE_GRID) | {round(min(max(balance_share, 0.0), 1.0), 2)})
     times = {share: decode_seconds(share) for share in tried}
     best = min(times, key=lambda share: (times[share], share))
     contention = ("measured contention" if rates.contention_measured else

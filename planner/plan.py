@@ -29,7 +29,7 @@ PLAN_SCHEMA_VERSION = 1
 
 Strategy = Literal["standard", "chunked", "layer-offload", "head-offload"]
 STRATEGIES: tuple[str, ...] = ("standard", "chunked", "layer-offload", "head-offload")
-Bound = Literal["compute", "hbm", "pcie", "launch", "memory", "none"]
+Bound = Literal["compute", "hbm", "pcie", "cpu-attention", "launch", "memory", "none"]
 
 
 class _Model(BaseModel):

@@ -11,7 +11,8 @@ from typing import Optional
 from planner.plan import Plan
 from planner.units import format_bytes, format_seconds, format_tokens
 
-_BOUND_TEXT = {"compute": "compute", "hbm": "HBM bandwidth", "pcie": "PCIe transfers", "launch": "launch overhead",
+_BOUND_TEXT = {"compute": "compute", "hbm": "HBM bandwidth", "pcie": "PCIe transfers",
+               "cpu-attention": "the CPU's share of attention", "launch": "launch overhead",
                "memory": "memory", "none": "-"}
 
 

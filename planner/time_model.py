@@ -251,7 +251,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / (lookup.profile.elementwise_bytes_per_s or hbm)
     out = {key: np.zeros_like(past, dtype=float) for key in
-           ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill")}
+           ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill",
+            "cpu_bound")}
 
     share = _host_share_terms(model, lookup, work, past, decode=decode)
     stream_past = past - share["tokens"]                                    # the streamed share's keys [F s, s)
@@ -284,8 +285,10 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             offloaded = sum(lt.group_sizes)
             host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
             host_layer = host_bytes / share["cpu_bytes_per_s"] + share["handoff_s"]
-            pcie_bound = np.where(other + host_layer > period, False, pcie_bound)
+            cpu_binds = other + host_layer > period
+            pcie_bound = np.where(cpu_binds, False, pcie_bound)
             period = np.maximum(period, other + host_layer)                 # the layer waits for both shares
+            out["cpu_bound"] += lt.count * cpu_binds * period
             out["host_share"] += lt.count * host_layer
             out["host_share_bytes"] += lt.count * host_bytes
         out["gpu"] += lt.count * period
@@ -347,13 +350,16 @@ def _call_head_counts(layer_types: list[LayerType]) -> set[int]:
     return counts
 
 
-def _bound(step: np.ndarray, gpu: np.ndarray, host: np.ndarray, pcie_share: np.ndarray, compute_name: str) -> str:
-    """The resource holding most of the time: launch (host), pcie, or compute/hbm."""
+def _bound(step: np.ndarray, gpu: np.ndarray, host: np.ndarray, pcie_share: np.ndarray, compute_name: str,
+           cpu_share: np.ndarray | None = None) -> str:
+    """The resource holding most of the time: launch (host), pcie, cpu-attention (decode's CPU share), or
+    compute/hbm."""
     launch = float(np.sum(np.where(host > gpu, step, 0.0)))
     gpu_steps = np.where(host > gpu, 0.0, step)
     pcie = float(np.sum(gpu_steps * np.clip(pcie_share, 0.0, 1.0)))
-    compute = float(np.sum(gpu_steps)) - pcie
-    return max((launch, "launch"), (pcie, "pcie"), (compute, compute_name))[1]
+    cpu = float(np.sum(gpu_steps * np.clip(cpu_share, 0.0, 1.0))) if cpu_share is not None else 0.0
+    compute = float(np.sum(gpu_steps)) - pcie - cpu
+    return max((launch, "launch"), (pcie, "pcie"), (cpu, "cpu-attention"), (compute, compute_name))[1]
 
 
 def predict_prefill(model: ModelSpec, lookup: RateLookup, work: Workload) -> tuple[float, dict[str, np.ndarray]]:
@@ -398,6 +404,7 @@ def predict_time(model: ModelSpec, profile: HardwareProfile, lookup: RateLookup,
     return TimePrediction(
         prefill_s=prefill_s, decode_s_per_token=decode_s, chunk_s=[float(x) for x in pre["step"]],
         prefill_bound=_bound(pre["step"], pre["gpu"], pre["host"], pre_share, "compute"),
-        decode_bound=_bound(dec["step"], dec["gpu"], dec["host"], dec_share, "hbm"),
+        decode_bound=_bound(dec["step"], dec["gpu"], dec["host"], dec_share, "hbm",
+                            dec["cpu_bound"] / np.maximum(dec["gpu"], 1e-30)),
         terms=terms,
     )
