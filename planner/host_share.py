@@ -9,7 +9,8 @@ it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and
                   dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
                   (no table: 1 and 1, said in the plan's note)
     per layer l   host_l = 2 (H_kv - r_l) F s d b / cpu + handoff         (handoff: host_share_handoff_s)
-                  the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), N_l + host_l)
+                  the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), max(N_l, H_l) + host_l)
+                  (H_l: the host's issue time of the layer, no longer hidden while the main thread waits)
     per token     sum of P_l (planner/time_model.py); the streamed bytes fall by the factor (1 - F)
 Choice: F on a grid of 0, 1/20, ..., 1 and the balance point F* = cpu / (cpu + h2d) (equal time on both sides);
 the fastest decode wins, F = 0 unless another share is at least MIN_GAIN faster (a share costs a CPU thread pool
@@ -22,7 +23,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
+
 from hwprofiles.schema import HardwareProfile
+from planner.host_time import HOST_OPS_PER_LAYER
 
 SHARE_GRID = tuple(i / 20 for i in range(21))
 MIN_GAIN = 0.02
@@ -118,3 +122,26 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
                        f"CPU share {best:g}: decode {times[best] * 1e3:.1f} ms per token vs {zero_s * 1e3:.1f} ms "
                        f"with everything streamed ({zero_s / times[best]:.2f}x; balance point {balance_share:.2f}, "
                        f"{contention})")
+
+
+def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
+    """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
+    RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention
+    factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures."""
+    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": 1.0,
+            "handoff_s": 0.0, "layer_host_s": 0.0}
+    if share <= 0:
+        return none
+    key = ("host_share_rates", model.head_dim, elem_bytes)
+    if key not in lookup.memo:
+        lookup.memo[key] = host_share_rates(lookup.profile, head_dim=model.head_dim, element_bytes=elem_bytes)
+    rates = lookup.memo[key]
+    if rates is None:
+        return none
+    tokens = np.array([host_tokens(share, float(s)) for s in past])
+    profile = lookup.profile
+    layer_host_s = (profile.executor_decode_layer_host_s if profile.executor_decode_layer_host_s is not None
+                    else HOST_OPS_PER_LAYER * profile.launch_overhead_s)
+    return {"tokens": tokens, "dma_factor": rates.dma_factor,
+            "cpu_bytes_per_s": np.array([rates.cpu_bytes_per_s(max(t, 1.0)) for t in tokens]),
+            "handoff_s": rates.handoff_s, "layer_host_s": layer_host_s}

@@ -33,7 +33,9 @@ reads K, V from HBM (resident heads and the streamed slots) at no more than the 
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
 the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
 With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
-DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, N_l + host_l).
+DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, max(N_l, H_l) + host_l),
+H_l the host's issue time of a decode layer (executor_decode_layer_host_s: the main thread waits for the CPU, so
+it no longer runs ahead of the GPU).
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -48,7 +50,7 @@ import numpy as np
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
-from planner.host_share import host_share_rates, host_tokens
+from planner.host_share import host_share_terms
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
@@ -254,7 +256,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
            ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill",
             "cpu_bound")}
 
-    share = _host_share_terms(model, lookup, work, past, decode=decode)
+    share = host_share_terms(model, lookup, share=work.cpu_share if decode else 0.0, elem_bytes=elem_bytes,
+                             past=past)
     stream_past = past - share["tokens"]                                    # the streamed share's keys [F s, s)
     stream_kv = 2.0 * model.head_dim * elem_bytes * (stream_past + chunk)
     out.update(host_share=np.zeros_like(past, dtype=float), host_share_bytes=np.zeros_like(past, dtype=float))
@@ -285,9 +288,12 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             offloaded = sum(lt.group_sizes)
             host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
             host_layer = host_bytes / share["cpu_bytes_per_s"] + share["handoff_s"]
-            cpu_binds = other + host_layer > period
+            # the main thread waits for the CPU's share, so this layer's issue (host) time is no longer hidden
+            # ahead of the GPU: the next layer's query exists after max(GPU, host) of the layer's other work
+            chain = np.maximum(other, share["layer_host_s"]) + host_layer
+            cpu_binds = chain > period
             pcie_bound = np.where(cpu_binds, False, pcie_bound)
-            period = np.maximum(period, other + host_layer)                 # the layer waits for both shares
+            period = np.maximum(period, chain)                               # the layer waits for both shares
             out["cpu_bound"] += lt.count * cpu_binds * period
             out["host_share"] += lt.count * host_layer
             out["host_share_bytes"] += lt.count * host_bytes
@@ -318,26 +324,6 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
-
-
-def _host_share_terms(model: ModelSpec, lookup: RateLookup, work: Workload, past: np.ndarray, *,
-                      decode: bool) -> dict:
-    """Keys per head on the CPU (s_h = floor(F s)), its contended kernel rate, the DMA's contention factor and the
-    per-layer hand-off (planner/host_share.py); s_h = 0 in prefill, at F = 0 or without CPU figures."""
-    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": 1.0,
-            "handoff_s": 0.0}
-    if not decode or work.cpu_share <= 0:
-        return none
-    key = ("host_share_rates", model.head_dim, work.elem_bytes)
-    if key not in lookup.memo:
-        lookup.memo[key] = host_share_rates(lookup.profile, head_dim=model.head_dim, element_bytes=work.elem_bytes)
-    rates = lookup.memo[key]
-    if rates is None:
-        return none
-    tokens = np.array([host_tokens(work.cpu_share, float(s)) for s in past])
-    return {"tokens": tokens, "dma_factor": rates.dma_factor,
-            "cpu_bytes_per_s": np.array([rates.cpu_bytes_per_s(max(t, 1.0)) for t in tokens]),
-            "handoff_s": rates.handoff_s}
 
 
 def _call_head_counts(layer_types: list[LayerType]) -> set[int]:
