@@ -12,8 +12,8 @@ import torch
 
 from executor.generation.measurement import Measurement
 from executor.generation.tail import TailSplit
-from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, HostShareFigures, MemoryFigures, RunReport, TailFigures,
-                                    TimesAndPeak, Transfers, errors_of, relative_error)
+from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, HostShareFigures, MemoryFigures,
+                                    RunReport, TailFigures, TimesAndPeak, Transfers, errors_of, relative_error)
 from executor.settings import ExecutionSettings
 from planner.plan import Plan
 
