@@ -135,8 +135,8 @@ class HostShare:
     def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Join layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device
         (copied non-blocking on the current stream), and the worker's kernel seconds (after its event wait)."""
+        self._busy = False  # the job's result (or its exception) is taken here, whatever happens
         kernel_s = self._worker.result()
-        self._busy = False
         rows = (self.layout.kv_heads - self.layout.resident_per_layer[layer]) * (
             self.layout.query_heads // self.layout.kv_heads)
         out = self.out[:rows].to(self.device, non_blocking=True)

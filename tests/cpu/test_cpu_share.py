@@ -147,3 +147,18 @@ def test_cli_cpu_share_bad_value(tmp_path, capsys, value):
     assert cli_run(tmp_path, "--cpu-share", value) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--cpu-share" in err
+
+
+def test_worker_fault_reaches_the_caller_and_close_returns():
+    from executor.engine.host_share import _Worker
+
+    worker = _Worker(None)
+
+    def fails():
+        raise RuntimeError("kernel fault")
+    worker.submit(fails)
+    with pytest.raises(RuntimeError, match="kernel fault"):
+        worker.result()
+    worker.submit(lambda: 2.5)
+    assert worker.result() == 2.5
+    worker.close()
