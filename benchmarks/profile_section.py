@@ -3,7 +3,11 @@
     python benchmarks/profile_section.py --section elementwise --update hwprofiles/catalog/h100-sxm-measured.json \
         --out $OUT/h100-sxm-measured.json
 
-For a field added to the profiler after a profile was taken (here ``elementwise_bytes_per_s``): the section runs
+    python benchmarks/profile_section.py --section host-attention --update hwprofiles/catalog/h200-sxm-quick.json \
+        --out $OUT/h200-sxm-quick.json
+
+For fields added to the profiler after a profile was taken (``elementwise_bytes_per_s``; the host share's
+``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``): the section runs
 with the full preset on the first GPU, the figure is written into a copy of the profile with a line in its
 measurement notes saying when and on which GPU it was taken (it comes from a different process, possibly a
 different machine of the same kind, than the rest of the profile), and the content hash is recomputed.
@@ -19,7 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SECTIONS = {"elementwise": "elementwise_bytes_per_s"}
+SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",)),
+            "host-attention": ("host_attention", "measure_host_attention",
+                               ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
+                                "host_concurrency_table", "host_share_handoff_s"))}
 
 
 def main() -> int:
@@ -30,7 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from executor.profiler import elementwise
+    import importlib
+
     from executor.profiler.config import choose_preset
     from executor.profiler.context import ProfileContext
     from executor.profiler.runner import resolve_device
@@ -45,16 +53,23 @@ def main() -> int:
         return 2
     ctx = ProfileContext(device=device, preset=choose_preset(quick=False, sizes="default",
                                                              on_gpu=device.type == "cuda"), stream=sys.stdout)
-    figure = elementwise.measure_elementwise(ctx)[SECTIONS[args.section]]
+    module_name, function, fields = SECTIONS[args.section]
+    module = importlib.import_module(f"executor.profiler.{module_name}")
+    measured = getattr(module, function)(ctx)
     info = profile.measurement
-    line = (f"{SECTIONS[args.section]} measured on {time.strftime('%Y-%m-%d')} on {name} by "
+    line = (f"{', '.join(fields)} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")
-    updated = profile.model_copy(update={
-        SECTIONS[args.section]: figure,
-        "measurement": info.model_copy(update={"notes": (info.notes + "; " if info.notes else "") + line}),
-    })
+    update = {field: measured[field] for field in fields}
+    update["measurement"] = info.model_copy(update={"notes": (info.notes + "; " if info.notes else "") + line})
+    # model_copy does not validate: round-trip through the schema so tables become their point types
+    updated = type(profile).model_validate({**profile.model_dump(), **{k: (
+        [p.model_dump() for p in v] if isinstance(v, list) else v) for k, v in update.items()
+        if k != "measurement"}, "measurement": update["measurement"].model_dump()})
     write_profile(updated, args.out)
-    print(f"{SECTIONS[args.section]} = {figure:.4g}; wrote {args.out}")
+    for field in fields:
+        value = measured[field]
+        print(f"{field} = {value if isinstance(value, list) else f'{value:.4g}'}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -65,7 +65,8 @@ def settings_from_plan(plan: Plan, new_tokens: int, prompt_tokens: Optional[int]
     capacity = max(prompt + new_tokens, plan.context_tokens + plan.decode_tokens)
     return ExecutionSettings(chunk_size=plan.chunk_size, heads_per_group=plan.heads_per_group,
                              resident_kv_heads=plan.resident_kv_heads, capacity_tokens=capacity,
-                             attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs)
+                             attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs,
+                             cpu_share=plan.cpu_share)
 
 
 def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,

@@ -65,7 +65,17 @@ class ExecutionSettings:
     GPU"""
     split: SplitOptions = field(default_factory=lambda: SplitOptions())
     """how "cudnn-split" cuts and merges (attention/split.py); the defaults are what the planner prices"""
+    cpu_share: float = 0.0
+    """F in [0, 1]: in decode, each offloaded head's past [0, floor(F s)) is attended on the CPU straight from the
+    host store (engine/host_share.py) and only [floor(F s), s) crosses PCIe; 0: everything streams"""
+    host_attention_threads: Optional[int] = None
+    """CPU threads of that host share's kernel (None: torch's intra-op thread count)"""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cpu_share <= 1.0:
+            raise ValueError(f"cpu_share must be in [0, 1], got {self.cpu_share}")
+        if self.host_attention_threads is not None and self.host_attention_threads < 1:
+            raise ValueError(f"host_attention_threads must be >= 1, got {self.host_attention_threads}")
 
 
 @dataclass(frozen=True, kw_only=True)

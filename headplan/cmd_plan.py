@@ -86,6 +86,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
                         "log-sum-exp); auto = the faster by the hardware profile")
+    parser.add_argument("--cpu-share", default="auto",
+                        help="share F (0 to 1) of each offloaded head's past that decode attends on the CPU straight "
+                        "from host RAM while the GPU streams the rest; auto = the planner's choice from the "
+                        "profile's CPU-attention figures (0 without them)")
     parser.add_argument("--no-decode-graphs", action="store_true",
                         help="decode every token eagerly (default: with every KV head resident on one GPU, each "
                         "decode token replays as one CUDA graph, which takes the host's launch time away)")
@@ -127,6 +131,19 @@ def _workload(args: argparse.Namespace) -> dict:
     )
 
 
+def parse_cpu_share(text) -> Optional[float]:
+    """--cpu-share: auto (None) or a number in [0, 1] (UserError otherwise)."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--cpu-share must be auto or a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--cpu-share must be between 0 and 1, got {value:g}")
+    return value
+
+
 def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = None):
     """The Plan for the parsed options of add_plan_arguments (raises UserError/PlanError/... on bad input)."""
     from planner.solver import make_plan
@@ -136,9 +153,12 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     work = _workload(args)
     model, hardware = work.pop("model"), work.pop("hardware")
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
+    cpu_share = parse_cpu_share(getattr(args, "cpu_share", "auto"))
     if gpus == 1:
         return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
-                         decode_graphs=not getattr(args, "no_decode_graphs", False), **work)
+                         decode_graphs=not getattr(args, "no_decode_graphs", False), cpu_share=cpu_share, **work)
+    if cpu_share:
+        raise UserError("--cpu-share applies to one GPU; a pipeline of several GPUs streams all its KV")
     from planner.pipeline import make_pipeline_plan
 
     return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),

@@ -81,6 +81,34 @@ class PinningPoint(_Frozen):
     seconds: float
 
 
+class CpuAttentionPoint(_Frozen):
+    """The host share's decode kernel (executor/attention/host_attention.py) over host-store rows: one query per
+    query head (``ratio`` per KV head) against ``kv_heads`` heads of ``key_tokens`` keys, run by ``threads``
+    CPU threads. ``bytes_per_s`` counts the KV bytes read, 2 kv_heads key_tokens head_dim element_bytes, per
+    second of the call (median of repeats)."""
+
+    threads: int
+    kv_heads: int
+    ratio: int
+    key_tokens: int
+    head_dim: int
+    element_bytes: int = 2
+    bytes_per_s: float
+    spread_rel: float = 0.0
+
+
+class HostConcurrencyPoint(_Frozen):
+    """Pinned host-to-device copies and the host share's kernel on ``cpu_threads`` threads over other host memory,
+    running at once (they share the host's memory controllers): what each achieved meanwhile and alone, so the
+    planner's contention factors are concurrent / alone of the same work."""
+
+    cpu_threads: int
+    h2d_bytes_per_s: float
+    cpu_read_bytes_per_s: float = Field(description="the kernel's KV bytes per second during the copies")
+    h2d_alone_bytes_per_s: float
+    cpu_alone_bytes_per_s: float
+
+
 class MeasurementInfo(_Frozen):
     """Where and when a measured profile was taken."""
 
@@ -159,6 +187,15 @@ class HardwareProfile(_Frozen):
     executor_graph_layer_host_s: Optional[float] = Field(
         None, description="extra host seconds of a replayed decode graph per decoder layer (the graph's launch "
         "cost grows with its kernels)")
+    # host attention (executor/profiler/host_attention.py; None / empty: the planner keeps decode's CPU share at 0)
+    host_read_bytes_per_s: Optional[float] = Field(
+        None, description="host memory read by all the CPU threads at once (a sum over GiBs of bf16)")
+    host_read_threads: Optional[int] = Field(None, description="threads of that read")
+    host_share_handoff_s: Optional[float] = Field(
+        None, description="per layer fixed cost of the CPU's decode share beyond its kernel: query to the pinned "
+        "buffer, the worker's event wait and wake-up, out + lse back, the float32 merge")
+    cpu_attention_table: list[CpuAttentionPoint] = Field(default_factory=list)
+    host_concurrency_table: list[HostConcurrencyPoint] = Field(default_factory=list)
     # measured tables (empty for datasheet profiles)
     attention_table: list[AttentionPoint] = Field(default_factory=list)
     transfer_table: list[TransferPoint] = Field(default_factory=list)
@@ -173,7 +210,9 @@ class HardwareProfile(_Frozen):
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
-                          "executor_graph_layer_host_s")
+                          "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
+                          "host_share_handoff_s")
+HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table")
 
 
 def profile_hash(profile: HardwareProfile) -> str:
@@ -182,6 +221,9 @@ def profile_hash(profile: HardwareProfile) -> str:
     data["content_hash"] = ""
     for key in HASH_OMITTED_WHEN_NONE:
         if data.get(key) is None:
+            data.pop(key, None)
+    for key in HASH_OMITTED_WHEN_EMPTY:
+        if not data.get(key):
             data.pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,11 +9,12 @@ Leaves out: the choice among candidates (solver) and the formulas (memory_model,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from hwprofiles.schema import HardwareProfile
 from planner.errors import PlanError
+from planner.host_share import choose_share, host_share_rates
 from planner.host_time import decode_runs_as_graph
 from planner.hw_lookup import RateLookup
 from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_for_host, overhead_bytes,
@@ -54,6 +55,8 @@ class Setup:
     notes: list[str] = field(default_factory=list)
     decode_graphs: bool = True
     """CUDA-graph decode where it applies (host_time.decode_runs_as_graph); False: every decode step eager"""
+    cpu_share: Optional[float] = None
+    """F of decode attention on the CPU (planner/host_share.py); None: chosen per candidate"""
 
     @property
     def capacity_tokens(self) -> int:
@@ -74,7 +77,8 @@ class Setup:
 
 def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
                gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
-               attention_backend: Optional[str] = None, decode_graphs: bool = True) -> Setup:
+               attention_backend: Optional[str] = None, decode_graphs: bool = True,
+               cpu_share: Optional[float] = None) -> Setup:
     """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
     ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered;
     ``decode_graphs`` False plans every decode step eager."""
@@ -84,6 +88,8 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
         raise PlanError(f"context must be positive, got {context_tokens} tokens")
     if decode_tokens < 0:
         raise PlanError(f"decode tokens must be zero or more, got {decode_tokens}")
+    if cpu_share is not None and not 0.0 <= cpu_share <= 1.0:
+        raise PlanError(f"--cpu-share must be between 0 and 1, got {cpu_share}")
     try:
         elem_bytes = dtype_bytes(dtype)
     except ValueError as exc:
@@ -101,7 +107,7 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     if attention_backend == "flash":
         backends = ("flash",)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs)
+                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs, cpu_share)
 
 
 class FitsByMemory:
@@ -134,6 +140,8 @@ class Candidate(FitsByMemory):
     pin_s: float = 0.0
     total_s: float = float("inf")
     other_backend_s: Optional[float] = None
+    cpu_share: float = 0.0
+    cpu_share_reason: str = ""
 
     @classmethod
     def build(cls, setup: Setup, strategy: str, chunk: int, group: int, resident: int) -> "Candidate":
@@ -158,11 +166,39 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
     prefills.sort(key=lambda item: (item[0][0], item[1] != "flash"))     # faster prefill; flash on a tie
     (best, name, work) = prefills[0]
     cand.time = predict_time(setup.model, setup.profile, setup.lookup, work, prefill=best)
+    if cand.strategy in ("head-offload", "layer-offload"):
+        _choose_cpu_share(setup, cand, work, best)
     cand.backend = name
     cand.other_backend_s = prefills[1][0][0] if len(prefills) > 1 else None
     cand.pin_s = setup.lookup.pin_seconds(cand.memory.host_kv_bytes)
     cand.total_s = cand.pin_s + cand.time.prefill_s + setup.decode_tokens * cand.time.decode_s_per_token
     return cand
+
+
+def _choose_cpu_share(setup: Setup, cand: Candidate, work: Workload, prefill) -> None:
+    """F for an offloading candidate (planner/host_share.py choose_share); re-times its decode at that F."""
+    model, lookup = setup.model, setup.lookup
+    rates = host_share_rates(setup.profile, head_dim=model.head_dim, element_bytes=setup.elem_bytes)
+
+    def decode_at(share: float) -> TimePrediction:
+        return predict_time(model, setup.profile, lookup, replace(work, cpu_share=share), prefill=prefill)
+
+    timed = {0.0: cand.time}
+
+    def decode_seconds(share: float) -> float:
+        if share not in timed:
+            timed[share] = decode_at(share)
+        return timed[share].decode_s_per_token
+
+    balance = 0.0
+    if rates is not None:
+        past = setup.context_tokens + max(setup.decode_tokens - 1, 0) / 2
+        cpu = rates.cpu_bytes_per_s(past / 2)
+        dma = lookup.transfer_bytes_per_s("h2d", past / 2 * model.head_dim * setup.elem_bytes) * rates.dma_factor
+        balance = float(cpu / (cpu + dma))
+    choice = choose_share(decode_seconds, rates, fixed=setup.cpu_share, balance_share=balance)
+    cand.cpu_share, cand.cpu_share_reason = choice.share, choice.reason
+    cand.time = timed.get(choice.share) or decode_at(choice.share)
 
 
 def _resident_choices(setup: Setup, chunk: int, group: int, knobs: Knobs) -> list[int]:

@@ -29,7 +29,7 @@ PLAN_SCHEMA_VERSION = 1
 
 Strategy = Literal["standard", "chunked", "layer-offload", "head-offload"]
 STRATEGIES: tuple[str, ...] = ("standard", "chunked", "layer-offload", "head-offload")
-Bound = Literal["compute", "hbm", "pcie", "launch", "memory", "none"]
+Bound = Literal["compute", "hbm", "pcie", "cpu-attention", "launch", "memory", "none"]
 
 
 class _Model(BaseModel):
@@ -117,6 +117,8 @@ class Plan(_Model):
     attention_backend: str = Field("flash", description="kernel per part, e.g. 'flash' or 'cudnn-past+flash-chunk'")
     decode_graphs: bool = Field(False, description="each decode token replays as one CUDA graph (every KV head "
                                 "resident, one GPU, 16-bit); False: eager decode steps")
+    cpu_share: float = Field(0.0, description="F: in decode, each offloaded head's past [0, F s) is attended on the "
+                             "CPU from host RAM, only [F s, s) streams (planner/host_share.py); 0: all streams")
     memory: MemoryPrediction
     predicted: Prediction
     alternatives: list[Alternative] = Field(default_factory=list)

@@ -11,7 +11,8 @@ from typing import Optional
 from planner.plan import Plan
 from planner.units import format_bytes, format_seconds, format_tokens
 
-_BOUND_TEXT = {"compute": "compute", "hbm": "HBM bandwidth", "pcie": "PCIe transfers", "launch": "launch overhead",
+_BOUND_TEXT = {"compute": "compute", "hbm": "HBM bandwidth", "pcie": "PCIe transfers",
+               "cpu-attention": "the CPU's share of attention", "launch": "launch overhead",
                "memory": "memory", "none": "-"}
 
 
@@ -61,6 +62,11 @@ def render_plan(plan: Plan) -> str:
         f"{_BOUND_TEXT[pred.decode_bound]}" + (" (each token one CUDA graph replay)" if plan.decode_graphs else ""),
         f"  workload total   {format_seconds(pred.total_s):>10}   (pin + prefill + {plan.decode_tokens} x decode)",
     ]
+    if plan.cpu_share > 0:
+        cpu_bytes, pcie_bytes = pred.terms.get("decode_host_share_bytes", 0.0), pred.terms.get("decode_h2d_bytes", 0.0)
+        lines.append(f"  decode CPU share {plan.cpu_share:>10g}   CPU reads {format_bytes(int(cpu_bytes))} per token "
+                     f"in {format_seconds(pred.terms.get('decode_host_share_s', 0.0))} of its layers' time, PCIe "
+                     f"streams {format_bytes(int(pcie_bytes))}")
     terms = pred.terms
     if terms:
         lines.append(

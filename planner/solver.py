@@ -152,17 +152,21 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
               gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int] = None, dtype: str = "bfloat16",
               chunk_size: Optional[int] = None, heads_per_group: Optional[int] = None,
               resident_kv_heads: Optional[int] = None, strategy: Optional[str] = None,
-              attention_backend: Optional[str] = None, decode_graphs: bool = True) -> Plan:
+              attention_backend: Optional[str] = None, decode_graphs: bool = True,
+              cpu_share: Optional[float] = None) -> Plan:
     """The fastest plan that fits, with every alternative and why it lost. Raises PlanError when none fits.
+    ``cpu_share`` fixes F of decode attention on the CPU (planner/host_share.py); None chooses it.
 
     ``attention_backend`` ('flash' or 'cudnn-split') forces the prefill kernel; None picks the faster one.
     ``decode_graphs`` False keeps every decode step eager (else a CUDA graph where it applies)."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
-                       attention_backend=attention_backend, decode_graphs=decode_graphs)
+                       attention_backend=attention_backend, decode_graphs=decode_graphs, cpu_share=cpu_share)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     chosen, by_strategy = solve(setup, knobs)
     notes = list(setup.notes)
+    if chosen.cpu_share_reason:
+        notes.append(chosen.cpu_share_reason)
     if chunk_size is not None and chunk_size > context_tokens:
         notes.append(f"chunk size {chunk_size} capped at the context ({context_tokens} tokens)")
     notes += _extrapolation_notes(hardware, chosen.backend, chosen.chunk_size, context_tokens)
@@ -173,7 +177,7 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         model=model, hardware=hardware, hardware_hash=hardware.content_hash or profile_hash(hardware), dtype=dtype,
         context_tokens=context_tokens, decode_tokens=decode_tokens, strategy=chosen.strategy,
         chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
-        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend,
+        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend, cpu_share=chosen.cpu_share,
         decode_graphs=setup.graphs_decode(chosen.resident_kv_heads), memory=chosen.memory,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )

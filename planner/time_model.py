@@ -32,6 +32,10 @@ Decode per token: the same with c = 1 at the mean past s = context + (decode_tok
 reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
 the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
+With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
+DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, max(N_l, H_l) + host_l),
+H_l the host's issue time of a decode layer (executor_decode_layer_host_s: the main thread waits for the CPU, so
+it no longer runs ahead of the GPU).
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -46,6 +50,7 @@ import numpy as np
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
+from planner.host_share import host_share_terms
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
@@ -71,6 +76,8 @@ class Workload:
     backend: str = "flash"
     decode_graphs: bool = False
     """decode replays as one CUDA graph per token (host_time.decode_runs_as_graph): its host time is the replay's"""
+    cpu_share: float = 0.0
+    """F: decode attends each offloaded head's past [0, F s) on the CPU (planner/host_share.py)"""
 
 
 @dataclass
@@ -246,11 +253,19 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / (lookup.profile.elementwise_bytes_per_s or hbm)
     out = {key: np.zeros_like(past, dtype=float) for key in
-           ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill")}
+           ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill",
+            "cpu_bound")}
 
-    def attn(heads: int) -> np.ndarray:
+    share = host_share_terms(model, lookup, share=work.cpu_share if decode else 0.0, elem_bytes=elem_bytes,
+                             past=past)
+    stream_past = past - share["tokens"]                                    # the streamed share's keys [F s, s)
+    stream_kv = 2.0 * model.head_dim * elem_bytes * (stream_past + chunk)
+    out.update(host_share=np.zeros_like(past, dtype=float), host_share_bytes=np.zeros_like(past, dtype=float))
+
+    def attn(heads: int, streamed: bool = False) -> np.ndarray:
         if decode:
-            return decode_attention_seconds(model, lookup, heads, past, per_head_kv)
+            return decode_attention_seconds(model, lookup, heads, stream_past if streamed else past,
+                                            stream_kv if streamed else per_head_kv)
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend,
                                  elem_bytes=elem_bytes)
 
@@ -262,12 +277,26 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         a_sum, t_sum = np.zeros_like(other), np.zeros_like(other)
         for heads in sorted(set(lt.group_sizes)):
             times = lt.group_sizes.count(heads)
-            t, h2d_bytes, d2h_bytes = transfer_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past,
-                                                       elem_bytes=elem_bytes)
-            a_sum, t_sum = a_sum + times * attn(heads), t_sum + times * t
+            t, h2d_bytes, d2h_bytes = transfer_seconds(model, lookup, kv_heads=heads, chunk=chunk,
+                                                       past=stream_past, elem_bytes=elem_bytes)
+            t = t / share["dma_factor"]                                     # DMA beside the CPU's reads
+            a_sum, t_sum = a_sum + times * attn(heads, streamed=True), t_sum + times * t
             out["h2d_bytes"] += lt.count * times * h2d_bytes
             out["d2h_bytes"] += lt.count * times * d2h_bytes
         period, pcie_bound = pipeline_period(other, a_sum / max(n, 1), t_sum / max(n, 1), n)
+        if n and np.any(share["tokens"] > 0):
+            offloaded = sum(lt.group_sizes)
+            host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
+            host_layer = host_bytes / share["cpu_bytes_per_s"] + share["handoff_s"]
+            # the main thread waits for the CPU's share, so this layer's issue (host) time is no longer hidden
+            # ahead of the GPU: the next layer's query exists after max(GPU, host) of the layer's other work
+            chain = np.maximum(other, share["layer_host_s"]) + host_layer
+            cpu_binds = chain > period
+            pcie_bound = np.where(cpu_binds, False, pcie_bound)
+            period = np.maximum(period, chain)                               # the layer waits for both shares
+            out["cpu_bound"] += lt.count * cpu_binds * period
+            out["host_share"] += lt.count * host_layer
+            out["host_share_bytes"] += lt.count * host_bytes
         out["gpu"] += lt.count * period
         out["linear"] += lt.count * linear
         out["elementwise"] += lt.count * elem
@@ -307,13 +336,16 @@ def _call_head_counts(layer_types: list[LayerType]) -> set[int]:
     return counts
 
 
-def _bound(step: np.ndarray, gpu: np.ndarray, host: np.ndarray, pcie_share: np.ndarray, compute_name: str) -> str:
-    """The resource holding most of the time: launch (host), pcie, or compute/hbm."""
+def _bound(step: np.ndarray, gpu: np.ndarray, host: np.ndarray, pcie_share: np.ndarray, compute_name: str,
+           cpu_share: np.ndarray | None = None) -> str:
+    """The resource holding most of the time: launch (host), pcie, cpu-attention (decode's CPU share), or
+    compute/hbm."""
     launch = float(np.sum(np.where(host > gpu, step, 0.0)))
     gpu_steps = np.where(host > gpu, 0.0, step)
     pcie = float(np.sum(gpu_steps * np.clip(pcie_share, 0.0, 1.0)))
-    compute = float(np.sum(gpu_steps)) - pcie
-    return max((launch, "launch"), (pcie, "pcie"), (compute, compute_name))[1]
+    cpu = float(np.sum(gpu_steps * np.clip(cpu_share, 0.0, 1.0))) if cpu_share is not None else 0.0
+    compute = float(np.sum(gpu_steps)) - pcie - cpu
+    return max((launch, "launch"), (pcie, "pcie"), (cpu, "cpu-attention"), (compute, compute_name))[1]
 
 
 def predict_prefill(model: ModelSpec, lookup: RateLookup, work: Workload) -> tuple[float, dict[str, np.ndarray]]:
@@ -349,12 +381,16 @@ def predict_time(model: ModelSpec, profile: HardwareProfile, lookup: RateLookup,
         "decode_host_s": float(dec["host"][0]),
         "decode_gpu_s": float(dec["gpu"][0]),
         "decode_h2d_bytes": float(dec["h2d_bytes"][0]),
+        "decode_cpu_share": float(work.cpu_share),
+        "decode_host_share_s": float(dec["host_share"][0]),
+        "decode_host_share_bytes": float(dec["host_share_bytes"][0]),
     }
     pre_share = pre["pcie_bound"] / np.maximum(pre["gpu"], 1e-30)
     dec_share = dec["pcie_bound"] / np.maximum(dec["gpu"], 1e-30)
     return TimePrediction(
         prefill_s=prefill_s, decode_s_per_token=decode_s, chunk_s=[float(x) for x in pre["step"]],
         prefill_bound=_bound(pre["step"], pre["gpu"], pre["host"], pre_share, "compute"),
-        decode_bound=_bound(dec["step"], dec["gpu"], dec["host"], dec_share, "hbm"),
+        decode_bound=_bound(dec["step"], dec["gpu"], dec["host"], dec_share, "hbm",
+                            dec["cpu_bound"] / np.maximum(dec["gpu"], 1e-30)),
         terms=terms,
     )

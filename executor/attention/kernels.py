@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from executor.attention.lse import partial_math
 from executor.attention.split import attend_chunk_split
 from executor.settings import SplitOptions
 
@@ -112,6 +113,20 @@ def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     return attend_chunk_split(q, k, v, scale=scale, past_block_tokens=split.past_block_tokens,
                               chunk_backend=split.chunk_backend_for(q.shape[2]), fused_merge=split.fused_merge,
                               out=out)
+
+
+def attend_partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                   backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal attention of q [1, Hq_g, c, d] over every key of k, v [1, G, S, d] with its log-sum-exp:
+    (out [1, Hq_g, c, d] in q.dtype, lse [1, Hq_g, c] float32, natural log). The GPU share of a decode token whose
+    older keys are attended on the host (engine/host_share.py); merged with that share by attention/lse.py.
+    CUDA fp16/bf16 (any backend but "math"): PyTorch's flash kernel, which returns the lse; else float32 math."""
+    _check_shapes(q, k, v)
+    if backend != "math" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+        return out, lse
+    out, lse = partial_math(q, k, v, scale=scale, causal=False)
+    return out, lse.float()
 
 
 def attention_flops(query_heads: int, head_dim: int, chunk_tokens: int, past_tokens: int) -> float:

@@ -27,7 +27,9 @@ from typing import Optional
 import torch
 
 from executor.attention.decode import DevicePosition, attend_decode, write_token
-from executor.attention.kernels import attend_chunk, attention_flops
+from executor.attention.kernels import attend_chunk, attend_partial, attention_flops
+from executor.attention.lse import merge_by_lse
+from executor.engine.host_share import HostShare
 from executor.kv.gpu_store import GpuKVStore
 from executor.kv.host_store import HostKVStore
 from executor.kv.layout import KVLayout
@@ -44,6 +46,10 @@ class PhaseCounters:
     d2h_bytes: int = 0
     attention_flops: float = 0.0
     group_fetches: int = 0
+    host_attention_bytes: int = 0
+    """KV bytes the CPU read for its share of decode attention (engine/host_share.py)"""
+    host_attention_s: float = 0.0
+    """the CPU worker's kernel seconds for those bytes (wall time after its event wait, summed over layers)"""
 
 
 @dataclass
@@ -86,6 +92,8 @@ class OffloadEngine:
     """global index of this engine's layer 0 (a stage of several GPUs holds layers [first_layer, ...))"""
     device_position: Optional[DevicePosition] = None
     """set by the runner for a static decode step (generation/decode_graph.py): decode reads the position from it"""
+    host_share: Optional[HostShare] = None
+    """decode attends each offloaded head's past [0, floor(F s)) on the CPU (engine/host_share.py); None: F = 0"""
     counters: dict = field(default_factory=dict)
     _pending: dict = field(default_factory=dict)
     _fetch_count: int = 0
@@ -111,9 +119,18 @@ class OffloadEngine:
             self._attend_resident_static(layer, query, key_chunk, value_chunk, out_heads, scale, backend)
         else:
             self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend)
+        host_tokens = self._host_tokens(past_tokens)
+        partial = None
+        if host_tokens and self.layout.groups_per_layer[layer]:
+            self.host_share.submit(layer, query, past_tokens, self.streams, scale=scale)
+            partial = self._partial_buffers(layer, query)
+            self._count().host_attention_bytes += (2 * self.layout.offloaded_per_layer[layer] * host_tokens *
+                                                   head_dim * self.host.keys[layer].element_size())
         for group_idx in range(len(self.layout.groups_per_layer[layer])):
             self._attend_group(layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
-                               backend)
+                               backend, partial)
+        if partial is not None:
+            self._merge_host_share(layer, partial, out_heads)
         self._count().attention_flops += attention_flops(self.layout.query_heads, head_dim, chunk_tokens,
                                                          past_tokens)
         self._mark("attn_end", layer=layer)
@@ -149,23 +166,62 @@ class OffloadEngine:
             self.layout.query_heads, self.layout.head_dim, 1, past_tokens)
 
     def _attend_group(self, layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
-                      backend):
+                      backend, partial=None):
+        """Group (layer, group_idx): slot rows [0, s - s_h) hold its past [s_h, s) (s_h = 0 but in a decode step
+        with a host share), the chunk goes after them. ``partial`` (host share): (out, lse) buffers of the
+        layer's offloaded query rows that receive this group's partial result instead of ``out_heads``."""
         streams, heads = self.streams, self.layout.groups_per_layer[layer][group_idx]
         slot = self._take_fetch(layer, group_idx, past_tokens)
         self._prefetch_after(layer, group_idx, past_tokens, key_chunk.shape[1])
         if self.trace:
             self._mark("group_start", layer=layer, group=group_idx)
         streams.wait(streams.compute, streams.slot_fetched[slot])
-        first, count, end = heads.start, len(heads), past_tokens + key_chunk.shape[1]
+        streamed = past_tokens - self._host_tokens(past_tokens)
+        first, count, end = heads.start, len(heads), streamed + key_chunk.shape[1]
         keys, values = self.gpu.slot_keys[slot][:count], self.gpu.slot_values[slot][:count]
-        keys[:, past_tokens:end].copy_(key_chunk[first: first + count])
-        values[:, past_tokens:end].copy_(value_chunk[first: first + count])
+        keys[:, streamed:end].copy_(key_chunk[first: first + count])
+        values[:, streamed:end].copy_(value_chunk[first: first + count])
         rows = slice(first * self._ratio, (first + count) * self._ratio)
-        attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale, backend=backend,
-                     out=out_heads[:, rows], split=self.split)
+        if partial is None:
+            attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
+                         backend=backend, out=out_heads[:, rows], split=self.split)
+        else:
+            offset = self.layout.resident_per_layer[layer] * self._ratio
+            part_rows = slice(rows.start - offset, rows.stop - offset)
+            out, lse = attend_partial(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
+                                      backend=backend)
+            partial[0][:, part_rows].copy_(out)
+            partial[1][:, part_rows].copy_(lse)
         streams.record(streams.slot_released[slot], streams.compute)
         if self.trace:
             self._mark("group_end", layer=layer, group=group_idx)
+
+    def _host_tokens(self, past_tokens: int) -> int:
+        """s_h of a decode step with a host share (engine/host_share.py), else 0 (prefill streams everything)."""
+        if self.host_share is None or self.position.phase != "decode":
+            return 0
+        return self.host_share.tokens(past_tokens)
+
+    def _partial_buffers(self, layer: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GPU share's (out [1, rows, 1, d] q.dtype, lse [1, rows, 1] float32) for the layer's offloaded rows."""
+        rows = self.layout.offloaded_per_layer[layer] * self._ratio
+        return (torch.empty((1, rows, 1, query.shape[3]), dtype=query.dtype, device=query.device),
+                torch.empty((1, rows, 1), dtype=torch.float32, device=query.device))
+
+    def _merge_host_share(self, layer: int, partial, out_heads: torch.Tensor) -> None:
+        """Join the host share and merge it with the GPU share (float32 log-sum-exp) into the output rows."""
+        host_out, host_lse, kernel_s = self.host_share.collect(layer)
+        self._count().host_attention_s += kernel_s
+        merged, _ = merge_by_lse([partial[0], host_out], [partial[1], host_lse])
+        first = self.layout.resident_per_layer[layer] * self._ratio
+        out_heads[:, first:].copy_(merged)
+
+    def close(self) -> None:
+        """Release the GPU store and stop the host-share worker."""
+        self.gpu.close()
+        if self.host_share is not None:
+            self.host_share.close()
+            self.host_share = None
 
     @property
     def _ratio(self) -> int:
@@ -204,21 +260,24 @@ class OffloadEngine:
         with streams.on(streams.h2d):
             streams.wait(streams.h2d, streams.slot_released[slot])  # write-after-read on the slot
             streams.wait(streams.h2d, streams.written_back[layer])  # the host rows [0, s) are complete
-            if past_tokens:
+            start = self._host_tokens(past_tokens)      # the host share's rows [0, s_h) stay on the host
+            streamed = past_tokens - start
+            if streamed:
                 if self.trace:
                     self._mark("h2d_start", lane="h2d", layer=layer, group=group_idx)
                 slot_keys, slot_values = self.gpu.slot_keys[slot], self.gpu.slot_values[slot]
                 host_keys, host_values = self.host.keys[layer], self.host.values[layer]
                 for index, head in enumerate(heads):
-                    slot_keys[index, :past_tokens].copy_(host_keys[head - resident, :past_tokens], non_blocking=True)
-                    slot_values[index, :past_tokens].copy_(host_values[head - resident, :past_tokens],
-                                                           non_blocking=True)
+                    slot_keys[index, :streamed].copy_(host_keys[head - resident, start:past_tokens],
+                                                      non_blocking=True)
+                    slot_values[index, :streamed].copy_(host_values[head - resident, start:past_tokens],
+                                                        non_blocking=True)
                 if self.trace:
                     self._mark("h2d_end", lane="h2d", layer=layer, group=group_idx)
             streams.record(streams.slot_fetched[slot], streams.h2d)
         self._pending[(layer, group_idx)] = (slot, past_tokens)
         counters = self._count()
-        counters.h2d_bytes += 2 * len(heads) * past_tokens * self.layout.head_dim * self.host.keys[layer].element_size()
+        counters.h2d_bytes += 2 * len(heads) * streamed * self.layout.head_dim * self.host.keys[layer].element_size()
         counters.group_fetches += 1
 
     def _take_fetch(self, layer: int, group_idx: int, past_tokens: int) -> int:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from executor.engine.host_share import HostShare
 from executor.engine.offload import OffloadEngine, PhaseCounters, Position
 from executor.kv.gpu_store import GpuKVStore
 from executor.kv.host_store import HostKVStore
@@ -127,6 +128,8 @@ class StagedEngine:
                 t.d2h_bytes += c.d2h_bytes
                 t.attention_flops += c.attention_flops
                 t.group_fetches += c.group_fetches
+                t.host_attention_bytes += c.host_attention_bytes
+                t.host_attention_s += c.host_attention_s
         return total
 
     @property
@@ -140,7 +143,15 @@ class StagedEngine:
 
     def close(self) -> None:
         for engine in self.engines:
-            engine.gpu.close()
+            engine.close()
+
+
+def _host_share(part: StageParts, settings: ExecutionSettings, device: torch.device) -> Optional[HostShare]:
+    """The CPU's share of decode attention (engine/host_share.py) where F > 0 and the stage offloads heads."""
+    if settings.cpu_share <= 0 or not any(part.layout.offloaded_per_layer):
+        return None
+    return HostShare(part.layout, part.host, share=settings.cpu_share, device=torch.device(device),
+                     threads=settings.host_attention_threads)
 
 
 def build_staged_engine(parts: Sequence[StageParts], settings: ExecutionSettings, backend: str,
@@ -158,6 +169,6 @@ def build_staged_engine(parts: Sequence[StageParts], settings: ExecutionSettings
         engines.append(OffloadEngine(
             layout=part.layout, host=part.host, gpu=GpuKVStore(part.layout, part.host.dtype, device),
             streams=streams, backend=backend, decode_backend="math" if backend == "math" else "flash",
-            split=settings.split,
+            split=settings.split, host_share=_host_share(part, settings, device),
             recorder=stage_recorder, trace=trace, position=position, first_layer=part.stage.first_layer))
     return StagedEngine(engines=engines, parts=list(parts), position=position)

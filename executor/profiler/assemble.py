@@ -186,6 +186,7 @@ def build_profile(results: dict, *, name: str, mode: str, notes: list[str]) -> H
         cudnn_causal_graph_build_s=results["attention"].get("cudnn_causal_graph_build_s"),
         elementwise_bytes_per_s=results.get("elementwise", {}).get("elementwise_bytes_per_s"),
         **results.get("executor_host", {}),
+        **results.get("host_attention", {}),
         attention_table=results["attention"]["points"],
         transfer_table=results.get("pcie", []),
         matmul_table=results["matmul"],

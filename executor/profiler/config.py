@@ -47,6 +47,7 @@ class Preset:
     pin_sizes: tuple[int, ...]
     host_copy_bytes: int
     launch_batch: int = 200  # launches per timed batch for the per-launch overhead
+    host_attention_key_tokens: tuple[int, ...] = (32768, 131072, 524288)  # host_attention.py kernel table
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -123,6 +124,7 @@ CPU_FULL = Preset(
     contention_sizes=(),
     pin_sizes=(256 * MIB,),
     host_copy_bytes=256 * MIB,
+    host_attention_key_tokens=(8192, 65536),
 )
 
 CPU_QUICK = Preset(
@@ -145,6 +147,7 @@ CPU_QUICK = Preset(
     contention_sizes=(),
     pin_sizes=(64 * MIB,),
     host_copy_bytes=64 * MIB,
+    host_attention_key_tokens=(8192, 32768),
 )
 
 TINY = Preset(
@@ -168,6 +171,7 @@ TINY = Preset(
     pin_sizes=(8 * MIB,),
     host_copy_bytes=4 * MIB,
     launch_batch=20,
+    host_attention_key_tokens=(1024, 4096),
 )
 
 

@@ -3,7 +3,8 @@
 Order (each section frees its memory before the next): runtime context baseline, host, matmul, device
 memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and
 full only: attention_step.py), then on a GPU pinning (before any pinned allocation, so no cached block is
-reused), PCIe, launch overhead, the executor's own host time per layer and group (executor_host.py: the real
+reused), PCIe, the host's share of decode attention (host_attention.py: host read, the CPU kernel by key length
+and threads, DMA beside it, the hand-off), launch overhead, the executor's own host time per layer and group (executor_host.py: the real
 executor on a tiny model) and the runtime memory (after matmul and attention warmed the libraries up).
 Without a GPU the GPU-only sections are skipped, noted, and the profile is CPU-only (assemble.py).
 Leaves out: writing the file and the CLI (headplan/cmd_profile.py).
@@ -19,8 +20,8 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import (attention, attention_step, elementwise, executor_host, hbm, host, matmul, pcie, pinning,
-                               runtime)
+from executor.profiler import (attention, attention_step, elementwise, executor_host, hbm, host, host_attention, matmul,
+                               pcie, pinning, runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset
 from executor.profiler.context import ProfileContext
@@ -140,6 +141,7 @@ def collect(ctx: ProfileContext) -> dict:
         results["pcie"] = _timed(ctx, "pcie", pcie.measure_pcie)
     else:
         results["touch_bytes_per_s"] = pinning.measure_touch_rate(ctx)
+    results["host_attention"] = _timed(ctx, host_attention.SECTION, host_attention.measure_host_attention)
     results["launch"] = _timed(ctx, "runtime", runtime.measure_launch)
     results["executor_host"] = _timed(ctx, "executor", executor_host.measure_executor_host,
                                       results["launch"]["launch_overhead_s"])

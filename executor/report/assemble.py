@@ -12,8 +12,8 @@ import torch
 
 from executor.generation.measurement import Measurement
 from executor.generation.tail import TailSplit
-from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TailFigures,
-                                    TimesAndPeak, Transfers, errors_of, relative_error)
+from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, HostShareFigures, MemoryFigures,
+                                    RunReport, TailFigures, TimesAndPeak, Transfers, errors_of, relative_error)
 from executor.settings import ExecutionSettings
 from planner.plan import Plan
 
@@ -112,7 +112,10 @@ def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
         seconds = phase_s.get(phase)
         rate = (lambda b: b / seconds if seconds else None)  # noqa: E731
         out[phase] = Transfers(h2d_bytes=c.h2d_bytes, d2h_bytes=c.d2h_bytes, h2d_bytes_per_s=rate(c.h2d_bytes),
-                               d2h_bytes_per_s=rate(c.d2h_bytes), group_fetches=c.group_fetches)
+                               d2h_bytes_per_s=rate(c.d2h_bytes), group_fetches=c.group_fetches,
+                               host_attention_bytes=c.host_attention_bytes,
+                               host_attention_bytes_per_s=(c.host_attention_bytes / c.host_attention_s
+                                                           if c.host_attention_s else None))
     return out
 
 
@@ -164,6 +167,29 @@ def host_figures(plan: Optional[Plan], m: Measurement) -> HostFigures:
                        decode_graph_setup_s=m.decode_graph_setup_s, decode_graph_fallback=m.decode_graph_fallback)
 
 
+def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
+                       m: Measurement) -> Optional[HostShareFigures]:
+    """Decode's CPU share, predicted beside measured, per token (None when the run's share is 0)."""
+    if settings.cpu_share <= 0:
+        return None
+    terms = plan.predicted.terms if plan is not None else {}
+    decode = m.counters.get("decode")
+    figures = dict(cpu_share=settings.cpu_share, predicted_cpu_bytes_per_token=terms.get("decode_host_share_bytes"),
+                   predicted_pcie_bytes_per_token=terms.get("decode_h2d_bytes"),
+                   predicted_cpu_s_per_token=terms.get("decode_host_share_s"))
+    if decode is not None:
+        # the counters cover every decode forward: per token over all of them
+        steps = max(len(m.decode_host_s) or m.decode_tokens_timed, 1)
+        figures.update(measured_cpu_bytes_per_token=decode.host_attention_bytes / steps,
+                       measured_pcie_bytes_per_token=decode.h2d_bytes / steps,
+                       measured_cpu_kernel_s_per_token=decode.host_attention_s / steps,
+                       measured_cpu_bytes_per_s=(decode.host_attention_bytes / decode.host_attention_s
+                                                 if decode.host_attention_s else None))
+        if m.decode_s_per_token:
+            figures["measured_pcie_bytes_per_s"] = decode.h2d_bytes / steps / m.decode_s_per_token
+    return HostShareFigures(**figures)
+
+
 def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, input_ids: torch.Tensor,
                  new_tokens: int, device, measurement: Optional[Measurement], context: ReportContext = ReportContext(),
                  status: str = "complete", fault: Optional[str] = None, verify: Optional[dict] = None,
@@ -189,4 +215,5 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                      memory=memory, verify=verify, warnings=list(context.warnings),
                      plan_hardware=plan.hardware.name if plan is not None else None,
                      gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
+                     host_share=host_share_figures(plan, settings, m),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

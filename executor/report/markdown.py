@@ -104,6 +104,7 @@ def render_markdown(report: RunReport) -> str:
         tflops = "-" if a.flops_per_s is None else f"{a.flops_per_s / 1e12:.2f}"
         share = "-" if a.share_of_phase is None else f"{a.share_of_phase * 100:.0f}%"
         lines.append(f"| {phase} | {_gib(t.h2d_bytes)} | {_gib(t.d2h_bytes)} | {rate} | {tflops} | {share} |")
+    lines += _host_share_lines(report)
     mem = report.memory
     lines += ["", "Memory: peak allocated " + _gib(mem.gpu_peak_allocated_bytes) + ", peak reserved "
               + _gib(mem.gpu_peak_reserved_bytes) + ", process (driver) " + _gib(mem.gpu_process_used_bytes)
@@ -116,3 +117,23 @@ def render_markdown(report: RunReport) -> str:
     lines += _answer_lines(report)
     lines += ["![time per chunk](chunk_time.png)", "", "![memory](memory.png)", ""]
     return "\n".join(lines)
+
+
+def _host_share_lines(report: RunReport) -> list[str]:
+    """Decode's CPU share: bytes each side read per token and the rates, predicted beside measured."""
+    h = report.host_share
+    if h is None:
+        return []
+
+    def gb(value) -> str:
+        return "-" if value is None else f"{value / 1e9:.2f} GB"
+
+    def rate(value) -> str:
+        return "-" if value is None else f"{value / 1e9:.1f} GB/s"
+
+    return ["", f"Decode CPU share F = {h.cpu_share:g}: per token the CPU read {gb(h.measured_cpu_bytes_per_token)} "
+            f"(predicted {gb(h.predicted_cpu_bytes_per_token)}) at {rate(h.measured_cpu_bytes_per_s)} in its kernel "
+            f"({_seconds(h.measured_cpu_kernel_s_per_token)} per token; predicted with hand-offs "
+            f"{_seconds(h.predicted_cpu_s_per_token)}); PCIe streamed {gb(h.measured_pcie_bytes_per_token)} "
+            f"(predicted {gb(h.predicted_pcie_bytes_per_token)}) at {rate(h.measured_pcie_bytes_per_s)} over the "
+            "decode wall time."]

@@ -55,6 +55,25 @@ class Transfers(_Block):
     h2d_bytes_per_s: Optional[float] = None
     d2h_bytes_per_s: Optional[float] = None
     group_fetches: int = 0
+    host_attention_bytes: int = Field(0, description="KV bytes the CPU attended in place (decode's CPU share)")
+    host_attention_bytes_per_s: Optional[float] = Field(
+        None, description="those bytes over the CPU worker's kernel seconds (its own rate, not the phase's)")
+
+
+class HostShareFigures(_Block):
+    """Decode's CPU share (executor/engine/host_share.py): the share, the bytes each side read per token and the
+    rates, predicted (the plan's terms) beside measured."""
+
+    cpu_share: float
+    predicted_cpu_bytes_per_token: Optional[float] = None
+    predicted_pcie_bytes_per_token: Optional[float] = None
+    predicted_cpu_s_per_token: Optional[float] = Field(None, description="the CPU share's layers summed: kernel + "
+                                                       "hand-off")
+    measured_cpu_bytes_per_token: Optional[float] = None
+    measured_pcie_bytes_per_token: Optional[float] = None
+    measured_cpu_kernel_s_per_token: Optional[float] = None
+    measured_cpu_bytes_per_s: Optional[float] = Field(None, description="CPU bytes / the worker's kernel seconds")
+    measured_pcie_bytes_per_s: Optional[float] = Field(None, description="PCIe bytes / decode wall time")
 
 
 class AttentionFigures(_Block):
@@ -166,6 +185,7 @@ class RunReport(_Block):
     gpus: list[GpuFigures] = Field(default_factory=list, description="per GPU when the layers ran over several "
                                    "stages (the headline memory figures are then the fullest GPU's)")
     tail: Optional[TailFigures] = Field(None, description="a --tail-chunks timing probe (None: a whole run)")
+    host_share: Optional[HostShareFigures] = Field(None, description="decode's CPU share (None: F = 0)")
 
 
 def relative_error(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:

@@ -169,6 +169,18 @@ def test_tiny_cpu_profile_measures_executor_host_times(tiny_run):
     assert "decode token, 4 layers, 4 groups of 1 head" in progress
 
 
+def test_tiny_cpu_profile_measures_host_attention(tiny_run):
+    run, progress = tiny_run
+    profile = run.profile
+    assert profile.host_read_bytes_per_s > 0 and profile.host_read_threads >= 1
+    assert profile.host_share_handoff_s > 0
+    table = profile.cpu_attention_table
+    assert {p.key_tokens for p in table} == {1024, 4096} and all(p.bytes_per_s > 0 for p in table)
+    assert max(p.threads for p in table) == torch.get_num_threads()
+    assert profile.host_concurrency_table == []  # needs DMA: GPU only
+    assert "host-attn" in progress
+
+
 def test_fit_decode_recovers_the_host_model():
     from executor.profiler.executor_host import fit_decode
     from planner.host_time import HOST_OPS_PER_GROUP_HEAD

@@ -1,0 +1,154 @@
+"""HostShare: the CPU's share of a decode token's attention over the offloaded heads, beside the streamed share.
+
+In decode (c = 1) at past s, with share F (ExecutionSettings.cpu_share), each offloaded KV head of layer l splits
+its past by token range:
+    host share   [0, s_h)      s_h = floor(F s): attended on the CPU where the rows lie (attention/host_attention.py)
+    GPU share    [s_h, s + 1)  fetched over PCIe into the ping-pong slot (rows [0, s - s_h)) plus the new token
+and the two partial results merge by log-sum-exp in float32 (attention/lse.py merge_by_lse). Exact: the same
+softmax over the same keys, reordered. PCIe bytes fall by the factor (1 - F).
+
+Per layer, with no host synchronisation on the main thread beyond joining the worker:
+  1. submit (after the layer's write-back, on the d2h stream): the offloaded heads' query rows
+     [r_l q, H_kv q) go to a pinned buffer (non-blocking copy) and an event is recorded after it; the event also
+     orders every earlier write-back of host rows, since they are queued on the same stream before it;
+  2. a persistent worker thread (ATen releases the GIL) waits on that event, runs the kernel over the host rows
+     [0, s_h) and writes out [rows, d] and lse [rows] (float32) into pinned buffers;
+  3. meanwhile the main thread queues the GPU share's groups (attention with lse into layer buffers);
+  4. collect: joins the worker, copies out and lse to the device (non-blocking) and returns them for the merge.
+The pinned buffers are reused every layer: the worker writes layer l + 1's result only after its query event,
+which follows layer l's merge (and so the copy reading the buffers) on the compute stream.
+On a CPU device the same code runs: the copies are plain, the event is absent, and the "GPU" share is the math
+path on the CPU, run by the main thread while the worker computes.
+Leaves out: prefill (its chunk's queries see every key; streaming is compute-bound there).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from executor.attention.host_attention import host_partial_attention
+from executor.kv.host_store import HostKVStore
+from executor.kv.layout import KVLayout
+
+
+def host_tokens(share: float, past_tokens: int) -> int:
+    """s_h = floor(F s): the leading past tokens each offloaded head attends on the host."""
+    return min(past_tokens, int(share * past_tokens))
+
+
+class _Worker:
+    """One persistent thread running submitted jobs in order; exceptions come back to the caller of result()."""
+
+    def __init__(self, threads: Optional[int]):
+        self._jobs: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._threads = threads
+        self._thread = threading.Thread(target=self._loop, name="headplan-host-attention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                with torch.inference_mode():
+                    self._results.put((job(), None))
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                self._results.put((None, exc))
+
+    def submit(self, job) -> None:
+        self._jobs.put(job)
+
+    def result(self):
+        value, error = self._results.get()
+        if error is not None:
+            raise error
+        return value
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+
+class HostShare:
+    """Pinned hand-off buffers, the worker and the per-layer submit / collect of the host share."""
+
+    def __init__(self, layout: KVLayout, host: HostKVStore, *, share: float, device: torch.device,
+                 threads: Optional[int] = None):
+        self.layout, self.host, self.share, self.device = layout, host, share, device
+        self.threads = threads
+        ratio = layout.query_heads // layout.kv_heads
+        rows = max(layout.offloaded_per_layer, default=0) * ratio
+        pin = device.type == "cuda"
+        self.query = torch.empty((rows, layout.head_dim), dtype=host.dtype, pin_memory=pin)
+        self.out = torch.empty((rows, layout.head_dim), dtype=torch.float32, pin_memory=pin)
+        self.lse = torch.empty((rows,), dtype=torch.float32, pin_memory=pin)
+        self.query_ready = torch.cuda.Event() if pin else None
+        self._worker = _Worker(threads)
+        self._busy = False
+
+    def tokens(self, past_tokens: int) -> int:
+        return host_tokens(self.share, past_tokens)
+
+    def submit(self, layer: int, query: torch.Tensor, past_tokens: int, streams, *, scale: float) -> int:
+        """Queue layer ``layer``'s host share for q [1, H_q, 1, d] at past s; returns its key count s_h.
+        Call on the main thread right after the layer's write-back (same d2h stream)."""
+        resident = self.layout.resident_per_layer[layer]
+        ratio = self.layout.query_heads // self.layout.kv_heads
+        heads = self.layout.kv_heads - resident
+        rows = heads * ratio
+        key_tokens = self.tokens(past_tokens)
+        source = query[0, resident * ratio:, 0, :]                       # [rows, d], strided view
+        with streams.on(streams.d2h):
+            streams.wait(streams.d2h, streams.chunk_ready)
+            self.query[:rows].copy_(source, non_blocking=True)
+            if self.query_ready is not None:
+                self.query_ready.record(streams.d2h)
+        if streams.cuda:
+            query.record_stream(streams.d2h)
+        event, threads = self.query_ready, self.threads
+        keys, values = self.host.keys[layer][:, :key_tokens], self.host.values[layer][:, :key_tokens]
+        query_rows = self.query[:rows].view(heads, ratio, self.layout.head_dim)
+        out_rows, lse_rows = self.out[:rows], self.lse[:rows]
+
+        def job() -> float:
+            if event is not None:
+                event.synchronize()  # the query is in the buffer and the host rows [0, s) are written
+            start = time.perf_counter()
+            out, lse = host_partial_attention(query_rows, keys, values, scale=scale, threads=threads)
+            out_rows.copy_(out.reshape(rows, -1))
+            lse_rows.copy_(lse.reshape(rows))
+            return time.perf_counter() - start
+
+        self._busy = True
+        self._worker.submit(job)
+        return key_tokens
+
+    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Join layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device
+        (copied non-blocking on the current stream), and the worker's kernel seconds (after its event wait)."""
+        self._busy = False  # the job's result (or its exception) is taken here, whatever happens
+        kernel_s = self._worker.result()
+        rows = (self.layout.kv_heads - self.layout.resident_per_layer[layer]) * (
+            self.layout.query_heads // self.layout.kv_heads)
+        out = self.out[:rows].to(self.device, non_blocking=True)
+        lse = self.lse[:rows].to(self.device, non_blocking=True)
+        if self.device.type == "cpu":  # the pinned buffers are reused by the next layer: keep our own copy
+            out, lse = out.clone(), lse.clone()
+        return out[None, :, None, :], lse[None, :, None], kernel_s
+
+    def close(self) -> None:
+        if self._busy:
+            try:
+                self._worker.result()
+            except BaseException:  # noqa: BLE001 - closing after a fault: the fault is already on its way
+                pass
+        self._worker.close()

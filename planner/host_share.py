@@ -1,0 +1,147 @@
+"""The CPU's share F of decode attention over the offloaded KV (executor/engine/host_share.py), as the planner prices
+it, and the choice of F. No torch.
+
+Per decode token at past s, each offloaded head's past splits by token range: [0, F s) attended on the CPU where
+it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and share the host's memory:
+    rates         cpu = kernel rate (profile cpu_attention_table at the host share's key length and the most
+                  threads measured) x cpu_factor;  h2d = the streamed share's transfer rate x dma_factor
+    contention    from the profile's host_concurrency_table point with the most CPU threads:
+                  dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
+                  (no table: 1 and 1, said in the plan's note)
+    per layer l   host_l = 2 (H_kv - r_l) F s d b / cpu + handoff         (handoff: host_share_handoff_s)
+                  the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), max(N_l, H_l) + host_l)
+                  (H_l: the host's issue time of the layer, no longer hidden while the main thread waits)
+    per token     sum of P_l (planner/time_model.py); the streamed bytes fall by the factor (1 - F)
+Choice: F on a grid of 0, 1/20, ..., 1 and the balance point F* = cpu / (cpu + h2d) (equal time on both sides);
+the fastest decode wins, F = 0 unless another share is at least MIN_GAIN faster (a share costs a CPU thread pool
+and hand-offs for nothing otherwise), and F = 0 without CPU-attention figures in the profile (older profiles).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from hwprofiles.schema import HardwareProfile
+from planner.host_time import HOST_OPS_PER_LAYER
+
+SHARE_GRID = tuple(i / 20 for i in range(21))
+MIN_GAIN = 0.02
+"""a share other than 0 must predict a decode step at least 2% faster"""
+
+
+@dataclass(frozen=True)
+class HostShareRates:
+    """What the planner reads from a profile for the CPU share."""
+
+    kernel_points: tuple[tuple[int, float], ...]
+    """(key_tokens, bytes_per_s) of the kernel at the most threads measured, sorted by key length"""
+    threads: int
+    dma_factor: float
+    cpu_factor: float
+    handoff_s: float
+    contention_measured: bool
+
+    def cpu_bytes_per_s(self, key_tokens: float) -> float:
+        """Kernel rate at ``key_tokens`` keys per head (log-linear between points, clamped), under contention."""
+        points = self.kernel_points
+        if key_tokens <= points[0][0]:
+            rate = points[0][1]
+        elif key_tokens >= points[-1][0]:
+            rate = points[-1][1]
+        else:
+            for (k0, r0), (k1, r1) in zip(points, points[1:]):
+                if k0 <= key_tokens <= k1:
+                    frac = math.log(key_tokens / k0) / math.log(k1 / k0)
+                    rate = r0 + frac * (r1 - r0)
+                    break
+        return rate * self.cpu_factor
+
+
+def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: int) -> Optional[HostShareRates]:
+    """The profile's CPU-share figures, or None when it has no kernel points (then F = 0)."""
+    table = [p for p in profile.cpu_attention_table if p.head_dim == head_dim] or list(profile.cpu_attention_table)
+    same_dtype = [p for p in table if p.element_bytes == element_bytes]
+    table = same_dtype or table
+    if not table:
+        return None
+    threads = max(p.threads for p in table)
+    by_length: dict[int, list[float]] = {}
+    for point in table:
+        if point.threads == threads:
+            by_length.setdefault(point.key_tokens, []).append(point.bytes_per_s)
+    kernel = tuple(sorted((k, sum(v) / len(v)) for k, v in by_length.items()))
+    dma_factor, cpu_factor, measured = 1.0, 1.0, False
+    if profile.host_concurrency_table:
+        point = max(profile.host_concurrency_table, key=lambda p: p.cpu_threads)
+        dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
+        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / point.cpu_alone_bytes_per_s)
+        measured = True
+    return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured)
+
+
+def host_tokens(share: float, past_tokens: float) -> float:
+    """s_h = floor(F s), the executor's rule (executor/engine/host_share.py host_tokens)."""
+    return min(past_tokens, math.floor(share * past_tokens))
+
+
+@dataclass(frozen=True)
+class ShareChoice:
+    share: float
+    decode_s: float
+    zero_share_decode_s: float
+    reason: str
+
+
+def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostShareRates], *,
+                 fixed: Optional[float], balance_share: float) -> ShareChoice:
+    """F for the plan: ``fixed`` when given, else the fastest of the grid and ``balance_share`` (module doc).
+    ``decode_seconds(F)``: the predicted decode step at share F."""
+    zero_s = decode_seconds(0.0)
+    if fixed is not None:
+        if fixed > 0 and rates is None:
+            return ShareChoice(fixed, decode_seconds(fixed), zero_s, f"CPU share {fixed:g} fixed by --cpu-share; the "
+                               "profile has no CPU-attention figures, so its decode time is priced as streamed")
+        return ShareChoice(fixed, decode_seconds(fixed), zero_s, f"CPU share {fixed:g} fixed by --cpu-share")
+    if rates is None:
+        return ShareChoice(0.0, zero_s, zero_s, "CPU share 0: the profile has no CPU-attention figures (run "
+                           "headplan profile with the host-attention section)")
+    tried = sorted(set(SHARE_GRID) | {round(min(max(balance_share, 0.0), 1.0), 2)})
+    times = {share: decode_seconds(share) for share in tried}
+    best = min(times, key=lambda share: (times[share], share))
+    contention = ("measured contention" if rates.contention_measured else
+                  "no contention measured (assumed none)")
+    if best == 0.0 or times[best] > zero_s * (1 - MIN_GAIN):
+        return ShareChoice(0.0, zero_s, zero_s,
+                           f"CPU share 0: the best share {best:g} would decode in {times[best] * 1e3:.1f} ms vs "
+                           f"{zero_s * 1e3:.1f} ms streamed, under the {MIN_GAIN:.0%} it must gain ({contention})")
+    return ShareChoice(best, times[best], zero_s,
+                       f"CPU share {best:g}: decode {times[best] * 1e3:.1f} ms per token vs {zero_s * 1e3:.1f} ms "
+                       f"with everything streamed ({zero_s / times[best]:.2f}x; balance point {balance_share:.2f}, "
+                       f"{contention})")
+
+
+def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
+    """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
+    RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention
+    factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures."""
+    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": 1.0,
+            "handoff_s": 0.0, "layer_host_s": 0.0}
+    if share <= 0:
+        return none
+    key = ("host_share_rates", model.head_dim, elem_bytes)
+    if key not in lookup.memo:
+        lookup.memo[key] = host_share_rates(lookup.profile, head_dim=model.head_dim, element_bytes=elem_bytes)
+    rates = lookup.memo[key]
+    if rates is None:
+        return none
+    tokens = np.array([host_tokens(share, float(s)) for s in past])
+    profile = lookup.profile
+    layer_host_s = (profile.executor_decode_layer_host_s if profile.executor_decode_layer_host_s is not None
+                    else HOST_OPS_PER_LAYER * profile.launch_overhead_s)
+    return {"tokens": tokens, "dma_factor": rates.dma_factor,
+            "cpu_bytes_per_s": np.array([rates.cpu_bytes_per_s(max(t, 1.0)) for t in tokens]),
+            "handoff_s": rates.handoff_s, "layer_host_s": layer_host_s}

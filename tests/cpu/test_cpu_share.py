@@ -1,0 +1,164 @@
+"""The CPU's share of decode attention (engine/host_share.py): exact against transformers for shares 0, a fraction
+and 1, with resident heads and several group sizes; float32 greedy tokens identical, bfloat16 within the bf16
+reference's own error; the host kernel and the merge with an empty share on either side."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from executor.attention.host_attention import host_partial_attention, key_blocks  # noqa: E402
+from executor.attention.lse import merge_by_lse, partial_math  # noqa: E402
+from executor.generation.runner import execute  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
+
+NEW_TOKENS = 6
+PROMPT = 13
+
+
+def run_shared(model, ids, *, share: float, group: int, resident: int, chunk: int = 5):
+    settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
+                                 capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="math",
+                                 cpu_share=share)
+    return execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", options=RunOptions(keep_logits=True))
+
+
+def _expected_host_bytes(model, ids, share: float, resident: int) -> int:
+    """Bytes the host share reads over the decode steps: 2 (K, V) * offloaded heads * floor(F s) * d * b."""
+    cfg = model.config
+    offloaded = cfg.num_hidden_layers * cfg.num_key_value_heads - resident
+    element = next(model.parameters()).element_size()
+    past = range(ids.shape[1], ids.shape[1] + NEW_TOKENS - 1)
+    return sum(2 * offloaded * min(s, int(share * s)) * cfg.head_dim * element for s in past)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("group,resident", [(1, 0), (2, 3), (3, 1), (4, 0)])
+def test_float32_identical_tokens(share, group, resident):
+    model = tiny_model(query_heads=8, kv_heads=4)
+    ids = prompt(PROMPT)
+    measurement = run_shared(model, ids, share=share, group=group, resident=resident)
+    reference = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
+    assert measurement.generated_token_ids == reference.argmax(-1).tolist()
+    assert (measurement.step_logits - reference).abs().max().item() < 1e-4
+    decode = measurement.counters["decode"]
+    assert decode.host_attention_bytes == _expected_host_bytes(model, ids, share, resident)
+    if share == 1.0:  # the GPU share holds the new token only: nothing of the past crosses the link
+        assert decode.h2d_bytes == 0
+    if share == 0.0:
+        assert decode.h2d_bytes > 0
+
+
+def test_share_cuts_streamed_bytes():
+    model = tiny_model(query_heads=8, kv_heads=4)
+    ids = prompt(PROMPT)
+    full = run_shared(model, ids, share=0.0, group=2, resident=0).counters["decode"].h2d_bytes
+    half = run_shared(model, ids, share=0.5, group=2, resident=0).counters["decode"]
+    assert half.h2d_bytes + half.host_attention_bytes == full
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_bfloat16_within_reference_error(share):
+    model = tiny_model(query_heads=8, kv_heads=4, dtype=torch.bfloat16)
+    ids = prompt(PROMPT)
+    measurement = run_shared(model, ids, share=share, group=2, resident=3)
+    tokens = measurement.generated_token_ids
+    exact = standard_step_logits(model.to(torch.float64), ids, tokens, "cpu")
+    model.to(torch.bfloat16)
+    bf16_reference = standard_step_logits(model, ids, tokens, "cpu")
+    reference_error = (bf16_reference.double() - exact).abs().max().item()
+    offloaded_error = (measurement.step_logits.double() - exact).abs().max().item()
+    assert offloaded_error <= 3 * reference_error + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("key_tokens", [1, 7, 2049, 5000])
+def test_host_kernel_matches_math(dtype, key_tokens):
+    heads, ratio, dim, capacity = 3, 4, 16, 5100
+    gen = torch.Generator().manual_seed(key_tokens)
+    keys = torch.randn(heads, capacity, dim, generator=gen).to(dtype)   # rows of a host store: stride T d
+    values = torch.randn(heads, capacity, dim, generator=gen).to(dtype)
+    query = torch.randn(heads, ratio, dim, generator=gen).to(dtype)
+    out, lse = host_partial_attention(query, keys[:, :key_tokens], values[:, :key_tokens], scale=0.25, threads=4)
+    ref_out, ref_lse = partial_math(query.double().reshape(1, heads * ratio, 1, dim),
+                                    keys[None, :, :key_tokens].double(), values[None, :, :key_tokens].double(),
+                                    scale=0.25, causal=False)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out.double().reshape(ref_out.shape) - ref_out).abs().max().item() < tol
+    assert (lse.double().reshape(ref_lse.shape) - ref_lse).abs().max().item() < tol
+
+
+def test_host_kernel_empty_share():
+    out, lse = host_partial_attention(torch.ones(2, 3, 8), torch.ones(2, 0, 8), torch.ones(2, 0, 8), scale=1.0)
+    assert torch.equal(out, torch.zeros(2, 3, 8)) and torch.isneginf(lse).all()
+
+
+def test_key_blocks_give_every_thread_work():
+    assert key_blocks(0, 8, 16) == 0
+    assert key_blocks(100, 8, 16) == 1            # too short to cut
+    assert key_blocks(1 << 20, 8, 16) == 8        # 8 heads x 8 blocks = 64 tasks for 16 threads
+    assert key_blocks(1 << 20, 1, 2) == 8
+
+
+@pytest.mark.parametrize("empty_side", ["host", "streamed"])
+def test_merge_with_an_empty_share(empty_side):
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 1, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, 9, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, 9, 8, generator=gen, dtype=torch.float64)
+    full_out, full_lse = partial_math(q, k, v, scale=0.3, causal=False)
+    empty_out, empty_lse = torch.zeros_like(full_out), torch.full_like(full_lse, float("-inf"))
+    parts = [(full_out, full_lse), (empty_out, empty_lse)]
+    if empty_side == "streamed":
+        parts.reverse()
+    out, lse = merge_by_lse([p[0] for p in parts], [p[1] for p in parts])
+    assert torch.allclose(out, full_out, atol=1e-12) and torch.allclose(lse, full_lse, atol=1e-12)
+
+
+def test_share_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="cpu_share"):
+        ExecutionSettings(chunk_size=4, heads_per_group=1, resident_kv_heads=0, capacity_tokens=8, cpu_share=1.5)
+
+
+def test_cli_run_cpu_share_reports_both_sides(tmp_path, capsys):
+    from headplan.cli import main as cli_main
+    from tests.cpu.test_tail_chunks import cli_run
+
+    assert cli_run(tmp_path, "--cpu-share", "0.5", "--verify") == 0
+    import json
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["cpu_share"] == 0.5
+    share = report["host_share"]
+    assert share["cpu_share"] == 0.5 and share["measured_cpu_bytes_per_token"] > 0
+    assert share["measured_pcie_bytes_per_token"] > 0 and share["measured_cpu_bytes_per_s"] > 0
+    assert report["transfers"]["decode"]["host_attention_bytes"] > 0
+    assert "Decode CPU share F = 0.5" in (tmp_path / "out" / "report.md").read_text()
+    assert cli_main(["report", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_cli_cpu_share_bad_value(tmp_path, capsys, value):
+    from tests.cpu.test_tail_chunks import cli_run
+
+    assert cli_run(tmp_path, "--cpu-share", value) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--cpu-share" in err
+
+
+def test_worker_fault_reaches_the_caller_and_close_returns():
+    from executor.engine.host_share import _Worker
+
+    worker = _Worker(None)
+
+    def fails():
+        raise RuntimeError("kernel fault")
+    worker.submit(fails)
+    with pytest.raises(RuntimeError, match="kernel fault"):
+        worker.result()
+    worker.submit(lambda: 2.5)
+    assert worker.result() == 2.5
+    worker.close()

@@ -1,0 +1,53 @@
+"""Decode's CPU share on CUDA (engine/host_share.py): the pinned hand-off, the worker waiting on a CUDA event and the
+float32 merge really exercised; bf16 within the bf16 reference's error, float32 identical greedy tokens, no host
+synchronisation on the main thread (sync debug mode "error"), fewer PCIe bytes by the share.
+Run on the GPU machine: python -m pytest tests/gpu/test_cpu_share_gpu.py -m gpu -q"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from executor.generation.runner import execute  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from tests.gpu.test_executor_gpu import ids_of, model_on  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+NEW_TOKENS = 6
+PROMPT = 300
+
+
+def run_share(model, share: float, *, group: int, resident: int):
+    settings = ExecutionSettings(chunk_size=64, heads_per_group=group, resident_kv_heads=resident,
+                                 capacity_tokens=PROMPT + NEW_TOKENS, attention_backend="flash", cpu_share=share)
+    return execute(model, ids_of(PROMPT), settings, new_tokens=NEW_TOKENS, device="cuda",
+                   options=RunOptions(keep_logits=True, sync_debug=True))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("group,resident", [(1, 0), (2, 5), (4, 0)])
+def test_bfloat16_within_reference_error(share, group, resident):
+    model16 = model_on("cuda", torch.bfloat16)
+    ours = run_share(model16, share, group=group, resident=resident)
+    tokens = ours.generated_token_ids
+    exact = standard_step_logits(model_on("cuda", torch.float32), ids_of(PROMPT), tokens, "cuda")
+    standard16 = standard_step_logits(model16, ids_of(PROMPT), tokens, "cuda")
+    standard_error = (standard16 - exact).abs().max().item()
+    our_error = (ours.step_logits - exact).abs().max().item()
+    assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
+    decode = ours.counters["decode"]
+    assert (decode.host_attention_bytes > 0) == (share > 0)
+    if share == 1.0:
+        assert decode.h2d_bytes == 0
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_float32_identical_tokens(share):
+    model = model_on("cuda", torch.float32)
+    ours = run_share(model, share, group=2, resident=3)
+    reference = standard_step_logits(model, ids_of(PROMPT), ours.generated_token_ids, "cuda")
+    assert ours.generated_token_ids == reference.argmax(-1).tolist()
+    assert (ours.step_logits - reference).abs().max().item() < 1e-3
