@@ -209,8 +209,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from headplan.run_checks import check_output_file
+
     _check_plot_path(args.plot)
     _check_plot_path(args.roofline)
+    for path, what in ((args.plot, "--plot"), (args.roofline, "--roofline"), (args.out, "--out")):
+        check_output_file(path, what)  # before planning: a sweep takes seconds
     if parse_gpus(args.gpus) > 1 and (args.max_context or args.sweep is not None):
         raise UserError("--gpus above 1 plans one context; --max-context and --sweep are single-GPU only")
     if args.max_context:

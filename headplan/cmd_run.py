@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from headplan import run_checks
 from headplan.errors import UserError
 
 DESCRIPTION = ("Run exact head-offloaded inference with a plan (--plan plan.json, or the plan options to plan and "
@@ -75,6 +76,7 @@ def main(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
     _check_tail_chunks(args)
+    run_checks.check_output_dir(args.out)
     prompt_ids = _prompt_before_plan(args)
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
@@ -84,7 +86,8 @@ def main(args) -> int:
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
     if new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
-    warnings = _check_hardware(plan, device, args.strict)
+    warnings = _check_hardware(plan, device, args.strict) + run_checks.plan_warnings(plan)
+    run_checks.check_host_ram_early(plan, _stated_host_bytes(args, plan))
     memory_extra = _apply_budget(plan, stages)
     loaded = _load_model(args, spec, dtype_name, device, stages)
     if prompt_ids is None:
@@ -206,8 +209,6 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     from executor.generation.tail import tail_split
     from executor.kv.host_store import HostMemoryError
     from executor.report.assemble import ReportContext
-    from executor.report.files import write_report
-    from executor.report.plots import write_plots, write_trace
     from executor.settings import RunOptions
 
     tail_chunks = getattr(args, "tail_chunks", None)
@@ -223,15 +224,12 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         raise UserError(str(exc)) from None
     except RunFault as fault:
         bar.close()
-        path = write_report(fault.report, args.out)
-        write_plots(fault.report, args.out)
+        path = run_checks.write_run_outputs(fault.report, args.out)
         print(f"headplan run: {fault} (partial report: {path})", file=sys.stderr)
         return fault.exit_code
     bar.close()
-    path = write_report(result.report, args.out)
-    write_plots(result.report, args.out)
-    if args.trace:
-        write_trace(result.measurement.trace_events, args.out)
+    path = run_checks.write_run_outputs(result.report, args.out,
+                                        result.measurement.trace_events if args.trace else None)
     _summary(result.report, path)
     return 0
 
