@@ -1,6 +1,7 @@
 """headplan plan: choose chunk size, head groups, resident heads and attention backend; predict memory and time.
 
-    headplan plan                                   Llama-3-8B, 128K context, the measured H100 profile
+    headplan plan                                   Llama-3-8B, 128K context, this machine's profile (else the
+                                                    catalog's for the detected GPU, else the measured H100's)
     headplan plan --context 1M --gpu-mem 24GB --hw rtx-4090 --host-mem 200GiB
     headplan plan --model llama-3-70b --context 1M --gpu-mem 24GB --gpus 8 --host-mem 600GiB --hw rtx-4090
                                                     layers split over 8 GPUs (per-GPU budget, shared host RAM)
@@ -62,8 +63,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     in plan_from_args so that bad values become one-line errors with exit status 2)."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in model name or a config.json / checkpoint folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--hw", default=DEFAULT_HW,
-                        help=f"hardware profile name from the catalog or a profile file (default {DEFAULT_HW})")
+    parser.add_argument("--hw", default=None,
+                        help="hardware profile name from the catalog or a profile file (default: this machine's own "
+                        "profile from `headplan profile`, else the catalog's measured profile of the detected GPU, "
+                        f"else {DEFAULT_HW})")
     parser.add_argument("--context", default=DEFAULT_CONTEXT,
                         help=f"prompt tokens to prefill: 128K = 131072, 4M = 4194304 (default {DEFAULT_CONTEXT})")
     parser.add_argument("--decode-tokens", default=str(DEFAULT_DECODE_TOKENS),
@@ -112,7 +115,7 @@ def _workload(args: argparse.Namespace) -> dict:
     from planner.units import parse_bytes, parse_tokens
 
     model = load_model_spec(args.model)
-    hardware = load_profile(args.hw)
+    hardware = load_profile(args.hw) if args.hw is not None else _default_hardware(args)
     resident = _auto_or(_whole_number("--resident-heads"))(args.resident_heads)
     group = _auto_or(_whole_number("--heads-per-group"))(args.heads_per_group)
     if group == 0:
@@ -127,6 +130,21 @@ def _workload(args: argparse.Namespace) -> dict:
     )
 
 
+def _default_hardware(args: argparse.Namespace):
+    """The profile for a plan without --hw (hwprofiles/defaults.py); why it was chosen is kept in
+    args._hw_reason for the plan's notes."""
+    from hwprofiles.defaults import default_profile
+
+    choice = default_profile()
+    args._hw_reason = f"hardware profile {choice.profile.name}: {choice.reason}; --hw chooses another"
+    return choice.profile
+
+
+def _with_hw_note(plan, args: argparse.Namespace):
+    reason = getattr(args, "_hw_reason", None)
+    return plan if reason is None else plan.model_copy(update={"notes": [reason] + list(plan.notes)})
+
+
 def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = None):
     """The Plan for the parsed options of add_plan_arguments (raises UserError/PlanError/... on bad input)."""
     from planner.solver import make_plan
@@ -137,12 +155,12 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     model, hardware = work.pop("model"), work.pop("hardware")
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
     if gpus == 1:
-        return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
-                         decode_graphs=not getattr(args, "no_decode_graphs", False), **work)
+        return _with_hw_note(make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
+                                       decode_graphs=not getattr(args, "no_decode_graphs", False), **work), args)
     from planner.pipeline import make_pipeline_plan
 
-    return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),
-                              **work)
+    return _with_hw_note(make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context,
+                                            attention_backend=_backend(args), **work), args)
 
 
 def _backend(args: argparse.Namespace) -> Optional[str]:

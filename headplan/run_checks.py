@@ -42,15 +42,17 @@ def check_output_dir(path: Path, what: str = "--out") -> None:
         raise UserError(f"{what} {path} cannot be created or written: {exc.strerror or exc}") from None
 
 
-def check_output_file(path: Optional[Path], what: str) -> None:
+def check_output_file(path: Optional[Path], what: str, *, create_folder: bool = False) -> None:
     """Raise UserError unless ``path`` (a file to write later; None: not asked for) can be written: its folder
-    exists and takes a new file, and the path is not a folder."""
+    exists (``create_folder``: is created) and takes a new file, and the path is not a folder."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
+    if create_folder:
+        check_output_dir(folder, f"{what} {path}: folder")
     if not folder.is_dir():
         raise UserError(f"{what} {path}: folder {folder} does not exist")
     probe = folder / (_PROBE_NAME + "-" + path.name)
@@ -77,15 +79,15 @@ def check_host_ram_early(plan, stated_host_bytes: Optional[int]) -> None:
         raise UserError(str(exc)) from None
 
 
-def plan_warnings(plan, stream=sys.stderr) -> list[str]:
+def plan_warnings(plan, stream=None) -> list[str]:
     """The plan's coverage and trained-length notes, printed as warnings; returned for the report."""
     warnings = [note for note in getattr(plan, "notes", []) if note.startswith(WARNED_NOTE_PREFIXES)]
     for text in warnings:
-        print(f"headplan run: warning: {text}", file=stream)
+        print(f"headplan run: warning: {text}", file=stream or sys.stderr)
     return warnings
 
 
-def write_run_outputs(report, out_dir: Path, trace_events=None, stream=sys.stderr) -> Path:
+def write_run_outputs(report, out_dir: Path, trace_events=None, stream=None) -> Path:
     """report.json and report.md first, then the plots and (``trace_events`` given) the trace; a plot or trace
     failure is printed and added to the report's warnings (report rewritten). Returns report.json's path."""
     from executor.report.files import write_report
@@ -104,7 +106,7 @@ def write_run_outputs(report, out_dir: Path, trace_events=None, stream=sys.stder
                           "report.json is complete")
     if failed:
         for text in failed:
-            print(f"headplan run: warning: {text}", file=stream)
+            print(f"headplan run: warning: {text}", file=stream or sys.stderr)
         report = report.model_copy(update={"warnings": list(report.warnings) + failed})
         path = write_report(report, out_dir)
     return path
