@@ -32,7 +32,7 @@ def check_output_dir(path: Path, what: str = "--out") -> None:
     reliable test (root passes any permission check; a read-only file system or a file in the way does not)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file, not a folder: choose another report folder")
+        raise UserError(f"{what} {path} is a file, not a folder: choose another folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / _PROBE_NAME
