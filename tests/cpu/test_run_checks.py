@@ -99,12 +99,18 @@ def test_profile_outputs_checked_before_measuring_and_stored(tmp_path, capsys, m
 
     blocker = tmp_path / "f"
     blocker.write_text("")
-    real_run = profiler.run_profile
     monkeypatch.setattr(profiler, "run_profile", lambda *a, **k: pytest.fail("measured first"))
     assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--out", str(blocker / "p.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--model", "no-such-model"]) == 2
-    monkeypatch.setattr(profiler, "run_profile", real_run)
+    from executor.profiler.runner import ProfileRun
+    from hwprofiles import load_profile
+
+    def fake_run(options, stream=None):  # the storing is under test, not the measuring (tests/cpu/test_profiler.py)
+        measured = load_profile("h200-sxm-quick").model_copy(update={"name": options.name})
+        return ProfileRun(profile=measured, datasheet=None, elapsed_s=1.0)
+
+    monkeypatch.setattr(profiler, "run_profile", fake_run)
     out = tmp_path / "p.json"
     assert cli_main(["profile", "--sizes", "tiny", "--device", "cpu", "--out", str(out), "--quiet",
                      "--name", "box-measured"]) == 0
