@@ -1,7 +1,8 @@
 """The catalog of hardware profiles: JSON files in hwprofiles/catalog/, looked up by name or path.
 
 ``load_profile("rtx-4090")`` reads hwprofiles/catalog/rtx-4090.json (a name not in the catalog: the per-user
-store's <name>.json, hwprofiles/defaults.py); ``load_profile("some/file.json")`` reads that file. Errors are ProfileError with one readable line (unknown name: the known names listed;
+store's <name>.json, hwprofiles/defaults.py); ``load_profile("some/file.json")`` reads that file. Errors are
+ProfileError with one readable line (unknown name: the known names listed;
 malformed file: what is wrong).
 """
 

@@ -4,8 +4,8 @@ the profile's scalars as the fallback.
 - Attention (FLOP/s) for one call of ``q_heads`` query heads, ``q_len`` queries, ``k_len`` keys, head dim
   ``head_dim``, a backend ("flash", "cudnn") and a causal flag (prefill shapes, q_len >= 64; the q_len = 1
   points form the decode curves of decode_attention_flops_per_s). The table's points are grouped into curves of
-  equal (backend, causal, head_dim, GQA ratio q_heads / kv_heads, q_heads, q_len); along a curve the rate is interpolated linearly in
-  log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
+  equal (backend, causal, head_dim, GQA ratio q_heads / kv_heads, q_heads, q_len); along a curve the rate is
+  interpolated linearly in log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
   distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). Below the fewest query rows
   (q_heads * q_len) the table holds, the rate falls in proportion to the rows (the kernels run one 128-row
   query tile per SM: too few tiles leave SMs idle); the scalar fallback does the same below

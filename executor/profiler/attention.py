@@ -126,7 +126,8 @@ def sweep(ctx: ProfileContext, backend: str, deadline_s: float) -> list[Attentio
             if flops > ctx.preset.attention_max_flop_per_call:
                 break  # k_lens ascend: every later one is larger
             if not ctx.fits(_point_bytes(ctx, head_dim, kv_heads, q_len, k_len, ratio)):
-                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len}+ skipped: no memory")
+                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len}+ "
+                         "skipped: no memory")
                 break
             if ctx.elapsed_s() > deadline_s:
                 ctx.note(f"attention {backend} sweep stopped at its time budget (d{head_dim} G{kv_heads} "
@@ -135,7 +136,8 @@ def sweep(ctx: ProfileContext, backend: str, deadline_s: float) -> list[Attentio
             try:
                 points.append(_one_point(ctx, backend, head_dim, kv_heads, q_len, k_len, ratio))
             except RuntimeError as exc:  # includes torch.OutOfMemoryError; a kernel refusing a shape
-                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len} failed, series "
+                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len} "
+                         "failed, series "
                          f"skipped: {str(exc).splitlines()[0][:120]}")
                 ctx.free_memory()
                 break

@@ -118,7 +118,8 @@ def _capacity(ctx: ProfileContext, grid: StepGrid, shape: "StepShape") -> Option
                                                                past)
         if need <= grid.max_bytes and ctx.fits(need):
             if past != max(grid.pasts):
-                ctx.note(f"attention step d{head_dim}{_ratio_tag(shape.ratio)}: pasts above {past} skipped (slot memory)")
+                ctx.note(f"attention step d{head_dim}{_ratio_tag(shape.ratio)}: pasts above {past} skipped "
+                         "(slot memory)")
             return capacity
     ctx.note(f"attention step d{head_dim}{_ratio_tag(shape.ratio)} skipped: no memory for the slot")
     return None
@@ -149,8 +150,8 @@ def _one_point(ctx: ProfileContext, grid: StepGrid, backend: str, slots: tuple[t
     stats = ctx.time(call, warmup=grid.warmup, repeats=grid.repeats)
     q_heads = kv_heads * ratio
     rate = stats.rate(attention_flops(q_heads, head_dim, chunk, past))
-    ctx.progress(SECTION, f"{backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} c{chunk} s{past}", format_rate(rate, "FLOP"),
-                 stats)
+    ctx.progress(SECTION, f"{backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} c{chunk} s{past}",
+                 format_rate(rate, "FLOP"), stats)
     return AttentionPoint(backend=STEP_BACKEND_NAMES[backend], head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads,
                           q_len=chunk, k_len=past + chunk, causal=True, flops_per_s=rate,
                           spread_rel=stats.spread_rel)
