@@ -64,7 +64,7 @@ STEP_FULL = StepGrid(mode="full", head_dims=(128, 64), kv_heads=(1, 2, 4, 8), ch
                      pasts=(0, 8 * K, 56 * K, 120 * K, 504 * K), max_flop_per_step=2.5e13, max_bytes=20 * GIB,
                      budget_s=90.0, warmup=2, repeats=7)
 STEP_QUICK = StepGrid(mode="quick", head_dims=(128, 64), kv_heads=(1, 2, 4, 8), chunks=(4 * K, 8 * K),
-                      pasts=(0, 56 * K, 120 * K), max_flop_per_step=1e13, max_bytes=20 * GIB, budget_s=30.0,
+                      pasts=(0, 56 * K, 120 * K), max_flop_per_step=1e13, max_bytes=20 * GIB, budget_s=40.0,
                       warmup=2, repeats=5)
 STEP_TINY = StepGrid(mode="tiny", head_dims=(64,), kv_heads=(1, 2), chunks=(64, 128), pasts=(0, 64, 256),
                      max_flop_per_step=1e9, max_bytes=1 * GIB, budget_s=10.0, warmup=1, repeats=3)

@@ -8,8 +8,9 @@ Shapes follow the executor (docs/how-it-works.md): Llama-3-8B linear layers (hid
 chunk sizes 1..32K tokens, and Llama-3.2-1B's (2048, 8192) in full mode; attention with GQA ratio 4 (Llama-3:
 4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64; on a GPU (quick and full)
 also every (head dim, GQA ratio) of the built-in models (planner/model_spec.py BUILTIN_MODELS) and of any model
-given to `headplan profile --model`, the shapes other than ratio 4 on a reduced grid of KV heads per call
-(``extra_kv_heads``), so that no built-in model is planned from another head dim's or ratio's rates.
+given to `headplan profile --model` in the executor-step table (attention_step.py; the kernel table adds only a
+head dim it lacks), the shapes other than ratio 4 on a reduced grid of KV heads per call (``extra_kv_heads``), so
+that no built-in model is planned from another head dim's or ratio's rates.
 Leaves out: the measuring itself (the section modules) and assembling the profile (assemble.py).
 """
 
@@ -58,11 +59,13 @@ class Preset:
     extra_kv_heads: tuple[int, ...] = (1, 8)
 
     def attention_shapes(self) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
-        """((head dim, GQA ratio), KV heads per call) of every attention series: the primary grid first."""
+        """((head dim, GQA ratio), KV heads per call) of every kernel attention series (attention.py): the primary
+        grid, then the extra shapes of a head dim the primary grid lacks. Extra ratios at a measured head dim are
+        left to the step sweep (attention_step.step_shapes): the planner prices prefill from the step table where
+        it exists, and the decode curves (q_len 1) are looked up by head dim."""
         primary = [((dim, GQA_RATIO), self.kv_heads_per_call) for dim in self.head_dims]
-        seen = {shape for shape, _ in primary}
-        extra = [(shape, self.extra_kv_heads) for shape in self.extra_shapes if shape not in seen]
-        return primary + sorted(set(extra))
+        extra = {shape for shape in self.extra_shapes if shape[0] not in self.head_dims}
+        return primary + [(shape, self.extra_kv_heads) for shape in sorted(extra)]
 
 
 def model_shapes(models: Iterable[ModelSpec]) -> tuple[tuple[int, int], ...]:
@@ -99,7 +102,7 @@ GPU_FULL = Preset(
     q_lens=(1, 1 * K, 4 * K, 10 * K, 32 * K),
     k_lens=(4 * K, 16 * K, 64 * K, 128 * K, 512 * K, 1024 * K, 4096 * K),
     attention_max_flop_per_call=2.5e13,  # ~70 ms at 350 TFLOP/s
-    attention_budget_s=190.0,  # 170 s before the built-in models' extra shapes
+    attention_budget_s=170.0,
     cudnn_graph_builds=3,
     hbm_copy_bytes=2 * GIB,
     transfer_sizes=_geometric(64 * KIB, 1 * GIB, 4),
@@ -122,7 +125,7 @@ GPU_QUICK = Preset(
     q_lens=(1, 1 * K, 4 * K, 10 * K),
     k_lens=(4 * K, 64 * K, 512 * K, 1024 * K),
     attention_max_flop_per_call=1e13,  # ~30 ms at 350 TFLOP/s
-    attention_budget_s=35.0,  # 25 s before the built-in models' extra shapes
+    attention_budget_s=25.0,
     cudnn_graph_builds=1,
     hbm_copy_bytes=1 * GIB,
     transfer_sizes=(64 * KIB, 1 * MIB, 16 * MIB, 256 * MIB),
