@@ -1,6 +1,7 @@
 """headplan plan: choose chunk size, head groups, resident heads and attention backend; predict memory and time.
 
-    headplan plan                                   Llama-3-8B, 128K context, the measured H100 profile
+    headplan plan                                   Llama-3-8B, 128K context, this machine's profile (else the
+                                                    catalog's for the detected GPU, else the measured H100's)
     headplan plan --context 1M --gpu-mem 24GB --hw rtx-4090 --host-mem 200GiB
     headplan plan --model llama-3-70b --context 1M --gpu-mem 24GB --gpus 8 --host-mem 600GiB --hw rtx-4090
                                                     layers split over 8 GPUs (per-GPU budget, shared host RAM)
@@ -62,8 +63,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     in plan_from_args so that bad values become one-line errors with exit status 2)."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in model name or a config.json / checkpoint folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--hw", default=DEFAULT_HW,
-                        help=f"hardware profile name from the catalog or a profile file (default {DEFAULT_HW})")
+    parser.add_argument("--hw", default=None,
+                        help="hardware profile name from the catalog or a profile file (default: this machine's own "
+                        "profile from `headplan profile`, else the catalog's measured profile of the detected GPU, "
+                        f"else {DEFAULT_HW})")
     parser.add_argument("--context", default=DEFAULT_CONTEXT,
                         help=f"prompt tokens to prefill: 128K = 131072, 4M = 4194304 (default {DEFAULT_CONTEXT})")
     parser.add_argument("--decode-tokens", default=str(DEFAULT_DECODE_TOKENS),
@@ -116,7 +119,7 @@ def _workload(args: argparse.Namespace) -> dict:
     from planner.units import parse_bytes, parse_tokens
 
     model = load_model_spec(args.model)
-    hardware = load_profile(args.hw)
+    hardware = load_profile(args.hw) if args.hw is not None else _default_hardware(args)
     resident = _auto_or(_whole_number("--resident-heads"))(args.resident_heads)
     group = _auto_or(_whole_number("--heads-per-group"))(args.heads_per_group)
     if group == 0:
@@ -144,6 +147,21 @@ def parse_cpu_share(text) -> Optional[float]:
     return value
 
 
+def _default_hardware(args: argparse.Namespace):
+    """The profile for a plan without --hw (hwprofiles/defaults.py); why it was chosen is kept in
+    args._hw_reason for the plan's notes."""
+    from hwprofiles.defaults import default_profile
+
+    choice = default_profile()
+    args._hw_reason = f"hardware profile {choice.profile.name}: {choice.reason}; --hw chooses another"
+    return choice.profile
+
+
+def _with_hw_note(plan, args: argparse.Namespace):
+    reason = getattr(args, "_hw_reason", None)
+    return plan if reason is None else plan.model_copy(update={"notes": [reason] + list(plan.notes)})
+
+
 def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = None):
     """The Plan for the parsed options of add_plan_arguments (raises UserError/PlanError/... on bad input)."""
     from planner.solver import make_plan
@@ -155,14 +173,15 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     context = context_tokens if context_tokens is not None else parse_tokens(args.context)
     cpu_share = parse_cpu_share(getattr(args, "cpu_share", "auto"))
     if gpus == 1:
-        return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
-                         decode_graphs=not getattr(args, "no_decode_graphs", False), cpu_share=cpu_share, **work)
+        return _with_hw_note(make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
+                                       decode_graphs=not getattr(args, "no_decode_graphs", False),
+                                       cpu_share=cpu_share, **work), args)
     if cpu_share:
         raise UserError("--cpu-share applies to one GPU; a pipeline of several GPUs streams all its KV")
     from planner.pipeline import make_pipeline_plan
 
-    return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),
-                              **work)
+    return _with_hw_note(make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context,
+                                            attention_backend=_backend(args), **work), args)
 
 
 def _backend(args: argparse.Namespace) -> Optional[str]:
@@ -229,8 +248,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from headplan.run_checks import check_output_file
+
     _check_plot_path(args.plot)
     _check_plot_path(args.roofline)
+    for path, what in ((args.plot, "--plot"), (args.roofline, "--roofline"), (args.out, "--out")):
+        check_output_file(path, what)  # before planning: a sweep takes seconds
     if parse_gpus(args.gpus) > 1 and (args.max_context or args.sweep is not None):
         raise UserError("--gpus above 1 plans one context; --max-context and --sweep are single-GPU only")
     if args.max_context:

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from headplan import run_checks
 from headplan.errors import UserError
 from headplan.run_answer import add_answer_arguments, answer_options, make_token_stream, say
 
@@ -86,6 +87,7 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
+    run_checks.check_output_dir(args.out)
     tokenizer = _tokenizer_before_weights(args)
     prompt_ids = _prompt_before_plan(args, tokenizer)
     if prompt_ids is not None and args.plan is None:
@@ -101,7 +103,8 @@ def main(args) -> int:
     if prompt_ids is not None and prompt_ids.shape[1] > context:
         raise UserError(f"the prompt has {prompt_ids.shape[1]} tokens but the plan is for {context}: plan again "
                         "for the longer context")
-    warnings = _check_hardware(plan, device, args.strict, args.quiet)
+    warnings = _check_hardware(plan, device, args.strict, args.quiet) + run_checks.plan_warnings(plan, args.quiet)
+    run_checks.check_host_ram_early(plan, _stated_host_bytes(args, plan))
     memory_extra = _apply_budget(plan, stages)
     loaded = _load_model(args, spec, dtype_name, device, stages, tokenizer)
     if prompt_ids is None:
@@ -252,8 +255,6 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     from executor.generation.tail import tail_split
     from executor.kv.host_store import HostMemoryError
     from executor.report.assemble import ReportContext
-    from executor.report.files import write_report
-    from executor.report.plots import write_plots, write_trace
     from executor.settings import RunOptions
 
     tail_chunks = getattr(args, "tail_chunks", None)
@@ -271,8 +272,7 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         raise UserError(str(exc)) from None
     except RunFault as fault:
         bar.close()
-        path = write_report(fault.report, args.out)
-        write_plots(fault.report, args.out)
+        path = run_checks.write_run_outputs(fault.report, args.out)
         print(f"headplan run: {fault} (partial report: {path})", file=sys.stderr)
         return fault.exit_code
     bar.close()
@@ -280,10 +280,8 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         print(flush=True)  # the answer's last line
     result.report.generated_text = stream.text if stream is not None and stream.streamer is not None else None
     result.report.sampling = answer.describe()
-    path = write_report(result.report, args.out)
-    write_plots(result.report, args.out)
-    if args.trace:
-        write_trace(result.measurement.trace_events, args.out)
+    path = run_checks.write_run_outputs(result.report, args.out,
+                                        result.measurement.trace_events if args.trace else None)
     _summary(result.report, path, args.quiet)
     return 0
 

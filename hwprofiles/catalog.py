@@ -1,7 +1,8 @@
 """The catalog of hardware profiles: JSON files in hwprofiles/catalog/, looked up by name or path.
 
-``load_profile("rtx-4090")`` reads hwprofiles/catalog/rtx-4090.json; ``load_profile("some/file.json")``
-reads that file. Errors are ProfileError with one readable line (unknown name: the known names listed;
+``load_profile("rtx-4090")`` reads hwprofiles/catalog/rtx-4090.json (a name not in the catalog: the per-user
+store's <name>.json, hwprofiles/defaults.py); ``load_profile("some/file.json")`` reads that file. Errors are
+ProfileError with one readable line (unknown name: the known names listed;
 malformed file: what is wrong).
 """
 
@@ -49,10 +50,23 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         return read_profile_file(candidate)
     path = CATALOG_DIR / f"{name_or_path}.json"
     if not path.exists():
+        from hwprofiles.defaults import user_profile_dir
+
+        path = user_profile_dir() / f"{name_or_path}.json"  # this machine's profiles, stored by `headplan profile`
+    if not path.exists():
         raise ProfileError(
-            f"unknown hardware {name_or_path!r}; known: {', '.join(known_profiles())} (or a profile file path)"
+            f"unknown hardware {name_or_path!r}; known: {', '.join(known_profiles())} (or a profile file path; "
+            f"this machine's profiles: {', '.join(user_profile_names()) or 'none'})"
         )
     return read_profile_file(path)
+
+
+def user_profile_names() -> list[str]:
+    """Names of the profiles in the per-user store (hwprofiles/defaults.py user_profile_dir), sorted."""
+    from hwprofiles.defaults import user_profile_dir
+
+    folder = user_profile_dir()
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
 def write_profile(profile: HardwareProfile, path: Path) -> HardwareProfile:

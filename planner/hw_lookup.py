@@ -4,13 +4,14 @@ the profile's scalars as the fallback.
 - Attention (FLOP/s) for one call of ``q_heads`` query heads, ``q_len`` queries, ``k_len`` keys, head dim
   ``head_dim``, a backend ("flash", "cudnn") and a causal flag (prefill shapes, q_len >= 64; the q_len = 1
   points form the decode curves of decode_attention_flops_per_s). The table's points are grouped into curves of
-  equal (backend, causal, head_dim, q_heads, q_len); along a curve the rate is interpolated linearly in
-  log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
+  equal (backend, causal, head_dim, GQA ratio q_heads / kv_heads, q_heads, q_len); along a curve the rate is
+  interpolated linearly in log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
   distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). Below the fewest query rows
   (q_heads * q_len) the table holds, the rate falls in proportion to the rows (the kernels run one 128-row
   query tile per SM: too few tiles leave SMs idle); the scalar fallback does the same below
   FULL_RATE_QUERY_ROWS (128 rows x ~128 SMs of the catalog's GPUs). Missing head_dim: the nearest
-  measured one; missing causal flag: the other flag. No points for the backend: ``None`` for "cudnn" (the
+  measured one; missing GQA ratio: the nearest measured at that head dim; missing causal flag: the other flag
+  (planner/coverage.py notes each of these in the plan). No points for the backend: ``None`` for "cudnn" (the
   backend is treated as absent), the scalar ``attention_flops_per_s`` for "flash".
 - Attention step (FLOP/s) of the executor's whole per-group step with a backend: points of backend
   "<backend>-step" (step_backend_name; executor/profiler/attention_step.py), q_len = chunk, k_len = past +
@@ -37,6 +38,7 @@ from hwprofiles.schema import HardwareProfile
 
 _PAGE_LOCKED = ("registered", "pinned")
 FULL_RATE_QUERY_ROWS = 128 * 128
+DEFAULT_GQA_RATIO = 4  # the profiler's primary ratio (executor/profiler/config.py GQA_RATIO)
 _K_GRID_LOG2 = np.arange(0.0, 40.0, 1.0 / 16)      # key lengths 1 .. 2^40, 16 points per doubling
 _PIN_METHOD_PREFERENCE = ("cuda_host_register", "cuda_host_alloc", "torch_pin_memory")
 STEP_SUFFIX = "-step"
@@ -101,7 +103,7 @@ class RateLookup:
     def __init__(self, profile: HardwareProfile) -> None:
         self.profile = profile
         self.memo: dict = {}     # caches of derived quantities (time_model keeps per-shape results here)
-        self._attention: dict[tuple[str, bool, int], _Curves] = defaultdict(_Curves)
+        self._attention: dict[tuple[str, bool, int, int], _Curves] = defaultdict(_Curves)
         self._decode: dict[int, _Curves] = defaultdict(_Curves)   # flash at q_len 1, by head_dim
         for point in profile.attention_table:
             if point.q_len < 64:  # decode-shaped points: their own curves (decode_attention_flops_per_s)
@@ -110,7 +112,8 @@ class RateLookup:
                 continue
             backend = "cudnn" if point.backend == "cudnn" else ("flash" if point.backend in ("flash", "flash_attn")
                                                                 else point.backend)
-            self._attention[(backend, point.causal, point.head_dim)].add(
+            ratio = max(point.q_heads // max(point.kv_heads, 1), 1)
+            self._attention[(backend, point.causal, point.head_dim, ratio)].add(
                 point.q_heads, point.q_len, point.k_len, point.flops_per_s)
         self._attention_grid: dict[tuple, np.ndarray] = {}
         self._matmul = _Curves()
@@ -127,15 +130,23 @@ class RateLookup:
         """Whether the table holds executor-step points ("<backend>-step") of prefill backend ``backend``."""
         return self.has_backend(step_backend_name(backend))
 
-    def _attention_curves(self, backend: str, causal: bool, head_dim: int) -> Optional[_Curves]:
+    def _attention_curves(self, backend: str, causal: bool, head_dim: int,
+                          gqa_ratio: Optional[int] = None) -> Optional[_Curves]:
+        """The curves of the nearest measured head dim, then the nearest GQA ratio there (None: nearest to
+        DEFAULT_GQA_RATIO), then the causal flag asked for where measured."""
         keys = [key for key in self._attention if key[0] == backend]
         if not keys:
             return None
         dims = sorted({key[2] for key in keys}, key=lambda dim: (abs(np.log2(dim / head_dim)), -dim))
         best_dim = dims[0]
-        if (backend, causal, best_dim) in self._attention:
-            return self._attention[(backend, causal, best_dim)]
-        return self._attention[(backend, not causal, best_dim)]
+        wanted = gqa_ratio or DEFAULT_GQA_RATIO
+        ratios = sorted({key[3] for key in keys if key[2] == best_dim},
+                        key=lambda r: (abs(np.log2(r / wanted)), r != DEFAULT_GQA_RATIO, r))
+        for ratio in ratios:
+            for flag in (causal, not causal):
+                if (backend, flag, best_dim, ratio) in self._attention:
+                    return self._attention[(backend, flag, best_dim, ratio)]
+        return None
 
     def decode_attention_flops_per_s(self, *, q_heads: int, k_len, head_dim: int) -> Optional[np.ndarray]:
         """Rate of one decode attention call (flash, one query per head) over ``k_len`` keys (array), from the
@@ -151,13 +162,14 @@ class RateLookup:
         return any(key[0] == backend and key[1] == causal for key in self._attention)
 
     def attention_flops_per_s(self, *, backend: str, q_heads: int, q_len: int, k_len, head_dim: int,
-                              causal: bool) -> Optional[np.ndarray]:
+                              causal: bool, gqa_ratio: Optional[int] = None) -> Optional[np.ndarray]:
         """Rate of one attention call (FLOP/s, counting attended pairs as AttentionPoint does).
 
-        ``k_len`` may be an array (one entry per chunk). Returns None for a backend without points other
-        than "flash", which falls back to the scalar ``attention_flops_per_s``.
+        ``k_len`` may be an array (one entry per chunk); ``gqa_ratio`` (query heads per KV head) picks the
+        curves of the nearest measured ratio (None: DEFAULT_GQA_RATIO). Returns None for a backend without
+        points other than "flash", which falls back to the scalar ``attention_flops_per_s``.
         """
-        curves = self._attention_curves(backend, causal, head_dim)
+        curves = self._attention_curves(backend, causal, head_dim, gqa_ratio)
         rows = max(q_heads, 1) * max(q_len, 1)
         if curves is None:
             if backend == "flash":

@@ -41,6 +41,7 @@ from typing import Optional
 
 from hwprofiles.schema import HardwareProfile, profile_hash
 from planner.candidates import FitsByMemory, Setup, make_setup
+from planner.coverage import plan_fidelity_notes
 from planner.errors import PlanError
 from planner.layout import resident_heads_per_layer
 from planner.memory_model import (chunk_activation_bytes, host_kv_bytes, kv_terms, largest_call_kv_heads,
@@ -358,6 +359,8 @@ def make_pipeline_plan(model: ModelSpec, hardware: HardwareProfile, *, gpus: int
     notes = list(setup.notes) + _pipeline_notes(chosen, stages, gpus)
     if chunk_size is not None and chunk_size > context_tokens:
         notes.append(f"chunk size {chunk_size} capped at the context ({context_tokens} tokens)")
+    notes += plan_fidelity_notes(model, hardware, backend=chosen.backend, chunk_tokens=chosen.chunk_size,
+                                 context_tokens=context_tokens)
     return Plan(
         model=model, hardware=hardware, hardware_hash=hardware.content_hash or profile_hash(hardware), dtype=dtype,
         context_tokens=context_tokens, decode_tokens=decode_tokens, strategy=chosen.strategy,

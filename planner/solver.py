@@ -22,6 +22,7 @@ from typing import Optional
 
 from hwprofiles.schema import HardwareProfile, profile_hash
 from planner.candidates import Candidate, Setup, enumerate_candidates, make_setup, time_candidate
+from planner.coverage import plan_fidelity_notes
 from planner.errors import PlanError
 from planner.memory_model import weights_bytes
 from planner.model_spec import ModelSpec
@@ -169,7 +170,8 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         notes.append(chosen.cpu_share_reason)
     if chunk_size is not None and chunk_size > context_tokens:
         notes.append(f"chunk size {chunk_size} capped at the context ({context_tokens} tokens)")
-    notes += _extrapolation_notes(hardware, chosen.backend, chosen.chunk_size, context_tokens)
+    notes += plan_fidelity_notes(model, hardware, backend=chosen.backend, chunk_tokens=chosen.chunk_size,
+                                 context_tokens=context_tokens)
     if chosen.other_backend_s is not None:
         notes.append(f"attention backend {chosen.backend}: predicted prefill {format_seconds(chosen.time.prefill_s)}"
                      f" vs {format_seconds(chosen.other_backend_s)} with the other backend")
@@ -181,28 +183,6 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         decode_graphs=setup.graphs_decode(chosen.resident_kv_heads), memory=chosen.memory,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )
-
-
-def _extrapolation_notes(hardware: HardwareProfile, backend: str, chunk_tokens: int, context_tokens: int) -> list[str]:
-    """Say when the plan's attention shapes lie outside what the profile measured: the rate is then clamped at
-    the nearest measured shape, and the prediction is an extrapolation (seen on the H100: a 1B model planned as one
-    128K chunk against step points of chunks <= 16K ran 29% over its prediction)."""
-    step = backend + "-step"
-    points = [p for p in hardware.attention_table if p.backend == step] or \
-             [p for p in hardware.attention_table if p.backend == backend.removesuffix("-split")]
-    if not points:
-        return [f"no measured attention points for backend {backend} in profile {hardware.name}: attention time "
-                "comes from its scalar rate"]
-    notes = []
-    longest_chunk = max(p.q_len for p in points)
-    if chunk_tokens > longest_chunk:
-        notes.append(f"chunk {chunk_tokens} tokens is longer than any the profile measured ({longest_chunk}): "
-                     "attention time extrapolated")
-    longest_keys = max(p.k_len for p in points)
-    if context_tokens > longest_keys:
-        notes.append(f"context {context_tokens} tokens exceeds the longest key length measured ({longest_keys}): "
-                     "attention time extrapolated")
-    return notes
 
 
 def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int, decode_tokens: int,

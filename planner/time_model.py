@@ -154,7 +154,8 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     """
     if kv_heads <= 0:
         return np.zeros_like(past, dtype=float)
-    q_heads = kv_heads * model.query_heads_per_kv_head
+    ratio = model.query_heads_per_kv_head
+    q_heads = kv_heads * ratio
     head_dim = model.head_dim
     flop_per_pair = 4.0 * q_heads * head_dim
     q_len = int(np.max(chunk))
@@ -162,7 +163,7 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     if backend == "flash" or lookup.has_step_points(backend):
         table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
-                                            k_len=past + chunk, head_dim=head_dim, causal=True)
+                                            k_len=past + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
         return flop_per_pair * pairs / rate
     full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
     tail = past - full_blocks * PAST_BLOCK_TOKENS
@@ -172,15 +173,15 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
         has_block = (full_blocks >> bit) & 1
         block_tokens = PAST_BLOCK_TOKENS << bit
         rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=block_tokens,
-                                            head_dim=head_dim, causal=False)
+                                            head_dim=head_dim, causal=False, gqa_ratio=ratio)
         past_s = past_s + has_block * flop_per_pair * chunk * block_tokens / rate
         parts = parts + has_block
     chunk_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
-                                              k_len=tail + chunk, head_dim=head_dim, causal=True)
+                                              k_len=tail + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
     square_rate = chunk_rate
     if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True):
         square_rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=chunk,
-                                                   head_dim=head_dim, causal=True)
+                                                   head_dim=head_dim, causal=True, gqa_ratio=ratio)
     chunk_s = flop_per_pair * (chunk * tail / chunk_rate + chunk * (chunk + 1) / 2.0 / square_rate)
     merge_bytes = np.where(parts <= FUSED_MERGE_MAX_PARTS, (parts + 1) * elem_bytes,
                            (parts - 1) * EAGER_MERGE_BYTES_PER_ELEMENT)

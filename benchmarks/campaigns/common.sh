@@ -26,8 +26,10 @@ cells() {
 }
 
 # full_profile NAME: headplan profile (full mode) -> $RESULTS/profile.json and profile-full.txt, kept for later parts
+# (201 s on the H100 on 2026-11-22; the executor-step table now also covers every built-in (head dim, GQA ratio),
+# about 35 s more)
 full_profile() {
-    timeout 280 python3 -m headplan.cli profile --name "$1" --out "$RESULTS/profile.json" --force 2>&1 \
+    timeout 420 python3 -m headplan.cli profile --name "$1" --out "$RESULTS/profile.json" --force 2>&1 \
         | tee "$RESULTS/profile-full.txt" | tail -4
     cp "$RESULTS/profile.json" "$LOCAL_PROFILE"
 }

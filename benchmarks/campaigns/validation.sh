@@ -11,6 +11,11 @@
 #   tail:       1B at 2M: timing probes of the last 6 prefill chunks (headplan run --tail-chunks 6; the whole
 #               prefill is over the 10-minute cell limit)
 #   summary:    validation.md, validation.json and validation.png from validation.jsonl (no GPU needed)
+#   profile-only: the full profile alone (profile.json, profile-full.txt; about 4-5 min on an H100 or H200), to
+#               commit as hwprofiles/catalog/<machine>-measured.json (PROFILE_NAME, e.g. h200-sxm-measured)
+#   reduced:    a short matrix (~5 min): 8B at 32K and 128K under 24 GB and the whole card, 1B at 128K under 24 GB,
+#               timing probes (last chunks only) of 1B at 512K and 1M and 8B at 512K under 24 GB; plans from
+#               this machine's profile if taken in this lease, else $PROFILE (set it to the committed profile)
 # WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
 source "$(dirname "$0")/common.sh"
 WHOLE=${WHOLE_CARD:-80GB}
@@ -26,8 +31,12 @@ longest)
     cells 250 llama-3-8b:512K:$WHOLE,llama-3.2-1b:1M:$WHOLE,llama-3-8b:128K:24GB:c=8K:G=2,llama-3-8b:128K:24GB:c=16K:G=2 ;;
 tail)
     cells 250 "llama-3.2-1b:2M:$WHOLE:tail=6,llama-3.2-1b:2M:24GB:tail=6" ;;
+profile-only)
+    full_profile "${PROFILE_NAME:-$MACHINE-measured}" ;;
+reduced)
+    cells 200 "llama-3-8b:32K:24GB,llama-3-8b:32K:$WHOLE,llama-3-8b:128K:24GB,llama-3-8b:128K:$WHOLE,llama-3.2-1b:128K:24GB,llama-3.2-1b:512K:24GB:tail=4,llama-3.2-1b:1M:24GB:tail=6,llama-3-8b:512K:24GB:tail=4" ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
 *)
-    usage "gpu-tests, profile, long, longest, tail, summary" ;;
+    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced" ;;
 esac

@@ -13,6 +13,6 @@ the datasheet), runner.py (order of the sections). Timing goes through executor.
     hwprofiles.write_profile(run.profile, path)
 """
 
-from executor.profiler.runner import ProfileOptions, ProfileRun, ProfileSetupError, run_profile
+from executor.profiler.runner import ProfileOptions, ProfileRun, ProfileSetupError, planned_name, run_profile
 
-__all__ = ["ProfileOptions", "ProfileRun", "ProfileSetupError", "run_profile"]
+__all__ = ["ProfileOptions", "ProfileRun", "ProfileSetupError", "planned_name", "run_profile"]

@@ -59,11 +59,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
 
 
+# Measured profile names whose stem differs from the datasheet profile's name (the datasheet "h200" is the SXM
+# card; the measured profiles say so: h200-sxm-quick, h200-sxm-measured). The NVL (PCIe) card keeps its own slug.
+MEASURED_STEMS = {"h200": "h200-sxm"}
+
+
 def default_profile_name(gpu_name: str, on_gpu: bool) -> str:
-    """"h100-sxm-measured" for a known GPU, "<slug>-measured" otherwise, "cpu-measured" without a GPU."""
+    """"h100-sxm-measured" / "h200-sxm-measured" for a known GPU, "<slug>-measured" otherwise, "cpu-measured"
+    without a GPU."""
     if not on_gpu:
         return "cpu-measured"
-    return f"{datasheet_name(gpu_name) or slug(gpu_name)}-measured"
+    if re.search(r"H200.*NVL", gpu_name, flags=re.IGNORECASE):
+        return f"{slug(gpu_name)}-measured"
+    stem = datasheet_name(gpu_name)
+    return f"{MEASURED_STEMS.get(stem, stem) if stem else slug(gpu_name)}-measured"
 
 
 def load_datasheet(gpu_name: str) -> Optional[HardwareProfile]:

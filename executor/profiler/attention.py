@@ -1,6 +1,6 @@
 """Attention throughput table, with the kernels the executor runs (executor/attention/), and cuDNN's graph-build cost.
 
-Shapes (GQA ratio r = 4, G KV heads per call, head dim d, chunk of q_len queries):
+Shapes (GQA ratio r: 4, and the preset's extra shapes' ratios; G KV heads per call, head dim d, chunk of q_len queries):
 - ``flash``: ``aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal=True)``, lower-right causal
   (query i sees keys up to k_len - q_len + i), GQA native: q [1, G*r, q_len, d], k/v [1, G, k_len, d] with
   k_len = past + q_len >= q_len. Used for prefill (whole chunk) and decode (q_len = 1).
@@ -58,12 +58,13 @@ def cpu_causal_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable
     return lambda: F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask)
 
 
-def grid(ctx: ProfileContext, backend: str) -> Iterator[tuple[int, int, int, list[int]]]:
-    """(head_dim, kv_heads, q_len, k_lens ascending) per series. Causal flash needs k_len >= q_len (the
-    square first-chunk case k_len = q_len is added); cuDNN's k_len is the past and skips decode."""
+def grid(ctx: ProfileContext, backend: str) -> Iterator[tuple[int, int, int, int, list[int]]]:
+    """(head_dim, GQA ratio, kv_heads, q_len, k_lens ascending) per series, over the preset's attention shapes
+    (config.Preset.attention_shapes). Causal flash needs k_len >= q_len (the square first-chunk case k_len =
+    q_len is added); cuDNN's k_len is the past and skips decode."""
     preset = ctx.preset
-    for head_dim in preset.head_dims:
-        for kv_heads in preset.kv_heads_per_call:
+    for (head_dim, ratio), kv_heads_per_call in preset.attention_shapes():
+        for kv_heads in kv_heads_per_call:
             for q_len in preset.q_lens:
                 if backend == "cudnn":
                     if q_len == 1:
@@ -71,19 +72,24 @@ def grid(ctx: ProfileContext, backend: str) -> Iterator[tuple[int, int, int, lis
                     k_lens = list(preset.k_lens)
                 else:
                     k_lens = sorted({k for k in preset.k_lens if k >= q_len} | ({q_len} if q_len > 1 else set()))
-                yield head_dim, kv_heads, q_len, k_lens
+                yield head_dim, ratio, kv_heads, q_len, k_lens
+
+
+def _ratio_tag(ratio: int) -> str:
+    """" r8" in progress lines and notes for a GQA ratio other than GQA_RATIO (whose lines read as before)."""
+    return "" if ratio == GQA_RATIO else f" r{ratio}"
 
 
 def _one_point(ctx: ProfileContext, backend: str, head_dim: int, kv_heads: int, q_len: int,
-               k_len: int) -> AttentionPoint:
-    q_heads = kv_heads * GQA_RATIO
+               k_len: int, ratio: int = GQA_RATIO) -> AttentionPoint:
+    q_heads = kv_heads * ratio
     dtype = compute_dtype(ctx.device)
     q = ctx.randn(1, q_heads, q_len, head_dim, dtype=dtype)
     k = ctx.randn(1, kv_heads, k_len, head_dim, dtype=dtype)
     v = ctx.randn(1, kv_heads, k_len, head_dim, dtype=dtype)
     causal = backend != "cudnn"
     if backend == "cudnn":
-        q_packed = q.view(1, kv_heads, GQA_RATIO * q_len, head_dim)  # head h -> group h // r: a pure view
+        q_packed = q.view(1, kv_heads, ratio * q_len, head_dim)  # head h -> group h // r: a pure view
         call = lambda: cudnn_packed(q_packed, k, v)  # noqa: E731
     elif backend == "flash":
         call = lambda: flash_causal(q, k, v)  # noqa: E731
@@ -96,39 +102,42 @@ def _one_point(ctx: ProfileContext, backend: str, head_dim: int, kv_heads: int, 
     if q_len == 1:
         kv_bytes = 2 * k.numel() * k.element_size()
         figure += f"  ({stats.rate(kv_bytes) / 1e9:.0f} GB/s KV read)"
-    ctx.progress("attention", f"{backend} d{head_dim} G{kv_heads} q{q_len} k{k_len}", figure, stats)
+    ctx.progress("attention", f"{backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len}", figure, stats)
     return AttentionPoint(backend=backend, head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads, q_len=q_len,
                           k_len=k_len, causal=causal, flops_per_s=rate, spread_rel=stats.spread_rel)
 
 
-def _point_bytes(ctx: ProfileContext, head_dim: int, kv_heads: int, q_len: int, k_len: int) -> int:
+def _point_bytes(ctx: ProfileContext, head_dim: int, kv_heads: int, q_len: int, k_len: int,
+                 ratio: int = GQA_RATIO) -> int:
     element_bytes = torch.tensor([], dtype=compute_dtype(ctx.device)).element_size()
-    q_and_out = 2 * kv_heads * GQA_RATIO * q_len * head_dim
+    q_and_out = 2 * kv_heads * ratio * q_len * head_dim
     k_and_v = 2 * kv_heads * k_len * head_dim
-    expanded = 0 if ctx.on_gpu else GQA_RATIO * k_and_v + q_len * k_len  # CPU: repeated KV and the mask
+    expanded = 0 if ctx.on_gpu else ratio * k_and_v + q_len * k_len  # CPU: repeated KV and the mask
     return (q_and_out + k_and_v + expanded) * element_bytes
 
 
 def sweep(ctx: ProfileContext, backend: str, deadline_s: float) -> list[AttentionPoint]:
     """All points of one backend within the FLOP cap, memory and the deadline (ctx.elapsed_s())."""
     points = []
-    for head_dim, kv_heads, q_len, k_lens in grid(ctx, backend):
+    for head_dim, ratio, kv_heads, q_len, k_lens in grid(ctx, backend):
         for k_len in k_lens:
-            flops = attention_flops(q_heads=kv_heads * GQA_RATIO, head_dim=head_dim, q_len=q_len, k_len=k_len,
+            flops = attention_flops(q_heads=kv_heads * ratio, head_dim=head_dim, q_len=q_len, k_len=k_len,
                                     causal=backend != "cudnn")
             if flops > ctx.preset.attention_max_flop_per_call:
                 break  # k_lens ascend: every later one is larger
-            if not ctx.fits(_point_bytes(ctx, head_dim, kv_heads, q_len, k_len)):
-                ctx.note(f"attention {backend} d{head_dim} G{kv_heads} q{q_len} k{k_len}+ skipped: no memory")
+            if not ctx.fits(_point_bytes(ctx, head_dim, kv_heads, q_len, k_len, ratio)):
+                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len}+ "
+                         "skipped: no memory")
                 break
             if ctx.elapsed_s() > deadline_s:
                 ctx.note(f"attention {backend} sweep stopped at its time budget (d{head_dim} G{kv_heads} "
                          f"q{q_len} k{k_len} onward not measured)")
                 return points
             try:
-                points.append(_one_point(ctx, backend, head_dim, kv_heads, q_len, k_len))
+                points.append(_one_point(ctx, backend, head_dim, kv_heads, q_len, k_len, ratio))
             except RuntimeError as exc:  # includes torch.OutOfMemoryError; a kernel refusing a shape
-                ctx.note(f"attention {backend} d{head_dim} G{kv_heads} q{q_len} k{k_len} failed, series "
+                ctx.note(f"attention {backend} d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{q_len} k{k_len} "
+                         "failed, series "
                          f"skipped: {str(exc).splitlines()[0][:120]}")
                 ctx.free_memory()
                 break

@@ -6,14 +6,20 @@ an H100), ``tiny`` (CI: seconds on a 2-core CPU, any device). On a machine witho
 
 Shapes follow the executor (docs/how-it-works.md): Llama-3-8B linear layers (hidden 4096, intermediate 14336) for
 chunk sizes 1..32K tokens, and Llama-3.2-1B's (2048, 8192) in full mode; attention with GQA ratio 4 (Llama-3:
-4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64.
+4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64; on a GPU (quick and full)
+also every (head dim, GQA ratio) of the built-in models (planner/model_spec.py BUILTIN_MODELS) and of any model
+given to `headplan profile --model` in the executor-step table (attention_step.py; the kernel table adds only a
+head dim it lacks), the shapes other than ratio 4 on a reduced grid of KV heads per call (``extra_kv_heads``), so
+that no built-in model is planned from another head dim's or ratio's rates.
 Leaves out: the measuring itself (the section modules) and assembling the profile (assemble.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Iterable
 
+from planner.model_spec import BUILTIN_MODELS, ModelSpec
 from planner.units import GIB, KIB, MIB
 
 K = 1024  # tokens
@@ -49,6 +55,31 @@ class Preset:
     launch_batch: int = 200  # launches per timed batch for the per-launch overhead
     host_attention_key_tokens: tuple[int, ...] = (32768, 131072, 524288)  # host_attention.py kernel table
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # (head dim, GQA ratio) pairs beyond head_dims x GQA_RATIO; measured at extra_kv_heads KV heads per call
+    extra_shapes: tuple[tuple[int, int], ...] = ()
+    extra_kv_heads: tuple[int, ...] = (1, 8)
+
+    def attention_shapes(self) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
+        """((head dim, GQA ratio), KV heads per call) of every kernel attention series (attention.py): the primary
+        grid, then the extra shapes of a head dim the primary grid lacks. Extra ratios at a measured head dim are
+        left to the step sweep (attention_step.step_shapes): the planner prices prefill from the step table where
+        it exists, and the decode curves (q_len 1) are looked up by head dim."""
+        primary = [((dim, GQA_RATIO), self.kv_heads_per_call) for dim in self.head_dims]
+        extra = {shape for shape in self.extra_shapes if shape[0] not in self.head_dims}
+        return primary + [(shape, self.extra_kv_heads) for shape in sorted(extra)]
+
+
+def model_shapes(models: Iterable[ModelSpec]) -> tuple[tuple[int, int], ...]:
+    """Sorted distinct (head dim, GQA ratio) of the models."""
+    return tuple(sorted({(m.head_dim, m.query_heads_per_kv_head) for m in models}))
+
+
+BUILTIN_SHAPES = model_shapes(BUILTIN_MODELS.values())
+
+
+def with_model_shapes(preset: Preset, models: Iterable[ModelSpec]) -> Preset:
+    """The preset with the (head dim, GQA ratio) of ``models`` added to its extra shapes."""
+    return replace(preset, extra_shapes=tuple(sorted(set(preset.extra_shapes) | set(model_shapes(models)))))
 
 
 def _geometric(start: int, stop: int, factor: int) -> tuple[int, ...]:
@@ -80,6 +111,7 @@ GPU_FULL = Preset(
     contention_sizes=(16 * MIB, 256 * MIB),
     pin_sizes=(1 * GIB, 4 * GIB),
     host_copy_bytes=1 * GIB,
+    extra_shapes=BUILTIN_SHAPES,
 )
 
 GPU_QUICK = Preset(
@@ -102,6 +134,7 @@ GPU_QUICK = Preset(
     contention_sizes=(256 * MIB,),
     pin_sizes=(1 * GIB,),
     host_copy_bytes=512 * MIB,
+    extra_shapes=BUILTIN_SHAPES,
 )
 
 CPU_FULL = Preset(

@@ -23,7 +23,7 @@ import torch
 from executor.profiler import (attention, attention_step, elementwise, executor_host, hbm, host, host_attention, matmul,
                                pcie, pinning, runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
-from executor.profiler.config import choose_preset
+from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
 from hwprofiles.schema import HardwareProfile
 
@@ -37,6 +37,7 @@ class ProfileOptions:
     device: Optional[str] = None  # "cuda", "cuda:1", "cpu"; None: the first GPU if there is one
     name: Optional[str] = None  # catalog name; None: from the GPU (assemble.default_profile_name)
     quiet: bool = False  # no progress lines
+    models: tuple = ()  # planner.model_spec.ModelSpec: their (head dim, GQA ratio) shapes are measured too
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,24 @@ def collect(ctx: ProfileContext) -> dict:
     return results
 
 
+def planned_name(options: ProfileOptions) -> str:
+    """The profile's name before anything is measured (--name, else from the device's name), so that the output
+    path can be checked first."""
+    if options.name:
+        return options.name
+    device = resolve_device(options.device)
+    if device.type != "cuda":
+        return default_profile_name("", False)
+    return default_profile_name(torch.cuda.get_device_properties(device).name, True)
+
+
 def run_profile(options: ProfileOptions, stream: TextIO = sys.stderr) -> ProfileRun:
     """Measure this machine; returns the profile (content hash not yet filled: write_profile does it)."""
     started_s = time.perf_counter()
     device = resolve_device(options.device)
     preset = choose_preset(quick=options.quick, sizes=options.sizes, on_gpu=device.type == "cuda")
+    if options.models:
+        preset = with_model_shapes(preset, options.models)
     ctx = ProfileContext(device=device, preset=preset, stream=stream, quiet=options.quiet)
     torch.manual_seed(0)
     ctx.progress("start", f"{device} {preset.mode} preset", f"torch {torch.__version__}")

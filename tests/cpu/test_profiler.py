@@ -116,6 +116,8 @@ def test_datasheet_name_mapping(gpu_name, expected):
 
 def test_default_profile_names():
     assert default_profile_name("NVIDIA H100 80GB HBM3", on_gpu=True) == "h100-sxm-measured"
+    assert default_profile_name("NVIDIA H200", on_gpu=True) == "h200-sxm-measured"   # the catalog's H200 name
+    assert default_profile_name("NVIDIA H200 NVL", on_gpu=True) == "nvidia-h200-nvl-measured"
     assert default_profile_name("Tesla T4", on_gpu=True) == "tesla-t4-measured"
     assert default_profile_name("CPU: whatever", on_gpu=False) == "cpu-measured"
 
@@ -281,9 +283,9 @@ def test_attention_step_grids_and_names():
     from hwprofiles.schema import AttentionPoint
 
     assert step_grid("quick") is STEP_QUICK and step_grid("full") is STEP_FULL
-    assert STEP_QUICK.head_dims == (128,) and STEP_QUICK.chunks == (4096, 8192)
-    assert STEP_QUICK.pasts[0] == 0 and STEP_QUICK.budget_s <= 15
-    assert STEP_FULL.head_dims == (128, 64) and STEP_FULL.kv_heads == (1, 2, 4, 8) and STEP_FULL.budget_s <= 60
+    assert STEP_QUICK.head_dims == (128, 64) and STEP_QUICK.chunks == (4096, 8192)
+    assert STEP_QUICK.pasts[0] == 0 and STEP_QUICK.budget_s <= 40
+    assert STEP_FULL.head_dims == (128, 64) and STEP_FULL.kv_heads == (1, 2, 4, 8) and STEP_FULL.budget_s <= 90
     assert STEP_FULL.pasts[0] == 0 and list(STEP_FULL.pasts) == sorted(STEP_FULL.pasts)
     # the split's cost depends on how many power-of-two past blocks a past needs: the grids must hold pasts that
     # need several (a grid of powers of two would only ever time one cuDNN call per step)

@@ -48,3 +48,21 @@ def test_profiled_h100_is_a_full_measurement():
     from hwprofiles.schema import profile_hash
 
     assert profile.content_hash == profile_hash(profile)
+
+
+# Attention efficiency per GPU architecture (fraction of the dense bf16 peak), each from a published FA2 figure
+# or stated as an assumption in the profile's source.
+ATTENTION_FRACTION = {"a100-40gb": 0.70, "a100-80gb": 0.70, "a6000": 0.70, "rtx-3090": 0.70,   # Ampere
+                      "rtx-4090": 0.55, "l40s": 0.55,                                          # Ada
+                      "h100-sxm": 0.35, "h100-pcie": 0.35, "h200": 0.35}                        # Hopper
+
+
+@pytest.mark.parametrize("name", DATASHEET)
+def test_datasheet_attention_by_architecture_cites_its_source(name):
+    profile = load_profile(name)
+    fraction = ATTENTION_FRACTION[name]
+    assert profile.attention_flops_per_s == pytest.approx(fraction * profile.matmul_peak_flops_per_s, rel=1e-3)
+    assert f"attention {fraction:.2f} x peak" in profile.source
+    assert "arXiv" in profile.source                       # the FA2 / FA3 paper the fraction rests on or is set by
+    if fraction == 0.55:
+        assert "ASSUMPTION" in profile.source               # no reliable published Ada figure was found
