@@ -89,7 +89,8 @@ def test_attention_step_section_on_gpu():
 
     grid = dataclasses.replace(STEP_QUICK, head_dims=(64,), kv_heads=(1, 2), chunks=(1024,), pasts=(0, 2048, 6144),
                                budget_s=30.0)
-    ctx = ProfileContext(device=torch.device("cuda"), preset=GPU_QUICK, stream=io.StringIO())
+    preset = dataclasses.replace(GPU_QUICK, extra_shapes=())  # the grid's own shapes only (ratio 4)
+    ctx = ProfileContext(device=torch.device("cuda"), preset=preset, stream=io.StringIO())
     points = measure_attention_step(ctx, grid=grid)
     expected = {"flash-step", "cudnn-split-step"} if cudnn_available() else {"flash-step"}
     assert {p.backend for p in points} == expected
