@@ -126,10 +126,12 @@ def _zero_filled_past(run: RunLoop, tokens: int) -> None:
     if not tokens:
         return
     for engine in run.engine.engines:
-        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values)
+        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values,
+                  engine.gpu.window_keys, engine.gpu.window_values)  # windows: their last W - 1 rows
         for per_layer in stores:
             for rows in per_layer:
-                rows[:, :tokens].zero_()
+                if rows is not None:
+                    rows[:, :tokens].zero_()
     run.cache.advance(tokens)
 
 
