@@ -168,7 +168,8 @@ def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, opti
     run = RunLoop(model=model, engine=engine, cache=cache, recorder=recorder, device=device,
                   on_chunk=options.on_chunk, keep_logits=options.keep_logits,
                   static_decode=static_decode_applies([p.layout for p in parts], settings, parts[0].host.dtype,
-                                                      device))
+                                                      device)
+                  and getattr(model.config, "attn_logit_softcapping", None) is None)  # its kernel has no cap
     if len(parts) > 1:
         run.hooks = _stage_span_hooks(model, engine)
     return run
