@@ -173,7 +173,7 @@ class ModelSpec(BaseModel):
             cfg.update(hidden_act=self.hidden_activation or "gelu_pytorch_tanh",
                        hidden_activation=self.hidden_activation or "gelu_pytorch_tanh",
                        sliding_window=self.sliding_window, layer_types=list(self.layer_windows_types()),
-                       query_pre_attn_scalar=self.query_pre_attn_scalar or self.head_dim,
+                       query_pre_attn_scalar=_int_if_whole(self.query_pre_attn_scalar or self.head_dim),
                        attn_logit_softcapping=self.attn_logit_softcapping,
                        final_logit_softcapping=self.final_logit_softcapping, attention_bias=self.attention_bias)
         if self.rope_scaling is not None:
@@ -333,6 +333,7 @@ def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> Mode
                              "supported; sliding windows are supported for Gemma-2 and Mistral v0.1")
     if model_type == "mistral":
         layer_types = None  # Mistral applies its window to every layer
+    layer_windows(config["num_hidden_layers"], layer_types, sliding_window)  # refuses unknown layer types
     gemma = model_type == "gemma2"
     return ModelSpec(
         name=name,
@@ -359,6 +360,11 @@ def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> Mode
         hidden_activation=config.get("hidden_activation") if gemma else None,
         source=config.get("_name_or_path", "") or "config.json",
     )
+
+
+def _int_if_whole(value: float) -> float | int:
+    """transformers' Gemma2Config declares query_pre_attn_scalar an int (strictly validated since 5.x)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _positive_or_none(value: Any) -> Optional[float]:

@@ -141,3 +141,31 @@ def test_flex_backend_arithmetic(chunk, keys, softcap, window):
     k, v = torch.randn(1, 2, keys, 16, generator=g) * 3, torch.randn(1, 2, keys, 16, generator=g)
     ours = attend_flex(q, k, v, scale=0.25, softcap=softcap, window=window)
     assert (ours - _reference_attention(q, k, v, scale=0.25, softcap=softcap, window=window)).abs().max() < 1e-4
+
+
+TINY_GEMMA2_CONFIG = {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 97,
+                      "sliding_window": 5, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 1.0,
+                      "final_logit_softcapping": 30.0}
+
+
+def test_cli_run_of_a_gemma2_config_verifies(tmp_path):
+    """headplan run on a Gemma-2 config.json (random weights built by the loader: the scaled embedding's buffer
+    refilled) matches the standard forward, and the host store holds the two full-attention layers alone."""
+    import json
+
+    from headplan.cli import main as cli_main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY_GEMMA2_CONFIG))
+    out = tmp_path / "out"
+    code = cli_main(["run", "--device", "cpu", "--model", str(config), "--context", "13", "--chunk-size", "4",
+                     "--heads-per-group", "1", "--resident-heads", "1", "--new-tokens", "3", "--dtype", "float32",
+                     "--out", str(out), "--verify", "--no-progress", "--gpu-mem", "24GB"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["max_abs_logit_diff"] < 1e-4
+    assert report["verify"]["greedy_tokens_agree"]
+    offloaded_rows = 2 * 2 - 1  # 2 full-attention layers x 2 KV heads, one slot resident; sliding layers: none
+    capacity = 13 + 16  # the context and the plan's 16 decode tokens (default)
+    assert report["memory"]["host_store_bytes"] == 2 * offloaded_rows * capacity * 16 * 4
