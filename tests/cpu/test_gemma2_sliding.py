@@ -169,3 +169,26 @@ def test_cli_run_of_a_gemma2_config_verifies(tmp_path):
     offloaded_rows = 2 * 2 - 1  # 2 full-attention layers x 2 KV heads, one slot resident; sliding layers: none
     capacity = 13 + 16  # the context and the plan's 16 decode tokens (default)
     assert report["memory"]["host_store_bytes"] == 2 * offloaded_rows * capacity * 16 * 4
+
+
+def test_profiler_flex_points_at_gemma2_shapes():
+    """The flex section (executor/profiler/attention_flex.py) on CPU at a small preset: points of backend
+    "flex" at head dim 256, two query heads per KV head, that the planner's lookup then uses for "flex"."""
+    import dataclasses
+    import io
+
+    from executor.profiler.attention_flex import measure_flex
+    from executor.profiler.config import TINY
+    from executor.profiler.context import ProfileContext
+    from planner.hw_lookup import RateLookup
+    from tests.unit.planner_test_profiles import scalar_profile
+
+    preset = dataclasses.replace(TINY, q_lens=(1, 1024), k_lens=(1024,), kv_heads_per_call=(1,),
+                                 attention_max_flop_per_call=1e10, attention_budget_s=300.0)
+    ctx = ProfileContext(device=torch.device("cpu"), preset=preset, stream=io.StringIO(), quiet=True)
+    points = measure_flex(ctx)
+    assert [(p.q_heads, p.kv_heads, p.q_len, p.k_len, p.head_dim) for p in points] == [
+        (2, 1, 1024, 1024, 256), (2, 1, 1024, 2048, 256)]
+    assert all(p.backend == "flex" and p.causal and p.flops_per_s > 0 for p in points)
+    lookup = RateLookup(scalar_profile(attention_table=points))
+    assert lookup.has_backend("flex")
