@@ -3,8 +3,11 @@
     python benchmarks/profile_section.py --section elementwise --update hwprofiles/catalog/h100-sxm-measured.json \
         --out $OUT/h100-sxm-measured.json
 
-For a field added to the profiler after a profile was taken (here ``elementwise_bytes_per_s``): the section runs
-with the full preset on the first GPU, the figure is written into a copy of the profile with a line in its
+    python benchmarks/profile_section.py --section flex --quick --update h200-sxm-quick --out $OUT/h200-flex.json
+
+For a field added to the profiler after a profile was taken (``elementwise_bytes_per_s``; ``flex``: the
+FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, appended to the attention table):
+the section runs with the full preset (``--quick``: the quick one) on the first GPU, the figure is written into a copy of the profile with a line in its
 measurement notes saying when and on which GPU it was taken (it comes from a different process, possibly a
 different machine of the same kind, than the rest of the profile), and the content hash is recomputed.
 Refuses a profile of another GPU.
@@ -19,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SECTIONS = {"elementwise": "elementwise_bytes_per_s"}
+SECTIONS = {"elementwise": "elementwise_bytes_per_s", "flex": "attention_table"}
 
 
 def main() -> int:
@@ -27,6 +30,7 @@ def main() -> int:
     parser.add_argument("--section", choices=sorted(SECTIONS), required=True)
     parser.add_argument("--update", required=True, help="profile file or catalog name to add the figure to")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="the quick preset's sizes and time budget")
     args = parser.parse_args()
     import torch
 
@@ -43,9 +47,16 @@ def main() -> int:
     if name != profile.gpu_name:
         print(f"profile_section: {args.update} is for {profile.gpu_name}, this machine has {name}", file=sys.stderr)
         return 2
-    ctx = ProfileContext(device=device, preset=choose_preset(quick=False, sizes="default",
+    ctx = ProfileContext(device=device, preset=choose_preset(quick=args.quick, sizes="default",
                                                              on_gpu=device.type == "cuda"), stream=sys.stdout)
-    figure = elementwise.measure_elementwise(ctx)[SECTIONS[args.section]]
+    if args.section == "flex":
+        from executor.profiler.attention_flex import measure_flex
+
+        points = measure_flex(ctx)
+        kept = [p for p in profile.attention_table if p.backend != "flex"]
+        figure = kept + points
+    else:
+        figure = elementwise.measure_elementwise(ctx)[SECTIONS[args.section]]
     info = profile.measurement
     line = (f"{SECTIONS[args.section]} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")
@@ -54,7 +65,8 @@ def main() -> int:
         "measurement": info.model_copy(update={"notes": (info.notes + "; " if info.notes else "") + line}),
     })
     write_profile(updated, args.out)
-    print(f"{SECTIONS[args.section]} = {figure:.4g}; wrote {args.out}")
+    shown = f"{len(points)} flex points" if args.section == "flex" else f"{figure:.4g}"
+    print(f"{SECTIONS[args.section]}: {shown}; wrote {args.out}" + (f"; notes: {ctx.notes}" if ctx.notes else ""))
     return 0
 
 

@@ -100,11 +100,19 @@ FLEX_PART_BYTES_PER_ELEMENT = 10
 16-bit (2 + 2 bytes per output element), their float32 merge (4) and its 16-bit cast (2)."""
 
 
+BLOCK_MASK_BYTES_PER_PAIR = 3
+"""create_block_mask (attention/flex.py, eager) holds about three c x S boolean grids while it builds a mask"""
+
+
 def flex_parts_bytes(model: ModelSpec, *, chunk_tokens: int, call_kv_heads: int) -> int:
     """Transient bytes of one flex attention call of ``call_kv_heads`` KV heads: FLEX_PART_BYTES_PER_ELEMENT *
-    (h q) * c * d (a sliding layer's call of all H_kv heads is one part: counted the same, an upper bound)."""
+    (h q) * c * d (a sliding layer's call of all H_kv heads is one part: counted the same, an upper bound)
+    + the block mask being built, BLOCK_MASK_BYTES_PER_PAIR * c * (c + W_max - 1) (c * c without windows)."""
     query_heads = call_kv_heads * model.query_heads_per_kv_head
-    return FLEX_PART_BYTES_PER_ELEMENT * query_heads * chunk_tokens * model.head_dim
+    windows = [w for w in model.layer_windows if w is not None]
+    mask_keys = chunk_tokens + (max(windows) - 1 if windows else 0)
+    return (FLEX_PART_BYTES_PER_ELEMENT * query_heads * chunk_tokens * model.head_dim
+            + BLOCK_MASK_BYTES_PER_PAIR * chunk_tokens * mask_keys)
 
 
 def window_store_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:

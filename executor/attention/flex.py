@@ -14,7 +14,9 @@ c x S is c * S / 128^2 blocks, and building it touches every one). A windowed ca
 keys: one call with the windowed causal mask.
 
 On CUDA the kernel is ``torch.compile(flex_attention)`` (compiled once per process; compile's automatic dynamic
-shapes keep the past's growing length from recompiling per chunk); elsewhere the eager flex_attention (a
+shapes keep the past's growing length from recompiling per chunk: the warm-up run's chunks and decode steps
+already vary it); block masks are built eagerly (create_block_mask materialises c x S booleans: the chunk part's
+c x c, a window's c x (W - 1 + c), never the whole context) and cached per shape; elsewhere the eager flex_attention (a
 reference implementation; the CPU CI runs the math backend, and tests this module's arithmetic against it).
 Leaves out: dropout, batch > 1, padding masks.
 """
@@ -63,11 +65,14 @@ def _call(q, k, v, *, scale: float, softcap: Optional[float], block_mask) -> tup
     return out, aux.lse.float()
 
 
+@functools.lru_cache(maxsize=16)
 def causal_block_mask(chunk_tokens: int, key_tokens: int, window: Optional[int], device: torch.device):
-    """BlockMask of the lower-right causal (and windowed) pattern of c queries over S keys."""
+    """BlockMask of the lower-right causal (and windowed) pattern of c queries over S keys; cached per shape,
+    since every layer of a chunk asks for the same one. The offset S - c is a captured tensor, not a Python
+    int, so the compiled kernel is not specialised (and recompiled) for each offset."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    offset = key_tokens - chunk_tokens
+    offset = torch.tensor(key_tokens - chunk_tokens, device=device)
 
     def mask_mod(batch, head, q_idx, kv_idx):
         position = q_idx + offset
@@ -85,7 +90,7 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: flo
     chunk_tokens, key_tokens = q.shape[2], k.shape[2]
     past_tokens = key_tokens - chunk_tokens
     if window is not None or past_tokens == 0:
-        mask = causal_block_mask(chunk_tokens, key_tokens, window, q.device)
+        mask = causal_block_mask(chunk_tokens, key_tokens, window, q.device)  # at most W - 1 + c keys
         return _call(q, k, v, scale=scale, softcap=softcap, block_mask=mask)[0]
     past = _call(q, k[:, :, :past_tokens], v[:, :, :past_tokens], scale=scale, softcap=softcap, block_mask=None)
     chunk_mask = causal_block_mask(chunk_tokens, chunk_tokens, None, q.device)
