@@ -7,7 +7,8 @@
 
 For a field added to the profiler after a profile was taken (``elementwise_bytes_per_s``; ``flex``: the
 FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, appended to the attention table):
-the section runs with the full preset (``--quick``: the quick one) on the first GPU, the figure is written into a copy of the profile with a line in its
+the section runs with the full preset (``--quick``: the quick one) on the first GPU, the figure is written into a
+copy of the profile with a line in its
 measurement notes saying when and on which GPU it was taken (it comes from a different process, possibly a
 different machine of the same kind, than the rest of the profile), and the content hash is recomputed.
 Refuses a profile of another GPU.

@@ -87,6 +87,7 @@ def causal_block_mask(chunk_tokens: int, key_tokens: int, window: Optional[int],
 def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, softcap: Optional[float],
                 window: Optional[int]) -> torch.Tensor:
     """q [1, Hq, c, d] against k, v [1, G, S, d], lower-right causal, soft-capped, windowed -> [1, Hq, c, d]."""
+    q = q.contiguous()  # the engine passes a strided slice of the layer's query heads (a copy of c x h x d)
     chunk_tokens, key_tokens = q.shape[2], k.shape[2]
     past_tokens = key_tokens - chunk_tokens
     if window is not None or past_tokens == 0:
