@@ -116,7 +116,7 @@ def longest(hw: str, host_margin_bytes: int, tail_chunks: int, out: Path) -> dic
             report = json.loads(report_path.read_text())
             (out / "longest-report.json").write_text(json.dumps(report, indent=1))
             row.update(predicted=report.get("predicted"), measured=report.get("measured"), error=report.get("error"),
-                       memory=report.get("memory"), warnings=report.get("warnings"))
+                       memory=report.get("memory"), warnings=report.get("warnings"), settings=report.get("settings"))
         if code:
             row["error_text"] = text[-2000:]
     return row
@@ -161,14 +161,20 @@ def main() -> int:
     parser.add_argument("--host-margin", default="14GiB", help="host RAM left outside the KV store")
     parser.add_argument("--tail-chunks", type=int, default=3)
     parser.add_argument("--plan-only", action="store_true", help="step 1 alone (no GPU)")
+    parser.add_argument("--steps", default="flex,exact,longest",
+                        help="GPU steps to run after table3, comma-separated (drop flex to plan with --hw as it is)")
     args = parser.parse_args()
+    steps = set() if args.plan_only else set(args.steps.split(","))
     from planner.units import parse_bytes
 
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine(), "table3": table3(args.out)}
-    if not args.plan_only:
+    hw = args.hw
+    if "flex" in steps:
         hw, result["flex"] = flex_profile(args.hw, args.out)
+    if "exact" in steps:
         result["exact"] = tiny_exact(args.out)
+    if "longest" in steps:
         result["longest"] = longest(hw, parse_bytes(args.host_margin), args.tail_chunks, args.out)
     (args.out / "gemma2-9b.json").write_text(json.dumps(result, indent=1))
     print(summary(result))
