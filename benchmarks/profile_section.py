@@ -2,16 +2,17 @@
 
     python benchmarks/profile_section.py --section elementwise --update hwprofiles/catalog/h100-sxm-measured.json \
         --out $OUT/h100-sxm-measured.json
-
     python benchmarks/profile_section.py --section host-attention --update hwprofiles/catalog/h200-sxm-quick.json \
         --out $OUT/h200-sxm-quick.json
+    python benchmarks/profile_section.py --section flex --quick --update h200-sxm-quick --out $OUT/h200-flex.json
 
 For fields added to the profiler after a profile was taken (``elementwise_bytes_per_s``; the host share's
-``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``): the section runs
-with the full preset on the first GPU, the figure is written into a copy of the profile with a line in its
-measurement notes saying when and on which GPU it was taken (it comes from a different process, possibly a
-different machine of the same kind, than the rest of the profile), and the content hash is recomputed.
-Refuses a profile of another GPU.
+``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``; ``flex``:
+the FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, which replace the profile's flex
+points in its attention table): the section runs with the full preset (``--quick``: the quick one) on the first
+GPU, the figure is written into a copy of the profile with a line in its measurement notes saying when and on which
+GPU it was taken (it comes from a different process, possibly a different machine of the same kind, than the rest
+of the profile), and the content hash is recomputed. Refuses a profile of another GPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",)),
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
-                                "host_concurrency_table", "host_share_handoff_s"))}
+                                "host_concurrency_table", "host_share_handoff_s")),
+            "flex": ("attention_flex", "measure_flex", ("attention_table",))}
 
 
 def main() -> int:
@@ -34,6 +36,7 @@ def main() -> int:
     parser.add_argument("--section", choices=sorted(SECTIONS), required=True)
     parser.add_argument("--update", required=True, help="profile file or catalog name to add the figure to")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="the quick preset's sizes and time budget")
     args = parser.parse_args()
     import torch
 
@@ -51,11 +54,13 @@ def main() -> int:
     if name != profile.gpu_name:
         print(f"profile_section: {args.update} is for {profile.gpu_name}, this machine has {name}", file=sys.stderr)
         return 2
-    ctx = ProfileContext(device=device, preset=choose_preset(quick=False, sizes="default",
+    ctx = ProfileContext(device=device, preset=choose_preset(quick=args.quick, sizes="default",
                                                              on_gpu=device.type == "cuda"), stream=sys.stdout)
     module_name, function, fields = SECTIONS[args.section]
     module = importlib.import_module(f"executor.profiler.{module_name}")
     measured = getattr(module, function)(ctx)
+    if args.section == "flex":  # a list of points: they replace the profile's flex points
+        measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured}
     info = profile.measurement
     line = (f"{', '.join(fields)} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")

@@ -86,9 +86,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="force one strategy (default: the fastest that fits)")
     parser.add_argument("--gpus", default="1", help="GPUs of the profile in a pipeline: the layers split into "
                         "this many contiguous stages, --gpu-mem per GPU, host RAM shared (default 1)")
-    parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
+    parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split", "flex"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
-                        "log-sum-exp); auto = the faster by the hardware profile")
+                        "log-sum-exp), or flex (FlexAttention: soft-caps and sliding windows, what Gemma-2 and "
+                        "Mistral v0.1 always use); auto = the faster by the hardware profile")
     parser.add_argument("--cpu-share", default="auto",
                         help="share F (0 to 1) of each offloaded head's past that decode attends on the CPU straight "
                         "from host RAM while the GPU streams the rest; auto = the planner's choice from the "
@@ -219,7 +220,7 @@ def _max_context(args: argparse.Namespace) -> int:
     host = work["host_mem_bytes"] or hardware.host_mem_bytes
     data = {"model": model.name, "hardware": hardware.name, "gpu_budget_bytes": gpu, "host_budget_bytes": host,
             "decode_tokens": work["decode_tokens"], "max_context_tokens": result}
-    _emit(args, data, render_max_context(model.name, hardware.name, gpu, host, result))
+    _emit(args, data, render_max_context(model.name, hardware.name, gpu, host, result, model))
     return 0
 
 

@@ -37,10 +37,12 @@ class AttentionPoint(_Frozen):
     Backends ending in "-step" (executor/profiler/attention_step.py) time the executor's whole per-group step
     with that backend (strided query and output, slot views, cudnn-split's parts and merges), not one kernel
     call: q_len = chunk c, k_len = past + c, causal; "math-step" is the CPU path (CI), never planned with.
+    "flex" times executor/attention/flex.py attend_flex as the executor calls it for a soft-capped model
+    (Gemma-2: soft-cap 50, its own GQA ratio and head dim): past part + causal chunk part + merge, causal.
     """
 
     backend: Literal["flash", "cudnn", "flash_attn", "efficient", "math", "cpu", "flash-step", "cudnn-split-step",
-                     "math-step"]
+                     "math-step", "flex"]
     head_dim: int
     q_heads: int
     kv_heads: int

@@ -66,7 +66,7 @@ class Setup:
     def graphs_decode(self, resident_kv_heads: int) -> bool:
         """Whether a single-GPU plan with ``resident_kv_heads`` resident decodes through CUDA graphs."""
         return decode_runs_as_graph(resident_kv_heads, self.model.kv_head_slots, self.elem_bytes,
-                                    enabled=self.decode_graphs)
+                                    enabled=self.decode_graphs, windows_or_softcap=needs_flex(self.model))
 
     @property
     def split_context_tokens(self) -> Optional[int]:
@@ -82,8 +82,8 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
     ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered;
     ``decode_graphs`` False plans every decode step eager."""
-    if attention_backend not in (None, "flash", "cudnn-split"):
-        raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash or cudnn-split")
+    if attention_backend not in (None, "flash", "cudnn-split", "flex"):
+        raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash, cudnn-split or flex")
     if context_tokens <= 0:
         raise PlanError(f"context must be positive, got {context_tokens} tokens")
     if decode_tokens < 0:
@@ -106,8 +106,32 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     backends = ("flash", "cudnn-split") if lookup.has_backend("cudnn") else ("flash",)
     if attention_backend == "flash":
         backends = ("flash",)
+    if attention_backend == "flex":
+        backends = ("flex",)
+    if needs_flex(model):
+        if attention_backend not in (None, "flex"):
+            raise PlanError(f"{model.name} has {_flex_reason(model)}: only the flex attention backend runs it "
+                            f"(not {attention_backend})")
+        backends = ("flex",)
+        if not lookup.has_backend("flex"):
+            notes.append(f"{model.name} attends through FlexAttention ({_flex_reason(model)}), which the "
+                         f"{profile.gpu_name} profile did not measure: priced at its flash attention rates")
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
                  overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs, cpu_share)
+
+
+def needs_flex(model: ModelSpec) -> bool:
+    """Whether the model's attention needs the flex backend: soft-capped scores or sliding windows."""
+    return model.attn_logit_softcapping is not None or model.sliding_layers > 0
+
+
+def _flex_reason(model: ModelSpec) -> str:
+    parts = []
+    if model.attn_logit_softcapping is not None:
+        parts.append(f"attention logits soft-capped at {model.attn_logit_softcapping:g}")
+    if model.sliding_layers:
+        parts.append(f"{model.sliding_layers} sliding-window layers")
+    return " and ".join(parts)
 
 
 class FitsByMemory:
@@ -216,7 +240,7 @@ def _resident_choices(setup: Setup, chunk: int, group: int, knobs: Knobs) -> lis
                                    host_budget_bytes=setup.host_budget_bytes)
     if most < fewest:
         return [min(fewest, model.kv_head_slots - 1)]
-    layers = model.num_hidden_layers
+    layers = max(model.full_attention_layers, 1)
     whole = (most // layers) * layers
     return sorted({most, whole} if whole >= fewest else {most})
 

@@ -22,6 +22,7 @@ sampling step and tokenisation (each well under 1% of a chunk).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -46,11 +47,13 @@ HOST_OPS_GRAPH_TOKEN = 8         # a replayed decode graph: the replay call, two
 
 
 def decode_runs_as_graph(resident_kv_heads: int, kv_head_slots: int, elem_bytes: int, *, gpus: int = 1,
-                         enabled: bool = True) -> bool:
+                         enabled: bool = True, windows_or_softcap: bool = False) -> bool:
     """Whether the executor replays each decode step as one CUDA graph (executor/decode_graph.py applies the
     same rule): every (layer, KV head) slot resident (no copy whose size changes per token), one GPU, a
-    16-bit dtype (the flash kernel that takes the key length from the device), and not turned off."""
-    return enabled and gpus == 1 and elem_bytes == 2 and resident_kv_heads >= kv_head_slots
+    16-bit dtype (the flash kernel that takes the key length from the device), and not turned off; never for a
+    model with sliding windows or soft-capped scores (``windows_or_softcap``: the flash kernel has neither)."""
+    return (enabled and gpus == 1 and elem_bytes == 2 and resident_kv_heads >= kv_head_slots
+            and not windows_or_softcap)
 
 
 def graph_decode_host_seconds(profile: HardwareProfile, layers: int) -> float:
@@ -72,21 +75,29 @@ def popcount(values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LayerType:
-    """Layers sharing one resident-head count: ``count`` of them, each streaming groups of ``group_sizes`` heads."""
+    """Layers sharing one resident-head count: ``count`` of them, each streaming groups of ``group_sizes`` heads.
+    ``window``: the sliding layers of that window (all H_kv heads resident over their last W - 1 tokens)."""
 
     resident: int
     count: int
     group_sizes: list[int]
+    window: Optional[int] = None
 
 
 def summarize_layers(model: ModelSpec, resident_kv_heads: int, heads_per_group: int) -> list[LayerType]:
     """The layers grouped by their resident-head count (planner/layout.py): each kind with its count and the
-    sizes of its streamed groups, so per-layer terms are computed once per kind."""
-    per_layer = resident_heads_per_layer(resident_kv_heads, model.num_hidden_layers, model.num_key_value_heads)
+    sizes of its streamed groups, so per-layer terms are computed once per kind. The R slots spread over the
+    full-attention layers; each window size of the sliding layers is one more kind (no groups)."""
+    full_layers = model.full_attention_layers
+    per_layer = (resident_heads_per_layer(resident_kv_heads, full_layers, model.num_key_value_heads)
+                 if full_layers else [])
     types = []
     for resident in sorted(set(per_layer)):
         sizes = [len(g) for g in offloaded_groups(resident, model.num_key_value_heads, heads_per_group)]
         types.append(LayerType(resident, per_layer.count(resident), sizes))
+    windows = [w for w in model.layer_windows if w is not None]
+    for window in sorted(set(windows)):
+        types.append(LayerType(model.num_key_value_heads, windows.count(window), [], window))
     return types
 
 

@@ -9,6 +9,12 @@ host) + activations (the largest transient working set of one chunk) + runtime o
 Host bytes = the pinned store of the offloaded slots, allocated once at capacity T (exact-size
 cudaHostRegister: no power-of-two rounding, so no slack term).
 
+Sliding-window layers (Gemma-2, Mistral v0.1; model_spec.layer_windows): their KV is a fixed window on the GPU
+(kv "window": window_store_bytes), never on the host; the slot rule (planner/layout.py) spreads the R resident
+slots over the L_full full-attention layers only, and L * H_kv below reads L_full * H_kv (model.kv_head_slots).
+Models that need the flex attention backend (soft-caps or windows) count its parts (flex_parts_bytes) where
+others count cudnn-split's.
+
 Leaves out: allocator fragmentation beyond the profile's overhead term; the CPU copy of the weights while a
 checkpoint loads (the executor loads straight to the GPU).
 """
@@ -89,10 +95,54 @@ def split_parts_bytes(model: ModelSpec, *, chunk_tokens: int, context_tokens: in
             * elem_bytes)
 
 
+FLEX_PART_BYTES_PER_ELEMENT = 10
+"""attention/flex.py attend_flex over a full-attention call: the past part's and the chunk part's outputs in
+16-bit (2 + 2 bytes per output element), their float32 merge (4) and its 16-bit cast (2)."""
+
+
+BLOCK_MASK_BYTES_PER_PAIR = 3
+"""create_block_mask (attention/flex.py, eager) holds about three c x S boolean grids while it builds a mask"""
+
+
+def flex_parts_bytes(model: ModelSpec, *, chunk_tokens: int, call_kv_heads: int) -> int:
+    """Transient bytes of one flex attention call of ``call_kv_heads`` KV heads: FLEX_PART_BYTES_PER_ELEMENT *
+    (h q) * c * d (a sliding layer's call of all H_kv heads is one part: counted the same, an upper bound)
+    + the block mask being built, BLOCK_MASK_BYTES_PER_PAIR * c * (c + W_max - 1) (c * c without windows)."""
+    query_heads = call_kv_heads * model.query_heads_per_kv_head
+    windows = [w for w in model.layer_windows if w is not None]
+    mask_keys = chunk_tokens + (max(windows) - 1 if windows else 0)
+    return (FLEX_PART_BYTES_PER_ELEMENT * query_heads * chunk_tokens * model.head_dim
+            + BLOCK_MASK_BYTES_PER_PAIR * chunk_tokens * mask_keys)
+
+
+def window_store_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:
+    """Sliding layers' KV on the GPU: the windows, sum over sliding layers of 2 * H_kv * (W - 1) * d * b
+    (model.window_kv_bytes), + the layer's [held past, chunk] keys and values while it attends:
+    2 * H_kv * (W_max - 1 + c) * d * b. 0 without sliding layers."""
+    windows = [w for w in model.layer_windows if w is not None]
+    if not windows:
+        return 0
+    joined = 2 * model.num_key_value_heads * (max(windows) - 1 + chunk_tokens) * model.head_dim * elem_bytes
+    return model.window_kv_bytes(elem_bytes) + joined
+
+
+def attention_parts_bytes(model: ModelSpec, *, chunk_tokens: int, context_tokens: Optional[int],
+                          call_kv_heads: int, elem_bytes: int) -> int:
+    """Transient attention parts of the widest call: flex's for models that need it, cudnn-split's when the
+    prefill may run it (``context_tokens`` not None), else 0."""
+    if model.attn_logit_softcapping is not None or model.sliding_layers:
+        heads = model.num_key_value_heads if model.sliding_layers else call_kv_heads
+        return flex_parts_bytes(model, chunk_tokens=chunk_tokens, call_kv_heads=max(heads, call_kv_heads))
+    if context_tokens is None:
+        return 0
+    return split_parts_bytes(model, chunk_tokens=chunk_tokens, context_tokens=context_tokens,
+                             call_kv_heads=call_kv_heads, elem_bytes=elem_bytes)
+
+
 def largest_call_kv_heads(model: ModelSpec, resident_kv_heads: int, heads_per_group: int) -> int:
-    """KV heads of the widest attention call of a chunk: a layer's resident heads (at most ceil(R / L)) or a
-    streamed group (at most G)."""
-    layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
+    """KV heads of the widest attention call of a chunk: a layer's resident heads (at most ceil(R / L_full)) or
+    a streamed group (at most G)."""
+    layers, kv_heads = max(model.full_attention_layers, 1), model.num_key_value_heads
     resident_max = min(kv_heads, -(-resident_kv_heads // layers))
     group_max = min(heads_per_group, kv_heads) if resident_kv_heads < model.kv_head_slots else 0
     return max(resident_max, group_max, 1)
@@ -150,15 +200,19 @@ def host_kv_bytes(model: ModelSpec, resident_kv_heads: int, capacity_tokens: int
 
 def kv_terms(model: ModelSpec, *, chunk_tokens: int, heads_per_group: int, resident_kv_heads: int,
              capacity_tokens: int, elem_bytes: int) -> dict[str, int]:
-    """The KV bytes on the GPU split into resident, buffers (ping-pong) and chunk (fresh K, V in flight)."""
+    """The KV bytes on the GPU split into resident, buffers (ping-pong), chunk (fresh K, V in flight) and, with
+    sliding layers, window (window_store_bytes)."""
     offloading = resident_kv_heads < model.kv_head_slots
-    group_max = (max_group_heads(resident_kv_heads, model.num_hidden_layers, model.num_key_value_heads,
+    group_max = (max_group_heads(resident_kv_heads, model.full_attention_layers, model.num_key_value_heads,
                                  heads_per_group) if offloading else 0)
-    return {
+    terms = {
         "resident": resident_kv_bytes(model, resident_kv_heads, capacity_tokens, elem_bytes),
         "buffers": head_buffer_bytes(model, group_max, capacity_tokens, elem_bytes),
         "chunk": chunk_kv_bytes(model, chunk_tokens, elem_bytes, offloading),
     }
+    if model.sliding_layers:
+        terms["window"] = window_store_bytes(model, chunk_tokens, elem_bytes)
+    return terms
 
 
 def predict_memory(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_tokens: int, heads_per_group: int,
@@ -173,10 +227,9 @@ def predict_memory(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_token
     breakdown = GpuBreakdown(
         weights=weights_bytes(model, elem_bytes),
         kv=sum(kv_detail.values()),
-        activations=chunk_activation_bytes(model, chunk_tokens, elem_bytes, split_parts_bytes(
+        activations=chunk_activation_bytes(model, chunk_tokens, elem_bytes, attention_parts_bytes(
             model, chunk_tokens=chunk_tokens, context_tokens=split_context_tokens, elem_bytes=elem_bytes,
-            call_kv_heads=largest_call_kv_heads(model, resident_kv_heads, heads_per_group))
-            if split_context_tokens is not None else 0),
+            call_kv_heads=largest_call_kv_heads(model, resident_kv_heads, heads_per_group))),
         overhead=runtime_overhead_bytes,
     )
     peak = breakdown.weights + breakdown.kv + breakdown.activations + breakdown.overhead
@@ -198,16 +251,15 @@ def max_resident_heads(model: ModelSpec, *, runtime_overhead_bytes: int, chunk_t
     call (at most fewest + 1 resident heads of a layer, or G_max) count in the activations. The answer is the
     largest fitting R over the segments.
     """
-    layers, kv_heads = model.num_hidden_layers, model.num_key_value_heads
+    layers, kv_heads = max(model.full_attention_layers, 1), model.num_key_value_heads
     per_slot = resident_kv_bytes(model, 1, capacity_tokens, elem_bytes)
-    fixed_base = weights_bytes(model, elem_bytes) + runtime_overhead_bytes
+    fixed_base = (weights_bytes(model, elem_bytes) + runtime_overhead_bytes
+                  + window_store_bytes(model, chunk_tokens, elem_bytes))
 
     def activations(call_kv_heads: int) -> int:
-        if split_context_tokens is None:
-            return chunk_activation_bytes(model, chunk_tokens, elem_bytes)
-        split_bytes = split_parts_bytes(model, chunk_tokens=chunk_tokens, context_tokens=split_context_tokens,
-                                        call_kv_heads=call_kv_heads, elem_bytes=elem_bytes)
-        return chunk_activation_bytes(model, chunk_tokens, elem_bytes, split_bytes)
+        parts = attention_parts_bytes(model, chunk_tokens=chunk_tokens, context_tokens=split_context_tokens,
+                                      call_kv_heads=call_kv_heads, elem_bytes=elem_bytes)
+        return chunk_activation_bytes(model, chunk_tokens, elem_bytes, parts)
 
     all_slots = model.kv_head_slots
     if fixed_base + activations(kv_heads) + all_slots * per_slot <= gpu_budget_bytes:

@@ -12,8 +12,14 @@ V = vocab:
                norms    2 * D
     final norm          D
     lm_head             V * D unless tie_word_embeddings
-Leaves out: anything that is not a dense Llama-family decoder (MoE, sliding-window attention is refused by the
-executor but planned as full attention).
+Gemma-2 (``gemma2``) differs in: four RMSNorms per layer (4 * D instead of 2 * D), a tied lm_head, GeGLU (same
+3 * D * I), the attention scale query_pre_attn_scalar ** -0.5, logits soft-capped (tanh) in attention and at the
+output, and layer_types alternating sliding-window (window W) and full-attention layers.
+
+Sliding-window layers (``layer_windows``): a layer with window W attends query position p to keys (p - W, p],
+so it only ever needs its last W - 1 past tokens: those stay on the GPU (``window_kv_bytes``), and only the
+full-attention layers hold context-length KV (``kv_head_slots``, ``kv_bytes_per_token`` count those alone).
+Leaves out: anything that is not a dense decoder of these families (MoE, Gemma-3, Qwen2's per-layer windows).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MODEL_SCHEMA_VERSION = 1
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma2")
+
+FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
 
 
 class ModelSpecError(ValueError):
@@ -40,7 +48,7 @@ class ModelSpec(BaseModel):
 
     schema_version: int = MODEL_SCHEMA_VERSION
     name: str
-    model_type: Literal["llama", "mistral", "qwen2"]
+    model_type: Literal["llama", "mistral", "qwen2", "gemma2"]
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -57,6 +65,13 @@ class ModelSpec(BaseModel):
     rope_scaling: Optional[dict[str, Any]] = None
     max_position_embeddings: int = 8192
     sliding_window: Optional[int] = None
+    layer_types: Optional[tuple[str, ...]] = Field(
+        None, description="per layer 'full_attention' or 'sliding_attention' (Gemma-2); None: every layer is "
+                          "sliding when sliding_window is set, else full")
+    query_pre_attn_scalar: Optional[float] = Field(None, description="Gemma-2: attention scale = this ** -0.5")
+    attn_logit_softcapping: Optional[float] = Field(None, description="scores -> cap * tanh(scores / cap)")
+    final_logit_softcapping: Optional[float] = None
+    hidden_activation: Optional[str] = None
     source: str = ""
 
     # ---- derived sizes -------------------------------------------------------------------------------------
@@ -78,7 +93,7 @@ class ModelSpec(BaseModel):
         mlp = 3 * dim * self.intermediate_size
         if self.mlp_bias:
             mlp += 2 * self.intermediate_size + dim
-        norms = 2 * dim
+        norms = (4 if self.model_type == "gemma2" else 2) * dim
         return attention + mlp + norms
 
     @property
@@ -92,9 +107,37 @@ class ModelSpec(BaseModel):
         """All parameters: embeddings (+ lm_head), layers, final norm."""
         return self.embedding_param_count + self.num_hidden_layers * self.layer_param_count + self.hidden_size
 
+    # ---- attention windows -----------------------------------------------------------------------------------
+    @property
+    def layer_windows(self) -> tuple[Optional[int], ...]:
+        """Per layer: its sliding window W (keys (p - W, p] for query p), or None for full attention."""
+        return layer_windows(self.num_hidden_layers, self.layer_types, self.sliding_window)
+
+    @property
+    def full_attention_layers(self) -> int:
+        """L_full: layers with full attention, the ones whose KV grows with the context (and is offloaded)."""
+        return sum(window is None for window in self.layer_windows)
+
+    @property
+    def sliding_layers(self) -> int:
+        """L_sw = L - L_full: layers whose KV is their window alone, resident on the GPU."""
+        return self.num_hidden_layers - self.full_attention_layers
+
+    @property
+    def attention_scale(self) -> float:
+        """Score scale: query_pre_attn_scalar ** -0.5 (Gemma-2), else head_dim ** -0.5."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def window_kv_bytes(self, dtype_bytes: int = 2) -> int:
+        """GPU bytes of the sliding layers' windows: sum over sliding layers of 2 (K, V) * H_kv * (W - 1) * d * b
+        (the past a chunk needs), independent of the context."""
+        return sum(2 * self.num_key_value_heads * (window - 1) * self.head_dim * dtype_bytes
+                   for window in self.layer_windows if window is not None)
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """KV bytes per token of context: 2 (K and V) * L * H_kv * d * dtype_bytes."""
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+        """Context-length KV bytes per token: 2 (K and V) * L_full * H_kv * d * dtype_bytes (sliding layers hold
+        a fixed window instead: window_kv_bytes)."""
+        return 2 * self.full_attention_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
 
     def kv_bytes_per_head_token(self, dtype_bytes: int = 2) -> int:
         """KV bytes of one (layer, KV head) slot per token: 2 * d * dtype_bytes."""
@@ -102,12 +145,14 @@ class ModelSpec(BaseModel):
 
     @property
     def kv_head_slots(self) -> int:
-        """Number of (layer, KV head) slots: L * H_kv. ``resident_kv_heads`` counts these."""
-        return self.num_hidden_layers * self.num_key_value_heads
+        """Number of context-length (layer, KV head) slots: L_full * H_kv (L * H_kv without sliding layers).
+        ``resident_kv_heads`` counts these; the sliding layers' windows are always resident."""
+        return self.full_attention_layers * self.num_key_value_heads
 
     def to_hf_config_dict(self) -> dict[str, Any]:
         """A transformers config.json dict for this architecture (what the executor builds a model from)."""
-        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "gemma2": "Gemma2ForCausalLM"}
         cfg: dict[str, Any] = {
             "architectures": [arch[self.model_type]],
             "model_type": self.model_type,
@@ -124,6 +169,13 @@ class ModelSpec(BaseModel):
             "max_position_embeddings": self.max_position_embeddings,
             "hidden_act": "silu",
         }
+        if self.model_type == "gemma2":
+            cfg.update(hidden_act=self.hidden_activation or "gelu_pytorch_tanh",
+                       hidden_activation=self.hidden_activation or "gelu_pytorch_tanh",
+                       sliding_window=self.sliding_window, layer_types=list(self.layer_windows_types()),
+                       query_pre_attn_scalar=_int_if_whole(self.query_pre_attn_scalar or self.head_dim),
+                       attn_logit_softcapping=self.attn_logit_softcapping,
+                       final_logit_softcapping=self.final_logit_softcapping, attention_bias=self.attention_bias)
         if self.rope_scaling is not None:
             cfg["rope_scaling"] = dict(self.rope_scaling)
         if self.model_type == "llama":
@@ -135,6 +187,33 @@ class ModelSpec(BaseModel):
             cfg["use_sliding_window"] = self.sliding_window is not None
         return cfg
 
+    def layer_windows_types(self) -> tuple[str, ...]:
+        """layer_types spelled out: 'sliding_attention' where layer_windows has a window."""
+        return tuple(FULL_ATTENTION if w is None else SLIDING_ATTENTION for w in self.layer_windows)
+
+
+def layer_windows(num_layers: int, layer_types, sliding_window: Optional[int]) -> tuple[Optional[int], ...]:
+    """Per layer window (None: full attention). ``layer_types`` (Gemma-2's config): sliding where it says
+    'sliding_attention'; without it every layer slides when ``sliding_window`` is set (Mistral v0.1)."""
+    if sliding_window is None:
+        return (None,) * num_layers
+    if sliding_window < 1:
+        raise ModelSpecError(f"sliding_window must be positive, got {sliding_window}")
+    if layer_types is None:
+        return (sliding_window,) * num_layers
+    if len(layer_types) != num_layers:
+        raise ModelSpecError(f"layer_types has {len(layer_types)} entries for {num_layers} layers")
+    unknown = sorted(set(layer_types) - {FULL_ATTENTION, SLIDING_ATTENTION})
+    if unknown:
+        raise ModelSpecError(f"layer_types {unknown} are not supported; supported: {FULL_ATTENTION}, "
+                             f"{SLIDING_ATTENTION}")
+    return tuple(sliding_window if kind == SLIDING_ATTENTION else None for kind in layer_types)
+
+
+def gemma2_layer_types(num_layers: int) -> tuple[str, ...]:
+    """Gemma-2's default alternation (transformers' Gemma2Config): layer 0 sliding, layer 1 full, ..."""
+    return tuple(SLIDING_ATTENTION if (i + 1) % 2 else FULL_ATTENTION for i in range(num_layers))
+
 
 _LLAMA3_ROPE_8K = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
@@ -144,6 +223,28 @@ _HF = "https://huggingface.co/{}/blob/main/config.json"
 
 def _builtin(name: str, **fields: Any) -> ModelSpec:
     return ModelSpec(name=name, **fields)
+
+
+def _gemma2(name: str, **fields: Any) -> ModelSpec:
+    """Gemma-2 from its published config.json: window 4096, soft-caps 50 / 30, tied embeddings, vocab 256000."""
+    common = dict(model_type="gemma2", vocab_size=256000, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                  rope_theta=10000.0, max_position_embeddings=8192, sliding_window=4096,
+                  attn_logit_softcapping=50.0, final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh",
+                  layer_types=gemma2_layer_types(fields["num_hidden_layers"]))
+    return ModelSpec(name=name, **{**common, **fields})
+
+
+_GEMMA2 = {
+    "gemma-2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256.0,
+                       source=_HF.format("google/gemma-2-2b")),
+    "gemma-2-9b": dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256.0,
+                       source=_HF.format("google/gemma-2-9b")),
+    "gemma-2-27b": dict(hidden_size=4608, intermediate_size=36864, num_hidden_layers=46, num_attention_heads=32,
+                        num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144.0,
+                        source=_HF.format("google/gemma-2-27b")),
+}
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
@@ -179,6 +280,11 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                  vocab_size=32000, rope_theta=1000000.0, max_position_embeddings=32768,
                  source=_HF.format("mistralai/Mistral-7B-Instruct-v0.2")),
+        _builtin("mistral-7b-v0.1", model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                 vocab_size=32000, rope_theta=10000.0, max_position_embeddings=32768, sliding_window=4096,
+                 source=_HF.format("mistralai/Mistral-7B-v0.1")),
+        *(_gemma2(name, **fields) for name, fields in _GEMMA2.items()),
         _builtin("qwen2-7b", model_type="qwen2", hidden_size=3584, intermediate_size=18944,
                  num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
                  vocab_size=152064, attention_bias=True, rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -217,8 +323,18 @@ def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> Mode
     rope_scaling = config.get("rope_scaling")
     if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
         rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
-    use_sliding = config.get("use_sliding_window", model_type == "mistral")
+    use_sliding = config.get("use_sliding_window", model_type in ("mistral", "gemma2"))
     sliding_window = config.get("sliding_window") if use_sliding else None
+    layer_types = config.get("layer_types")
+    if model_type == "gemma2" and layer_types is None:
+        layer_types = gemma2_layer_types(config["num_hidden_layers"])
+    if model_type == "qwen2" and sliding_window is not None:
+        raise ModelSpecError("Qwen2 with use_sliding_window (windows on the layers past max_window_layers) is not "
+                             "supported; sliding windows are supported for Gemma-2 and Mistral v0.1")
+    if model_type == "mistral":
+        layer_types = None  # Mistral applies its window to every layer
+    layer_windows(config["num_hidden_layers"], layer_types, sliding_window)  # refuses unknown layer types
+    gemma = model_type == "gemma2"
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -229,16 +345,30 @@ def model_spec_from_config(config: dict[str, Any], name: str = "custom") -> Mode
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=config["vocab_size"],
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", gemma)),
         attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
         mlp_bias=bool(config.get("mlp_bias", False)),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
         rope_theta=float(rope_theta),
         rope_scaling=rope_scaling,
         max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
         sliding_window=sliding_window,
+        layer_types=tuple(layer_types) if layer_types is not None and sliding_window is not None else None,
+        query_pre_attn_scalar=float(config.get("query_pre_attn_scalar") or head_dim) if gemma else None,
+        attn_logit_softcapping=_positive_or_none(config.get("attn_logit_softcapping")),
+        final_logit_softcapping=_positive_or_none(config.get("final_logit_softcapping")),
+        hidden_activation=config.get("hidden_activation") if gemma else None,
         source=config.get("_name_or_path", "") or "config.json",
     )
+
+
+def _int_if_whole(value: float) -> float | int:
+    """transformers' Gemma2Config declares query_pre_attn_scalar an int (strictly validated since 5.x)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _positive_or_none(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def load_model_spec(name_or_path: str) -> ModelSpec:

@@ -87,6 +87,9 @@ class StageShape:
 
 
 def stage_shapes(model: ModelSpec, gpus: int) -> list[StageShape]:
+    if model.sliding_layers and gpus > 1:
+        raise PlanError(f"{model.name} has sliding-window layers, which run on one GPU only: a pipeline over "
+                        f"--gpus {gpus} is not supported for it")
     split = split_layers(model.num_hidden_layers, gpus)
     shapes = []
     for index, (first, count) in enumerate(split):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from planner.model_spec import ModelSpec
 from planner.plan import Plan
 from planner.units import format_bytes, format_seconds, format_tokens
 
@@ -47,7 +48,8 @@ def render_plan(plan: Plan) -> str:
         f"  weights      {format_bytes(bd.weights):>12}",
         f"  kv           {format_bytes(bd.kv):>12}   (resident {format_bytes(mem.kv_detail.get('resident', 0))}, "
         f"ping-pong buffers {format_bytes(mem.kv_detail.get('buffers', 0))}, chunk in flight "
-        f"{format_bytes(mem.kv_detail.get('chunk', 0))})",
+        f"{format_bytes(mem.kv_detail.get('chunk', 0))}"
+        + (f", sliding windows {format_bytes(mem.kv_detail['window'])}" if 'window' in mem.kv_detail else "") + ")",
         f"  activations  {format_bytes(bd.activations):>12}",
         f"  overhead     {format_bytes(bd.overhead):>12}",
         f"  total        {format_bytes(mem.gpu_peak_bytes):>12}   of {format_bytes(mem.gpu_budget_bytes)} "
@@ -115,13 +117,31 @@ def _stage_table(plan: Plan) -> list[str]:
 
 
 def render_max_context(model_name: str, hw_name: str, gpu_budget_bytes: int, host_budget_bytes: int,
-                       result: dict[str, int]) -> str:
-    """The --max-context table."""
-    rows = [[name, format_tokens(tokens) if tokens else "does not fit", f"{tokens:,}"]
+                       result: dict[str, int], model: Optional[ModelSpec] = None) -> str:
+    """The --max-context table (with ``model``: a line on its sliding-window layers, which the table counts as
+    a fixed window on the GPU, never on the host)."""
+    from planner.solver import MAX_CONTEXT_SEARCH_TOKENS
+
+    def cell(tokens: int) -> str:
+        if tokens > MAX_CONTEXT_SEARCH_TOKENS:
+            return "no memory limit"
+        return format_tokens(tokens) if tokens else "does not fit"
+
+    rows = [[name, cell(tokens), f"{tokens:,}" if tokens <= MAX_CONTEXT_SEARCH_TOKENS else "-"]
             for name, tokens in result.items()]
+    if model is not None and model.kv_head_slots == 0:  # every layer slides: no KV to offload at all
+        rows = [[name, "nothing to offload", "-"] if name in ("layer-offload", "head-offload") else row
+                for name, row in zip(result, rows)]
     head = (f"longest context for {model_name} on {hw_name}: GPU budget {format_bytes(gpu_budget_bytes)}, "
             f"host RAM for KV {format_bytes(host_budget_bytes)}")
-    return "\n".join([head, ""] + _table(rows, ["strategy", "max context", "tokens"]))
+    lines = [head]
+    if model is not None and model.sliding_layers:
+        windows = sorted({w for w in model.layer_windows if w is not None})
+        lines.append(f"{model.sliding_layers} of {model.num_hidden_layers} layers slide (window "
+                     f"{', '.join(str(w) for w in windows)}): their KV is {format_bytes(model.window_kv_bytes(2))} "
+                     f"on the GPU at any context; the {model.full_attention_layers} full-attention layers hold "
+                     f"{format_bytes(model.kv_bytes_per_token(2))} per token (bf16)")
+    return "\n".join(lines + [""] + _table(rows, ["strategy", "max context", "tokens"]))
 
 
 def render_sweep(rows: list[dict]) -> str:

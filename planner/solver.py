@@ -221,8 +221,14 @@ def _fits_at(model: ModelSpec, hardware: HardwareProfile, strategy: str, context
     return any(c.fits for c in cands)
 
 
+MAX_CONTEXT_SEARCH_TOKENS = 1 << 34
+"""The max-context search stops doubling here: a strategy that still fits (every layer sliding, e.g. Mistral
+v0.1, whose KV does not grow with the context) reports a context above it, 'no memory limit'."""
+
+
 def max_context_for_setup(setup: Setup, knobs: Knobs) -> dict[str, int]:
-    """Longest context (tokens) each strategy fits with the setup's budgets; 0 when none."""
+    """Longest context (tokens) each strategy fits with the setup's budgets; 0 when none; above
+    MAX_CONTEXT_SEARCH_TOKENS when memory sets no limit."""
     result = {}
     for strategy in STRATEGIES:
         if knobs.strategy is not None and strategy != knobs.strategy:
@@ -232,7 +238,7 @@ def max_context_for_setup(setup: Setup, knobs: Knobs) -> dict[str, int]:
             return _fits_at(setup.model, setup.profile, strategy, tokens, setup, knobs)
 
         lo, hi = 0, 4096                        # chunked needs a context above the smallest chunk
-        while hi <= 1 << 34 and fits(hi):
+        while hi <= MAX_CONTEXT_SEARCH_TOKENS and fits(hi):
             lo, hi = hi, hi * 2
         while hi - lo > 1:                      # fits(lo) (or lo == 0), not fits(hi)
             mid = (lo + hi) // 2

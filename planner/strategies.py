@@ -35,7 +35,8 @@ class Knobs:
     resident_kv_heads: Optional[int] = None
     strategy: Optional[str] = None
     attention_backend: Optional[str] = None
-    """'flash' or 'cudnn-split' to force the prefill attention kernel; None = the faster by the profile"""
+    """'flash', 'cudnn-split' or 'flex' to force the prefill attention kernel; None = the faster by the profile
+    (soft-capped or windowed models: always 'flex')"""
 
 
 def strategy_of(model: ModelSpec, *, context_tokens: int, chunk_size: int, heads_per_group: int,
@@ -59,7 +60,8 @@ def check_knobs(model: ModelSpec, context_tokens: int, knobs: Knobs) -> None:
                         f"{model.name} (one of {divisors})")
     if knobs.resident_kv_heads is not None and not 0 <= knobs.resident_kv_heads <= model.kv_head_slots:
         raise PlanError(f"--resident-heads {knobs.resident_kv_heads} must be between 0 and "
-                        f"{model.kv_head_slots} (L * H_kv = {model.num_hidden_layers} * {kv_heads})")
+                        f"{model.kv_head_slots} (L_full * H_kv = {model.full_attention_layers} * {kv_heads}: "
+                        f"the full-attention layers' slots)")
     if knobs.chunk_size is not None and knobs.chunk_size <= 0:
         raise PlanError(f"--chunk-size must be positive, got {knobs.chunk_size}")
 
@@ -96,6 +98,8 @@ def allowed(strategy: str, model: ModelSpec, context_tokens: int, knobs: Knobs) 
             return c is None or c >= context_tokens
         return c is None or c < context_tokens
     if r is not None and r >= all_slots:
+        return False
+    if all_slots == 0:  # every layer slides (Mistral v0.1): nothing grows with the context, nothing to offload
         return False
     if strategy == "layer-offload":
         return (r is None or r == 0) and (g is None or g == kv_heads)

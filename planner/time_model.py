@@ -145,6 +145,9 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
         attn = 4 h q d (c s + c (c + 1) / 2) / step_rate(h q heads, q_len c, k_len s + c, head_dim d)
     interpolated like the kernel points (planner/hw_lookup.py). Otherwise composed from the kernel table:
     "flash": one call, 4 h q d (c s + c (c + 1) / 2) FLOPs at the flash rate for (h q, c, s + c, causal).
+    "flex" (executor/attention/flex.py; soft-capped or windowed models): the same FLOPs at the rate of the
+    profile's "flex" points (the executor's call, past + chunk parts and their merge, measured at the model
+    family's shapes), or at the flash rate where the profile has none (the plan says so).
     "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
     tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
@@ -160,6 +163,11 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     flop_per_pair = 4.0 * q_heads * head_dim
     q_len = int(np.max(chunk))
     pairs = chunk * past + chunk * (chunk + 1) / 2.0          # lower-right causal: the past, then a triangle
+    if backend == "flex":
+        table_backend = "flex" if lookup.has_backend("flex") else "flash"
+        rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
+                                            k_len=past + chunk, head_dim=head_dim, causal=True)
+        return flop_per_pair * pairs / rate
     if backend == "flash" or lookup.has_step_points(backend):
         table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
@@ -260,19 +268,23 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     share = host_share_terms(model, lookup, share=work.cpu_share if decode else 0.0, elem_bytes=elem_bytes,
                              past=past)
     stream_past = past - share["tokens"]                                    # the streamed share's keys [F s, s)
-    stream_kv = 2.0 * model.head_dim * elem_bytes * (stream_past + chunk)
     out.update(host_share=np.zeros_like(past, dtype=float), host_share_bytes=np.zeros_like(past, dtype=float))
 
-    def attn(heads: int, streamed: bool = False) -> np.ndarray:
+    def attn(heads: int, seen_past: np.ndarray = past, streamed: bool = False) -> np.ndarray:
+        """Attention seconds of ``heads`` KV heads over ``seen_past`` keys (a sliding layer's window), or in
+        decode over the streamed share's keys only (``streamed``: the host attends the rest)."""
         if decode:
-            return decode_attention_seconds(model, lookup, heads, stream_past if streamed else past,
-                                            stream_kv if streamed else per_head_kv)
-        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=past, backend=backend,
+            keys = stream_past if streamed else seen_past
+            head_kv = 2.0 * model.head_dim * elem_bytes * (keys + chunk)
+            return decode_attention_seconds(model, lookup, heads, keys, head_kv)
+        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
                                  elem_bytes=elem_bytes)
 
-    layer0_resident = max(lt.resident for lt in layer_types)     # earlier layers hold the extra residents
+    full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents
+    layer0_resident = max((lt.resident for lt in full_types), default=0)
     for lt in layer_types:
-        resident_attention = attn(lt.resident)
+        # a sliding layer attends its held past min(s, W - 1) and the chunk, all heads resident
+        resident_attention = attn(lt.resident, past if lt.window is None else np.minimum(past, lt.window - 1))
         other = linear + elem + resident_attention
         n = len(lt.group_sizes)
         a_sum, t_sum = np.zeros_like(other), np.zeros_like(other)
@@ -304,7 +316,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         out["attention"] += lt.count * (resident_attention + a_sum)
         out["h2d"] += lt.count * t_sum
         out["pcie_bound"] += lt.count * pcie_bound * period
-        if n and lt.resident == layer0_resident:
+        if n and lt.window is None and lt.resident == layer0_resident:
             out["fill"] = t_sum / n          # layer 0's first group: nothing runs before it to hide it
     lm_head = model.vocab_size * model.hidden_size * elem_bytes / hbm
     out["gpu"] += out["fill"] + lm_head

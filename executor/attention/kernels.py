@@ -14,8 +14,14 @@ Backends:
 - ``flash_attn``: the flash-attn package, when importable (same alignment and GQA).
 - ``cudnn-split``: attention/split.py (cuDNN for the chunk-vs-past part, merged by log-sum-exp);
   prefill only; decode (c = 1) uses ``flash``.
-- ``math`` (alias ``cpu``): explicit float32 scores with a lower-right mask. Exact on CPU; the CI path.
-Leaves out: dropout, sliding windows, padding masks (batch 1, full causal attention only).
+- ``flex``: PyTorch's FlexAttention (attention/flex.py): logit soft-capping (Gemma-2) and sliding windows, with
+  the log-sum-exp merge; the planner picks it for models with a soft-cap, and every backend hands a call with a
+  soft-cap or a window to it on CUDA (decode too: one query against at most the window, or a streamed group).
+- ``math`` (alias ``cpu``): explicit float32 scores with a lower-right mask, the soft-cap and the window. Exact on
+  CPU; the CI path.
+Scores: x = scale * q . k, then cap * tanh(x / cap) when ``softcap`` is set; with ``window`` W query position p
+sees keys (p - W, p] only (transformers' sliding window).
+Leaves out: dropout, padding masks (batch 1).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from executor.attention.lse import partial_math
 from executor.attention.split import attend_chunk_split
 from executor.settings import SplitOptions
 
-BACKENDS = ("flash", "flash_attn", "cudnn-split", "math")
-"""The backend names; a plan's ``attention_backend`` is one of "flash" and "cudnn-split"."""
+BACKENDS = ("flash", "flash_attn", "cudnn-split", "flex", "math")
+"""The backend names; a plan's ``attention_backend`` is one of "flash", "cudnn-split" and "flex"."""
 
 _ALIASES = {"cpu": "math", "flash-attn": "flash_attn"}
 
@@ -42,18 +48,28 @@ def backend_name(name: str) -> str:
 
 
 def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, backend: str,
-                 out: torch.Tensor | None = None, split: SplitOptions = SplitOptions()) -> torch.Tensor:
+                 out: torch.Tensor | None = None, split: SplitOptions = SplitOptions(),
+                 softcap: float | None = None, window: int | None = None) -> torch.Tensor:
     """Attention of q [1, Hq_g, c, d] against k, v [1, G, s + c, d], lower-right causal; returns [1, Hq_g, c, d]:
     ``out`` when given (e.g. a strided slice of the layer's output; the split path's merge writes there
-    directly, the other backends copy their result in), else a new tensor. ``split``: the cudnn-split knobs."""
+    directly, the other backends copy their result in), else a new tensor. ``split``: the cudnn-split knobs.
+    ``softcap``: scores capped as cap * tanh(x / cap); ``window``: query position p sees keys (p - W, p]."""
     _check_shapes(q, k, v)
     if out is not None and out.shape != q.shape:
         raise ValueError(f"out {tuple(out.shape)} must have the query's shape {tuple(q.shape)}")
+    if backend == "math" or not q.is_cuda:
+        result = _attend_math(q, k, v, scale=scale, softcap=softcap, window=window)
+        return result if out is None else out.copy_(result)
+    if softcap is not None or window is not None or backend == "flex":
+        from executor.attention.flex import attend_flex
+
+        result = attend_flex(q, k, v, scale=scale, softcap=softcap, window=window)
+        return result if out is None else out.copy_(result)
     on_gpu_half = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     chunk_tokens = q.shape[2]
     if backend == "cudnn-split" and chunk_tokens > 1 and on_gpu_half:
         return _attend_cudnn_split(q, k, v, scale=scale, split=split, out=out)
-    if backend == "math" or not on_gpu_half:
+    if not on_gpu_half:
         result = _attend_math(q, k, v, scale=scale)
     elif backend == "flash_attn":
         result = _attend_flash_attn(q, k, v, scale=scale)
@@ -73,17 +89,24 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"keys ({k.shape[2]}) must include the chunk's own {q.shape[2]} tokens")
 
 
-def _attend_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
-    """Explicit float32 attention: scores [1, G, ratio, c, S], lower-right mask, softmax, weighted sum."""
+def _attend_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, softcap: float | None = None,
+                 window: int | None = None) -> torch.Tensor:
+    """Explicit float32 attention: scores [1, G, ratio, c, S] (soft-capped), lower-right (windowed) mask,
+    softmax, weighted sum."""
     batch, query_heads, chunk_tokens, head_dim = q.shape
     kv_heads, key_tokens = k.shape[1], k.shape[2]
     ratio = query_heads // kv_heads
     q_grouped = q.float().reshape(batch, kv_heads, ratio, chunk_tokens, head_dim)
     scores = torch.einsum("bgrcd,bgsd->bgrcs", q_grouped, k.float()) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     past_tokens = key_tokens - chunk_tokens
     query_pos = torch.arange(chunk_tokens, device=q.device).unsqueeze(1) + past_tokens
     key_pos = torch.arange(key_tokens, device=q.device).unsqueeze(0)
-    scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    hidden = key_pos > query_pos
+    if window is not None:
+        hidden = hidden | (key_pos <= query_pos - window)
+    scores = scores.masked_fill(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bgrcs,bgsd->bgrcd", probs, v.float())
     return out.reshape(batch, query_heads, chunk_tokens, head_dim).to(q.dtype)

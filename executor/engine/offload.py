@@ -16,7 +16,12 @@ code (after RoPE; engine/cache.py OffloadCache.update passes them through):
 Decode with ``device_position`` set (the CUDA-graph decode step, generation/decode_graph.py; every head resident):
 the token's K, V go to the resident store at the device-held position and attention reads [0, s + 1) with the
 key length on the device (attention/decode.py), so the step has fixed shapes and host arguments.
-No host synchronisation anywhere here. Leaves out: masks (it owns causality), dropout, sliding windows.
+Sliding-window layers (layout.window(l) = W, Gemma-2's every other layer, Mistral v0.1's every layer): the layer's
+last W - 1 past tokens of every KV head stay on the GPU in order (kv/gpu_store.py window store [H_kv, W - 1, d]);
+the chunk attends to [held past, chunk] under the windowed lower-right causal mask, then the store keeps the last
+W - 1 tokens of the two. No host rows, no transfers: query p never sees a key older than p - W + 1.
+Soft-capped scores (Gemma-2's ``softcap``) go to every attention call (attention/kernels.py).
+No host synchronisation anywhere here. Leaves out: masks (it owns causality), dropout.
 """
 
 from __future__ import annotations
@@ -97,24 +102,41 @@ class OffloadEngine:
     counters: dict = field(default_factory=dict)
     _pending: dict = field(default_factory=dict)
     _fetch_count: int = 0
+    _softcap: Optional[float] = None
+    """the layer's attention soft-cap (set by attend_layer for its calls)"""
 
     def _count(self) -> PhaseCounters:
         return self.counters.setdefault(self.position.phase, PhaseCounters())
 
     # ---- the layer ------------------------------------------------------------------------------------------
     def attend_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
-                     past_tokens: int, scale: float) -> torch.Tensor:
-        """q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> attention output [1, c, H_q, d] over [0, s + c).
-        ``layer`` is this engine's own (local) index; positions and marks carry first_layer + layer."""
+                     past_tokens: int, scale: float, softcap: Optional[float] = None,
+                     sliding_window: Optional[int] = None) -> torch.Tensor:
+        """q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> attention output [1, c, H_q, d] over [0, s + c)
+        (over (p - W, p] for query p of a sliding layer). ``layer`` is this engine's own (local) index;
+        positions and marks carry first_layer + layer. ``sliding_window``: what the model passes for the layer,
+        checked against the layout's window (they must agree, or the run would not be exact)."""
         self.position.layer = self.first_layer + layer
+        window = self.layout.window(layer)
+        if sliding_window != window:
+            raise RuntimeError(f"layer {self.position.layer}: the model attends with sliding_window "
+                               f"{sliding_window} but the KV layout has window {window}")
+        self._softcap = softcap
         chunk_tokens, head_dim = query.shape[2], query.shape[3]
         self._mark("attn_start", layer=layer)
         key_chunk, value_chunk = key[0].contiguous(), value[0].contiguous()
-        self._write_back(layer, past_tokens, key_chunk, value_chunk)
         out = torch.empty((1, chunk_tokens, self.layout.query_heads, head_dim), dtype=query.dtype,
                           device=query.device)
         out_heads = out.transpose(1, 2)  # [1, H_q, c, d] view
         backend = self.decode_backend if chunk_tokens == 1 else self.backend
+        if window is not None:
+            self._attend_window(layer, window, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
+                                backend)
+            self._count().attention_flops += attention_flops(self.layout.query_heads, head_dim, chunk_tokens,
+                                                             min(past_tokens, window - 1))
+            self._mark("attn_end", layer=layer)
+            return out
+        self._write_back(layer, past_tokens, key_chunk, value_chunk)
         if chunk_tokens == 1 and self.device_position is not None:
             self._attend_resident_static(layer, query, key_chunk, value_chunk, out_heads, scale, backend)
         else:
@@ -136,6 +158,20 @@ class OffloadEngine:
         self._mark("attn_end", layer=layer)
         return out
 
+    def _attend_window(self, layer, window, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend):
+        """A sliding layer: keys [s - n, s + c) = [held past (n = min(s, W - 1)), chunk], windowed causal; then
+        the window store keeps the last W - 1 of them (a new tensor is read, so the copy never overlaps)."""
+        held = min(past_tokens, window - 1)
+        store_keys, store_values = self.gpu.window_keys[layer], self.gpu.window_values[layer]
+        keys = torch.cat([store_keys[:, :held], key_chunk], dim=1)  # [H_kv, n + c, d]
+        values = torch.cat([store_values[:, :held], value_chunk], dim=1)
+        attend_chunk(query, keys[None], values[None], scale=scale, backend=backend, out=out_heads,
+                     split=self.split, softcap=self._softcap, window=window)
+        total = keys.shape[1]
+        kept = min(total, window - 1)
+        store_keys[:, :kept].copy_(keys[:, total - kept:])
+        store_values[:, :kept].copy_(values[:, total - kept:])
+
     def _attend_resident(self, layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend):
         resident = self.layout.resident_per_layer[layer]
         if not resident:
@@ -147,7 +183,7 @@ class OffloadEngine:
         values[:, past_tokens:end].copy_(value_chunk[:resident])
         query_rows = resident * self._ratio
         attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end], scale=scale,
-                     backend=backend, out=out_heads[:, :query_rows], split=self.split)
+                     backend=backend, out=out_heads[:, :query_rows], split=self.split, softcap=self._softcap)
 
     def _attend_resident_static(self, layer, query, key_chunk, value_chunk, out_heads, scale, backend):
         """Decode of an all-resident layer at ``device_position`` (no host int in any argument)."""
@@ -184,8 +220,11 @@ class OffloadEngine:
         rows = slice(first * self._ratio, (first + count) * self._ratio)
         if partial is None:
             attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
-                         backend=backend, out=out_heads[:, rows], split=self.split)
+                         backend=backend, out=out_heads[:, rows], split=self.split, softcap=self._softcap)
         else:
+            if self._softcap:
+                raise ValueError("a decode CPU share with soft-capped attention (Gemma-2) is not supported: "
+                                 "use --cpu-share 0")
             offset = self.layout.resident_per_layer[layer] * self._ratio
             part_rows = slice(rows.start - offset, rows.stop - offset)
             out, lse = attend_partial(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,

@@ -26,11 +26,13 @@ refuses model keywords it does not know (``headplan_cache=``)."""
 
 def headplan_offload_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                               dropout: float = 0.0, headplan_cache=None, **kwargs):
+                               dropout: float = 0.0, headplan_cache=None, softcap: Optional[float] = None,
+                               sliding_window: Optional[int] = None, **kwargs):
     """AttentionInterface entry: q [1, H_q, c, d], chunk k, v [1, H_kv, c, d] -> ([1, c, H_q, d], None).
 
     Needs ``headplan_cache=`` (an OffloadCache with its engine) passed to ``model(...)``; the mask is ignored
-    (None for a registered implementation: the engine owns causality).
+    (None for a registered implementation: the engine owns causality and the window). ``softcap`` and
+    ``sliding_window``: what Gemma-2 (softcap, sliding_window) and Mistral (sliding_window) pass for the layer.
     """
     headplan_cache = headplan_cache if headplan_cache is not None else _BOUND_CACHE.get()
     if headplan_cache is None or getattr(headplan_cache, "engine", None) is None:
@@ -44,7 +46,8 @@ def headplan_offload_attention(module: torch.nn.Module, query: torch.Tensor, key
         position = headplan_cache.engine.position
         position.phase, position.chunk = ("prefill" if query.shape[2] > 1 else "decode"), None
     output = headplan_cache.engine.attend_layer(layer, query, key, value,  # a StagedEngine routes by stage
-                                                past_tokens=headplan_cache.past_tokens(layer), scale=scale)
+                                                past_tokens=headplan_cache.past_tokens(layer), scale=scale,
+                                                softcap=softcap, sliding_window=sliding_window)
     return output, None
 
 

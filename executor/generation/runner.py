@@ -131,10 +131,12 @@ def _zero_filled_past(run: RunLoop, tokens: int) -> None:
     if not tokens:
         return
     for engine in run.engine.engines:
-        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values)
+        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values,
+                  engine.gpu.window_keys, engine.gpu.window_values)  # windows: their last W - 1 rows
         for per_layer in stores:
             for rows in per_layer:
-                rows[:, :tokens].zero_()
+                if rows is not None:
+                    rows[:, :tokens].zero_()
     run.cache.advance(tokens)
 
 
@@ -171,7 +173,8 @@ def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, opti
     run = RunLoop(model=model, engine=engine, cache=cache, recorder=recorder, device=device,
                   on_chunk=options.on_chunk, keep_logits=options.keep_logits, stream=options.token_stream,
                   static_decode=static_decode_applies([p.layout for p in parts], settings, parts[0].host.dtype,
-                                                      device))
+                                                      device)
+                  and getattr(model.config, "attn_logit_softcapping", None) is None)  # its kernel has no cap
     if len(parts) > 1:
         run.hooks = _stage_span_hooks(model, engine)
     return run

@@ -8,8 +8,9 @@
 - ``build_random(spec, dtype, device, seed, stages=None)``: the architecture of a ModelSpec (a built-in name or
   any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
   stage's GPU through accelerate's device map) in the run's dtype.
-Both refuse sliding-window attention (head offload here is exact full attention only) and models outside
-the Llama family (Llama, Mistral, Qwen2). Leaves out: quantized checkpoints, hub downloads.
+Both refuse models outside the supported families (Llama, Mistral, Qwen2, Gemma-2) and the sliding windows the
+engine does not run (Qwen2's use_sliding_window); Gemma-2's alternating windows and Mistral v0.1's window run
+exactly (engine/offload.py). Leaves out: quantized checkpoints, hub downloads.
 """
 
 from __future__ import annotations
@@ -63,10 +64,16 @@ def check_supported(config: Any) -> None:
         raise ModelLoadError(f"model_type {model_type!r} is not supported; supported: "
                              f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     window = getattr(config, "sliding_window", None)
-    uses_window = getattr(config, "use_sliding_window", model_type == "mistral")
-    if window is not None and uses_window:
-        raise ModelLoadError(f"sliding-window attention (window {window}) is not supported: headplan runs exact "
-                             "full attention; use a config without sliding_window")
+    if model_type == "qwen2" and window is not None and getattr(config, "use_sliding_window", False):
+        raise ModelLoadError(f"Qwen2's sliding window (use_sliding_window, window {window}) is not supported: "
+                             "sliding windows run for Gemma-2 and Mistral v0.1; use use_sliding_window false")
+    if model_type == "gemma2":
+        unknown = sorted(set(getattr(config, "layer_types", None) or []) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ModelLoadError(f"Gemma-2 layer_types {unknown} are not supported (full_attention and "
+                                 "sliding_attention are)")
+        if getattr(config, "use_bidirectional_attention", False):
+            raise ModelLoadError("Gemma-2 with use_bidirectional_attention is not supported (causal only)")
 
 
 def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str, seed: int,
@@ -90,6 +97,7 @@ def build_random(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | 
         model.get_submodule(name).to_empty(device=where)
     _retie(model)
     _rebuild_rotary(model, stages[0].device)
+    _refill_embed_scale(model)
     init_random_weights(model, seed, std=getattr(config, "initializer_range", 0.02))
     model = place_model(model, stages)
     model.eval()
@@ -112,6 +120,14 @@ def _rebuild_rotary(model, device: torch.device) -> None:
     if rotary is not None:
         with torch.device(device):
             model.model.rotary_emb = type(rotary)(config=model.config)
+
+
+@torch.no_grad()
+def _refill_embed_scale(model) -> None:
+    """Gemma-2's scaled embedding keeps sqrt(D) in a non-persistent buffer that to_empty left uninitialised."""
+    embed = model.model.embed_tokens
+    if hasattr(embed, "embed_scale") and hasattr(embed, "scalar_embed_scale"):
+        embed.embed_scale.fill_(embed.scalar_embed_scale)
 
 
 @torch.no_grad()

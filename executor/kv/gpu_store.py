@@ -1,5 +1,6 @@
 """GpuKVStore: the GPU side of the KV, per layer the resident heads K_l, V_l [r_l, T, d] (KV heads [0, r_l)), and
-the two ping-pong slots, each K, V [G_max, T, d], that streamed groups are fetched into (kv/layout.py)."""
+the two ping-pong slots, each K, V [G_max, T, d], that streamed groups are fetched into (kv/layout.py), and per
+sliding-window layer its window K_l, V_l [H_kv, W_l - 1, d] (None for a full-attention layer)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,15 @@ class GpuKVStore:
                           for _ in range(slots)]
         self.slot_values = [torch.empty(shape(layout.max_group_heads), dtype=dtype, device=device)
                             for _ in range(slots)]
+        window_shape = lambda window: (layout.kv_heads, window - 1, layout.head_dim)  # noqa: E731
+        self.window_keys = [None if layout.window(l) is None else
+                            torch.empty(window_shape(layout.window(l)), dtype=dtype, device=device)
+                            for l in range(layout.num_layers)]
+        self.window_values = [None if layout.window(l) is None else
+                              torch.empty(window_shape(layout.window(l)), dtype=dtype, device=device)
+                              for l in range(layout.num_layers)]
 
     def close(self) -> None:
         self.resident_keys = self.resident_values = self.slot_keys = self.slot_values = []
+        self.window_keys = self.window_values = []
 

@@ -35,16 +35,29 @@ from executor.runtime.host_memory import host_available_bytes
 from executor.runtime.numa import gpu_numa_node, numa_node_count
 from executor.runtime.streams import StreamSet
 from executor.settings import ExecutionSettings
+from planner.model_spec import layer_windows
+
+
+def config_layer_windows(model_config) -> tuple:
+    """Per layer of a transformers config its sliding window, or None (planner/model_spec.py layer_windows):
+    Gemma-2's layer_types, Mistral's window on every layer, none for the others."""
+    model_type = getattr(model_config, "model_type", None)
+    window = getattr(model_config, "sliding_window", None)
+    if model_type not in ("mistral", "gemma2") or window is None:
+        return (None,) * model_config.num_hidden_layers
+    layer_types = getattr(model_config, "layer_types", None) if model_type == "gemma2" else None
+    return layer_windows(model_config.num_hidden_layers, layer_types, window)
 
 
 def stage_layout(model_config, stage: DeviceStage, settings: ExecutionSettings) -> KVLayout:
-    """KVLayout of the stage's n_s layers with its R_s resident slots."""
+    """KVLayout of the stage's n_s layers with its R_s resident slots (and the sliding windows of its layers)."""
     query_heads = model_config.num_attention_heads
     kv_heads = getattr(model_config, "num_key_value_heads", None) or query_heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // query_heads
     stage_settings = dataclasses.replace(settings, resident_kv_heads=stage.resident_kv_heads)
+    windows = config_layer_windows(model_config)[stage.first_layer: stage.first_layer + stage.num_layers]
     return KVLayout.build(num_layers=stage.num_layers, kv_heads=kv_heads, query_heads=query_heads,
-                          head_dim=head_dim, settings=stage_settings)
+                          head_dim=head_dim, settings=stage_settings, windows=windows)
 
 
 @dataclass
@@ -109,10 +122,11 @@ class StagedEngine:
     def __post_init__(self):
         self._stage_of = stage_of_layers([p.stage for p in self.parts])
 
-    def attend_layer(self, layer: int, query, key, value, *, past_tokens: int, scale: float):
+    def attend_layer(self, layer: int, query, key, value, *, past_tokens: int, scale: float,
+                     softcap: Optional[float] = None, sliding_window: Optional[int] = None):
         engine = self.engines[self._stage_of[layer]]
         return engine.attend_layer(layer - engine.first_layer, query, key, value, past_tokens=past_tokens,
-                                   scale=scale)
+                                   scale=scale, softcap=softcap, sliding_window=sliding_window)
 
     more_forwards = _EveryStage("more_forwards")
     next_phase = _EveryStage("next_phase")

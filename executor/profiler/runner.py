@@ -20,8 +20,8 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import (attention, attention_step, elementwise, executor_host, hbm, host, host_attention, matmul,
-                               pcie, pinning, runtime)
+from executor.profiler import (attention, attention_flex, attention_step, elementwise, executor_host, hbm, host,
+                               host_attention, matmul, pcie, pinning, runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
@@ -134,7 +134,9 @@ def collect(ctx: ProfileContext) -> dict:
     results["attention"] = _timed(ctx, "attention", attention.measure_attention)
     if ctx.on_gpu and ctx.preset.mode != "tiny":
         results["attention"]["points"] += _timed(ctx, attention_step.SECTION, attention_step.measure_attention_step)
+        results["attention"]["points"] += _timed(ctx, attention_flex.SECTION, attention_flex.measure_flex)
     else:
+        ctx.note("attention flex table (attention_flex.py) skipped: " + ("no GPU" if not ctx.on_gpu else "tiny sizes"))
         ctx.note("attention step table (attention_step.py) skipped: " +
                  ("no GPU" if not ctx.on_gpu else "tiny sizes"))
     if ctx.on_gpu:

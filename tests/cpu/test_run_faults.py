@@ -143,12 +143,12 @@ def test_checkpoint_from_save_pretrained(tmp_path):
     assert report["verify"]["max_abs_logit_diff"] < 1e-4
 
 
-def test_sliding_window_refused():
+def test_qwen2_sliding_window_refused():
     from transformers import AutoConfig
 
     from executor.inputs.model_loader import ModelLoadError, check_supported
 
-    config = AutoConfig.for_model("mistral", sliding_window=4096)
+    config = AutoConfig.for_model("qwen2", sliding_window=4096, use_sliding_window=True)
     with pytest.raises(ModelLoadError, match="sliding"):
         check_supported(config)
 

@@ -1,0 +1,74 @@
+"""FlexAttention points at Gemma-2's shapes: the executor's soft-capped prefill call (attention/flex.py
+attend_flex: the past part, the causal chunk part, their log-sum-exp merge), timed as backend "flex".
+
+Shapes: head dim 256, GQA ratio 2 (Gemma-2-9B: 16 query heads on 8 KV heads; 2B has the same ratio), soft-cap 50,
+G KV heads per call from the preset, chunks of q_len >= 1K queries against k_len = past + chunk keys, causal.
+FLOPs as the schema counts them (4 * q_heads * d * causal pairs). The first call of the process compiles
+the kernel (torch.compile; seconds): its warm-up calls absorb that, and compile's automatic dynamic shapes keep
+later key lengths from compiling again. Leaves out: the sliding layers' windowed calls (at most W - 1 + c keys:
+small next to the full-attention layers at long context) and decode (priced from the flash decode points).
+"""
+
+from __future__ import annotations
+
+import time
+
+from executor.profiler.context import ProfileContext, compute_dtype
+from executor.profiler.attention import attention_flops
+from hwprofiles.schema import AttentionPoint
+from planner.units import format_rate
+
+SECTION = "attention-flex"
+GEMMA2_HEAD_DIM = 256
+GEMMA2_GQA_RATIO = 2
+GEMMA2_SOFTCAP = 50.0
+BUDGET_SHARE = 0.35
+"""of the preset's attention budget"""
+
+
+def measure_flex(ctx: ProfileContext) -> list[AttentionPoint]:
+    """The "flex" points within the FLOP cap, memory and BUDGET_SHARE of the attention budget (noted when cut),
+    counted from the first point on (its warm-up compiles the kernel)."""
+    from executor.attention.flex import attend_flex
+
+    deadline_s = None  # set after the first point: its warm-up holds the compile, which the budget leaves out
+    dtype, points = compute_dtype(ctx.device), []
+    q_lens = [q for q in ctx.preset.q_lens if q >= 1024]
+    for kv_heads in ctx.preset.kv_heads_per_call:
+        q_heads = kv_heads * GEMMA2_GQA_RATIO
+        for q_len in q_lens:
+            for past in sorted({0, *ctx.preset.k_lens}):
+                k_len = past + q_len
+                flops = attention_flops(q_heads=q_heads, head_dim=GEMMA2_HEAD_DIM, q_len=q_len, k_len=k_len,
+                                        causal=True)
+                element_bytes = 2 * (2 * q_heads * q_len + 2 * kv_heads * k_len) * GEMMA2_HEAD_DIM
+                if flops > ctx.preset.attention_max_flop_per_call or not ctx.fits(element_bytes + 10 * q_heads
+                                                                                  * q_len * GEMMA2_HEAD_DIM):
+                    break
+                if deadline_s is not None and time.perf_counter() > deadline_s:
+                    ctx.note(f"attention flex sweep stopped at its time budget (G{kv_heads} q{q_len} k{k_len} "
+                             "onward not measured)")
+                    return points
+                q = ctx.randn(1, q_heads, q_len, GEMMA2_HEAD_DIM, dtype=dtype)
+                k = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
+                v = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
+                try:
+                    stats = ctx.time(lambda: attend_flex(q, k, v, scale=GEMMA2_HEAD_DIM ** -0.5,
+                                                         softcap=GEMMA2_SOFTCAP, window=None),
+                                     warmup=max(2, ctx.preset.warmup))
+                except Exception as exc:  # noqa: BLE001 - a compile or kernel failure ends the series, noted
+                    ctx.note(f"attention flex d{GEMMA2_HEAD_DIM} G{kv_heads} q{q_len} k{k_len} failed, series "
+                             f"skipped: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}")
+                    ctx.free_memory()
+                    break
+                if deadline_s is None:
+                    deadline_s = time.perf_counter() + BUDGET_SHARE * ctx.preset.attention_budget_s
+                rate = stats.rate(flops)
+                ctx.progress(SECTION, f"flex d{GEMMA2_HEAD_DIM} G{kv_heads} q{q_len} k{k_len}",
+                             format_rate(rate, "FLOP"), stats)
+                points.append(AttentionPoint(backend="flex", head_dim=GEMMA2_HEAD_DIM, q_heads=q_heads,
+                                             kv_heads=kv_heads, q_len=q_len, k_len=k_len, causal=True,
+                                             flops_per_s=rate, spread_rel=stats.spread_rel))
+                del q, k, v
+                ctx.free_memory()
+    return points
