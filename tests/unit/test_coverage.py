@@ -39,7 +39,7 @@ def _covering_profile():
     points = [_point("flash-step", dim, ratio, kv, q, k, 3e14)
               for dim, ratio in {(m.head_dim, m.query_heads_per_kv_head) for m in BUILTIN_MODELS.values()}
               for kv in (1, 8) for q in (4096, 16384) for k in (q, 1 << 20)]
-    points += [_point("flash", 128, 4, 1, 1, 1 << 20, 1e13), _point("flash", 64, 4, 1, 1, 1 << 20, 1e13)]
+    points += [_point("flash", dim, 4, 1, 1, 1 << 20, 1e13) for dim in {m.head_dim for m in BUILTIN_MODELS.values()}]
     base = load_profile("h100-sxm-measured")
     return base.model_copy(update={"attention_table": points, "name": "covering"})
 

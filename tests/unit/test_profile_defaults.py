@@ -53,17 +53,12 @@ def test_fallback_is_the_measured_h100_without_a_gpu():
 
 def test_catalog_profile_of_the_detected_gpu_full_before_quick(monkeypatch):
     choice = default_profile(H200)
-    assert choice.profile.name == "h200-sxm-quick"           # the catalog's only H200 measurement (quick)
+    assert choice.profile.name == "h200-sxm-measured"         # the catalog's full H200 profile, before its quick one
     assert "detected NVIDIA H200" in choice.reason
-    quick = load_profile("h200-sxm-quick")
-    full = quick.model_copy(update={"name": "h200-sxm-measured",
-                                    "measurement": quick.measurement.model_copy(update={"mode": "full"})})
     import hwprofiles.catalog as catalog
 
-    monkeypatch.setattr(catalog, "known_profiles", lambda: ["h100-sxm-measured", "h200-sxm-quick", "x"])
-    original = catalog.load_profile
-    monkeypatch.setattr(catalog, "load_profile", lambda name: full if name == "x" else original(name))
-    assert default_profile(H200).profile.name == "h200-sxm-measured"
+    monkeypatch.setattr(catalog, "known_profiles", lambda: ["h100-sxm-measured", "h200-sxm-quick"])
+    assert default_profile(H200).profile.name == "h200-sxm-quick"  # the only H200 measurement left: the quick one
     assert default_profile(DetectedGpu("NVIDIA B200", 2**40)).profile.name == "h100-sxm-measured"
 
 
