@@ -81,8 +81,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None,
                         choices=["standard", "chunked", "layer-offload", "head-offload"],
                         help="force one strategy (default: the fastest that fits)")
-    parser.add_argument("--gpus", default="1", help="GPUs of the profile in a pipeline: the layers split into "
-                        "this many contiguous stages, --gpu-mem per GPU, host RAM shared (default 1)")
+    parser.add_argument("--gpus", default="1", help="GPUs of the profile (--gpu-mem per GPU, host RAM shared; "
+                        "default 1); --parallel says how they split the model")
+    parser.add_argument("--parallel", default="auto", choices=["auto", "layers", "heads"],
+                        help="several GPUs: 'layers' = a pipeline of contiguous layer stages; 'heads' = tensor "
+                        "parallel, each GPU 1/N of every layer's heads and MLP, streaming its own KV heads; "
+                        "'auto' (default) = the faster by the plan, its notes say why")
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
                         "log-sum-exp); auto = the faster by the hardware profile")
@@ -139,10 +143,28 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     if gpus == 1:
         return make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
                          decode_graphs=not getattr(args, "no_decode_graphs", False), **work)
-    from planner.pipeline import make_pipeline_plan
+    return _several_gpus_plan(getattr(args, "parallel", "auto") or "auto", model, hardware, gpus=gpus,
+                              context_tokens=context, attention_backend=_backend(args), **work)
 
-    return make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context, attention_backend=_backend(args),
-                              **work)
+
+def _several_gpus_plan(parallel: str, model, hardware, **kwargs):
+    """--parallel layers / heads / auto over N > 1 GPUs (auto: both planned, the faster kept, its notes say
+    why: planner/tensor_parallel.py choose_parallel)."""
+    from planner.errors import PlanError
+    from planner.pipeline import make_pipeline_plan
+    from planner.tensor_parallel import choose_parallel, make_tensor_plan
+
+    if parallel == "layers":
+        return make_pipeline_plan(model, hardware, **kwargs)
+    if parallel == "heads":
+        return make_tensor_plan(model, hardware, **kwargs)
+    plans, errors = {}, {}
+    for name, make in (("layers", make_pipeline_plan), ("heads", make_tensor_plan)):
+        try:
+            plans[name] = make(model, hardware, **kwargs)
+        except PlanError as exc:
+            plans[name], errors[name] = None, str(exc)
+    return choose_parallel(plans["layers"], plans["heads"], errors.get("layers"), errors.get("heads"))
 
 
 def _backend(args: argparse.Namespace) -> Optional[str]:

@@ -63,10 +63,12 @@ def _tail_figures(plan: Optional[Plan], tail: Optional[TailSplit]) -> Optional[T
 
 
 def weights_by_device(model) -> dict[str, int]:
-    """Parameter bytes on each device (shared parameters counted once)."""
+    """Parameter bytes on each device (shared parameters counted once; a tensor-parallel DTensor by its local
+    shard, what this process holds)."""
     out: dict[str, int] = {}
     for param in model.parameters():
-        out[str(param.device)] = out.get(str(param.device), 0) + param.numel() * param.element_size()
+        local = param.to_local() if hasattr(param, "to_local") else param
+        out[str(local.device)] = out.get(str(local.device), 0) + local.numel() * local.element_size()
     return out
 
 
@@ -116,6 +118,17 @@ def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
     return out
 
 
+@dataclass(frozen=True)
+class _RankPrediction:
+    """What a tensor-parallel plan predicts for each of its identical ranks (the fields of a pipeline Stage that
+    gpu_figures reads): every rank busy for the whole run, idle 0."""
+
+    gpu_peak_bytes: int
+    prefill_s: float
+    decode_s_per_token: float
+    idle_fraction: float
+
+
 def gpu_figures(plan: Optional[Plan], m: Measurement, tail: Optional[TailSplit] = None) -> list[GpuFigures]:
     """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage. For a timing probe
     (``tail``) the predicted prefill busy time and idle share are None: the plan gives them for the whole prefill
@@ -123,6 +136,9 @@ def gpu_figures(plan: Optional[Plan], m: Measurement, tail: Optional[TailSplit] 
     if len(m.stages) < 2:
         return []
     planned = list(plan.stages or []) if plan is not None else []
+    if plan is not None and plan.parallel == "heads":  # every rank: the same share (planner/tensor_parallel.py)
+        planned = [_RankPrediction(plan.memory.gpu_peak_bytes, plan.predicted.prefill_s,
+                                   plan.predicted.decode_s_per_token, 0.0)] * len(m.stages)
     wall_s = (m.prefill_s or 0.0) + (m.decode_s_per_token or 0.0) * m.decode_tokens_timed
     out = []
     for index, st in enumerate(m.stages):

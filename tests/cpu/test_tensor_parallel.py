@@ -1,0 +1,88 @@
+"""Several ranks by heads on the CPU (gloo): the sharded head-offloaded run is exact against transformers'
+unsharded forward, each rank sizes its stores from its local heads (resident counts may differ per rank), a rank
+count that does not divide the KV heads is refused before anything starts, and a fault on one rank ends every
+rank with a partial report.
+
+Each test spawns real processes (torch.multiprocessing, gloo), so the model is tiny: 2 layers, D 64, H_q 8,
+H_kv 4, d 16, float32.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from executor.faults import RunOutOfMemory  # noqa: E402
+from executor.launch import RandomModel, TensorJob, launch_tensor_parallel  # noqa: E402
+from executor.report.verify import standard_step_logits  # noqa: E402
+from executor.settings import ExecutionSettings  # noqa: E402
+from planner.model_spec import ModelSpec  # noqa: E402
+
+NEW_TOKENS = 3
+TINY = ModelSpec(name="tiny-tp", model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=16, vocab_size=97)
+
+
+def prompt(length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 97, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def job(ranks: int, ids, *, chunk: int, group: int, resident: int = 0, **extra) -> TensorJob:
+    settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
+                                 capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="math")
+    return TensorJob(ranks=ranks, device_type="cpu", plan=settings, model=RandomModel(TINY, "float32", seed=3),
+                     input_ids=ids, new_tokens=NEW_TOKENS, keep_logits=True, **extra)
+
+
+def reference(ids, tokens):
+    model = RandomModel(TINY, "float32", seed=3)(torch.device("cpu"))
+    return standard_step_logits(model, ids, tokens, "cpu")
+
+
+@pytest.mark.parametrize("ranks,chunk,group,residents", [
+    (2, 5, 1, None),        # 2 ranks, 2 local KV heads each, nothing resident
+    (2, 4, 2, (3, 0)),      # uneven: rank 0 keeps 3 of its 4 slots resident, rank 1 none
+    (4, 6, 1, (0, 2, 1, 0)),  # 4 ranks, 1 local KV head each
+])
+def test_by_heads_matches_unsharded_forward(ranks, chunk, group, residents):
+    ids = prompt(13)
+    result = launch_tensor_parallel(job(ranks, ids, chunk=chunk, group=group, resident_per_rank=residents))
+    expected = reference(ids, result.generated_ids)
+    assert result.generated_ids == expected.argmax(-1).tolist()
+    assert all(tokens == result.generated_ids for tokens in result.rank_generated_ids)
+    assert (result.measurement.step_logits - expected).abs().max().item() < 1e-4
+    local_kv = TINY.num_key_value_heads // ranks
+    capacity = 13 + NEW_TOKENS
+    for rank, stage in enumerate(result.measurement.stages):
+        resident = residents[rank] if residents else 0
+        offloaded = TINY.num_hidden_layers * local_kv - resident
+        assert stage.index == rank and stage.resident_kv_heads == resident
+        assert stage.host_store_bytes == 2 * offloaded * capacity * TINY.head_dim * 4
+    assert len(result.report.gpus) == ranks
+    assert result.report.measured.host_kv_bytes == sum(s.host_store_bytes for s in result.measurement.stages)
+
+
+def test_rank_count_not_dividing_kv_heads_refused_up_front():
+    ids = prompt(8)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"divide .* 8 query heads and 4 KV heads; GPU counts that do: 2, 4"):
+        from executor.launch import check_job
+
+        check_job(job(3, ids, chunk=4, group=1), RandomModel(TINY, "float32")(torch.device("cpu")).config)
+    assert time.perf_counter() - start < 5
+
+
+def test_fault_on_one_rank_ends_all_with_partial_report():
+    ids = prompt(13)
+    start = time.perf_counter()
+    with pytest.raises(RunOutOfMemory, match="rank 1") as info:
+        launch_tensor_parallel(job(2, ids, chunk=4, group=1, fault_at=(1, 1)))
+    assert time.perf_counter() - start < 60
+    report = info.value.report
+    assert report is not None and report.status == "gpu_out_of_memory"
+    assert "injected" in report.fault
+    assert len(info.value.partial.chunk_s) >= 1  # the chunks before the fault were measured
