@@ -32,6 +32,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def _spawn_and_watch(job: TensorJob, out: Path) -> dict[int, Optional[int]]:
     then terminate and kill them. Returns each rank's exit code (negative: ended by that signal)."""
     import torch.multiprocessing as mp
 
-    context = mp.get_context("spawn")
+    context = mp.get_context(_start_method(job))
     port = _free_port()
     procs = [context.Process(target=_rank_main, args=(rank, job, out, port), daemon=False)
              for rank in range(job.ranks)]
@@ -185,6 +186,27 @@ def _spawn_and_watch(job: TensorJob, out: Path) -> dict[int, Optional[int]]:
     if interrupted and not (out / "fault.pkl").exists():
         raise RunInterrupted("interrupted while the ranks started (no partial report)")
     return codes
+
+
+def _start_method(job: TensorJob) -> str:
+    """spawn on GPUs (a forked child cannot use CUDA once the parent touched it); fork for CPU ranks on Linux, after
+    importing here what every rank imports anyway (transformers' model classes, DTensor and what its first dispatch
+    loads), so each rank starts in well under a second instead of ~15 s of imports on a 2-core machine."""
+    if job.device_type == "cuda" or "fork" not in _start_methods():
+        return "spawn"
+    import torch._dynamo  # noqa: F401  (DTensor's first dispatch imports it)
+    import torch.distributed.tensor.parallel  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    for name in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"):
+        getattr(__import__("transformers", fromlist=[name]), name)
+    return "fork"
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
 
 
 def _end_all(procs) -> None:
@@ -212,7 +234,9 @@ def _collect(out: Path, codes: dict[int, Optional[int]]) -> TensorResult:
         error.report = fault["report"]
         raise error
     if not (out / "result.pkl").exists():
-        raise RuntimeError(f"tensor-parallel ranks ended without a result: exit codes {codes}")
+        errors = "; ".join(p.read_text() for p in sorted(out.glob("error-*.txt")))
+        raise RuntimeError(f"tensor-parallel ranks ended without a result: exit codes {codes}"
+                           + (f": {errors}" if errors else ""))
     return pickle.loads((out / "result.pkl").read_bytes())
 
 
@@ -227,6 +251,8 @@ def _rank_main(rank: int, job: TensorJob, out: Path, port: Optional[int]) -> int
     device = torch.device("cuda", rank) if job.device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:  # N ranks share the cores: one thread each, not N x all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.ranks))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=job.ranks)
     try:
         result, model = run_rank(rank, job, device)
@@ -235,6 +261,13 @@ def _rank_main(rank: int, job: TensorJob, out: Path, port: Optional[int]) -> int
         if port is not None:
             os._exit(fault.exit_code)  # no teardown: the peers' collectives never complete
         return fault.exit_code
+    except Exception as exc:  # e.g. a collective broken by a peer that faulted: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        (out / f"error-{rank}.txt").write_text(f"rank {rank}: {type(exc).__name__}: {first}")
+        if port is None:
+            raise
+        print(f"headplan run: rank {rank} ended: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        os._exit(1)
     gathered = [None] * job.ranks if rank == 0 else None
     dist.gather_object(result, gathered, dst=0)
     if rank == 0:
@@ -285,11 +318,25 @@ def run_rank(rank: int, job: TensorJob, device: torch.device) -> tuple[dict, tor
     stages = single_stage(model.config.num_hidden_layers, device, resident)
     options = RunOptions(trace=job.trace, keep_logits=job.keep_logits, on_chunk=_fault_hook(job, rank),
                          host_available_bytes=_host_share(job))
+    if device.type == "cuda":
+        _warm_dtensor_shapes(model, job, device)
     dist.barrier()  # every rank sharded before any starts timing
     result = run_plan(model, plan, job.input_ids, new_tokens=job.new_tokens, device=device, options=options,
                       tail_chunks=job.tail_chunks, stages=stages, context=job.context or ReportContext(),
                       heads=local_heads(model.config, job.ranks))
     return {"rank": rank, "measurement": result.measurement, "generated_ids": result.generated_ids}, model
+
+
+def _warm_dtensor_shapes(model, job: TensorJob, device: torch.device) -> None:
+    """One standard forward at the prefill chunk's shape and one at a decode token's (no cache, the model's own
+    attention): DTensor works out the sharding of each op once per new input shape on the host (0.1-0.2 s per op on
+    a 2-core CPU, torch 2.13), which would otherwise land in the first timed chunk and token. Untimed, before the
+    run; the run's own warm-up then covers the kernels."""
+    chunk = min(job.plan.chunk_size, job.input_ids.shape[1])
+    with torch.inference_mode():
+        for tokens in (chunk, 1):
+            model(job.input_ids[:, :tokens].to(device), use_cache=False, logits_to_keep=1)
+    torch.cuda.synchronize(device)
 
 
 def _eager_decode(plan):

@@ -9,6 +9,7 @@ H_kv 4, d 16, float32.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 
 import pytest
@@ -23,6 +24,7 @@ from executor.settings import ExecutionSettings  # noqa: E402
 from planner.model_spec import ModelSpec  # noqa: E402
 
 NEW_TOKENS = 3
+PROMPT = 12
 TINY = ModelSpec(name="tiny-tp", model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                  num_attention_heads=8, num_key_value_heads=4, head_dim=16, vocab_size=97)
 
@@ -44,19 +46,19 @@ def reference(ids, tokens):
 
 
 @pytest.mark.parametrize("ranks,chunk,group,residents", [
-    (2, 5, 1, None),        # 2 ranks, 2 local KV heads each, nothing resident
-    (2, 4, 2, (3, 0)),      # uneven: rank 0 keeps 3 of its 4 slots resident, rank 1 none
+    (2, 4, 1, None),          # 2 ranks, 2 local KV heads each, nothing resident, 3 chunks
+    (2, 4, 2, (3, 0)),        # uneven: rank 0 keeps 3 of its 4 slots resident, rank 1 none
     (4, 6, 1, (0, 2, 1, 0)),  # 4 ranks, 1 local KV head each
 ])
 def test_by_heads_matches_unsharded_forward(ranks, chunk, group, residents):
-    ids = prompt(13)
+    ids = prompt(PROMPT)  # chunks that divide it: each new input shape costs DTensor a slow first dispatch
     result = launch_tensor_parallel(job(ranks, ids, chunk=chunk, group=group, resident_per_rank=residents))
     expected = reference(ids, result.generated_ids)
     assert result.generated_ids == expected.argmax(-1).tolist()
     assert all(tokens == result.generated_ids for tokens in result.rank_generated_ids)
     assert (result.measurement.step_logits - expected).abs().max().item() < 1e-4
     local_kv = TINY.num_key_value_heads // ranks
-    capacity = 13 + NEW_TOKENS
+    capacity = PROMPT + NEW_TOKENS
     for rank, stage in enumerate(result.measurement.stages):
         resident = residents[rank] if residents else 0
         offloaded = TINY.num_hidden_layers * local_kv - resident
@@ -77,7 +79,7 @@ def test_rank_count_not_dividing_kv_heads_refused_up_front():
 
 
 def test_fault_on_one_rank_ends_all_with_partial_report():
-    ids = prompt(13)
+    ids = prompt(PROMPT)
     start = time.perf_counter()
     with pytest.raises(RunOutOfMemory, match="rank 1") as info:
         launch_tensor_parallel(job(2, ids, chunk=4, group=1, fault_at=(1, 1)))
@@ -86,3 +88,4 @@ def test_fault_on_one_rank_ends_all_with_partial_report():
     assert report is not None and report.status == "gpu_out_of_memory"
     assert "injected" in report.fault
     assert len(info.value.partial.chunk_s) >= 1  # the chunks before the fault were measured
+    assert multiprocessing.active_children() == []  # every rank ended (and with it its stores)
