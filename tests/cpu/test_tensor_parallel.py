@@ -89,3 +89,49 @@ def test_fault_on_one_rank_ends_all_with_partial_report():
     assert "injected" in report.fault
     assert len(info.value.partial.chunk_s) >= 1  # the chunks before the fault were measured
     assert multiprocessing.active_children() == []  # every rank ended (and with it its stores)
+
+
+def test_cli_run_by_heads_on_cpu_reports_each_rank(tmp_path):
+    """headplan run --device cpu --gpus 2 --parallel heads: two gloo ranks; rank 0's report has both ranks and the
+    tokens of the unsharded model."""
+    import json
+
+    from headplan.cli import main as cli_main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
+                                  "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
+                                  "head_dim": 16, "vocab_size": 97}))
+    out = tmp_path / "out"
+    code = cli_main(["run", "--device", "cpu", "--gpus", "2", "--parallel", "heads", "--model", str(config),
+                     "--context", "12", "--chunk-size", "4", "--heads-per-group", "1", "--resident-heads", "1",
+                     "--new-tokens", "3", "--dtype", "float32", "--out", str(out), "--no-progress",
+                     "--hw", "h200", "--gpu-mem", "80GB", "--host-mem", "1GB", "--seed", "3"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [g["index"] for g in report["gpus"]] == [0, 1]
+    assert all(g["first_layer"] == 0 and g["num_layers"] == 2 and g["resident_kv_heads"] == 1 for g in report["gpus"])
+    assert report["predicted"]["prefill_s"] > 0 and report["gpus"][0]["predicted_gpu_peak_bytes"] > 0
+    from executor.inputs.prompt import random_prompt_ids
+    from planner.model_spec import load_model_spec
+
+    ids = random_prompt_ids(12, 97, 3)
+    model = RandomModel(load_model_spec(str(config)), "float32", seed=3)(torch.device("cpu"))
+    expected = standard_step_logits(model, ids, report["generated_token_ids"], "cpu")
+    assert report["generated_token_ids"] == expected.argmax(-1).tolist()
+
+
+def test_cli_refuses_heads_not_dividing_kv_heads(tmp_path, capsys):
+    import json
+
+    from headplan.cli import main as cli_main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
+                                  "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 4,
+                                  "head_dim": 16, "vocab_size": 97}))
+    code = cli_main(["run", "--device", "cpu", "--gpus", "3", "--parallel", "heads", "--model", str(config),
+                     "--context", "12", "--dtype", "float32", "--out", str(tmp_path / "o"), "--no-progress",
+                     "--hw", "h200", "--gpu-mem", "80GB", "--host-mem", "1GB"])
+    err = capsys.readouterr().err
+    assert code == 2 and "GPU counts that do: 2, 4" in err and len(err.strip().splitlines()) == 1
