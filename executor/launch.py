@@ -42,7 +42,8 @@ from typing import Callable, Optional, Union
 import torch
 
 from executor.faults import RunFault, RunInterrupted, RunOutOfMemory
-from executor.generation.measurement import Measurement
+from executor.generation.measurement import Measurement, merge_rank_measurements
+from executor.inputs.model_loader import CheckpointModel, RandomModel  # noqa: F401  (part of this API)
 from executor.report.schema import RunReport
 from executor.settings import ExecutionSettings, RunOptions
 
@@ -50,33 +51,6 @@ FAULT_GRACE_S = 5.0
 """seconds the launcher lets the other ranks end by themselves after one faulted, before terminating them"""
 KILL_GRACE_S = 3.0
 """seconds between SIGTERM and SIGKILL"""
-
-
-@dataclass(frozen=True)
-class RandomModel:
-    """Picklable model factory: random weights of ``spec`` (inputs/model_loader.py build_random) on a device."""
-
-    spec: object
-    dtype_name: str
-    seed: int = 0
-
-    def __call__(self, device: torch.device):
-        from executor.inputs.model_loader import build_random, torch_dtype
-
-        return build_random(self.spec, dtype=torch_dtype(self.dtype_name), device=device, seed=self.seed).model
-
-
-@dataclass(frozen=True)
-class CheckpointModel:
-    """Picklable model factory: a checkpoint folder (inputs/model_loader.py load_checkpoint) on a device."""
-
-    path: Path
-    dtype_name: str
-
-    def __call__(self, device: torch.device):
-        from executor.inputs.model_loader import load_checkpoint, torch_dtype
-
-        return load_checkpoint(self.path, dtype=torch_dtype(self.dtype_name), device=device).model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,9 +149,7 @@ def _spawn_and_watch(job: TensorJob, out: Path) -> dict[int, Optional[int]]:
             time.sleep(0.02)
     except KeyboardInterrupt:
         interrupted = True
-        for proc in procs:
-            if proc.exitcode is None:
-                os.kill(proc.pid, signal.SIGINT)
+        _forward_interrupt(procs, out)
     if interrupted or any(p.exitcode not in (None, 0) for p in procs):
         _end_all(procs)
     for proc in procs:
@@ -186,6 +158,19 @@ def _spawn_and_watch(job: TensorJob, out: Path) -> dict[int, Optional[int]]:
     if interrupted and not (out / "fault.pkl").exists():
         raise RunInterrupted("interrupted while the ranks started (no partial report)")
     return codes
+
+
+def _forward_interrupt(procs, out: Path) -> None:
+    """Ctrl-C at a terminal reaches every rank (one process group) and each ends with its partial report; a second
+    SIGINT could cut that short, so the ranks get one from here only if none has reported within a second (the
+    launcher alone was interrupted)."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not (out / "fault.pkl").exists():
+        time.sleep(0.02)
+    if not (out / "fault.pkl").exists():
+        for proc in procs:
+            if proc.exitcode is None:
+                os.kill(proc.pid, signal.SIGINT)
 
 
 def _start_method(job: TensorJob) -> str:
@@ -376,7 +361,7 @@ def merge_ranks(job: TensorJob, gathered: list[dict], model) -> TensorResult:
     from executor.report.assemble import ReportContext, build_report
 
     gathered = sorted(gathered, key=lambda g: g["rank"])
-    merged = merge_measurements([g["measurement"] for g in gathered])
+    merged = merge_rank_measurements([g["measurement"] for g in gathered])
     plan = _eager_decode(job.plan)
     ids = job.input_ids
     if isinstance(plan, ExecutionSettings):
@@ -389,28 +374,3 @@ def merge_ranks(job: TensorJob, gathered: list[dict], model) -> TensorResult:
                           measurement=merged, context=job.context or ReportContext(), tail=tail)
     return TensorResult(generated_ids=merged.generated_token_ids, report=report, measurement=merged,
                         rank_generated_ids=[g["generated_ids"] for g in gathered])
-
-
-def merge_measurements(per_rank: list[Measurement]) -> Measurement:
-    """Rank 0's Measurement with one stage per rank (index = rank), phase counters and host stores summed over
-    the ranks (pinning: the longest, the ranks pin at once), the GPU peaks of the fullest rank."""
-    from executor.engine.offload import PhaseCounters
-
-    merged = dataclasses.replace(per_rank[0])
-    merged.stages, counters = [], {}
-    for rank, m in enumerate(per_rank):
-        stage = dataclasses.replace(m.stages[0], index=rank, counters=dict(m.counters),
-                                    prefill_busy_s=m.prefill_s, decode_busy_s_per_token=m.decode_s_per_token)
-        merged.stages.append(stage)
-        for phase, c in m.counters.items():
-            total = counters.setdefault(phase, PhaseCounters())
-            total.h2d_bytes += c.h2d_bytes
-            total.d2h_bytes += c.d2h_bytes
-            total.attention_flops += c.attention_flops
-            total.group_fetches += c.group_fetches
-    merged.counters = counters
-    merged.host_store_bytes = sum(m.host_store_bytes for m in per_rank)
-    merged.host_pin_s = max(m.host_pin_s for m in per_rank)
-    if any(st.gpu_peak_reserved_bytes is not None for st in merged.stages):
-        merged.take_fullest_gpu()
-    return merged

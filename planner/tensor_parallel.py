@@ -160,7 +160,8 @@ def _tensor_notes(model: ModelSpec, gpus: int, rank_plan: Plan, prefill_reduce_s
         "lm_head replicated on every GPU; memory is one GPU's, resident_kv_heads and heads_per_group are per GPU "
         f"(of its {model.num_hidden_layers * model.num_key_value_heads // gpus} slots)",
         f"2 all-reduces per layer: {format_seconds(prefill_reduce_s)} over the prefill, "
-        f"{format_seconds(token_reduce_s)} per decode token",
+        f"{format_seconds(token_reduce_s)} per decode token (in the predicted times; the alternatives are ranked on "
+        "one GPU's share without them)",
     ]
     if not measured:
         notes.append(f"the profile has no all-reduce measurement: assumed {ASSUMED_BUS_BYTES_PER_S / 1e9:.0f} GB/s "

@@ -149,3 +149,26 @@ def load_tokenizer(folder: Path) -> Optional[Any]:
         return AutoTokenizer.from_pretrained(folder)
     except Exception:  # a broken tokenizer must not stop a run that passes token ids
         return None
+
+
+@dataclass(frozen=True)
+class RandomModel:
+    """Picklable model factory: random weights of ``spec`` (inputs/model_loader.py build_random) on a device."""
+
+    spec: object
+    dtype_name: str
+    seed: int = 0
+
+    def __call__(self, device: torch.device):
+        return build_random(self.spec, dtype=torch_dtype(self.dtype_name), device=device, seed=self.seed).model
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """Picklable model factory: a checkpoint folder (inputs/model_loader.py load_checkpoint) on a device."""
+
+    path: Path
+    dtype_name: str
+
+    def __call__(self, device: torch.device):
+        return load_checkpoint(self.path, dtype=torch_dtype(self.dtype_name), device=device).model
