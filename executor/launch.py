@@ -307,7 +307,7 @@ def run_rank(rank: int, job: TensorJob, device: torch.device) -> tuple[dict, tor
         _warm_dtensor_shapes(model, job, device)
     dist.barrier()  # every rank sharded before any starts timing
     result = run_plan(model, plan, job.input_ids, new_tokens=job.new_tokens, device=device, options=options,
-                      tail_chunks=job.tail_chunks, stages=stages, context=job.context or ReportContext(),
+                      tail_chunks=job.tail_chunks, stages=stages, context=_by_heads(job.context or ReportContext()),
                       heads=local_heads(model.config, job.ranks))
     return {"rank": rank, "measurement": result.measurement, "generated_ids": result.generated_ids}, model
 
@@ -353,6 +353,10 @@ def _fault_hook(job: TensorJob, rank: int):
     return hook
 
 
+def _by_heads(context):
+    return dataclasses.replace(context, parallel="heads")
+
+
 def merge_ranks(job: TensorJob, gathered: list[dict], model) -> TensorResult:
     """Rank 0: one Measurement of the run (its ``stages`` one per rank: device, resident heads, host store,
     busy time = that rank's own prefill and decode, counters) and the report built from it."""
@@ -371,6 +375,6 @@ def merge_ranks(job: TensorJob, gathered: list[dict], model) -> TensorResult:
         tail = tail_split(ids.shape[1], plan.chunk_size, job.tail_chunks)
     report = build_report(model=model, plan=plan_obj,
                           settings=settings, input_ids=ids, new_tokens=job.new_tokens, device=merged.stages[0].device,
-                          measurement=merged, context=job.context or ReportContext(), tail=tail)
+                          measurement=merged, context=_by_heads(job.context or ReportContext()), tail=tail)
     return TensorResult(generated_ids=merged.generated_token_ids, report=report, measurement=merged,
                         rank_generated_ids=[g["generated_ids"] for g in gathered])

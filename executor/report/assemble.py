@@ -26,6 +26,8 @@ class ReportContext:
     """the model as the user named it (built-in name, checkpoint path)"""
     memory_extra: dict = field(default_factory=dict)
     """extra MemoryFigures fields (e.g. the GPU budget the CLI set)"""
+    parallel: Optional[str] = None
+    """'heads' for a tensor-parallel run (executor/launch.py sets it); default: 'layers' with several stages"""
     warnings: list[str] = field(default_factory=list)
     """warnings shown in report.md and report.json"""
 
@@ -204,4 +206,6 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                      memory=memory, verify=verify, warnings=list(context.warnings),
                      plan_hardware=plan.hardware.name if plan is not None else None,
                      gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
+                     parallel=context.parallel if context.parallel else (
+                         "layers" if len(m.stages) > 1 else None),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

@@ -85,7 +85,7 @@ def test_fault_on_one_rank_ends_all_with_partial_report():
         launch_tensor_parallel(job(2, ids, chunk=4, group=1, fault_at=(1, 1)))
     assert time.perf_counter() - start < 60
     report = info.value.report
-    assert report is not None and report.status == "gpu_out_of_memory"
+    assert report is not None and report.status == "gpu_out_of_memory" and report.parallel == "heads"
     assert "injected" in report.fault
     assert len(info.value.partial.chunk_s) >= 1  # the chunks before the fault were measured
     assert multiprocessing.active_children() == []  # every rank ended (and with it its stores)
@@ -109,7 +109,8 @@ def test_cli_run_by_heads_on_cpu_reports_each_rank(tmp_path):
                      "--hw", "h200", "--gpu-mem", "80GB", "--host-mem", "1GB", "--seed", "3"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert [g["index"] for g in report["gpus"]] == [0, 1]
+    assert [g["index"] for g in report["gpus"]] == [0, 1] and report["parallel"] == "heads"
+    assert "by heads" in (out / "report.md").read_text()
     assert all(g["first_layer"] == 0 and g["num_layers"] == 2 and g["resident_kv_heads"] == 1 for g in report["gpus"])
     assert report["predicted"]["prefill_s"] > 0 and report["gpus"][0]["predicted_gpu_peak_bytes"] > 0
     from executor.inputs.prompt import random_prompt_ids
