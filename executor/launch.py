@@ -76,8 +76,9 @@ class TensorJob:
     runtime_overhead_bytes: int = 0
     context: object = None
     """report.assemble.ReportContext (None: the default)"""
-    fault_at: Optional[tuple[int, int]] = None
-    """(rank, chunk): that rank raises a GPU out-of-memory error after that prefill chunk (fault tests)"""
+    fault_at: Optional[tuple] = None
+    """(rank, chunk) or (rank, chunk, "interrupt"): that rank raises a GPU out-of-memory error (or a Ctrl-C) after
+    that prefill chunk (fault tests)"""
 
 
 @dataclass
@@ -345,9 +346,11 @@ def _host_share(job: TensorJob) -> Optional[int]:
 def _fault_hook(job: TensorJob, rank: int):
     if job.fault_at is None or job.fault_at[0] != rank:
         return None
-    chunk = job.fault_at[1]
+    chunk, interrupt = job.fault_at[1], job.fault_at[2:] == ("interrupt",)
 
     def hook(index: int) -> None:
+        if index == chunk and interrupt:
+            raise KeyboardInterrupt
         if index == chunk:
             raise torch.OutOfMemoryError(f"injected out-of-memory on rank {rank} after chunk {chunk}")
     return hook

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.faults import RunOutOfMemory  # noqa: E402
+from executor.faults import RunInterrupted, RunOutOfMemory  # noqa: E402
 from executor.launch import RandomModel, TensorJob, launch_tensor_parallel  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings  # noqa: E402
@@ -89,6 +89,15 @@ def test_fault_on_one_rank_ends_all_with_partial_report():
     assert "injected" in report.fault
     assert len(info.value.partial.chunk_s) >= 1  # the chunks before the fault were measured
     assert multiprocessing.active_children() == []  # every rank ended (and with it its stores)
+
+
+def test_interrupt_on_one_rank_ends_all_with_partial_report():
+    """Ctrl-C reaching one rank only (a terminal's reaches all; headplan/run_heads.py and the launcher were also
+    checked by hand with SIGINT to the process group and to the launcher alone: exit 130, partial report)."""
+    with pytest.raises(RunInterrupted, match="rank 0") as info:
+        launch_tensor_parallel(job(2, prompt(PROMPT), chunk=4, group=1, fault_at=(0, 0, "interrupt")))
+    assert info.value.report.status == "interrupted" and info.value.exit_code == 130
+    assert multiprocessing.active_children() == []
 
 
 def test_cli_run_by_heads_on_cpu_reports_each_rank(tmp_path):
