@@ -4,8 +4,10 @@
                                               "bfloat16", seed=0), input_ids=ids, new_tokens=16))
     result.report                   rank 0's RunReport: per rank (``gpus``) and total
 
-Start-up: one process per rank, started here with torch.multiprocessing (spawn), torch.distributed over NCCL on
-GPUs (rank r on cuda:r) and gloo on the CPU (``device_type="cpu"``: N ranks on the CPU, for tests). Launched by
+``model`` is a picklable factory of the full model on a device (inputs/model_loader.py RandomModel, CheckpointModel).
+Start-up: one process per rank, started here with torch.multiprocessing (spawn on GPUs; fork on the CPU, after
+pre-importing: _start_method), torch.distributed over NCCL on GPUs (rank r on cuda:r) and gloo on the CPU
+(``device_type="cpu"``: N ranks on the CPU, for tests). Launched by
 torchrun instead (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), the calling process is one rank and the
 function returns the result on rank 0 and None elsewhere. Each rank:
     1. builds the same full model (``model(device)``: random weights are seeded per parameter, so every rank

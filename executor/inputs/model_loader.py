@@ -5,6 +5,8 @@
 - ``build_random(spec, dtype, device, seed, stages=None)``: the architecture of a ModelSpec (a built-in name or
   any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
   stage's GPU through accelerate's device map) in the run's dtype.
+- ``RandomModel(spec, dtype_name, seed)`` / ``CheckpointModel(path, dtype_name)``: picklable factories of either,
+  called with a device in each tensor-parallel rank (executor/launch.py).
 Both refuse sliding-window attention (head offload here is exact full attention only) and models outside
 the Llama family (Llama, Mistral, Qwen2). Leaves out: quantized checkpoints, hub downloads.
 """
