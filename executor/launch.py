@@ -105,6 +105,20 @@ def check_job(job: TensorJob, config) -> None:
         raise ValueError(f"{len(job.resident_per_rank)} resident counts for {job.ranks} ranks")
 
 
+def _check_before_start(job: TensorJob) -> None:
+    """What can be refused before any process starts: GPUs not visible; a split that does not divide the heads
+    (from the model spec where the factory has one; else each rank checks its config)."""
+    from planner.tensor_parallel import check_head_split
+
+    spec = getattr(job.model, "spec", None) or getattr(job.plan, "model", None)
+    if spec is not None:
+        check_head_split(spec.num_attention_heads, spec.num_key_value_heads, job.ranks)
+    if job.device_type == "cuda":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if job.ranks > visible:
+            raise ValueError(f"--gpus {job.ranks} by heads but {visible} CUDA GPU(s) are visible")
+
+
 def torchrun_rank() -> Optional[tuple[int, int]]:
     """(rank, world size) when started by torchrun (RANK and WORLD_SIZE set), else None."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -115,6 +129,7 @@ def torchrun_rank() -> Optional[tuple[int, int]]:
 def launch_tensor_parallel(job: TensorJob) -> Optional[TensorResult]:
     """Run ``job`` over its ranks (module doc); raises the faulting rank's RunFault (``.report`` its partial
     report) when any rank stops."""
+    _check_before_start(job)
     with tempfile.TemporaryDirectory(prefix="headplan-tp-") as folder:
         out = Path(folder)
         under_torchrun = torchrun_rank()
@@ -292,9 +307,14 @@ def run_rank(rank: int, job: TensorJob, device: torch.device) -> tuple[dict, tor
     from executor.parallel.tensor import local_heads, shard_model
     from executor.report.assemble import ReportContext
 
-    model = job.model(device)
-    check_job(job, model.config)
-    shard_model(model, init_device_mesh(device.type, (job.ranks,)))
+    mesh = init_device_mesh(device.type, (job.ranks,))
+    if hasattr(job.model, "sharded"):  # random weights: shard-first, the whole model never on the device
+        model = job.model.sharded(device, mesh)
+        check_job(job, model.config)
+    else:
+        model = job.model(device)
+        check_job(job, model.config)
+        shard_model(model, mesh)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the full weights are gone: only the shard counts against the budget
         if job.gpu_budget_bytes:

@@ -20,11 +20,15 @@ rank because N divides H_kv: query head block r reads KV head block r.
     tensor_parallel_plan(model)     {module name: ColwiseParallel | RowwiseParallel}
     shard_model(model, mesh)        parallelize_module in place (the full weights on every rank go in; each rank
                                     keeps its shard: build the same full model on every rank first)
-Leaves out: process start-up and the run itself (executor/launch.py), sharded checkpoint loading (every rank
-builds the whole model, then shards it), sequence parallelism, sharding the embeddings or lm_head.
+Random weights are built shard-first (inputs/model_loader.py build_random_sharded: meta, shard, materialise, draw
+each matrix whole and keep the block); a checkpoint is loaded whole on every rank and then sharded.
+Leaves out: process start-up and the run itself (executor/launch.py), loading only each rank's shard of a
+checkpoint, sequence parallelism, sharding the embeddings or lm_head.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -65,13 +69,15 @@ def tensor_parallel_plan(model) -> dict:
     return plan
 
 
-def shard_model(model, mesh) -> torch.nn.Module:
-    """Shard ``model`` (the same full weights on every rank) over the 1-D ``mesh`` in place; returns it. Each
-    rank's linear weights become DTensors whose local shard is its block (to_local()); the rest is untouched."""
+def shard_model(model, mesh, *, src_data_rank: Optional[int] = 0) -> torch.nn.Module:
+    """Shard ``model`` over the 1-D ``mesh`` in place; returns it. Each rank's linear weights become DTensors whose
+    local shard is its block (to_local()); the rest is untouched. ``src_data_rank`` 0: rank 0's full weights are
+    scattered (every rank built the same model); None: each rank takes its block of its own tensors, no
+    communication (a model still on the meta device, inputs/model_loader.py build_random_sharded)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     check_ranks(model.config, mesh.size())
-    parallelize_module(model, mesh, tensor_parallel_plan(model))
+    parallelize_module(model, mesh, tensor_parallel_plan(model), src_data_rank=src_data_rank)
     return model
 
 
