@@ -1,6 +1,7 @@
 """Prediction against measurement on a GPU: plan, run and compare, cell by cell.
 
-A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS][:tail=K][:F=SHARE]``, e.g.
+A cell is ``MODEL:CONTEXT:GPU_MEM[:c=CHUNK][:G=HEADS][:R=RESIDENT][:b=BACKEND][:n=GPUS][:p=PARALLEL][:tail=K][:F=SHARE]``
+(``p=layers|heads|auto``: how several GPUs split the model), e.g.
 ``llama-3-8b:128K:24GB`` (the planner chooses the knobs), ``llama-3-8b:128K:24GB:c=8K:G=2:R=64`` (knobs fixed: one
 point of a grid), ``llama-3-8b:256K:24GB:n=2`` (the layers split over 2 GPUs, GPU_MEM each) or
 ``llama-3.2-1b:2M:80GB:tail=6`` (a timing probe, ``headplan run --tail-chunks 6``: only the last 6 prefill chunks
@@ -53,7 +54,7 @@ PRESETS = {
     "tail-1b-2m": "llama-3.2-1b:2M:80GB:tail=6,llama-3.2-1b:2M:24GB:tail=6",
 }
 KNOB_FLAGS = {"c": "--chunk-size", "G": "--heads-per-group", "R": "--resident-heads", "b": "--attention-backend",
-              "n": "--gpus", "tail": "--tail-chunks", "F": "--cpu-share"}
+              "n": "--gpus", "tail": "--tail-chunks", "F": "--cpu-share", "p": "--parallel"}
 
 
 def expand_cells(text: str) -> list[str]:

@@ -12,11 +12,14 @@ Subpackages by responsibility, bottom to top (imports point down; tests/unit/tes
                   and Triton), decode attention with a device-held length
     engine/       OffloadEngine (the per-layer, per-group offload loop and its transfers), the AttentionInterface
                   function (registered explicitly when a run selects it), OffloadCache
-    parallel/     pipeline stages over several devices and the engine that routes layers to them
+    parallel/     pipeline stages over several devices and the engine that routes layers to them; the tensor-parallel
+                  sharding of every layer's heads (tensor.py)
     generation/   execute() and the RunLoop (prefill, decode), the CUDA-graph decode step, warm-up, tail probe,
                   the Measurement
     report/       RunReport schema, assembly from plan + measurement, report.md, plots, verification
     inputs/       models (random weights, checkpoints) and prompts
     api.py        run_plan(): the Python entry point the CLI uses
     profiler/     headplan profile: measures this machine with the executor's own kernels
+    launch.py     several GPUs by heads: one process per rank (spawn or torchrun), each running api.run_plan on
+                  its shard; rank 0 merges the measurements into the report
 """

@@ -41,6 +41,7 @@ from executor.faults import RunFault
 from executor.generation.measurement import Measurement
 from executor.generation.runner import execute
 from executor.generation.tail import check_tail_request, tail_split
+from executor.kv.layout import HeadCounts
 from executor.parallel.staged_engine import allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, devices_for, single_stage, stages_from_plan
 from executor.report.assemble import ReportContext, build_report
@@ -72,7 +73,7 @@ def settings_from_plan(plan: Plan, new_tokens: int, prompt_tokens: Optional[int]
 def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,
              device: Union[str, torch.device], options: RunOptions = RunOptions(), verify: bool = False,
              tail_chunks: Optional[int] = None, stages: Optional[list[DeviceStage]] = None,
-             context: ReportContext = ReportContext()) -> RunResult:
+             context: ReportContext = ReportContext(), heads: Optional[HeadCounts] = None) -> RunResult:
     """Head-offloaded prefill of ``input_ids`` [1, n] and ``new_tokens`` greedy tokens; see the module doc.
 
     ``options`` (settings.py RunOptions): tracing, progress callback, host RAM the stores may take (default:
@@ -82,8 +83,12 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     K >= 1 (a Plan only; not with ``verify``): run only the last K of the prompt's prefill chunks over a zero-filled
     past (module doc); K at least the chunk count runs the whole prompt as usual (``report.tail`` None);
     ``options.on_chunk`` then counts the chunks run (0 .. K - 1). ``context``: the report's model name, extra
-    memory fields and warnings."""
+    memory fields and warnings. ``heads``: the attention heads this process sees (kv/layout.py HeadCounts; one
+    tensor-parallel rank's local counts, executor/launch.py), which size the stores; ``verify`` is refused with
+    it (the standard forward of a sharded model is not the unsharded one)."""
     check_tail_request(tail_chunks, verify)
+    if heads is not None and verify:
+        raise ValueError("verify runs the unsharded standard forward: not on one rank of a tensor-parallel run")
     if isinstance(plan, ExecutionSettings):
         if tail_chunks is not None:
             raise ValueError("tail_chunks needs a Plan (its per-chunk predictions), not bare ExecutionSettings")
@@ -91,7 +96,7 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     else:
         settings, plan_obj = settings_from_plan(plan, new_tokens, input_ids.shape[1]), plan
         tail = tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks)
-        if stages is None and plan.gpus > 1:
+        if stages is None and plan.gpus > 1 and plan.parallel == "layers":
             stages = stages_from_plan(plan, devices_for(plan.gpus, torch.device(device).type))
     common = dict(model=model, plan=plan_obj, settings=settings, input_ids=input_ids, new_tokens=new_tokens,
                   device=device, context=context, tail=tail)
@@ -99,7 +104,7 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     options = dataclasses.replace(options, keep_logits=options.keep_logits or verify, synthetic_past_tokens=past)
     try:
         measurement = execute(model, input_ids[:, past:], settings, new_tokens=new_tokens, device=device,
-                              options=options, stages=stages)
+                              options=options, stages=stages, heads=heads)
     except RunFault as fault:
         fault.report = build_report(measurement=fault.partial, status=fault.kind, fault=str(fault), **common)
         raise

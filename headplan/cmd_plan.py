@@ -84,8 +84,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None,
                         choices=["standard", "chunked", "layer-offload", "head-offload"],
                         help="force one strategy (default: the fastest that fits)")
-    parser.add_argument("--gpus", default="1", help="GPUs of the profile in a pipeline: the layers split into "
-                        "this many contiguous stages, --gpu-mem per GPU, host RAM shared (default 1)")
+    parser.add_argument("--gpus", default="1", help="GPUs of the profile (--gpu-mem per GPU, host RAM shared; "
+                        "default 1); --parallel says how they split the model")
+    parser.add_argument("--parallel", default="auto", choices=["auto", "layers", "heads"],
+                        help="several GPUs: 'layers' = a pipeline of contiguous layer stages; 'heads' = tensor "
+                        "parallel, each GPU 1/N of every layer's heads and MLP, streaming its own KV heads; "
+                        "'auto' (default) = the faster by the plan, its notes say why")
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "flash", "cudnn-split", "flex"],
                         help="prefill attention kernel: flash, or cudnn-split (chunk-vs-past on cuDNN, merged by "
                         "log-sum-exp), or flex (FlexAttention: soft-caps and sliding windows, what Gemma-2 and "
@@ -178,11 +182,29 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
                                        decode_graphs=not getattr(args, "no_decode_graphs", False),
                                        cpu_share=cpu_share, **work), args)
     if cpu_share:
-        raise UserError("--cpu-share applies to one GPU; a pipeline of several GPUs streams all its KV")
-    from planner.pipeline import make_pipeline_plan
+        raise UserError("--cpu-share applies to one GPU; several GPUs stream all their KV")
+    return _with_hw_note(_several_gpus_plan(getattr(args, "parallel", "auto") or "auto", model, hardware, gpus=gpus,
+                                            context_tokens=context, attention_backend=_backend(args), **work), args)
 
-    return _with_hw_note(make_pipeline_plan(model, hardware, gpus=gpus, context_tokens=context,
-                                            attention_backend=_backend(args), **work), args)
+
+def _several_gpus_plan(parallel: str, model, hardware, **kwargs):
+    """--parallel layers / heads / auto over N > 1 GPUs (auto: both planned, the faster kept, its notes say
+    why: planner/tensor_parallel.py choose_parallel)."""
+    from planner.errors import PlanError
+    from planner.pipeline import make_pipeline_plan
+    from planner.tensor_parallel import choose_parallel, make_tensor_plan
+
+    if parallel == "layers":
+        return make_pipeline_plan(model, hardware, **kwargs)
+    if parallel == "heads":
+        return make_tensor_plan(model, hardware, **kwargs)
+    plans, errors = {}, {}
+    for name, make in (("layers", make_pipeline_plan), ("heads", make_tensor_plan)):
+        try:
+            plans[name] = make(model, hardware, **kwargs)
+        except PlanError as exc:
+            plans[name], errors[name] = None, str(exc)
+    return choose_parallel(plans["layers"], plans["heads"], errors.get("layers"), errors.get("heads"))
 
 
 def _backend(args: argparse.Namespace) -> Optional[str]:

@@ -5,8 +5,10 @@ The plan comes from ``--plan plan.json`` or from the same options as ``headplan 
 step). The model is ``--model-path`` (a checkpoint folder or a .gguf file) or the plan's architecture with random
 weights from ``--seed``. With a tokenizer, the answer streams to stdout as text (headplan/run_answer.py: chat
 template, sampling, stop at end of sequence or ``--stop``); timings, warnings and the report path go to stderr
-(``--quiet`` drops them). ``--gpus N`` runs a plan over N GPUs (its stages on cuda:0 .. cuda:N-1; with ``--device cpu``, N
-stages on the CPU). ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
+(``--quiet`` drops them). ``--gpus N`` runs a plan over N GPUs: ``--parallel layers`` its stages on cuda:0 ..
+cuda:N-1 (with ``--device cpu``, N stages on the CPU); ``--parallel heads`` one process per GPU, each 1/N of every
+layer's heads (headplan/run_heads.py; with ``--device cpu``, N gloo ranks on the CPU); ``auto`` (default) the
+plan's choice. ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
 past (generation/tail.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
 (partial report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
 """
@@ -95,6 +97,10 @@ def main(args) -> int:
     if args.new_tokens is not None and args.plan is None:
         args.decode_tokens = str(args.new_tokens)
     plan = _resolve_plan(args)
+    if plan.gpus > 1 and plan.parallel == "heads":
+        from headplan.run_heads import run_by_heads
+
+        return run_by_heads(args, plan, device, prompt_ids)
     stages = _stages(plan, device, args)
     spec, context, dtype_name = plan.model, plan.context_tokens, plan.dtype
     new_tokens = args.new_tokens if args.new_tokens is not None else max(plan.decode_tokens, 1)
@@ -132,6 +138,8 @@ def _stages(plan, device: str, args=None):
     from headplan.cmd_plan import parse_gpus
 
     asked = getattr(args, "gpus", "1") if args is not None else "1"
+    if args is not None and args.plan is not None and getattr(args, "parallel", "auto") == "heads" and plan.gpus > 1:
+        raise UserError(f"--parallel heads but {args.plan} splits by layers: plan again with --parallel heads")
     if args is not None and args.plan is not None and str(asked) != "1" and parse_gpus(asked) != plan.gpus:
         raise UserError(f"--gpus {asked} but {args.plan} was planned for {plan.gpus} GPU(s): plan again with "
                         f"--gpus {asked}")

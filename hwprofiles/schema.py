@@ -64,6 +64,17 @@ class TransferPoint(_Frozen):
     spread_rel: float = 0.0
 
 
+class AllReducePoint(_Frozen):
+    """One measured NCCL all-reduce (sum, in place) of ``size_bytes`` over ``gpus`` GPUs of the host: the median
+    ``seconds`` per call and the bus bandwidth 2 (N - 1) / N * size / seconds (nccl-tests' busbw)."""
+
+    gpus: int
+    size_bytes: int
+    seconds: float
+    bus_bytes_per_s: float
+    dtype: str = "bfloat16"
+
+
 class MatmulPoint(_Frozen):
     """One measured bf16 matmul [m, k] @ [k, n]: 2 * m * n * k FLOPs."""
 
@@ -203,6 +214,8 @@ class HardwareProfile(_Frozen):
     transfer_table: list[TransferPoint] = Field(default_factory=list)
     matmul_table: list[MatmulPoint] = Field(default_factory=list)
     pinning_table: list[PinningPoint] = Field(default_factory=list)
+    allreduce_table: Optional[list[AllReducePoint]] = Field(
+        None, description="all-reduce time by size over several GPUs (None: one GPU visible, or not measured)")
     measurement: Optional[MeasurementInfo] = None
     content_hash: str = Field("", description="sha256 of the profile without this field (hwprofiles.profile_hash)")
 
@@ -214,7 +227,7 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
                           "host_share_handoff_s")
-HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table")
+HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

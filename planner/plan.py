@@ -123,7 +123,11 @@ class Plan(_Model):
     predicted: Prediction
     alternatives: list[Alternative] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
-    gpus: int = Field(1, description="GPUs in the pipeline; the layers split into this many contiguous stages")
+    gpus: int = Field(1, description="GPUs of the run: a pipeline of this many contiguous stages (parallel "
+                      "'layers'), or this many ranks each holding 1/N of every layer's heads (parallel 'heads')")
+    parallel: Literal["layers", "heads"] = Field(
+        "layers", description="how several GPUs split the model: 'layers' (planner/pipeline.py, ``stages``) or "
+        "'heads' (planner/tensor_parallel.py: memory, resident_kv_heads and heads_per_group are per GPU)")
     stages: list[Stage] = Field(default_factory=list, description="per-GPU split (empty when gpus = 1)")
 
 

@@ -33,7 +33,7 @@ def render_plan(plan: Plan) -> str:
     """The default output of `headplan plan`."""
     mem, pred, model, hw = plan.memory, plan.predicted, plan.model, plan.hardware
     bd = mem.gpu_breakdown
-    slots = model.kv_head_slots
+    slots = model.kv_head_slots // (plan.gpus if plan.parallel == "heads" else 1)  # heads: per GPU
     lines = [
         f"headplan plan: {model.name} on {hw.name} ({hw.gpu_name}, {hw.origin}), context "
         f"{format_tokens(plan.context_tokens)} + {plan.decode_tokens} decode tokens, {plan.dtype}",
@@ -96,6 +96,8 @@ def render_plan(plan: Plan) -> str:
 
 
 def _per_gpu(plan: Plan) -> str:
+    if plan.gpus > 1 and plan.parallel == "heads":
+        return f" per GPU x {plan.gpus} GPUs (every layer's heads split {plan.gpus} ways; memory and KV per GPU)"
     return f" per GPU x {plan.gpus} GPUs (layers split into {plan.gpus} stages)" if plan.stages else ""
 
 

@@ -5,6 +5,9 @@
 #            GPU, Llama-3-8B at 256K under 24 GB on 1 GPU and split over 2 (multi-gpu.jsonl), and the longest
 #            Llama-3-70B context whose predicted run fits the 10-minute budget (cell-70b.txt)
 #   part2:   Llama-3-70B over 2 GPUs at that context, 80 GB per GPU (weights ~66 GiB each) -> multi-gpu-70b.jsonl
+#   heads:   by heads (tensor parallel) against by layers against one GPU, 8B at 256K under 24 GB per GPU, last 2
+#            chunks of 32K timed (--tail-chunks 2), decode at the full context; the all-reduce measured first
+#            -> tensor-parallel.{jsonl,json}, profile-allreduce.json (benchmarks/tensor_parallel.py, ~4 min)
 #   summary: multi-gpu.{md,json,png} from both files (no GPU needed)
 # HOST_MEM is the host RAM the KV store may use (the lent VM's memory grows as it is used, so it is given);
 # PROFILE_NAME names the quick profile. NVLink multicast stays off (it can take the host's GPUs out of service).
@@ -29,8 +32,11 @@ part2)
     CELL=${CELL:-$(cat "$RESULTS/cell-70b.txt" 2>/dev/null)}
     python3 benchmarks/validate.py run --hw "$QUICK" --cells "${CELL:?no 70B cell: run part1 first or set CELL}" \
         --new-tokens 8 --out "$RESULTS/multi-gpu-70b.jsonl" --extra "--host-mem $HOST_MEM" --timeout-s 560 ;;
+heads)
+    python3 benchmarks/tensor_parallel.py --out "$RESULTS" --hw "${HW:-hwprofiles/catalog/h200-sxm-quick.json}" \
+        --host-mem "$HOST_MEM" 2>&1 | tee "$RESULTS/tensor-parallel.log" ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS"/multi-gpu*.jsonl --name multi-gpu --dir "$RESULTS" ;;
 *)
-    usage "part1, part2, summary" ;;
+    usage "part1, part2, heads, summary" ;;
 esac

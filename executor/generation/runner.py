@@ -31,6 +31,7 @@ from executor.generation.loop import RunLoop
 from executor.generation.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
 from executor.generation.sampling import TokenChooser
 from executor.generation.warmup import cuda_devices, warm_up
+from executor.kv.layout import HeadCounts
 from executor.parallel.staged_engine import StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
 from executor.runtime.events import EventRecorder
@@ -39,7 +40,7 @@ from executor.settings import ExecutionSettings, RunOptions
 
 def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int,
             device: torch.device | str, options: RunOptions = RunOptions(),
-            stages: Optional[list[DeviceStage]] = None) -> Measurement:
+            stages: Optional[list[DeviceStage]] = None, heads: Optional[HeadCounts] = None) -> Measurement:
     """Run prefill of ``input_ids`` [1, n] and up to ``new_tokens`` tokens (greedy, or as ``options.sampling``
     says; fewer when ``options.token_stream`` stops at end of sequence or a stop string); return the Measurement.
 
@@ -50,7 +51,9 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     ``synthetic_past_tokens`` N (a timing probe, module docstring): ``input_ids`` are the tokens after position
     N; the K, V rows [0, N) of every store are zero-filled (untimed, before the prefill) instead of computed, and
     the prefill continues at position N. The capacity must hold N + n + new_tokens - 1 tokens. The warm-up never
-    uses a synthetic past.
+    uses a synthetic past. ``heads`` (kv/layout.py HeadCounts): the attention heads this process sees, which size
+    every store; default the config's global counts; a tensor-parallel rank passes its local H_q / N, H_kv / N
+    (parallel/tensor.py), as the sharded model hands its attention only those.
     """
     if stages is None:
         stages = single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
@@ -63,11 +66,12 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     dtype = next(model.parameters()).dtype
     measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=past_tokens)
     if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
-        measurement.warmup_s = warm_up(_tiny_run(model, stages), model, input_ids, settings, stages,
-                                       context_tokens=past_tokens + prompt_tokens)
+        measurement.warmup_s = warm_up(_tiny_run(model, stages, heads), model, input_ids, settings, stages,
+                                       context_tokens=past_tokens + prompt_tokens, heads=heads)
     for stage_device in cuda_devices(stages):
         torch.cuda.reset_peak_memory_stats(stage_device)
-    parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes)
+    parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes,
+                                 heads=heads)
     run = None
     try:
         run = _build_run(model, parts, settings, options, measurement)
@@ -115,11 +119,11 @@ def _check_sizes(settings: ExecutionSettings, past_tokens: int, prompt_tokens: i
                          f"{new_tokens - 1} decoded tokens")
 
 
-def _tiny_run(model, stages: list[DeviceStage]):
+def _tiny_run(model, stages: list[DeviceStage], heads: Optional[HeadCounts]):
     """The warm-up's run: the same engine path on ``stages``, no warm-up of its own, no synthetic past."""
     def run(ids: torch.Tensor, settings: ExecutionSettings, new_tokens: int) -> None:
         execute(model, ids, settings, new_tokens=new_tokens, device=stages[0].device,
-                options=RunOptions(warmup=False), stages=stages)
+                options=RunOptions(warmup=False), stages=stages, heads=heads)
     return run
 
 

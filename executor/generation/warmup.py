@@ -14,6 +14,7 @@ import torch
 
 from executor.attention.kernels import backend_name
 from executor.attention.split import warm_up_cudnn, warm_up_merge
+from executor.kv.layout import HeadCounts
 from executor.parallel.stages import DeviceStage
 from executor.settings import ExecutionSettings
 
@@ -32,7 +33,8 @@ WARMUP_PROMPT_TOKENS = 96
 
 
 def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], model, input_ids: torch.Tensor,
-            settings: ExecutionSettings, stages: list[DeviceStage], *, context_tokens: Optional[int] = None) -> float:
+            settings: ExecutionSettings, stages: list[DeviceStage], *, context_tokens: Optional[int] = None,
+            heads: Optional[HeadCounts] = None) -> float:
     """One tiny run through the same engine path (same stages, head groups and resident layout, a 96-token
     prompt in 32-token chunks, 2 new tokens, no synthetic past), so the timed run does not pay the process's
     one-time costs: CUDA module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split)
@@ -40,17 +42,18 @@ def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], mo
     kernels the first time a machine runs them) and the Triton merge of each part count a prefill of
     ``context_tokens`` (default: the prompt's length; after a synthetic past, past + prompt) will merge. Returns
     its wall seconds (reported as ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block
-    sizes beyond the first chunk's) stay in the run."""
+    sizes beyond the first chunk's) stay in the run. ``heads``: the heads the engine sees (default the config's;
+    a tensor-parallel rank's local counts)."""
     start_s = time.perf_counter()
     tiny = dataclasses.replace(settings, chunk_size=WARMUP_CHUNK_TOKENS,
                                capacity_tokens=WARMUP_PROMPT_TOKENS + 2)
     run_tiny(input_ids[:, :WARMUP_PROMPT_TOKENS], tiny, 2)
     if backend_name(settings.attention_backend) == "cudnn-split":
-        config, dtype = model.config, next(model.parameters()).dtype
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = config.num_key_value_heads
+        dtype = next(model.parameters()).dtype
+        heads = heads or HeadCounts.of_config(model.config)
+        head_dim, kv_heads = heads.head_dim, heads.kv_heads
         for device in cuda_devices(stages):
-            warm_up_cudnn(device, dtype, head_dim=head_dim, query_heads_per_kv=config.num_attention_heads // kv_heads,
+            warm_up_cudnn(device, dtype, head_dim=head_dim, query_heads_per_kv=heads.query_heads // kv_heads,
                           kv_heads=min(settings.heads_per_group, kv_heads),
                           chunk_tokens=min(settings.chunk_size, input_ids.shape[1]), options=settings.split)
             warm_up_merge(device, dtype, head_dim, context_tokens or input_ids.shape[1], settings.chunk_size,

@@ -8,6 +8,8 @@
 - ``build_random(spec, dtype, device, seed, stages=None)``: the architecture of a ModelSpec (a built-in name or
   any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
   stage's GPU through accelerate's device map) in the run's dtype.
+- ``RandomModel(spec, dtype_name, seed)`` / ``CheckpointModel(path, dtype_name)``: picklable factories of either,
+  called with a device in each tensor-parallel rank (executor/launch.py).
 Both refuse models outside the supported families (Llama, Mistral, Qwen2, Gemma-2) and the sliding windows the
 engine does not run (Qwen2's use_sliding_window); Gemma-2's alternating windows and Mistral v0.1's window run
 exactly (engine/offload.py). Leaves out: quantized checkpoints, hub downloads.
@@ -122,6 +124,26 @@ def _rebuild_rotary(model, device: torch.device) -> None:
             model.model.rotary_emb = type(rotary)(config=model.config)
 
 
+def build_random_sharded(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device, seed: int, mesh):
+    """RandomModel.sharded: the rank's shard of build_random's model (same values, block by block)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from executor.parallel.tensor import shard_model
+
+    config_dict = spec.to_hf_config_dict()
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    check_supported(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    shard_model(model, mesh, src_data_rank=None)  # meta: each rank takes its block, nothing is sent
+    model.to_empty(device=device)
+    _retie(model)
+    _rebuild_rotary(model, device)
+    init_random_weights(model, seed, std=getattr(config, "initializer_range", 0.02))
+    model.eval()
+    return model
+
+
 @torch.no_grad()
 def _refill_embed_scale(model) -> None:
     """Gemma-2's scaled embedding keeps sqrt(D) in a non-persistent buffer that to_empty left uninitialised."""
@@ -132,12 +154,24 @@ def _refill_embed_scale(model) -> None:
 
 @torch.no_grad()
 def init_random_weights(model, seed: int, *, std: float) -> None:
-    """Each parameter from its own generator (seed * 1_000_003 + its index): placement-independent values."""
+    """Each parameter from its own generator (seed * 1_000_003 + its index): placement-independent values (a
+    tensor-parallel DTensor gets its block of the same whole draw)."""
     for index, (name, param) in enumerate(model.named_parameters()):
         if name.endswith(".bias"):
             param.zero_()
         elif param.dim() == 1:  # RMSNorm weights
             param.fill_(1.0)
+        elif hasattr(param, "to_local"):  # a tensor-parallel shard: draw the whole matrix, keep this rank's block
+            from torch.distributed.tensor import distribute_tensor
+
+            local = param.to_local()
+            generator = torch.Generator(device=local.device)
+            generator.manual_seed(seed * 1_000_003 + index)
+            whole = torch.empty(param.shape, dtype=local.dtype, device=local.device).normal_(0.0, std,
+                                                                                            generator=generator)
+            block = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            local.copy_(block)
+            del whole, block
         else:
             generator = torch.Generator(device=param.device)
             generator.manual_seed(seed * 1_000_003 + index)
@@ -234,3 +268,34 @@ def load_tokenizer(folder: Path) -> Optional[Any]:
         return AutoTokenizer.from_pretrained(folder)
     except Exception:  # a broken tokenizer must not stop a run that passes token ids
         return None
+
+
+@dataclass(frozen=True)
+class RandomModel:
+    """Picklable model factory: random weights of ``spec`` (inputs/model_loader.py build_random) on a device."""
+
+    spec: object
+    dtype_name: str
+    seed: int = 0
+
+    def __call__(self, device: torch.device):
+        return build_random(self.spec, dtype=torch_dtype(self.dtype_name), device=device, seed=self.seed).model
+
+    def sharded(self, device: torch.device, mesh):
+        """This rank's shard of the same random model without the whole model ever on the device: built on meta,
+        sharded there (parallel/tensor.py shard_model, no data moved), materialised on ``device``; then each
+        sharded parameter is drawn whole, one at a time, from the same per-parameter generator as
+        init_random_weights and this rank's block copied out. Peak: the shard + the largest matrix."""
+        return build_random_sharded(self.spec, dtype=torch_dtype(self.dtype_name), device=device,
+                                    seed=self.seed, mesh=mesh)
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """Picklable model factory: a checkpoint folder (inputs/model_loader.py load_checkpoint) on a device."""
+
+    path: Path
+    dtype_name: str
+
+    def __call__(self, device: torch.device):
+        return load_checkpoint(self.path, dtype=torch_dtype(self.dtype_name), device=device).model

@@ -9,6 +9,9 @@ offloaded groups from planner/layout.py (the planner and the executor share that
                     past tokens in order (engine/window.py); such a layer has no host rows, no resident heads
                     and no groups: the R resident slots are spread over the full-attention layers alone
 Rows are [T, d] contiguous, so a head's past [0, s) is one contiguous copy each way.
+Under tensor parallelism (parallel/tensor.py) a rank sees only its own heads: H_q and H_kv here are the LOCAL
+counts (HeadCounts.shard), while the model's config keeps the global ones, so every store is sized from
+HeadCounts, never from ``config.num_*_heads`` directly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,34 @@ from typing import Optional, Sequence
 
 from executor.settings import ExecutionSettings
 from planner.layout import max_group_heads, offloaded_groups, resident_heads_per_layer
+
+
+@dataclass(frozen=True)
+class HeadCounts:
+    """The attention heads one engine sees: H_q query heads and H_kv KV heads of dim d. One GPU, or one stage of a
+    pipeline: the model's own counts (``of_config``). One rank of N under tensor parallelism: H_q / N and H_kv / N
+    (``shard``), its contiguous block of heads; the attention function then receives q [1, H_q / N, c, d] and
+    k, v [1, H_kv / N, c, d]."""
+
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of_config(cls, config) -> "HeadCounts":
+        """Global counts of a transformers config (num_key_value_heads defaults to H_q; head_dim to D / H_q)."""
+        query_heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or query_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // query_heads
+        return cls(query_heads=query_heads, kv_heads=kv_heads, head_dim=head_dim)
+
+    def shard(self, ranks: int) -> "HeadCounts":
+        """One rank's share of ``ranks`` (ValueError with the divisors unless ranks divides H_q and H_kv)."""
+        from planner.tensor_parallel import check_head_split
+
+        check_head_split(self.query_heads, self.kv_heads, ranks)
+        return HeadCounts(query_heads=self.query_heads // ranks, kv_heads=self.kv_heads // ranks,
+                          head_dim=self.head_dim)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from executor.engine.host_share import HostShare
 from executor.engine.offload import OffloadEngine, PhaseCounters, Position
 from executor.kv.gpu_store import GpuKVStore
 from executor.kv.host_store import HostKVStore
-from executor.kv.layout import KVLayout
+from executor.kv.layout import HeadCounts, KVLayout
 from executor.parallel.stages import DeviceStage, stage_of_layers
 from executor.runtime.events import EventRecorder
 from executor.runtime.host_memory import host_available_bytes
@@ -49,15 +49,15 @@ def config_layer_windows(model_config) -> tuple:
     return layer_windows(model_config.num_hidden_layers, layer_types, window)
 
 
-def stage_layout(model_config, stage: DeviceStage, settings: ExecutionSettings) -> KVLayout:
-    """KVLayout of the stage's n_s layers with its R_s resident slots (and the sliding windows of its layers)."""
-    query_heads = model_config.num_attention_heads
-    kv_heads = getattr(model_config, "num_key_value_heads", None) or query_heads
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // query_heads
+def stage_layout(model_config, stage: DeviceStage, settings: ExecutionSettings,
+                 heads: Optional[HeadCounts] = None) -> KVLayout:
+    """KVLayout of the stage's n_s layers with its R_s resident slots (and the sliding windows of its layers), over
+    ``heads`` (default: the config's global counts; a tensor-parallel rank passes its local ones, HeadCounts.shard)."""
+    heads = heads or HeadCounts.of_config(model_config)
     stage_settings = dataclasses.replace(settings, resident_kv_heads=stage.resident_kv_heads)
     windows = config_layer_windows(model_config)[stage.first_layer: stage.first_layer + stage.num_layers]
-    return KVLayout.build(num_layers=stage.num_layers, kv_heads=kv_heads, query_heads=query_heads,
-                          head_dim=head_dim, settings=stage_settings, windows=windows)
+    return KVLayout.build(num_layers=stage.num_layers, kv_heads=heads.kv_heads, query_heads=heads.query_heads,
+                          head_dim=heads.head_dim, settings=stage_settings, windows=windows)
 
 
 @dataclass
@@ -72,10 +72,12 @@ class StageParts:
 
 
 def allocate_host_stores(model_config, stages: Sequence[DeviceStage], settings: ExecutionSettings,
-                         dtype: torch.dtype, *, available_bytes: Optional[int] = None) -> list[StageParts]:
+                         dtype: torch.dtype, *, available_bytes: Optional[int] = None,
+                         heads: Optional[HeadCounts] = None) -> list[StageParts]:
     """Each stage's host store, checked against host RAM (the sum of all stages) before any is allocated,
-    then allocated on the stage GPU's NUMA node where the machine has several."""
-    layouts = [stage_layout(model_config, s, settings) for s in stages]
+    then allocated on the stage GPU's NUMA node where the machine has several. ``heads``: the heads this process
+    sees (stage_layout; a tensor-parallel rank's local counts)."""
+    layouts = [stage_layout(model_config, s, settings, heads) for s in stages]
     total = sum(layout.host_bytes(dtype.itemsize) for layout in layouts)
     available = available_bytes if available_bytes is not None else host_available_bytes()
     HostKVStore.check_host_ram(total, available)

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from hwprofiles.catalog import known_profiles, load_profile
-from hwprofiles.schema import AttentionPoint, HardwareProfile, MeasurementInfo, TransferPoint
+from hwprofiles.schema import AllReducePoint, AttentionPoint, HardwareProfile, MeasurementInfo, TransferPoint
 
 HOST_MEM_SHARE = 0.9  # of MemTotal at most: leave the OS and the process itself room
 
@@ -200,6 +200,7 @@ def build_profile(results: dict, *, name: str, mode: str, notes: list[str]) -> H
         transfer_table=results.get("pcie", []),
         matmul_table=results["matmul"],
         pinning_table=results.get("pinning", []),
+        allreduce_table=[AllReducePoint(**p) for p in results["allreduce"]] if results.get("allreduce") else None,
         measurement=measurement_info(results, mode, notes),
         **fields,
     )

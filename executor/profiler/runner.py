@@ -4,8 +4,10 @@ Order (each section frees its memory before the next): runtime context baseline,
 memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and
 full only: attention_step.py), then on a GPU pinning (before any pinned allocation, so no cached block is
 reused), PCIe, the host's share of decode attention (host_attention.py: host read, the CPU kernel by key length
-and threads, DMA beside it, the hand-off), launch overhead, the executor's own host time per layer and group (executor_host.py: the real
-executor on a tiny model) and the runtime memory (after matmul and attention warmed the libraries up).
+and threads, DMA beside it, the hand-off), launch overhead, the executor's own host time per layer and group
+(executor_host.py: the real executor on a tiny model) and the runtime memory (after matmul and attention warmed the
+libraries up); last, where several GPUs are visible, the all-reduce time by size over all of them (allreduce.py, in
+processes of its own).
 Without a GPU the GPU-only sections are skipped, noted, and the profile is CPU-only (assemble.py).
 Leaves out: writing the file and the CLI (headplan/cmd_profile.py).
 """
@@ -20,8 +22,8 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import (attention, attention_flex, attention_step, elementwise, executor_host, hbm, host,
-                               host_attention, matmul, pcie, pinning, runtime)
+from executor.profiler import (allreduce, attention, attention_flex, attention_step, elementwise, executor_host, hbm,
+                               host, host_attention, matmul, pcie, pinning, runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
@@ -150,6 +152,7 @@ def collect(ctx: ProfileContext) -> dict:
                                       results["launch"]["launch_overhead_s"])
     if ctx.on_gpu:
         results["runtime_memory"] = runtime.measure_runtime_memory(ctx, context_only_bytes)
+    results["allreduce"] = allreduce.measure_allreduce(ctx)  # None (noted) unless several GPUs are visible
     return results
 
 

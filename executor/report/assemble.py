@@ -26,6 +26,8 @@ class ReportContext:
     """the model as the user named it (built-in name, checkpoint path)"""
     memory_extra: dict = field(default_factory=dict)
     """extra MemoryFigures fields (e.g. the GPU budget the CLI set)"""
+    parallel: Optional[str] = None
+    """'heads' for a tensor-parallel run (executor/launch.py sets it); default: 'layers' with several stages"""
     warnings: list[str] = field(default_factory=list)
     """warnings shown in report.md and report.json"""
 
@@ -63,10 +65,12 @@ def _tail_figures(plan: Optional[Plan], tail: Optional[TailSplit]) -> Optional[T
 
 
 def weights_by_device(model) -> dict[str, int]:
-    """Parameter bytes on each device (shared parameters counted once)."""
+    """Parameter bytes on each device (shared parameters counted once; a tensor-parallel DTensor by its local
+    shard, what this process holds)."""
     out: dict[str, int] = {}
     for param in model.parameters():
-        out[str(param.device)] = out.get(str(param.device), 0) + param.numel() * param.element_size()
+        local = param.to_local() if hasattr(param, "to_local") else param
+        out[str(local.device)] = out.get(str(local.device), 0) + local.numel() * local.element_size()
     return out
 
 
@@ -119,6 +123,17 @@ def _transfers(counters, phase_s: dict) -> dict[str, Transfers]:
     return out
 
 
+@dataclass(frozen=True)
+class _RankPrediction:
+    """What a tensor-parallel plan predicts for each of its identical ranks (the fields of a pipeline Stage that
+    gpu_figures reads): every rank busy for the whole run, idle 0."""
+
+    gpu_peak_bytes: int
+    prefill_s: float
+    decode_s_per_token: float
+    idle_fraction: float
+
+
 def gpu_figures(plan: Optional[Plan], m: Measurement, tail: Optional[TailSplit] = None) -> list[GpuFigures]:
     """Per-GPU predicted (plan.stages) beside measured (m.stages); empty for a single stage. For a timing probe
     (``tail``) the predicted prefill busy time and idle share are None: the plan gives them for the whole prefill
@@ -126,6 +141,9 @@ def gpu_figures(plan: Optional[Plan], m: Measurement, tail: Optional[TailSplit] 
     if len(m.stages) < 2:
         return []
     planned = list(plan.stages or []) if plan is not None else []
+    if plan is not None and plan.parallel == "heads":  # every rank: the same share (planner/tensor_parallel.py)
+        planned = [_RankPrediction(plan.memory.gpu_peak_bytes, plan.predicted.prefill_s,
+                                   plan.predicted.decode_s_per_token, 0.0)] * len(m.stages)
     wall_s = (m.prefill_s or 0.0) + (m.decode_s_per_token or 0.0) * m.decode_tokens_timed
     out = []
     for index, st in enumerate(m.stages):
@@ -216,4 +234,6 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                      plan_hardware=plan.hardware.name if plan is not None else None,
                      gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
                      host_share=host_share_figures(plan, settings, m),
+                     parallel=context.parallel if context.parallel else (
+                         "layers" if len(m.stages) > 1 else None),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

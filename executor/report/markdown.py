@@ -27,7 +27,8 @@ def _gpu_lines(report: RunReport) -> list[str]:
     """Per-GPU table (runs over several stages only)."""
     if len(report.gpus) < 2:
         return []
-    lines = ["Per GPU (predicted / measured, error):", "",
+    how = (" - by heads: every GPU runs all layers with 1/N of the heads" if report.parallel == "heads" else "")
+    lines = [f"Per GPU (predicted / measured, error){how}:", "",
              "| GPU | layers | resident | peak | prefill busy | decode busy per token | idle | H2D prefill / decode "
              "| NUMA |", "|---|---|---|---|---|---|---|---|---|"]
     for g in report.gpus:

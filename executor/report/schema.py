@@ -182,8 +182,11 @@ class RunReport(_Block):
     warnings: list[str] = Field(default_factory=list)
     plan_hardware: Optional[str] = None
     versions: dict[str, str] = Field(default_factory=dict)
-    gpus: list[GpuFigures] = Field(default_factory=list, description="per GPU when the layers ran over several "
-                                   "stages (the headline memory figures are then the fullest GPU's)")
+    gpus: list[GpuFigures] = Field(default_factory=list, description="per GPU when the run used several: "
+                                   "pipeline stages, or tensor-parallel ranks (the headline memory figures are then "
+                                   "the fullest GPU's)")
+    parallel: Optional[str] = Field(None, description="several GPUs: 'layers' (pipeline stages) or 'heads' "
+                                    "(tensor-parallel ranks, each all layers and 1/N of the heads); None: one")
     tail: Optional[TailFigures] = Field(None, description="a --tail-chunks timing probe (None: a whole run)")
     host_share: Optional[HostShareFigures] = Field(None, description="decode's CPU share (None: F = 0)")
 

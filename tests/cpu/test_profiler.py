@@ -302,3 +302,18 @@ def test_tiny_profile_skips_the_attention_step_with_a_note(tiny_run):
     run, _ = tiny_run
     assert "attention step table (attention_step.py) skipped" in run.profile.measurement.notes
     assert not any(p.backend.endswith("-step") for p in run.profile.attention_table)
+
+
+def test_allreduce_points_structure_on_gloo():
+    """The all-reduce section's code path on 2 gloo ranks (the GPU run uses NCCL over every visible GPU): one
+    point per size, sizes as asked, positive times, busbw = 2 (N-1)/N x size / t; they validate as the profile's
+    table. On this CPU-only machine the profiler itself skips the section (one GPU or none)."""
+    from executor.profiler.allreduce import allreduce_points
+    from hwprofiles.schema import AllReducePoint
+
+    points = allreduce_points(2, "cpu", (4096, 65536), repeats=2)
+    assert [p["size_bytes"] for p in points] == [4096, 65536]
+    for p in points:
+        assert p["gpus"] == 2 and p["seconds"] > 0
+        assert abs(p["bus_bytes_per_s"] - p["size_bytes"] / p["seconds"]) < 1e-6 * p["bus_bytes_per_s"]
+        AllReducePoint(**p)

@@ -104,7 +104,8 @@ def test_cli_run_over_two_stages_reports_each(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(TINY_CONFIG, num_hidden_layers=3)))
     out = tmp_path / "out"
-    code = cli_main(["run", "--device", "cpu", "--gpus", "2", "--model", str(config), "--context", "11",
+    code = cli_main(["run", "--device", "cpu", "--gpus", "2", "--parallel", "layers", "--model", str(config),
+                     "--context", "11",
                      "--chunk-size", "4", "--heads-per-group", "1", "--resident-heads", "2", "--new-tokens", "3",
                      "--dtype", "float32", "--out", str(out), "--verify", "--no-progress"] + _plan_flags())
     assert code == 0

@@ -11,6 +11,7 @@ Layers, bottom to top (executor/__init__.py draws the same map):
     generation              the run loop, CUDA-graph decode, warm-up, tail probe, the Measurement
     report, inputs          the report; model and prompt loading
     api, profiler           the entry points
+    launch                  several processes by heads (tensor parallelism): each rank runs api.run_plan
 The check reads the source with ``ast``: no torch needed.
 """
 
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXECUTOR = ROOT / "executor"
 
 LAYER = {"settings": 0, "faults": 0, "runtime": 1, "kv": 2, "attention": 2, "engine": 3, "parallel": 4,
-         "generation": 5, "report": 6, "inputs": 6, "api": 7, "profiler": 7}
+         "generation": 5, "report": 6, "inputs": 6, "api": 7, "profiler": 7,
+         "launch": 8}
 
 
 def _part(module: str) -> str:

@@ -139,7 +139,7 @@ def _cli(capsys, *argv):
 
 def test_cli_gpus_8_prints_stage_table(capsys):
     code, out, err = _cli(capsys, "plan", "--model", "llama-3-70b", "--context", "1M", "--gpu-mem", "24GB",
-                          "--gpus", "8", "--host-mem", "600GiB", "--hw", "rtx-4090")
+                          "--gpus", "8", "--parallel", "layers", "--host-mem", "600GiB", "--hw", "rtx-4090")
     assert code == 0 and err == ""
     assert "stages (8 GPUs in series" in out and "compute-bound chunk" in out and "idle" in out
     assert "per GPU x 8 GPUs" in out
