@@ -167,7 +167,7 @@ def test_cli_run_of_a_gemma2_config_verifies(tmp_path):
     assert report["verify"]["max_abs_logit_diff"] < 1e-4
     assert report["verify"]["greedy_tokens_agree"]
     offloaded_rows = 2 * 2 - 1  # 2 full-attention layers x 2 KV heads, one slot resident; sliding layers: none
-    capacity = 13 + 16  # the context and the plan's 16 decode tokens (default)
+    capacity = 13 + 3  # the context and --new-tokens (the plan is made for them)
     assert report["memory"]["host_store_bytes"] == 2 * offloaded_rows * capacity * 16 * 4
 
 
