@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file (default: hwprofiles/catalog/<name>.json)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--disk", default=None, type=Path, metavar="DIR",
+                        help="folder whose sequential write (fsync'ed) and read bandwidth is measured, for saved "
+                        "contexts (headplan run --save-kv / --load-kv; default: the working directory)")
 
 
 def output_path(out: Path | None, name: str) -> Path:
@@ -60,8 +63,10 @@ def main(args: argparse.Namespace) -> int:
         _check_writable(args.out, args.force)
     elif args.name is not None:
         _check_writable(output_path(None, args.name), args.force)
+    if args.disk is not None and not args.disk.is_dir():
+        raise UserError(f"--disk {args.disk} is not a folder")
     options = ProfileOptions(quick=args.quick, sizes=args.sizes, device=args.device, name=args.name,
-                             quiet=args.quiet)
+                             quiet=args.quiet, disk=str(args.disk) if args.disk is not None else None)
     try:
         run = run_profile(options, stream=sys.stderr)
     except ProfileSetupError as exc:

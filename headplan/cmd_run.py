@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from headplan import kv_flags
 from headplan.errors import UserError
 
 DESCRIPTION = ("Run exact head-offloaded inference with a plan (--plan plan.json, or the plan options to plan and "
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "compared with those chunks' prediction")
     parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    kv_flags.add_run_arguments(parser)
 
 
 def _resolve_plan(args):
@@ -75,6 +77,7 @@ def main(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
     _check_tail_chunks(args)
+    kv_flags.check_early(args)
     prompt_ids = _prompt_before_plan(args)
     if prompt_ids is not None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
@@ -85,6 +88,7 @@ def main(args) -> int:
     if new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
     warnings = _check_hardware(plan, device, args.strict)
+    kv_flags.check_disk_for_save(args, plan, context)
     memory_extra = _apply_budget(plan, stages)
     loaded = _load_model(args, spec, dtype_name, device, stages)
     if prompt_ids is None:
@@ -214,12 +218,14 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     bar, on_chunk = _progress(plan, input_ids, args.no_progress,
                               tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks))
     try:
-        options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan))
+        options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan),
+                             **kv_flags.run_options(args, loaded, plan, _stated_host_bytes(args, plan)))
         context = ReportContext(model_name=loaded.spec.name, memory_extra=memory_extra, warnings=warnings)
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
                           options=options, verify=args.verify, tail_chunks=tail_chunks, stages=stages,
                           context=context)
-    except HostMemoryError as exc:
+    except (HostMemoryError, *kv_flags.kv_errors()) as exc:
+        bar.close()
         raise UserError(str(exc)) from None
     except RunFault as fault:
         bar.close()
@@ -233,6 +239,7 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     if args.trace:
         write_trace(result.measurement.trace_events, args.out)
     _summary(result.report, path)
+    kv_flags.summary_line(result.report)
     return 0
 
 

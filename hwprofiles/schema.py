@@ -159,6 +159,12 @@ class HardwareProfile(_Frozen):
     executor_graph_layer_host_s: Optional[float] = Field(
         None, description="extra host seconds of a replayed decode graph per decoder layer (the graph's launch "
         "cost grows with its kernels)")
+    # disk (headplan profile --disk DIR: executor/profiler/disk.py); None: not measured
+    disk_write_bytes_per_s: Optional[float] = Field(
+        None, description="sequential write of one file from pinned memory, fsync'ed, to the profiled folder")
+    disk_read_bytes_per_s: Optional[float] = Field(
+        None, description="sequential read of that file after its pages were dropped from the page cache")
+    disk_path: Optional[str] = Field(None, description="the folder the disk figures were measured in")
     # measured tables (empty for datasheet profiles)
     attention_table: list[AttentionPoint] = Field(default_factory=list)
     transfer_table: list[TransferPoint] = Field(default_factory=list)
@@ -173,7 +179,8 @@ class HardwareProfile(_Frozen):
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
-                          "executor_graph_layer_host_s")
+                          "executor_graph_layer_host_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s",
+                          "disk_path")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

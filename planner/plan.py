@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hwprofiles.jsonfile import read_json
 from hwprofiles.schema import HardwareProfile
+from planner.kv_reuse import ContextLoadPrediction
 from planner.model_spec import ModelSpec
 
 PLAN_SCHEMA_VERSION = 1
@@ -123,6 +124,8 @@ class Plan(_Model):
     notes: list[str] = Field(default_factory=list)
     gpus: int = Field(1, description="GPUs in the pipeline; the layers split into this many contiguous stages")
     stages: list[Stage] = Field(default_factory=list, description="per-GPU split (empty when gpus = 1)")
+    kv_load: Optional[ContextLoadPrediction] = Field(None, description="headplan plan --load-kv DIR: the saved "
+                                                     "context's load time against the prefill it replaces")
 
 
 class PlanFileError(ValueError):

@@ -12,6 +12,7 @@ import torch
 
 from executor.generation.measurement import Measurement
 from executor.generation.tail import TailSplit
+from executor.report.kv_block import kv_figures, predicted_after_load
 from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, MemoryFigures, RunReport, TailFigures,
                                     TimesAndPeak, Transfers, errors_of, relative_error)
 from executor.settings import ExecutionSettings
@@ -173,7 +174,8 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
     import transformers
 
     m = measurement or Measurement(prompt_tokens=input_ids.shape[1])
-    predicted, measured = _predicted_block(plan, tail), _measured_block(model, m, tail)
+    predicted = predicted_after_load(_predicted_block(plan, tail), plan, m.loaded_past_tokens)
+    measured = _measured_block(model, m, tail)
     transfers, attention = _phase_figures(m)
     memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
                            gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
@@ -188,4 +190,5 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                      memory=memory, verify=verify, warnings=list(context.warnings),
                      plan_hardware=plan.hardware.name if plan is not None else None,
                      gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
+                     kv=kv_figures(plan, m, int(input_ids.shape[1])),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})
