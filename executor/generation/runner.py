@@ -84,6 +84,7 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
             run.decode(next_ids, new_tokens)
         _finish(run, measurement)
         if options.kv_saver is not None:  # after _finish: every stream is synchronised, the rows are final
+            run.engine.position.phase, run.engine.position.chunk, run.engine.position.layer = "save-kv", None, None
             saved = options.kv_saver(_kv_rows(run, parts), prompt_ids)
             measurement.kv_reuse.update(save_path=str(saved.path), saved_bytes=saved.nbytes, save_s=saved.save_s)
     except torch.OutOfMemoryError as exc:
