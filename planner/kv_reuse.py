@@ -55,7 +55,9 @@ def predict_context_load(*, reused_tokens: int, load_bytes: int, disk_read_bytes
         load_s = 0.0
     saved = replaced - load_s if replaced is not None and load_s is not None else None
     speedup = replaced / load_s if replaced is not None and load_s else None
-    if disk_read_bytes_per_s is None:
+    if not reused_tokens:
+        note = "no token of the prompt is reused: nothing loads"
+    elif disk_read_bytes_per_s is None:
         note = "the hardware profile has no disk figures (headplan profile --disk DIR): load time not predicted"
     elif saved is not None and saved < 0:
         note = f"loading ({load_s:.2f} s) is slower than the prefill it replaces ({replaced:.2f} s): do not load"

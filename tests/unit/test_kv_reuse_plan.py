@@ -28,6 +28,9 @@ def test_prediction_against_the_prefill():
     unknown = predict_context_load(reused_tokens=20, load_bytes=1, disk_read_bytes_per_s=None, chunk_s=[1.0],
                                    chunk_size=10, context_tokens=10, prefill_s=1.0)
     assert unknown.load_s is None and "headplan profile --disk" in unknown.note
+    none = predict_context_load(reused_tokens=0, load_bytes=0, disk_read_bytes_per_s=8e9, chunk_s=[1.0],
+                                chunk_size=10, context_tokens=10, prefill_s=1.0)
+    assert none.load_s == 0.0 and "nothing loads" in none.note
     assert predict_context_save(6 * 10**9, 6e9) == pytest.approx(1.0) and predict_context_save(1, None) is None
 
 
