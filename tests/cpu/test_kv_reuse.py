@@ -266,3 +266,28 @@ def test_fingerprint_sees_one_element_and_is_stable():
         weight.view(-1)[element] += 1e-3
     changed = model_fingerprint(model)
     assert changed.weights_sha256 != a.weights_sha256 and changed.config_sha256 == a.config_sha256
+
+
+def test_a_context_saved_by_two_stages_loads_into_one_and_back(tmp_path):
+    """The format is per (layer, KV head): a save over two pipeline stages (CPU stand-ins for two GPUs) loads into
+    a single-stage run with other knobs, and a single-stage save into two stages."""
+    from executor.parallel.stages import DeviceStage
+
+    def cpu_stages(split, residents):
+        firsts = [sum(split[:i]) for i in range(len(split))]
+        return [DeviceStage(i, f, n, torch.device("cpu"), r) for i, (f, n, r) in enumerate(zip(firsts, split, residents))]
+
+    model = tiny_model(layers=4)
+    ids, longer = prompt(SAVED), torch.cat([prompt(SAVED), prompt(6, seed=9)], 1)
+    two = cpu_stages([2, 2], [1, 2])
+    saver = ContextSaver(tmp_path / "staged", model_fingerprint(model), segment_tokens=SEGMENT, progress=False)
+    execute(model, ids, settings(chunk=16, group=1, resident=3), new_tokens=NEW, device="cpu", stages=two,
+            options=RunOptions(kv_saver=saver))
+    one = execute(model, longer, settings(chunk=9, group=2, resident=0), new_tokens=NEW, device="cpu",
+                  options=RunOptions(past_loader=loader_for(model, tmp_path / "staged")))
+    assert one.loaded_past_tokens == SAVED and one.generated_token_ids == greedy_reference(model, longer, NEW)
+    save_run(model, ids, tmp_path / "single")
+    back = execute(model, longer, settings(chunk=5, group=1, resident=3), new_tokens=NEW, device="cpu",
+                   stages=cpu_stages([3, 1], [2, 1]),
+                   options=RunOptions(past_loader=loader_for(model, tmp_path / "single")))
+    assert back.generated_token_ids == one.generated_token_ids
