@@ -51,5 +51,6 @@ def predicted_after_load(predicted: TimesAndPeak, plan: Optional[Plan], reused_t
     load = predict_context_load(reused_tokens=reused_tokens, load_bytes=0, disk_read_bytes_per_s=None,
                                 chunk_s=plan.predicted.chunk_s, chunk_size=plan.chunk_size,
                                 context_tokens=plan.context_tokens, prefill_s=plan.predicted.prefill_s)
-    return predicted.model_copy(update={"prefill_s": load.remaining_prefill_s, "time_to_first_token_s": load.remaining_prefill_s,
+    remaining_s = load.remaining_prefill_s
+    return predicted.model_copy(update={"prefill_s": remaining_s, "time_to_first_token_s": remaining_s,
                                         "chunk_s": []})

@@ -275,7 +275,8 @@ def test_a_context_saved_by_two_stages_loads_into_one_and_back(tmp_path):
 
     def cpu_stages(split, residents):
         firsts = [sum(split[:i]) for i in range(len(split))]
-        return [DeviceStage(i, f, n, torch.device("cpu"), r) for i, (f, n, r) in enumerate(zip(firsts, split, residents))]
+        return [DeviceStage(i, f, n, torch.device("cpu"), r)
+                for i, (f, n, r) in enumerate(zip(firsts, split, residents))]
 
     model = tiny_model(layers=4)
     ids, longer = prompt(SAVED), torch.cat([prompt(SAVED), prompt(6, seed=9)], 1)
