@@ -2,8 +2,8 @@
 
     load_s       = B_load / disk_read_bytes_per_s
                    B_load: the whole segments covering the reused prefix (executor/kv/context_manifest.py);
-                   disk-bound: each segment's CRC-32 pieces (7.5 GB/s per core, on up to 8 threads) and its copy
-                   into the store overlap the read of the next segment (executor/kv/context_load.py)
+                   disk-bound: four workers each read, check (CRC-32, 7.5 GB/s per core) and copy a segment, so
+                   the checks and copies overlap the other workers' reads (executor/kv/context_load.py)
     save_s       = B_save / disk_write_bytes_per_s      (written straight from the store, fsync'ed)
     replaced_s   = sum over the plan's chunks i of chunk_s[i] * (share of chunk i's tokens below N)
     remaining_s  = prefill_s - replaced_s               (the tokens [N, n) still prefilled)

@@ -4,10 +4,10 @@ ContextLoader(directory, fingerprint=..., dtype=..., ...) reads and checks the m
 file's size on disk), the model fingerprint (kv/fingerprint.py), dtype and shapes, and the token ids (CRC-32)
 before the run allocates anything. ``reusable_tokens(prompt_ids)`` is the longest common prefix of the prompt and
 the saved ids, capped at len(prompt) - 1 so the last prompt token is always computed again (fresh logits).
-``load(rows, tokens)`` then reads the segments covering [0, tokens), each whole into one of two staging buffers
-(one segment each: the only extra host memory, ``staging_bytes``); a segment's pieces are CRC-checked in parallel
-and only then are its blocks copied into the stores (host rows by memcpy, resident rows host-to-device), while the
-next segment is read into the other buffer.
+``load(rows, tokens)`` then reads the segments covering [0, tokens) on DEFAULT_WORKERS threads, each segment whole
+into its worker's staging buffer (the only extra host memory, ``staging_bytes``: one segment per worker); its pieces
+are CRC-checked and only then are its blocks copied into the stores (host rows by memcpy, resident rows
+host-to-device), while the other workers read theirs.
 
 No unverified byte reaches a store: every copy into the stores follows the check of the bytes it copies. The stores
 loaded into belong to the run being set up (allocated just before and not yet read); a check that fails on a later
@@ -18,10 +18,11 @@ half-loaded context in use. Only raw bytes are read (readinto + views): nothing 
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import time
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,6 +34,11 @@ from executor.kv.context_manifest import ContextFormatError, ContextManifest, Mo
 from executor.kv.fingerprint import fingerprint_mismatch
 from executor.kv.rows import KVRows
 from planner.units import GIB
+
+
+DEFAULT_WORKERS = 4
+"""segments loaded at once, each by one thread (read, check, copy) into its own staging buffer: several reads in
+flight keep the disk's queue full, and the checks and copies of one segment overlap the others' reads"""
 
 
 class ContextMismatchError(ValueError):
@@ -72,7 +78,7 @@ class ContextLoader:
                  kv_heads: int, head_dim: int, progress: bool = True, workers: Optional[int] = None):
         self.path = Path(directory)
         self.manifest: ContextManifest = read_manifest(self.path)
-        self.progress, self.workers = progress, workers or min(8, os.cpu_count() or 1)
+        self.progress, self.workers = progress, workers or min(DEFAULT_WORKERS, os.cpu_count() or 1)
         m = self.manifest
         dtype_name = str(dtype).removeprefix("torch.")
         if m.dtype != dtype_name:
@@ -100,8 +106,8 @@ class ContextLoader:
 
     @property
     def staging_bytes(self) -> int:
-        """Host memory a load takes besides the stores: two segment buffers."""
-        return 2 * max(s.nbytes for s in self.manifest.segments)
+        """Host memory a load takes besides the stores: one segment buffer per worker."""
+        return min(self.workers, len(self.manifest.segments)) * max(s.nbytes for s in self.manifest.segments)
 
     def check_host_ram(self, store_bytes: int, available_bytes: Optional[int]) -> None:
         """ContextMismatchError when the run's host store (``store_bytes``) plus the staging buffers exceed
@@ -124,50 +130,55 @@ class ContextLoader:
                              f"stores hold {rows.capacity_tokens}")
         segments = self.manifest.segments_for(tokens)
         nbytes = sum(s.nbytes for s in segments)
-        largest = max(s.nbytes for s in segments)
-        staging = [np.empty(largest, dtype=np.uint8) for _ in range(min(2, len(segments)))]
+        free: queue.Queue = queue.Queue()
+        for _ in range(min(self.workers, len(segments))):
+            buffer = np.empty(max(s.nbytes for s in segments), dtype=np.uint8)
+            buffer[::4096] = 0  # fault the pages in here, not inside the reads (0.5 GB/s measured on tmpfs)
+            free.put(buffer)
         start_s = time.perf_counter()
         bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="load KV", file=sys.stderr,
                    disable=not self.progress)
-        pending: list[Optional[Future]] = [None] * len(staging)
-        with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as stage, bar:
+        with ThreadPoolExecutor(free.qsize()) as pool, bar:
+            jobs = [pool.submit(self._load_segment, rows, seg, tokens, free, bar) for seg in segments]
             try:
-                for i, seg in enumerate(segments):
-                    slot = i % len(staging)
-                    if pending[slot] is not None:
-                        pending[slot].result()  # that buffer's previous segment is checked and copied out
-                    buffer = staging[slot][: seg.nbytes]
-                    _read_exact(self.path / seg.file, buffer)
-                    pending[slot] = stage.submit(self._check_and_copy, pool, rows, seg, buffer, tokens)
-                    bar.update(seg.nbytes)
-                for job in pending:
-                    if job is not None:
-                        job.result()
+                for job in jobs:
+                    job.result()
             except BaseException:
-                for job in pending:
-                    if job is not None:
-                        job.cancel()
+                for job in jobs:
+                    job.cancel()
                 raise
         for device in {p.resident_keys.device for p in rows.layers if p.resident_keys.device.type == "cuda"}:
             torch.cuda.synchronize(device)  # the resident rows' host-to-device copies are complete
         return LoadResult(str(self.path), tokens, nbytes, time.perf_counter() - start_s)
 
-    def _check_and_copy(self, pool: ThreadPoolExecutor, rows: KVRows, seg, buffer: np.ndarray, tokens: int) -> None:
-        piece = self.manifest.checksum_piece_bytes
-        starts = range(0, seg.nbytes, piece)
-        crcs = list(pool.map(lambda a: zlib.crc32(memoryview(buffer)[a: a + piece]), starts))
+    def _load_segment(self, rows: KVRows, seg, tokens: int, free: queue.Queue, bar) -> None:
+        """One worker's segment: read it whole into a free staging buffer, check every piece, then copy."""
+        staging = free.get()
+        try:
+            buffer = staging[: seg.nbytes]
+            _read_exact(self.path / seg.file, buffer)
+            self._check(seg, buffer)
+            self._copy(rows, seg, buffer, tokens)
+            bar.update(seg.nbytes)
+        finally:
+            free.put(staging)
+
+    def _check(self, seg, buffer: np.ndarray) -> None:
+        piece, view = self.manifest.checksum_piece_bytes, memoryview(buffer)
+        crcs = [zlib.crc32(view[a: a + piece]) for a in range(0, seg.nbytes, piece)]
         bad = [k for k, (got, want) in enumerate(zip(crcs, seg.piece_crc32)) if got != want]
         if bad:
             raise ContextFormatError(f"{self.path / seg.file}: checksum mismatch in piece {bad[0]} of "
                                      f"{len(crcs)} (corrupt)")
+
+    @staticmethod
+    def _copy(rows: KVRows, seg, buffer: np.ndarray, tokens: int) -> None:
+        """Blocks [t_s, d] of the checked segment into the rows: tokens [first, first + take) of each."""
         take = min(seg.tokens, tokens - seg.first_token)
         source = torch.from_numpy(buffer).view(rows.dtype).view(-1, seg.tokens, rows.head_dim)
-        jobs, block = [], 0
+        block = 0
         for layer in range(len(rows.layers)):
             for head in range(rows.kv_heads):
                 for row in rows.rows(layer, head):
-                    dst, src = row[seg.first_token: seg.first_token + take], source[block, :take]
-                    jobs.append(pool.submit(dst.copy_, src))
+                    row[seg.first_token: seg.first_token + take].copy_(source[block, :take])
                     block += 1
-        for job in jobs:
-            job.result()

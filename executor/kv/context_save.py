@@ -3,9 +3,9 @@
 For each segment s (tokens [a, b) = [s * S, min(a + S, n))), for each (layer l, KV head h) in order, K then V:
 the block rows[a:b] [b - a, d] of that head's row (kv/rows.py). A host-store block is written from the store's own
 memory (a numpy view of the tensor's storage, no copy); the GPU-resident blocks of one segment are first copied to
-one bounce buffer of at most one segment's resident bytes (2 * sum_l r_l * S * d * bytes). The CRC-32 of each
-piece of the segment file is computed on a worker thread while the main thread writes the same blocks (zlib and
-os.writev both release the GIL).
+a bounce buffer of at most one segment's resident bytes (2 * sum_l r_l * S * d * bytes), one per worker.
+SAVE_WORKERS threads write segments at once, each computing its file's CRC-32 pieces and writing the same blocks
+(zlib and os.writev both release the GIL).
 
 Commit protocol: every file is written as NAME.tmp, fsync'ed, then renamed; manifest.json is written last the same
 way and the folder fsync'ed, so a folder is a context exactly when it has a manifest.json, and an interrupted save
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import queue
 import shutil
 import sys
 import time
@@ -39,6 +40,8 @@ DEFAULT_SEGMENT_TOKENS = 4096
 """S: Llama-3-8B bf16 (128 KiB per token): 512 MiB per segment; Llama-3.2-1B (32 KiB): 128 MiB"""
 DEFAULT_PIECE_BYTES = 64 << 20
 """checksum piece: small enough to verify a segment's pieces in parallel, large enough for few manifest lines"""
+SAVE_WORKERS = 4
+"""segment files written at once, each by one thread: several writes in flight keep the disk's queue full"""
 IOV_BATCH = 512
 """blocks per os.writev call (Linux IOV_MAX is 1024)"""
 
@@ -115,8 +118,8 @@ def _write_all(fd: int, blocks: Sequence[np.ndarray]) -> None:
                 pending[0] = pending[0][written:]
 
 
-def _write_file(path: Path, blocks: Sequence[np.ndarray], crc_job=None) -> None:
-    """NAME.tmp, written, fsync'ed, renamed to NAME. ``crc_job``: a future to wait for before the rename."""
+def _write_file(path: Path, blocks: Sequence[np.ndarray]) -> None:
+    """NAME.tmp, written, fsync'ed, renamed to NAME."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -124,8 +127,6 @@ def _write_file(path: Path, blocks: Sequence[np.ndarray], crc_job=None) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if crc_job is not None:
-        crc_job.result()
     os.replace(tmp, path)
 
 
@@ -196,23 +197,38 @@ def save_context(rows: KVRows, token_ids: Sequence[int], directory: Path | str, 
 
 def _write_segments(rows: KVRows, n: int, directory: Path, segment_tokens: int, piece_bytes: int, progress: bool,
                     written: list[Path]) -> list[SegmentEntry]:
+    """Every segment file, SAVE_WORKERS at once (each worker: gather its blocks, CRC them, write, fsync, rename)."""
     from tqdm import tqdm
 
     per_token = 2 * len(rows.layers) * rows.kv_heads * rows.head_dim * rows.dtype.itemsize
-    source, segments = _SegmentBlocks(rows), []
+    starts = list(range(0, n, segment_tokens))
+    written.extend(directory / segment_name(i) for i in range(len(starts)))
+    workers = min(SAVE_WORKERS, len(starts), os.cpu_count() or 1)
+    sources: queue.Queue = queue.Queue()
+    for _ in range(workers):
+        sources.put(_SegmentBlocks(rows))
     bar = tqdm(total=n * per_token, unit="B", unit_scale=True, desc="save KV", file=sys.stderr, disable=not progress)
-    with ThreadPoolExecutor(max_workers=1) as crc_pool, bar:
-        for index, first in enumerate(range(0, n, segment_tokens)):
-            tokens = min(segment_tokens, n - first)
+
+    def write(index: int, first: int) -> SegmentEntry:
+        tokens, source = min(segment_tokens, n - first), sources.get()
+        try:
             blocks = source.blocks(first, tokens)
-            crc_job = crc_pool.submit(_piece_crcs, blocks, piece_bytes)
-            path = directory / segment_name(index)
-            written.append(path)
-            _write_file(path, blocks, crc_job)
-            segments.append(SegmentEntry(index=index, first_token=first, tokens=tokens, file=path.name,
-                                         nbytes=tokens * per_token, piece_crc32=crc_job.result()))
-            bar.update(tokens * per_token)
-    return segments
+            crcs = _piece_crcs(blocks, piece_bytes)
+            _write_file(directory / segment_name(index), blocks)
+        finally:
+            sources.put(source)
+        bar.update(tokens * per_token)
+        return SegmentEntry(index=index, first_token=first, tokens=tokens, file=segment_name(index),
+                            nbytes=tokens * per_token, piece_crc32=crcs)
+
+    with ThreadPoolExecutor(workers) as pool, bar:
+        jobs = [pool.submit(write, index, first) for index, first in enumerate(starts)]
+        try:
+            return [job.result() for job in jobs]
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -216,11 +216,11 @@ def test_interrupted_save_leaves_nothing_that_loads(tmp_path, monkeypatch):
     model, ids = tiny_model(), prompt(SAVED)
     real, calls = context_save._write_file, []
 
-    def interrupted(path, blocks, crc_job=None):
+    def interrupted(path, blocks):
         calls.append(path.name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(path, blocks, crc_job)
+        return real(path, blocks)
 
     monkeypatch.setattr(context_save, "_write_file", interrupted)
     with pytest.raises(RunInterrupted, match="phase save-kv"):  # Ctrl-C: the CLI's exit 130, a partial report
