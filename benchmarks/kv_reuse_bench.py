@@ -9,8 +9,8 @@ The disk is measured first with the profiler's section (executor/profiler/disk.p
 after dropping the cache) and written into a copy of --hw, which both runs plan with, so their reports carry the
 predicted load and save time beside the measured ones. Each run is its own process (a fresh CUDA context).
 
-    # on the GPU machine (about 3 minutes on an H200; DIR needs 16 GiB free for the 8B cell):
-    python benchmarks/kv_reuse_bench.py --out $OUT --disk /tmp/headplan-kv \
+    # on the GPU machine (about 3 minutes on an H200; the folder needs 16 GiB free for the 8B cell):
+    python benchmarks/kv_reuse_bench.py --out $OUT \
         --hw hwprofiles/catalog/h200-sxm-quick.json --cells llama-3-8b:128K:24GB,llama-3.2-1b:256K:24GB
 
 Writes OUT/kv_reuse.json (machine, date, disk figures, one record per cell) and prints one line per cell.
@@ -96,6 +96,8 @@ def run_cell(cell: str, hw: Path, disk: dict, folder: Path, out: Path, timeout_s
     loaded = headplan_run(model, context, gpu_mem, hw, out / f"{name}-load",
                           ["--load-kv", str(target)], timeout_s)
     shutil.rmtree(target, ignore_errors=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
     s, ld = saved["kv"], loaded["kv"]
     prefill_s = saved["measured"]["prefill_s"]
     record = {
@@ -125,7 +127,9 @@ def run_cell(cell: str, hw: Path, disk: dict, folder: Path, out: Path, timeout_s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "kv-reuse-out")))
-    parser.add_argument("--disk", type=Path, default=Path("/tmp/headplan-kv"), help="folder the contexts go to")
+    parser.add_argument("--disk", type=Path, default=ROOT / ".kv-bench-contexts",
+                        help="folder the contexts go to (default: in the working tree, on its disk; /tmp may be "
+                        "tmpfs, i.e. RAM); removed after each cell")
     parser.add_argument("--hw", default=str(ROOT / "hwprofiles/catalog/h200-sxm-quick.json"))
     parser.add_argument("--cells", default="llama-3-8b:128K:24GB,llama-3.2-1b:256K:24GB")
     parser.add_argument("--timeout-s", type=int, default=240, help="per headplan run")

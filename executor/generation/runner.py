@@ -12,6 +12,10 @@ A timing probe (``options.synthetic_past_tokens=N``, headplan run --tail-chunks)
 zero-filled and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
 a full-length past that was never computed: time and memory are the full context's, the outputs are not the
 model's.
+A saved context (``options.past_loader``, headplan run --load-kv): the prompt's longest common prefix N with the
+saved ids (at most n - 1) is loaded into rows [0, N) of the stores after they are built (kv/context_load.py, every
+byte checked first), the cache counts N tokens, and only ``input_ids[:, N:]`` are prefilled; the outputs are the
+model's. ``options.kv_saver`` (--save-kv) writes the prompt's rows after the run, before the stores are released.
 Leaves out: the report (report/), the plan (api.py), sampling other than greedy.
 """
 
