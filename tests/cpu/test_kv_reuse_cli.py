@@ -129,12 +129,15 @@ def test_plan_load_kv_predicts_from_the_disk_figures(files, capsys, tmp_path):
 
 
 def test_profile_disk_section(tmp_path):
-    from hwprofiles import load_profile
+    """The profiler's disk section (the whole tiny profile runs it too: test_profiler.py) and --disk refusals."""
+    from executor.profiler.config import TINY
+    from executor.profiler.context import ProfileContext
+    from executor.profiler.disk import measure_disk, probe_bytes
 
-    assert cli_main(["profile", "--sizes", "tiny", "--quiet", "--out", str(tmp_path / "p.json"), "--disk",
-                     str(tmp_path)]) == 0
-    profile = load_profile(tmp_path / "p.json")
-    assert profile.disk_write_bytes_per_s > 0 and profile.disk_read_bytes_per_s > 0
-    assert profile.disk_path == str(tmp_path) and not list(tmp_path.glob(".headplan-disk-probe*"))
+    result = measure_disk(ProfileContext(device=torch.device("cpu"), preset=TINY, quiet=True), tmp_path)
+    assert result["disk_write_bytes_per_s"] > 0 and result["disk_read_bytes_per_s"] > 0
+    assert result["disk_path"] == str(tmp_path) and result["nbytes"] == 32 * 2**20
+    assert not list(tmp_path.iterdir())                                  # the probe file is gone
+    assert probe_bytes("full", free_disk_bytes=8 * 2**30, available_host_bytes=None) == 2 * 2**30
     assert cli_main(["profile", "--sizes", "tiny", "--quiet", "--out", str(tmp_path / "q.json"), "--disk",
                      str(tmp_path / "missing")]) == 2
