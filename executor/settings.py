@@ -9,7 +9,7 @@ different ExecutionSettings. Leaves out: the plan itself (planner/plan.py) and i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
 
@@ -115,6 +115,25 @@ class SamplingOptions:
         return self.greedy and self.repetition_penalty == 1
 
 
+class PastLoader(Protocol):
+    """Fills the stores' first rows from a saved context (kv/context_load.py ContextLoader)."""
+
+    path: Any
+
+    def reusable_tokens(self, prompt_ids: Sequence[int]) -> int:
+        """N: prompt tokens whose K, V can be loaded (at most len(prompt_ids) - 1)."""
+
+    def load(self, rows: Any, tokens: int) -> Any:
+        """Copy tokens [0, N) into ``rows`` (kv/rows.py KVRows); returns a result with nbytes and load_s."""
+
+
+class KVSaver(Protocol):
+    """Writes the prompt's K, V from the stores after the run (kv/context_save.py, bound to a folder)."""
+
+    def __call__(self, rows: Any, prompt_ids: Sequence[int]) -> Any:
+        """Save tokens [0, len(prompt_ids)) of ``rows``; returns a result with nbytes and save_s."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How generation.runner.execute drives one run (every field optional)."""
@@ -138,3 +157,8 @@ class RunOptions:
     token_stream: Optional[Any] = None
     """a generation/output.py TokenStream: receives each generated token one behind the device, streams the
     text and may end the decode early (end of sequence, a stop string); None: every token, no stop"""
+    past_loader: Optional[PastLoader] = None
+    """--load-kv: after the stores are built, the prompt's longest common prefix with a saved context (N tokens, at
+    most n - 1) is loaded into rows [0, N) and the prefill runs tokens [N, n) only (generation/runner.py)"""
+    kv_saver: Optional[KVSaver] = None
+    """--save-kv: after the run (stores synchronised, before they are released) the prompt's K, V are saved"""

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from headplan import kv_flags
 from headplan.errors import UserError
 
 DESCRIPTION = ("Plan head-wise KV offloading for a model, a context and a GPU: the strategy, chunk size, heads "
@@ -114,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roofline", default=None, type=Path, help="PNG of the roofline (also with --sweep: "
                         "the first context's plan)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    kv_flags.add_plan_arguments(parser)
     parser.add_argument("--out", default=None, type=Path, help="write the JSON to this file")
 
 
@@ -286,6 +288,8 @@ def main(args: argparse.Namespace) -> int:
     from planner.render import render_plan
 
     plan = plan_from_args(args)
+    if getattr(args, "load_kv", None) is not None:
+        plan = kv_flags.plan_with_load(plan, args.load_kv)
     roofline = args.roofline or args.plot
     if roofline is not None:
         from planner.plots import plot_roofline

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not store the profile as this machine's default (the per-user store)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--disk", default=None, type=Path, metavar="DIR",
+                        help="folder whose sequential write (fsync'ed) and read bandwidth is measured, for saved "
+                        "contexts (headplan run --save-kv / --load-kv; default: the working directory)")
 
 
 def output_path(out: Path | None, name: str) -> Path:
@@ -100,8 +103,14 @@ def main(args: argparse.Namespace) -> int:
     from planner.model_spec import load_model_spec
 
     models = tuple(load_model_spec(text) for text in args.model)  # bad names: exit 2 before measuring
+    if args.out is not None:  # fail before minutes of measuring, not after
+        _check_writable(args.out, args.force)
+    elif args.name is not None:
+        _check_writable(output_path(None, args.name), args.force)
+    if args.disk is not None and not args.disk.is_dir():
+        raise UserError(f"--disk {args.disk} is not a folder")
     options = ProfileOptions(quick=args.quick, sizes=args.sizes, device=args.device, name=args.name,
-                             quiet=args.quiet, models=models)
+                             quiet=args.quiet, models=models, disk=str(args.disk) if args.disk is not None else None)
     try:
         name = planned_name(options)  # fail before minutes of measuring, not after
     except ProfileSetupError as exc:

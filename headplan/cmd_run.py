@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from headplan import run_checks
+from headplan import kv_flags, run_checks
 from headplan.errors import UserError
 from headplan.run_answer import add_answer_arguments, answer_options, make_token_stream, say
 
@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--quiet", action="store_true", help="only the answer on stdout: no progress, timings, "
                         "warnings or report path on stderr")
+    kv_flags.add_run_arguments(parser)
 
 
 def _resolve_plan(args):
@@ -90,6 +91,7 @@ def main(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
     run_checks.check_output_dir(args.out)
+    kv_flags.check_early(args)
     tokenizer = _tokenizer_before_weights(args)
     prompt_ids = _prompt_before_plan(args, tokenizer)
     if prompt_ids is not None and args.plan is None:
@@ -111,6 +113,7 @@ def main(args) -> int:
                         "for the longer context")
     warnings = _check_hardware(plan, device, args.strict, args.quiet) + run_checks.plan_warnings(plan, args.quiet)
     run_checks.check_host_ram_early(plan, _stated_host_bytes(args, plan))
+    kv_flags.check_disk_for_save(args, plan, context)
     memory_extra = _apply_budget(plan, stages)
     loaded = _load_model(args, spec, dtype_name, device, stages, tokenizer)
     if prompt_ids is None:
@@ -269,14 +272,17 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     bar, on_chunk = _progress(plan, input_ids, args.no_progress,
                               tail_split(input_ids.shape[1], plan.chunk_size, tail_chunks))
     stream = make_token_stream(answer, loaded, stages[0].device, plan, input_ids.shape[1] + new_tokens)
-    options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=_stated_host_bytes(args, plan),
-                         sampling=answer.sampling, token_stream=stream)
     context = ReportContext(model_name=loaded.spec.name, memory_extra=memory_extra, warnings=warnings)
     try:
+        host_bytes = _stated_host_bytes(args, plan)
+        options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=host_bytes,
+                             sampling=answer.sampling, token_stream=stream,
+                             **kv_flags.run_options(args, loaded, plan, host_bytes))
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
                           options=options, verify=args.verify, tail_chunks=tail_chunks, stages=stages,
                           context=context)
-    except HostMemoryError as exc:
+    except (HostMemoryError, *kv_flags.kv_errors()) as exc:
+        bar.close()
         raise UserError(str(exc)) from None
     except RunFault as fault:
         bar.close()
@@ -291,6 +297,7 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
     path = run_checks.write_run_outputs(result.report, args.out,
                                         result.measurement.trace_events if args.trace else None)
     _summary(result.report, path, args.quiet)
+    kv_flags.summary_line(result.report, args.quiet)
     return 0
 
 

@@ -209,6 +209,12 @@ class HardwareProfile(_Frozen):
         "buffer, the worker's event wait and wake-up, out + lse back, the float32 merge")
     cpu_attention_table: list[CpuAttentionPoint] = Field(default_factory=list)
     host_concurrency_table: list[HostConcurrencyPoint] = Field(default_factory=list)
+    # disk (headplan profile --disk DIR: executor/profiler/disk.py); None: not measured
+    disk_write_bytes_per_s: Optional[float] = Field(
+        None, description="sequential write of one file from pinned memory, fsync'ed, to the profiled folder")
+    disk_read_bytes_per_s: Optional[float] = Field(
+        None, description="sequential read of that file after its pages were dropped from the page cache")
+    disk_path: Optional[str] = Field(None, description="the folder the disk figures were measured in")
     # measured tables (empty for datasheet profiles)
     attention_table: list[AttentionPoint] = Field(default_factory=list)
     transfer_table: list[TransferPoint] = Field(default_factory=list)
@@ -226,7 +232,7 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
-                          "host_share_handoff_s")
+                          "host_share_handoff_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path")
 HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")
 
 

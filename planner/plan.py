@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hwprofiles.jsonfile import read_json
 from hwprofiles.schema import HardwareProfile
+from planner.kv_reuse import ContextLoadPrediction
 from planner.model_spec import ModelSpec
 
 PLAN_SCHEMA_VERSION = 1
@@ -129,6 +130,8 @@ class Plan(_Model):
         "layers", description="how several GPUs split the model: 'layers' (planner/pipeline.py, ``stages``) or "
         "'heads' (planner/tensor_parallel.py: memory, resident_kv_heads and heads_per_group are per GPU)")
     stages: list[Stage] = Field(default_factory=list, description="per-GPU split (empty when gpus = 1)")
+    kv_load: Optional[ContextLoadPrediction] = Field(None, description="headplan plan --load-kv DIR: the saved "
+                                                     "context's load time against the prefill it replaces")
 
 
 class PlanFileError(ValueError):

@@ -70,6 +70,11 @@ class Measurement(GpuPeaks):
     synthetic_past_tokens: int = 0
     """N: tokens [0, N) whose K, V rows were zero-filled instead of computed (a timing probe: runner.execute's
     ``synthetic_past_tokens``); the prefill ran at positions [N, N + prompt_tokens). 0 for a real run"""
+    loaded_past_tokens: int = 0
+    """N: tokens [0, N) whose K, V rows were loaded from a saved context (--load-kv) instead of computed; the
+    prefill ran at positions [N, N + prompt_tokens)"""
+    kv_reuse: dict = field(default_factory=dict)
+    """--load-kv / --save-kv figures: load_path, loaded_bytes, load_s, save_path, saved_bytes, save_s"""
     chunk_tokens: list[int] = field(default_factory=list)
     chunk_s: list[float] = field(default_factory=list)
     prefill_s: Optional[float] = None

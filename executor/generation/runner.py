@@ -12,6 +12,10 @@ A timing probe (``options.synthetic_past_tokens=N``, headplan run --tail-chunks)
 zero-filled and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
 a full-length past that was never computed: time and memory are the full context's, the outputs are not the
 model's.
+A saved context (``options.past_loader``, headplan run --load-kv): the prompt's longest common prefix N with the
+saved ids (at most n - 1) is loaded into rows [0, N) of the stores after they are built (kv/context_load.py, every
+byte checked first), the cache counts N tokens, and only ``input_ids[:, N:]`` are prefilled; the outputs are the
+model's. ``options.kv_saver`` (--save-kv) writes the prompt's rows after the run, before the stores are released.
 Leaves out: the report (report/), the plan (api.py).
 """
 
@@ -32,6 +36,7 @@ from executor.generation.measurement import Measurement, StageMeasurement, fill_
 from executor.generation.sampling import TokenChooser
 from executor.generation.warmup import cuda_devices, warm_up
 from executor.kv.layout import HeadCounts
+from executor.kv.rows import KVRows
 from executor.parallel.staged_engine import StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
 from executor.runtime.events import EventRecorder
@@ -59,15 +64,21 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
         stages = single_stage(model.config.num_hidden_layers, device, settings.resident_kv_heads)
     check_stages(stages, model.config.num_hidden_layers)
     device = stages[0].device
-    prompt_tokens = input_ids.shape[1]
     past_tokens = options.synthetic_past_tokens
-    _check_sizes(settings, past_tokens, prompt_tokens, new_tokens)
+    if options.past_loader is not None and past_tokens:
+        raise ValueError("a loaded past (--load-kv) and a synthetic past (--tail-chunks) exclude each other")
+    prompt_ids = [int(x) for x in input_ids[0].tolist()] if options.kv_saver or options.past_loader else []
+    loaded_tokens = options.past_loader.reusable_tokens(prompt_ids) if options.past_loader is not None else 0
+    input_ids = input_ids[:, loaded_tokens:]  # the prefill runs the tokens after the loaded prefix
+    prompt_tokens = input_ids.shape[1]
+    _check_sizes(settings, past_tokens + loaded_tokens, prompt_tokens, new_tokens)
     backend_name(settings.attention_backend)  # an unknown backend fails here, before anything is allocated
     dtype = next(model.parameters()).dtype
-    measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=past_tokens)
+    measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=past_tokens,
+                              loaded_past_tokens=loaded_tokens)
     if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
         measurement.warmup_s = warm_up(_tiny_run(model, stages, heads), model, input_ids, settings, stages,
-                                       context_tokens=past_tokens + prompt_tokens, heads=heads)
+                                       context_tokens=past_tokens + loaded_tokens + prompt_tokens, heads=heads)
     for stage_device in cuda_devices(stages):
         torch.cuda.reset_peak_memory_stats(stage_device)
     parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes,
@@ -76,6 +87,7 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     try:
         run = _build_run(model, parts, settings, options, measurement)
         _zero_filled_past(run, past_tokens)
+        _loaded_past(run, parts, options.past_loader, loaded_tokens, measurement)
         input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
         if not options.sampling.plain_argmax:
             run.chooser = TokenChooser(options.sampling, device=device, capacity_tokens=settings.capacity_tokens,
@@ -84,6 +96,10 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
             run.decode(next_ids, new_tokens)
         _finish(run, measurement)
+        if options.kv_saver is not None:  # after _finish: every stream is synchronised, the rows are final
+            run.engine.position.phase, run.engine.position.chunk, run.engine.position.layer = "save-kv", None, None
+            saved = options.kv_saver(_kv_rows(run, parts), prompt_ids)
+            measurement.kv_reuse.update(save_path=str(saved.path), saved_bytes=saved.nbytes, save_s=saved.save_s)
     except torch.OutOfMemoryError as exc:
         where = run.engine.position.describe() if run else "setup (allocating the GPU KV store)"
         _finish_partial(run, measurement)
@@ -141,6 +157,29 @@ def _zero_filled_past(run: RunLoop, tokens: int) -> None:
             for rows in per_layer:
                 if rows is not None:
                     rows[:, :tokens].zero_()
+    run.cache.advance(tokens)
+
+
+def _kv_rows(run: RunLoop, parts: list[StageParts]) -> KVRows:
+    """The (layer, KV head) rows of every stage's stores (kv/rows.py)."""
+    layout = parts[0].layout
+    stores = [(p.stage.first_layer, e.host, e.gpu) for p, e in zip(parts, run.engine.engines)]
+    return KVRows.from_stores(stores, kv_heads=layout.kv_heads, head_dim=layout.head_dim,
+                              capacity_tokens=layout.capacity_tokens, dtype=parts[0].host.dtype)
+
+
+def _loaded_past(run: RunLoop, parts: list[StageParts], loader, tokens: int, measurement: Measurement) -> None:
+    """--load-kv: copy the saved context's first N tokens into every store (kv/context_load.py: each segment is
+    checked before a byte of it is copied; a failure raises here, before the prefill, and the stores, allocated by
+    this run and never read, are released by execute's finally), then count N tokens in the cache so the prefill
+    starts at position N, as the synthetic past does."""
+    if loader is None:
+        return
+    measurement.kv_reuse.update(load_path=str(loader.path), loaded_bytes=0, load_s=0.0)
+    if not tokens:
+        return
+    loaded = loader.load(_kv_rows(run, parts), tokens)
+    measurement.kv_reuse.update(loaded_bytes=loaded.nbytes, load_s=loaded.load_s)
     run.cache.advance(tokens)
 
 

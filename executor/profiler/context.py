@@ -13,7 +13,7 @@ import gc
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import torch
 
@@ -34,6 +34,8 @@ class ProfileContext:
     started_s: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
     quiet: bool = False
+    disk_path: Optional[str] = None
+    """the folder whose disk bandwidth is measured (disk.py; None: the working directory)"""
 
     @property
     def on_gpu(self) -> bool:

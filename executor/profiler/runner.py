@@ -22,8 +22,8 @@ from typing import Optional, TextIO
 
 import torch
 
-from executor.profiler import (allreduce, attention, attention_flex, attention_step, elementwise, executor_host, hbm,
-                               host, host_attention, matmul, pcie, pinning, runtime)
+from executor.profiler import (allreduce, attention, attention_flex, attention_step, disk, elementwise, executor_host,
+                               hbm, host, host_attention, matmul, pcie, pinning, runtime)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
@@ -40,6 +40,7 @@ class ProfileOptions:
     name: Optional[str] = None  # catalog name; None: from the GPU (assemble.default_profile_name)
     quiet: bool = False  # no progress lines
     models: tuple = ()  # planner.model_spec.ModelSpec: their (head dim, GQA ratio) shapes are measured too
+    disk: Optional[str] = None  # folder whose disk bandwidth is measured (None: the working directory)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def collect(ctx: ProfileContext) -> dict:
     results["launch"] = _timed(ctx, "runtime", runtime.measure_launch)
     results["executor_host"] = _timed(ctx, "executor", executor_host.measure_executor_host,
                                       results["launch"]["launch_overhead_s"])
+    results["disk"] = _timed(ctx, "disk", disk.measure_disk, ctx.disk_path)
     if ctx.on_gpu:
         results["runtime_memory"] = runtime.measure_runtime_memory(ctx, context_only_bytes)
     results["allreduce"] = allreduce.measure_allreduce(ctx)  # None (noted) unless several GPUs are visible
@@ -174,7 +176,7 @@ def run_profile(options: ProfileOptions, stream: TextIO = sys.stderr) -> Profile
     preset = choose_preset(quick=options.quick, sizes=options.sizes, on_gpu=device.type == "cuda")
     if options.models:
         preset = with_model_shapes(preset, options.models)
-    ctx = ProfileContext(device=device, preset=preset, stream=stream, quiet=options.quiet)
+    ctx = ProfileContext(device=device, preset=preset, stream=stream, quiet=options.quiet, disk_path=options.disk)
     torch.manual_seed(0)
     ctx.progress("start", f"{device} {preset.mode} preset", f"torch {torch.__version__}")
     results = collect(ctx)

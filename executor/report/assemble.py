@@ -12,6 +12,7 @@ import torch
 
 from executor.generation.measurement import Measurement
 from executor.generation.tail import TailSplit
+from executor.report.kv_block import kv_figures, predicted_after_load
 from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, HostShareFigures, MemoryFigures,
                                     RunReport, TailFigures, TimesAndPeak, Transfers, errors_of, relative_error)
 from executor.settings import ExecutionSettings
@@ -217,7 +218,8 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
     import transformers
 
     m = measurement or Measurement(prompt_tokens=input_ids.shape[1])
-    predicted, measured = _predicted_block(plan, tail), _measured_block(model, m, tail)
+    predicted = predicted_after_load(_predicted_block(plan, tail), plan, m.loaded_past_tokens)
+    measured = _measured_block(model, m, tail)
     transfers, attention = _phase_figures(m)
     memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
                            gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
@@ -236,4 +238,5 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                      host_share=host_share_figures(plan, settings, m),
                      parallel=context.parallel if context.parallel else (
                          "layers" if len(m.stages) > 1 else None),
+                     kv=kv_figures(plan, m, int(input_ids.shape[1])),
                      versions={"torch": torch.__version__, "transformers": transformers.__version__})

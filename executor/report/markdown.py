@@ -69,6 +69,26 @@ def _answer_lines(report: RunReport) -> list[str]:
     return lines + [f"Generated token ids: {report.generated_token_ids}", ""]
 
 
+def _kv_lines(report: RunReport) -> list[str]:
+    """The saved-context lines (--load-kv / --save-kv): bytes, seconds, rates, prediction."""
+    kv = report.kv
+    if kv is None:
+        return []
+    rate = lambda r: "-" if r is None else f"{r / 1e9:.2f} GB/s"  # noqa: E731
+    lines = []
+    if kv.path:
+        lines.append(f"**Loaded context** {kv.path}: {kv.reused_tokens} tokens ({_gib(kv.loaded_bytes)}) in "
+                     f"{_seconds(kv.load_s)} ({rate(kv.load_bytes_per_s)}; predicted {_seconds(kv.predicted_load_s)} "
+                     f"at the profile's {rate(kv.disk_read_bytes_per_s)}), replacing a predicted "
+                     f"{_seconds(kv.predicted_replaced_prefill_s)} of prefill; {kv.prefilled_tokens} tokens "
+                     f"prefilled (prefill predicted for those only).")
+    if kv.save_path:
+        lines.append(f"**Saved context** {kv.save_path}: {_gib(kv.saved_bytes)} in {_seconds(kv.save_s)} "
+                     f"({rate(kv.save_bytes_per_s)}; predicted {_seconds(kv.predicted_save_s)} at the profile's "
+                     f"{rate(kv.disk_write_bytes_per_s)}).")
+    return lines + [""]
+
+
 def render_markdown(report: RunReport) -> str:
     """report.md: headline table (predicted, measured, error), transfers, attention, memory, plots."""
     p, m, e = report.predicted, report.measured, report.error
@@ -79,6 +99,7 @@ def render_markdown(report: RunReport) -> str:
               + ", ".join(f"{k}={v}" for k, v in report.settings.items()), ""]
     lines += [f"- warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
     lines += _tail_lines(report.tail)
+    lines += _kv_lines(report)
     prefill = "prefill" if report.tail is None else f"prefill (last {report.tail.chunks} chunks)"
     first_token = "time to first token" + ("" if report.tail is None else " (last chunks only)")
     lines += ["| | predicted | measured | error |", "|---|---|---|---|",

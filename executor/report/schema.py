@@ -152,6 +152,29 @@ class TailFigures(_Block):
     description: str = ""
 
 
+class KVReuseFigures(_Block):
+    """A saved context used by the run (headplan run --load-kv DIR / --save-kv DIR; executor/kv/)."""
+
+    reused_tokens: int = Field(0, description="N: prompt tokens [0, N) whose K, V were loaded instead of computed")
+    prefilled_tokens: int = Field(description="prompt tokens [N, n) that were prefilled")
+    loaded_bytes: int = Field(0, description="bytes read from disk (whole segments covering [0, N))")
+    load_s: Optional[float] = Field(None, description="wall seconds of the load (read, checksums, copies)")
+    load_bytes_per_s: Optional[float] = None
+    path: Optional[str] = Field(None, description="the --load-kv folder")
+    save_s: Optional[float] = Field(None, description="wall seconds of the --save-kv write (fsync'ed)")
+    saved_bytes: Optional[int] = None
+    save_bytes_per_s: Optional[float] = None
+    save_path: Optional[str] = None
+    predicted_load_s: Optional[float] = Field(None, description="load bytes / the profile's disk read rate")
+    predicted_save_s: Optional[float] = Field(None, description="saved bytes / the profile's disk write rate")
+    predicted_replaced_prefill_s: Optional[float] = Field(None, description="the plan's prefill of [0, N): what "
+                                                          "the load replaced (planner/kv_reuse.py)")
+    predicted_full_prefill_s: Optional[float] = Field(None, description="the plan's prefill of the whole prompt")
+    disk_read_bytes_per_s: Optional[float] = Field(None, description="the profile's figure, for comparison")
+    disk_write_bytes_per_s: Optional[float] = None
+    error: dict[str, Optional[float]] = Field(default_factory=dict, description="measured / predicted - 1")
+
+
 class RunReport(_Block):
     schema_version: int = REPORT_SCHEMA_VERSION
     status: str = "complete"
@@ -189,6 +212,7 @@ class RunReport(_Block):
                                     "(tensor-parallel ranks, each all layers and 1/N of the heads); None: one")
     tail: Optional[TailFigures] = Field(None, description="a --tail-chunks timing probe (None: a whole run)")
     host_share: Optional[HostShareFigures] = Field(None, description="decode's CPU share (None: F = 0)")
+    kv: Optional[KVReuseFigures] = Field(None, description="--load-kv / --save-kv figures (None: neither)")
 
 
 def relative_error(measured: Optional[float], predicted: Optional[float]) -> Optional[float]:
