@@ -103,10 +103,6 @@ def main(args: argparse.Namespace) -> int:
     from planner.model_spec import load_model_spec
 
     models = tuple(load_model_spec(text) for text in args.model)  # bad names: exit 2 before measuring
-    if args.out is not None:  # fail before minutes of measuring, not after
-        _check_writable(args.out, args.force)
-    elif args.name is not None:
-        _check_writable(output_path(None, args.name), args.force)
     if args.disk is not None and not args.disk.is_dir():
         raise UserError(f"--disk {args.disk} is not a folder")
     options = ProfileOptions(quick=args.quick, sizes=args.sizes, device=args.device, name=args.name,

@@ -28,11 +28,13 @@ _PROBE_NAME = ".headplan-write-probe"
 def check_output_dir(path: Path, what: str = "--out") -> None:
     """Raise UserError (one line, exit 2) unless ``path`` is, or can be made, a writable folder.
 
-    Creates the folder (and its parents) when missing: the run writes there anyway, and creating it is the only
-    reliable test (root passes any permission check; a read-only file system or a file in the way does not)."""
+    Creating the folder and a file in it is the only reliable test (root passes any permission check; a read-only
+    file system or a file in the way does not); folders the test created are removed again, so a run refused by a
+    later check leaves nothing behind (the report writer creates them for real)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder: choose another folder")
+    created = [p for p in [path, *path.parents] if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / _PROBE_NAME
@@ -40,11 +42,17 @@ def check_output_dir(path: Path, what: str = "--out") -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{what} {path} cannot be created or written: {exc.strerror or exc}") from None
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def check_output_file(path: Optional[Path], what: str, *, create_folder: bool = False) -> None:
     """Raise UserError unless ``path`` (a file to write later; None: not asked for) can be written: its folder
-    exists (``create_folder``: is created) and takes a new file, and the path is not a folder."""
+    exists (``create_folder``: or can be created) and takes a new file, and the path is not a folder."""
     if path is None:
         return
     path = Path(path)
@@ -52,7 +60,9 @@ def check_output_file(path: Optional[Path], what: str, *, create_folder: bool = 
         raise UserError(f"{what} {path} is a folder; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
     if create_folder:
-        check_output_dir(folder, f"{what} {path}: folder")
+        check_output_dir(folder, f"{what} {path}: folder")  # can be made and written; left as it was
+        if not folder.is_dir():
+            return
     if not folder.is_dir():
         raise UserError(f"{what} {path}: folder {folder} does not exist")
     probe = folder / (_PROBE_NAME + "-" + path.name)
