@@ -142,10 +142,12 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--forced-share", type=float, default=0.3)
     parser.add_argument("--plan-only", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true", help="plan from --profile as it is (it already holds "
+                        "this machine's host-attention figures) instead of step 1")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    hw = Path(args.profile) if args.plan_only else profile_step(args.profile, args.out)
+    hw = Path(args.profile) if args.plan_only or args.skip_profile else profile_step(args.profile, args.out)
     cells = [] if args.plan_only else run_cells(hw, args.out, args.new_tokens, args.forced_share)
     rows = [_cell_row(row) for row in cells]
     speedup = {}

@@ -75,7 +75,7 @@ def test_quick_gpu_profile_plausible(tmp_path):
     assert 0 < profile.launch_overhead_s < 1e-3
     assert all(p.flops_per_s > 0 and p.spread_rel >= 0 for p in profile.attention_table)
     backends = {p.backend for p in profile.attention_table}
-    assert backends <= {"flash", "cudnn", "flash-step", "cudnn-split-step"} and "flash-step" in backends
+    assert backends <= {"flash", "cudnn", "flash-step", "cudnn-split-step", "flex"} and "flash-step" in backends
     write_profile(profile, tmp_path / "quick.json")
     assert load_profile(str(tmp_path / "quick.json")).content_hash
 
