@@ -202,6 +202,12 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
 def _choose_cpu_share(setup: Setup, cand: Candidate, work: Workload, prefill) -> None:
     """F for an offloading candidate (planner/host_share.py choose_share); re-times its decode at that F."""
     model, lookup = setup.model, setup.lookup
+    if model.attn_logit_softcapping:  # the host's kernel (attention/host_attention.py) computes plain softmax
+        if setup.cpu_share:
+            raise PlanError("--cpu-share: the host's attention kernel has no logit soft-capping (Gemma-2); use 0")
+        cand.cpu_share = 0.0
+        cand.cpu_share_reason = "CPU share 0: the host's attention kernel has no logit soft-capping (Gemma-2)"
+        return
     rates = host_share_rates(setup.profile, head_dim=model.head_dim, element_bytes=setup.elem_bytes)
 
     def decode_at(share: float) -> TimePrediction:
