@@ -208,6 +208,14 @@ def _choose_cpu_share(setup: Setup, cand: Candidate, work: Workload, prefill) ->
         cand.cpu_share = 0.0
         cand.cpu_share_reason = "CPU share 0: the host's attention kernel has no logit soft-capping (Gemma-2)"
         return
+    measured_dims = sorted({p.head_dim for p in setup.profile.cpu_attention_table})
+    if measured_dims and model.head_dim not in measured_dims and setup.cpu_share is None:
+        # another head dim's kernel rate does not carry over: on the H200 (2026-12-01) Llama-3.2-1B (d 64) at 1M
+        # with F 0.4 priced from d 128 decoded 0.476 s per token against 0.193 predicted, its kernel at 20 GB/s
+        cand.cpu_share = 0.0
+        cand.cpu_share_reason = (f"CPU share 0: the profile's CPU-attention table has no head dim {model.head_dim} "
+                                 f"(measured: {', '.join(map(str, measured_dims))}); --cpu-share F forces one")
+        return
     rates = host_share_rates(setup.profile, head_dim=model.head_dim, element_bytes=setup.elem_bytes)
 
     def decode_at(share: float) -> TimePrediction:
