@@ -79,7 +79,7 @@ def plot(result: dict, path: Path) -> None:
     for ax, who in zip(axes, ("headplan", "transformers")):
         grid = np.array([[result["cells"][f"{n}:{d}"][f"{who}_retrieved"] for n in lengths] for d in depths], float)
         ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="upper")
-        ax.set_xticks(range(len(lengths)), [f"{n / 1024:g}K" for n in lengths])
+        ax.set_xticks(range(len(lengths)), [f"{n / 1024:g}K" if n % 512 == 0 else f"{n:,}" for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
         ax.set_xlabel("context (tokens)")
         ax.set_title(f"{who}: retrieved {grid.mean():.0%}")
