@@ -18,6 +18,7 @@ COMMANDS = {
     "profile": ("headplan.cmd_profile", "measure this machine into a hardware profile"),
     "plan": ("headplan.cmd_plan", "plan chunk size, head groups and resident heads; predict memory and time"),
     "run": ("headplan.cmd_run", "run head-offloaded inference and report measured against predicted"),
+    "chat": ("headplan.cmd_chat", "prefill a document once, then answer questions typed at a prompt"),
     "report": ("headplan.cmd_report", "re-render a run report folder (report.md and plots) from report.json"),
 }
 

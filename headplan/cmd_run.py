@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tokenizer; the context is its length")
     prompt.add_argument("--prompt-ids", type=Path, help="JSON list of token ids (the context is its length)")
     add_answer_arguments(parser)
+    parser.add_argument("--questions", type=Path, default=None, help="JSON list of questions: the --prompt text is a "
+                        "document, prefilled once, and each question is answered after it (headplan/ask.py)")
     parser.add_argument("--out", type=Path, default=Path("run-report"), help="report folder (default run-report)")
     parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
     parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
@@ -93,6 +95,8 @@ def main(args) -> int:
     run_checks.check_output_dir(args.out)
     kv_flags.check_early(args)
     tokenizer = _tokenizer_before_weights(args)
+    if getattr(args, "questions", None) is not None:
+        return run_questions(args, tokenizer, answer, device)
     prompt_ids = _prompt_before_plan(args, tokenizer)
     if prompt_ids is not None and args.plan is None:
         args.context = str(prompt_ids.shape[1])  # plan for the prompt actually given
@@ -330,3 +334,61 @@ def _summary(report, path, quiet: bool = False) -> None:
             f"{g.measured_prefill_busy_s or 0:.3f} s, idle {g.measured_idle_fraction or 0:.0%}, peak "
             f"{(g.measured_gpu_peak_bytes or 0) / 2**30:.2f} GiB", quiet)
     say(f"report: {path}", quiet)
+
+
+def document_for_questions(args, tokenizer) -> str:
+    """The --prompt document's text for questions over it (--questions, headplan chat), after the checks: a
+    tokenizer, and no flag that needs a single one-shot run."""
+    from executor.inputs.prompt import PromptError, read_prompt_text
+
+    if args.prompt is None or tokenizer is None:
+        raise UserError("questions need --prompt (the document) and --model-path (a model with a tokenizer)")
+    refused = [flag for flag, value in (("--load-kv", getattr(args, "load_kv", None)),
+                                        ("--save-kv", getattr(args, "save_kv", None)),
+                                        ("--tail-chunks", getattr(args, "tail_chunks", None)),
+                                        ("--verify", getattr(args, "verify", False))) if value]
+    if refused:
+        raise UserError(f"{refused[0]} is not supported with questions over one document")
+    try:
+        document = read_prompt_text(args.prompt)
+    except PromptError as exc:
+        raise UserError(str(exc)) from None
+    return document
+
+
+def run_questions(args, tokenizer, answer, device) -> int:
+    """headplan run --prompt DOC --questions FILE: the document prefilled once, each question answered after it."""
+    from executor.api import settings_from_plan
+    from executor.generation.session import OffloadSession
+    from executor.report.questions import write_questions_report
+    from headplan import ask
+
+    document = document_for_questions(args, tokenizer)
+    questions = ask.read_questions(args.questions)
+    doc_ids, question_ids = ask.tokenized(tokenizer, document, questions, chat=args.chat, system=args.system)
+    context = doc_ids.shape[1] + max(q.shape[1] for q in question_ids)
+    new_tokens = args.new_tokens if args.new_tokens is not None else 64
+    if args.plan is None:
+        args.context, args.decode_tokens = str(context), str(new_tokens)
+    plan = _resolve_plan(args)
+    if plan.context_tokens < context:
+        raise UserError(f"the document and the longest question take {context} tokens but the plan is for "
+                        f"{plan.context_tokens}: plan again for the longer context")
+    stages = _stages(plan, device, args)
+    if len(stages) > 1:
+        raise UserError("questions over one document run on one GPU (--gpus 1)")
+    warnings = _check_hardware(plan, device, args.strict, args.quiet) + run_checks.plan_warnings(plan, args.quiet)
+    run_checks.check_host_ram_early(plan, _stated_host_bytes(args, plan))
+    _apply_budget(plan, stages)
+    loaded = _load_model(args, plan.model, plan.dtype, device, stages, tokenizer)
+    settings = settings_from_plan(plan, new_tokens, prompt_tokens=context)
+    with OffloadSession(loaded.model, settings, device=stages[0].device, stages=stages,
+                        host_available_bytes=_stated_host_bytes(args, plan)) as session:
+        seconds = session.prefill_document(doc_ids)
+        say(f"headplan run: document of {doc_ids.shape[1]} tokens prefilled in {seconds:.2f} s", args.quiet)
+        figures = ask.answer_all(session, tokenizer, questions, question_ids, answer=answer, loaded=loaded,
+                                 new_tokens=new_tokens, quiet=args.quiet)
+        report = ask.questions_report(session, loaded, plan, figures, answer, warnings)
+    path = write_questions_report(report, args.out)
+    say(f"report: {path}", args.quiet)
+    return 0

@@ -87,3 +87,44 @@ def _checked(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
         raise PromptError(f"token ids must be in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
     return ids
+
+
+QUESTION_SEPARATOR = "\n\n"
+"""Between the document and each question (inside the one user message with --chat)."""
+_MARK = "\u0000HEADPLAN-QUESTION\u0000"
+
+
+def document_ids(tokenizer: Any, document: str, *, chat: bool = False, system: Optional[str] = None) -> torch.Tensor:
+    """The document's ids [1, n_doc], the same for every question asked after it: tokenized on its own (with
+    ``chat``: the chat template's text up to the end of the document and the separator)."""
+    if not chat:
+        return tokenizer(document + QUESTION_SEPARATOR, return_tensors="pt")["input_ids"].to(torch.long)
+    prefix, _ = _template_halves(tokenizer, document, system)
+    return tokenizer(prefix, return_tensors="pt", add_special_tokens=False)["input_ids"].to(torch.long)
+
+
+def question_ids(tokenizer: Any, question: str, *, document: str = "", chat: bool = False,
+                 system: Optional[str] = None) -> torch.Tensor:
+    """A question's ids [1, n_q], joined after document_ids: the question (with ``chat``: and the template's end of
+    the user turn with the generation prompt). Tokenized apart, so the document's tokens never change."""
+    text = question.strip() if chat else question
+    if chat:
+        _, suffix = _template_halves(tokenizer, document, system)
+        text += suffix
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(torch.long)
+    if ids.numel() == 0:
+        raise PromptError("a question is empty")
+    return ids
+
+
+def _template_halves(tokenizer: Any, document: str, system: Optional[str]) -> tuple[str, str]:
+    """The chat template rendered around one user message "document + separator + question", cut at the question:
+    (text before it, text after it)."""
+    content = document.strip() + QUESTION_SEPARATOR + _MARK
+    messages = ([{"role": "system", "content": system.strip()}] if system else []) + [
+        {"role": "user", "content": content}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    before, marked, after = rendered.partition(_MARK)
+    if not marked:
+        raise PromptError("the chat template does not keep the user message as it is; ask with --prompt alone")
+    return before, after

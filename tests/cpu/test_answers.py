@@ -227,3 +227,66 @@ def test_damaged_and_foreign_gguf_files_refused_before_weights(tmp_path, capsys,
     shutil.copy(gguf_path(), copy)
     assert cli_main(["plan", "--model", str(copy), "--context", "4K", "--gpu-mem", "24GB"]) == 0
     assert capsys.readouterr().out.startswith("headplan plan: model on ")  # planned from the header alone
+
+
+# --- many questions over one prefilled document ----------------------------------------------------------------
+
+DOCUMENT = "Alice lives in Paris and works as a baker. Bob lives in Rome and teaches music."
+QUESTIONS = ["Where does Bob live?", "What does Alice do?"]
+
+
+def test_questions_over_one_prefill_equal_one_shot_generate(smol):
+    """Each answer after the once-prefilled document equals transformers' generate over [document, question]."""
+    from executor.generation.session import OffloadSession
+    from executor.inputs.prompt import document_ids, question_ids
+
+    doc = document_ids(smol.tokenizer, DOCUMENT, chat=True)
+    asked = [question_ids(smol.tokenizer, q, document=DOCUMENT, chat=True) for q in QUESTIONS]
+    capacity = doc.shape[1] + max(q.shape[1] for q in asked) + NEW_TOKENS
+    knobs = ExecutionSettings(chunk_size=16, heads_per_group=1, resident_kv_heads=30, capacity_tokens=capacity,
+                              attention_backend="math")
+    with OffloadSession(smol.model, knobs, device="cpu") as session:
+        session.prefill_document(doc)
+        answers = [session.answer(q, new_tokens=NEW_TOKENS, stream=stream_for(smol, torch.cat([doc, q], 1)))
+                   for q in asked * 2]  # each question twice: the second round starts from the document again
+    for question, answer in zip(asked * 2, answers):
+        joined = torch.cat([doc, question], dim=1)
+        out = smol.model.generate(joined, attention_mask=torch.ones_like(joined), max_new_tokens=NEW_TOKENS,
+                                  do_sample=False, eos_token_id=list(smol.eos_token_ids))
+        assert answer.token_ids == out[0, joined.shape[1]:].tolist()
+    assert answers[0].token_ids == answers[2].token_ids and answers[1].token_ids == answers[3].token_ids
+
+
+def test_cli_questions_and_chat_give_the_same_answers(tmp_path, capsys, monkeypatch):
+    import io
+
+    document = tmp_path / "doc.txt"
+    document.write_text(DOCUMENT)
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps(QUESTIONS))
+    common = ["--device", "cpu", "--model-path", str(gguf_path()), "--prompt", str(document), "--chat",
+              "--dtype", "float32", "--new-tokens", "16", "--chunk-size", "16", "--heads-per-group", "1",
+              "--resident-heads", "30", "--quiet"]
+    assert cli_main(["run", *common, "--questions", str(questions), "--out", str(tmp_path / "q")]) == 0
+    asked = capsys.readouterr().out
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert [q["question"] for q in report["questions"]] == QUESTIONS
+    assert report["document_tokens"] > 0 and all(q["answer"] and q["seconds"] > 0 for q in report["questions"])
+    for q in report["questions"]:
+        assert f"Q: {q['question']}\nA: {q['answer']}" in asked
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(QUESTIONS) + "\n\n"))
+    assert cli_main(["chat", *common, "--out", str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().out == asked  # the same answers, each from the document again
+
+
+def test_questions_refusals(tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps(QUESTIONS))
+    assert cli_main(_run_args(tmp_path, "--questions", str(questions))) == 2
+    assert "questions need --prompt" in capsys.readouterr().err
+    questions.write_text("[]")
+    document = tmp_path / "doc.txt"
+    document.write_text(DOCUMENT)
+    assert cli_main(_run_args(tmp_path, "--questions", str(questions), "--prompt", str(document))) == 2
+    assert "JSON list of non-empty strings" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""OffloadSession: one head-offloaded engine held across several answers over one prefilled document.
+
+    with OffloadSession(model, settings, device="cuda") as session:
+        session.prefill_document(doc_ids)                       # [1, n_doc]: prefilled once, chunk by chunk
+        for question_ids in questions:                          # [1, n_q] each
+            answer = session.answer(question_ids, new_tokens=64, stream=TokenStream(...))
+
+Each answer starts again from the document: the cache is counted back to n_doc tokens, the question is prefilled at
+positions [n_doc, n_doc + n_q) and decoded after it; the rows after the document are simply overwritten by the next
+question (nothing is copied). The loop is the run's own (generation/loop.py RunLoop: the same engine, chooser,
+token stream and, where every head is resident, the CUDA-graph decode step). Exact: the answer equals a one-shot
+run over the joined ids [document, question]. Leaves out: conversations that accumulate (each question starts from
+the document alone), the run report's per-chunk timing (generation/runner.py execute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from executor.attention.kernels import backend_name
+from executor.engine.cache import OffloadCache
+from executor.engine.registration import offload_attention_selected
+from executor.generation.decode_graph import static_decode_applies
+from executor.generation.loop import RunLoop
+from executor.generation.sampling import TokenChooser
+from executor.parallel.staged_engine import allocate_host_stores, build_staged_engine
+from executor.parallel.stages import DeviceStage, single_stage
+from executor.runtime.events import EventRecorder
+from executor.settings import ExecutionSettings, SamplingOptions
+
+
+@dataclass
+class Answer:
+    token_ids: list[int]
+    text: str
+    stop_reason: Optional[str]
+    prompt_tokens: int
+    """the question's tokens (prefilled after the document)"""
+    seconds: float
+    """wall time from the question's first chunk to its last token read back"""
+
+
+@dataclass
+class OffloadSession:
+    model: object
+    settings: ExecutionSettings
+    device: torch.device | str
+    stages: Optional[list[DeviceStage]] = None
+    host_available_bytes: Optional[int] = None
+    document_tokens: int = 0
+    document_prefill_s: Optional[float] = None
+    _counts: list = field(default_factory=list)
+    _stack: Optional[contextlib.ExitStack] = None
+
+    def __enter__(self) -> "OffloadSession":
+        backend_name(self.settings.attention_backend)
+        config = self.model.config
+        self.stages = self.stages or single_stage(config.num_hidden_layers, self.device,
+                                                  self.settings.resident_kv_heads)
+        self.device = self.stages[0].device
+        dtype = next(self.model.parameters()).dtype
+        self._stack = contextlib.ExitStack()
+        self.parts = allocate_host_stores(config, self.stages, self.settings, dtype,
+                                          available_bytes=self.host_available_bytes)
+        for part in self.parts:
+            self._stack.callback(part.host.close)
+        self.recorder = EventRecorder(device=self.device)
+        self.engine = build_staged_engine(self.parts, self.settings, backend_name(self.settings.attention_backend),
+                                          self.recorder, trace=False)
+        self._stack.callback(self.engine.close)
+        self.cache = OffloadCache(config.num_hidden_layers, self.settings.capacity_tokens, engine=self.engine)
+        self._graph_step = static_decode_applies([p.layout for p in self.parts], self.settings, dtype, self.device)
+        self._stack.enter_context(torch.inference_mode())
+        self._stack.enter_context(offload_attention_selected(self.model))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _loop(self, stream=None, chooser=None) -> RunLoop:
+        return RunLoop(model=self.model, engine=self.engine, cache=self.cache, recorder=self.recorder,
+                       device=self.device, on_chunk=None, keep_logits=False, static_decode=self._graph_step,
+                       chooser=chooser, stream=stream)
+
+    def prefill_document(self, ids: torch.Tensor) -> float:
+        """Prefill ``ids`` [1, n] from position 0; every answer starts after them. Returns the wall seconds."""
+        started = time.perf_counter()
+        self.cache.restore_counts([(0, 0)] * len(self.cache.layers))
+        self._loop().prefill(ids.to(self.device), self.settings.chunk_size, new_tokens=2)
+        _drain(self.device)
+        self.document_prefill_s = time.perf_counter() - started
+        self.document_tokens, self._counts = ids.shape[1], self.cache.token_counts()
+        return self.document_prefill_s
+
+    def answer(self, question_ids: torch.Tensor, *, new_tokens: int, stream=None,
+               sampling: SamplingOptions = SamplingOptions()) -> Answer:
+        """Answer ``question_ids`` [1, n_q] after the document: at most ``new_tokens`` tokens."""
+        needed = self.document_tokens + question_ids.shape[1] + new_tokens - 1
+        if needed > self.settings.capacity_tokens:
+            raise ValueError(f"document {self.document_tokens} + question {question_ids.shape[1]} + {new_tokens - 1} "
+                             f"tokens exceed the store's {self.settings.capacity_tokens}")
+        started = time.perf_counter()
+        self.cache.restore_counts(self._counts)
+        ids = question_ids.to(self.device)
+        chooser = None
+        if not sampling.plain_argmax:
+            chooser = TokenChooser(sampling, device=self.device, capacity_tokens=self.settings.capacity_tokens,
+                                   prompt_ids=ids)
+        loop = self._loop(stream, chooser)
+        try:
+            first = loop.prefill(ids, self.settings.chunk_size, new_tokens)
+            loop.decode(first, new_tokens)
+            tokens = loop.generated_ids()
+        finally:
+            if loop.static is not None:
+                loop.static.close()
+        _drain(self.device)
+        text = stream.text if stream is not None else ""
+        return Answer(tokens, text, stream.stop_reason if stream is not None else None, question_ids.shape[1],
+                      time.perf_counter() - started)
+
+
+def _drain(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
