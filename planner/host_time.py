@@ -38,10 +38,10 @@ HOST_OPS_RESIDENT = 3            # write the chunk's K, V into the resident stor
 HOST_OPS_PER_GROUP = 6           # 3 event record/waits, write chunk K, V into the slot, output placement
 HOST_OPS_PER_GROUP_HEAD = 4      # one H2D copy per head for K and V, one D2H copy per head for K and V
 HOST_OPS_CUDNN_SPLIT = 5         # per extra attention part: the call, its log-sum-exp merge (~4 ops)
-# Past block of the cuDNN split (executor/attention_split.py DEFAULT_PAST_BLOCK_TOKENS; planner cannot import it).
+# Past block of the cuDNN split: the executor's default (executor/settings.py SplitOptions imports it from here).
 PAST_BLOCK_TOKENS = 2048
 # Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
-# flash (executor/attention_kernels.py SPLIT_CHUNK_CUDNN_MIN_TOKENS; a test keeps the two equal).
+# flash (executor/settings.py SplitOptions.chunk_backend_for imports it from here).
 CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
 HOST_OPS_GRAPH_TOKEN = 8         # a replayed decode graph: the replay call, two event marks, the token's copy
 
@@ -61,6 +61,23 @@ def graph_decode_host_seconds(profile: HardwareProfile, layers: int) -> float:
     if profile.executor_graph_token_host_s is None:
         return HOST_OPS_GRAPH_TOKEN * profile.launch_overhead_s
     return profile.executor_graph_token_host_s + layers * (profile.executor_graph_layer_host_s or 0.0)
+
+
+def past_block_spans(past_tokens: int, block_tokens: int) -> list[tuple[int, int]]:
+    """Key spans [start, end) that cover the past's full blocks, one per set bit of n = past // block, largest
+    first: past 13 blocks -> lengths 8B, 4B, 1B; the tail past - n * B is not covered. The cut of "cudnn-split"
+    (executor/attention/split.py builds its parts from these spans; ``popcount`` below counts them for the cost
+    model): one rule, here."""
+    if block_tokens < 1:
+        raise ValueError(f"past_block_tokens must be >= 1, got {block_tokens}")
+    full_blocks = past_tokens // block_tokens
+    spans, start = [], 0
+    for bit in range(full_blocks.bit_length() - 1, -1, -1):
+        if full_blocks >> bit & 1:
+            length = block_tokens << bit
+            spans.append((start, start + length))
+            start += length
+    return spans
 
 
 def popcount(values: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ import torch
 from executor.attention import merge_triton
 from executor.attention.lse import LseAccumulator, pack_query_rows, partial_math, unpack_query_rows
 from executor.settings import SplitOptions
+from planner.host_time import past_block_spans
 PAST_BACKENDS = ("cudnn", "flash", "math")
 CHUNK_BACKENDS = ("flash", "cudnn", "math")
 
@@ -63,21 +64,6 @@ class AttentionPart:
     key_start: int
     key_end: int
     causal: bool
-
-
-def past_block_spans(past_tokens: int, block_tokens: int) -> list[tuple[int, int]]:
-    """Key spans [start, end) that cover the past's full blocks, one per set bit of n = past // block,
-    largest first: past 13 blocks -> lengths 8B, 4B, 1B. The tail past - n * B is not covered."""
-    if block_tokens < 1:
-        raise ValueError(f"past_block_tokens must be >= 1, got {block_tokens}")
-    full_blocks = past_tokens // block_tokens
-    spans, start = [], 0
-    for bit in range(full_blocks.bit_length() - 1, -1, -1):
-        if full_blocks >> bit & 1:
-            length = block_tokens << bit
-            spans.append((start, start + length))
-            start += length
-    return spans
 
 
 def split_parts(past_tokens: int, chunk_tokens: int, *, block_tokens: int, past_backend: str,
