@@ -258,7 +258,6 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     elem_bytes, hbm = work.elem_bytes, lookup.profile.hbm_bytes_per_s
     layer_types = summarize_layers(model, work.resident_kv_heads, work.heads_per_group)
     backend = "flash" if decode else work.backend
-    per_head_kv = 2.0 * model.head_dim * elem_bytes * (past + chunk)        # K, V bytes one head reads
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / (lookup.profile.elementwise_bytes_per_s or hbm)
     out = {key: np.zeros_like(past, dtype=float) for key in

@@ -37,7 +37,7 @@ from executor.generation.sampling import TokenChooser
 from executor.generation.warmup import cuda_devices, warm_up
 from executor.kv.layout import HeadCounts
 from executor.kv.rows import KVRows
-from executor.parallel.staged_engine import StageParts, allocate_host_stores, build_staged_engine
+from executor.parallel.staged_engine import StagedEngine, StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
 from executor.runtime.events import EventRecorder
 from executor.settings import ExecutionSettings, RunOptions
