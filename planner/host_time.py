@@ -48,7 +48,7 @@ HOST_OPS_GRAPH_TOKEN = 8         # a replayed decode graph: the replay call, two
 
 def decode_runs_as_graph(resident_kv_heads: int, kv_head_slots: int, elem_bytes: int, *, gpus: int = 1,
                          enabled: bool = True, windows_or_softcap: bool = False) -> bool:
-    """Whether the executor replays each decode step as one CUDA graph (executor/decode_graph.py applies the
+    """Whether the executor replays each decode step as one CUDA graph (executor/generation/decode_graph.py applies the
     same rule): every (layer, KV head) slot resident (no copy whose size changes per token), one GPU, a
     16-bit dtype (the flash kernel that takes the key length from the device), and not turned off; never for a
     model with sliding windows or soft-capped scores (``windows_or_softcap``: the flash kernel has neither)."""

@@ -64,7 +64,7 @@ def overhead_bytes(runtime_overhead_bytes: int) -> int:
     return runtime_overhead_bytes + ALLOCATOR_SLACK_BYTES
 
 
-# The cudnn-split merge (executor/attention_split.py, executor/lse_merge_triton.py MAX_PARTS): up to this many
+# The cudnn-split merge (executor/attention/split.py, executor/attention/merge_triton.py MAX_PARTS): up to this many
 # parts are merged in one pass that holds them all; more go through the eager float32 accumulator, which holds
 # about EAGER_MERGE_HELD_PARTS parts' bytes (the accumulator is two, the current part one).
 FUSED_MERGE_MAX_PARTS = 8

@@ -7,7 +7,7 @@ Operating points (FLOPs and bytes from the model's shape, docs/how-it-works.md):
     prefill intensity = FLOPs / PCIe bytes (host->GPU + GPU->host) when anything is offloaded, else FLOPs /
                         (weights + KV written) bytes
     decode FLOPs / token = 2 P + 4 H_q d s L;  bytes = weights + every KV byte read (HBM and PCIe)
-Leaves out: the executor's measured points (executor/plots.py draws those next to these).
+Leaves out: the executor's measured points (executor/report/plots.py draws those next to these).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
 
-# The log-sum-exp merge of the cudnn-split parts (executor/lse_merge_triton.py): one pass that reads each part
+# The log-sum-exp merge of the cudnn-split parts (executor/attention/merge_triton.py): one pass that reads each part
 # and writes the output, (parts + 1) * b bytes per output element, for up to FUSED_MERGE_MAX_PARTS parts; more
 # go through the eager float32 accumulator, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first.
 EAGER_MERGE_BYTES_PER_ELEMENT = 18
@@ -148,7 +148,7 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     "flex" (executor/attention/flex.py; soft-capped or windowed models): the same FLOPs at the rate of the
     profile's "flex" points (the executor's call, past + chunk parts and their merge, measured at the model
     family's shapes), or at the flash rate where the profile has none (the plan says so).
-    "cudnn-split" (executor/attention_split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
+    "cudnn-split" (executor/attention/split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
     tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
     the square causal part at the cuDNN causal rate where the profile has it), and the log-sum-exp merge:

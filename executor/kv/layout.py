@@ -6,7 +6,7 @@ offloaded groups from planner/layout.py (the planner and the executor share that
     resident store  per layer K_l, V_l [r_l, T, d] on the GPU (KV heads [0, r_l))
     ping-pong slots 2 slots, each K, V [G_max, T, d] on the GPU (G_max = layout.max_group_heads)
     window store    per sliding layer l (window W_l): K_l, V_l [H_kv, W_l - 1, d] on the GPU, the last W_l - 1
-                    past tokens in order (engine/window.py); such a layer has no host rows, no resident heads
+                    past tokens in order (engine/offload.py keeps them); such a layer has no host rows, no resident heads
                     and no groups: the R resident slots are spread over the full-attention layers alone
 Rows are [T, d] contiguous, so a head's past [0, s) is one contiguous copy each way.
 Under tensor parallelism (parallel/tensor.py) a rank sees only its own heads: H_q and H_kv here are the LOCAL

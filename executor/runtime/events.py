@@ -1,6 +1,6 @@
 """EventRecorder: timestamps on a stream that never block the host (CUDA events; perf_counter on CPU), resolved
 into milliseconds after the run with one synchronize per device. Leaves out: what the marks mean
-(report/measurement.py fill_times reads them)."""
+(generation/measurement.py fill_times reads them)."""
 
 from __future__ import annotations
 
