@@ -26,6 +26,7 @@ No host synchronisation anywhere here. Leaves out: masks (it owns causality), dr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -55,6 +56,17 @@ class PhaseCounters:
     """KV bytes the CPU read for its share of decode attention (engine/host_share.py)"""
     host_attention_s: float = 0.0
     """the CPU worker's kernel seconds for those bytes (wall time after its event wait, summed over layers)"""
+
+    @staticmethod
+    def summed(per_phase: "list[dict[str, PhaseCounters]]") -> "dict[str, PhaseCounters]":
+        """Per phase, every field summed over several engines' (stages', ranks') counters."""
+        total: dict[str, PhaseCounters] = {}
+        for counters in per_phase:
+            for phase, c in counters.items():
+                t = total.setdefault(phase, PhaseCounters())
+                for f in dataclasses.fields(PhaseCounters):
+                    setattr(t, f.name, getattr(t, f.name) + getattr(c, f.name))
+        return total
 
 
 @dataclass

@@ -176,18 +176,10 @@ def merge_rank_measurements(per_rank: list[Measurement]) -> Measurement:
     """Tensor parallelism (executor/launch.py): rank 0's Measurement with one stage per rank (index = rank), phase counters and host stores summed over
     the ranks (pinning: the longest, the ranks pin at once), the GPU peaks of the fullest rank."""
     merged = dataclasses.replace(per_rank[0])
-    merged.stages, counters = [], {}
-    for rank, m in enumerate(per_rank):
-        stage = dataclasses.replace(m.stages[0], index=rank, counters=dict(m.counters),
-                                    prefill_busy_s=m.prefill_s, decode_busy_s_per_token=m.decode_s_per_token)
-        merged.stages.append(stage)
-        for phase, c in m.counters.items():
-            total = counters.setdefault(phase, PhaseCounters())
-            total.h2d_bytes += c.h2d_bytes
-            total.d2h_bytes += c.d2h_bytes
-            total.attention_flops += c.attention_flops
-            total.group_fetches += c.group_fetches
-    merged.counters = counters
+    merged.stages = [dataclasses.replace(m.stages[0], index=rank, counters=dict(m.counters),
+                                         prefill_busy_s=m.prefill_s, decode_busy_s_per_token=m.decode_s_per_token)
+                     for rank, m in enumerate(per_rank)]
+    merged.counters = PhaseCounters.summed([m.counters for m in per_rank])
     merged.host_store_bytes = sum(m.host_store_bytes for m in per_rank)
     merged.host_pin_s = max(m.host_pin_s for m in per_rank)
     if any(st.gpu_peak_reserved_bytes is not None for st in merged.stages):

@@ -136,17 +136,7 @@ class StagedEngine:
     @property
     def counters(self) -> dict[str, PhaseCounters]:
         """Per phase, summed over the stages."""
-        total: dict[str, PhaseCounters] = {}
-        for engine in self.engines:
-            for phase, c in engine.counters.items():
-                t = total.setdefault(phase, PhaseCounters())
-                t.h2d_bytes += c.h2d_bytes
-                t.d2h_bytes += c.d2h_bytes
-                t.attention_flops += c.attention_flops
-                t.group_fetches += c.group_fetches
-                t.host_attention_bytes += c.host_attention_bytes
-                t.host_attention_s += c.host_attention_s
-        return total
+        return PhaseCounters.summed([engine.counters for engine in self.engines])
 
     @property
     def recorders(self) -> list[EventRecorder]:
