@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from executor.report.markdown import render_markdown
 from executor.report.schema import REPORT_SCHEMA_VERSION, RunReport
 
 
-def write_report(report: RunReport, out_dir: Path) -> Path:
-    """Write report.json and report.md into ``out_dir`` (created); return the JSON path."""
+def write_json_and_markdown(report: BaseModel, markdown: str, out_dir: Path) -> Path:
+    """``report`` as report.json and ``markdown`` as report.md in ``out_dir`` (created); returns the JSON path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.json"
     path.write_text(json.dumps(report.model_dump(mode="json"), indent=1) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(report))
+    (out_dir / "report.md").write_text(markdown)
     return path
+
+
+def write_report(report: RunReport, out_dir: Path) -> Path:
+    """Write report.json and report.md into ``out_dir`` (created); return the JSON path."""
+    return write_json_and_markdown(report, render_markdown(report), out_dir)
 
 
 def read_report(path: Path) -> RunReport:

@@ -3,11 +3,12 @@ report.json (schema_version 1) and report.md, one entry per question with its an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from executor.report.files import write_json_and_markdown
 
 QUESTIONS_SCHEMA_VERSION = 1
 
@@ -57,9 +58,4 @@ def render_questions(report: QuestionsReport) -> str:
 
 
 def write_questions_report(report: QuestionsReport, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(report.model_dump(mode="json"), indent=1) + "\n")
-    (out_dir / "report.md").write_text(render_questions(report))
-    return path
+    return write_json_and_markdown(report, render_questions(report), out_dir)
