@@ -213,18 +213,14 @@ def _start_methods() -> list[str]:
 
 
 def _end_all(procs) -> None:
-    deadline = time.monotonic() + FAULT_GRACE_S
-    while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for proc in procs:
-        if proc.exitcode is None:
-            proc.terminate()
-    deadline = time.monotonic() + KILL_GRACE_S
-    while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for proc in procs:
-        if proc.exitcode is None:
-            proc.kill()
+    """Give the ranks FAULT_GRACE_S to end on their own, then terminate, then (KILL_GRACE_S later) kill them."""
+    for grace_s, end in ((FAULT_GRACE_S, "terminate"), (KILL_GRACE_S, "kill")):
+        deadline = time.monotonic() + grace_s
+        while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for proc in procs:
+            if proc.exitcode is None:
+                getattr(proc, end)()
 
 
 def _collect(out: Path, codes: dict[int, Optional[int]]) -> TensorResult:

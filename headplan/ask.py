@@ -3,7 +3,7 @@
 The document (the --prompt text) is tokenized once and prefilled once; each question is tokenized apart and joined
 after it (inside the chat template with --chat: executor/inputs/prompt.py document_ids / question_ids), so the
 document's tokens never change with the question, and each answer starts again from the document
-(executor/generation/session.py). Answers stream to stdout; the report (report.json, report.md) lists each
+(executor/generation/document.py). Answers stream to stdout; the report (report.json, report.md) lists each
 question with its answer and its time. Leaves out: conversations that accumulate turns.
 """
 
@@ -38,7 +38,7 @@ def tokenized(tokenizer, document: str, questions: list[str], *, chat: bool, sys
         raise UserError(str(exc)) from None
 
 
-def answer_all(session, tokenizer, questions: list[str], ids: list, *, answer, loaded, new_tokens: int,
+def answer_all(engine, tokenizer, questions: list[str], ids: list, *, answer, loaded, new_tokens: int,
                quiet: bool, out=sys.stdout) -> list:
     """Each question answered after the document, its answer streamed to ``out``; QuestionFigures per question."""
     from executor.generation.output import TokenStream
@@ -48,11 +48,11 @@ def answer_all(session, tokenizer, questions: list[str], ids: list, *, answer, l
     for question, question_ids in zip(questions, ids):
         print(f"Q: {question.strip()}", file=out, flush=True)
         out.write("A: ")
-        stream = TokenStream(device=session.device, capacity_tokens=session.settings.capacity_tokens,
+        stream = TokenStream(device=engine.device, capacity_tokens=engine.settings.capacity_tokens,
                              eos_token_ids=() if answer.ignore_eos else loaded.eos_token_ids,
                              ignore_eos=answer.ignore_eos, tokenizer=tokenizer, stop_strings=answer.stop_strings,
                              file=out)
-        result = session.answer(question_ids, new_tokens=new_tokens, stream=stream, sampling=answer.sampling)
+        result = engine.answer(question_ids, new_tokens=new_tokens, stream=stream, sampling=answer.sampling)
         print("\n", file=out, flush=True)
         if not quiet:
             print(f"headplan: {len(result.token_ids)} tokens in {result.seconds:.2f} s ({result.stop_reason})",
@@ -63,7 +63,7 @@ def answer_all(session, tokenizer, questions: list[str], ids: list, *, answer, l
     return figures
 
 
-def questions_report(session, loaded, plan, figures, answer, warnings):
+def questions_report(engine, loaded, plan, figures, answer, warnings):
     import dataclasses
 
     import torch
@@ -71,10 +71,10 @@ def questions_report(session, loaded, plan, figures, answer, warnings):
 
     from executor.report.questions import QuestionsReport
 
-    return QuestionsReport(model=loaded.spec.name, device=str(session.device),
+    return QuestionsReport(model=loaded.spec.name, device=str(engine.device),
                            dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
-                           plan_hardware=plan.hardware.name, settings=dataclasses.asdict(session.settings),
-                           sampling=answer.describe(), document_tokens=session.document_tokens,
-                           document_prefill_s=session.document_prefill_s, predicted_prefill_s=plan.predicted.prefill_s,
+                           plan_hardware=plan.hardware.name, settings=dataclasses.asdict(engine.settings),
+                           sampling=answer.describe(), document_tokens=engine.document_tokens,
+                           document_prefill_s=engine.document_prefill_s, predicted_prefill_s=plan.predicted.prefill_s,
                            questions=figures, warnings=list(warnings),
                            versions={"torch": torch.__version__, "transformers": transformers.__version__})

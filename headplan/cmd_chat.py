@@ -1,7 +1,7 @@
 """headplan chat: prefill a document once (--prompt FILE), then answer questions typed at a prompt, one after another.
 
 Each question starts again from the document: the conversation does not accumulate (the rows after the document
-are overwritten by the next question; executor/generation/session.py). Questions are read from standard input, one
+are overwritten by the next question; executor/generation/document.py). Questions are read from standard input, one
 per line (a "> " prompt on stderr when it is a terminal); an empty line or end of input ends the chat. Every option
 of ``headplan run`` that applies (model, plan, sampling, stop, --chat) works the same. Leaves out: multi-turn
 memory, editing a question.
@@ -30,7 +30,7 @@ def main(args) -> int:
     import os
 
     from executor.api import settings_from_plan
-    from executor.generation.session import OffloadSession
+    from executor.generation.document import DocumentEngine
     from headplan import ask, cmd_run
     from headplan.run_answer import answer_options, say
 
@@ -57,8 +57,8 @@ def main(args) -> int:
     cmd_run._apply_budget(plan, stages)
     loaded = cmd_run._load_model(args, plan.model, plan.dtype, device, stages, tokenizer)
     settings = settings_from_plan(plan, new_tokens, prompt_tokens=int(args.context))
-    with OffloadSession(loaded.model, settings, device=stages[0].device, stages=stages) as session:
-        seconds = session.prefill_document(doc_ids)
+    with DocumentEngine(loaded.model, settings, device=stages[0].device, stages=stages) as engine:
+        seconds = engine.prefill_document(doc_ids)
         say(f"headplan chat: document of {doc_ids.shape[1]} tokens prefilled in {seconds:.2f} s; ask away "
             "(an empty line ends)", args.quiet)
         for line in _questions(sys.stdin):
@@ -67,7 +67,7 @@ def main(args) -> int:
                 say(f"headplan chat: that question has {ids[0].shape[1]} tokens, more than "
                     f"--max-question-tokens {args.max_question_tokens}", False)
                 continue
-            ask.answer_all(session, tokenizer, [line], ids, answer=answer, loaded=loaded, new_tokens=new_tokens,
+            ask.answer_all(engine, tokenizer, [line], ids, answer=answer, loaded=loaded, new_tokens=new_tokens,
                            quiet=args.quiet)
     return 0
 

@@ -359,7 +359,7 @@ def document_for_questions(args, tokenizer) -> str:
 def run_questions(args, tokenizer, answer, device) -> int:
     """headplan run --prompt DOC --questions FILE: the document prefilled once, each question answered after it."""
     from executor.api import settings_from_plan
-    from executor.generation.session import OffloadSession
+    from executor.generation.document import DocumentEngine
     from executor.report.questions import write_questions_report
     from headplan import ask
 
@@ -382,13 +382,13 @@ def run_questions(args, tokenizer, answer, device) -> int:
     _apply_budget(plan, stages)
     loaded = _load_model(args, plan.model, plan.dtype, device, stages, tokenizer)
     settings = settings_from_plan(plan, new_tokens, prompt_tokens=context)
-    with OffloadSession(loaded.model, settings, device=stages[0].device, stages=stages,
-                        host_available_bytes=_stated_host_bytes(args, plan)) as session:
-        seconds = session.prefill_document(doc_ids)
+    with DocumentEngine(loaded.model, settings, device=stages[0].device, stages=stages,
+                        host_available_bytes=_stated_host_bytes(args, plan)) as engine:
+        seconds = engine.prefill_document(doc_ids)
         say(f"headplan run: document of {doc_ids.shape[1]} tokens prefilled in {seconds:.2f} s", args.quiet)
-        figures = ask.answer_all(session, tokenizer, questions, question_ids, answer=answer, loaded=loaded,
+        figures = ask.answer_all(engine, tokenizer, questions, question_ids, answer=answer, loaded=loaded,
                                  new_tokens=new_tokens, quiet=args.quiet)
-        report = ask.questions_report(session, loaded, plan, figures, answer, warnings)
+        report = ask.questions_report(engine, loaded, plan, figures, answer, warnings)
     path = write_questions_report(report, args.out)
     say(f"report: {path}", args.quiet)
     return 0

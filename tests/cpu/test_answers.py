@@ -237,7 +237,7 @@ QUESTIONS = ["Where does Bob live?", "What does Alice do?"]
 
 def test_questions_over_one_prefill_equal_one_shot_generate(smol):
     """Each answer after the once-prefilled document equals transformers' generate over [document, question]."""
-    from executor.generation.session import OffloadSession
+    from executor.generation.document import DocumentEngine
     from executor.inputs.prompt import document_ids, question_ids
 
     doc = document_ids(smol.tokenizer, DOCUMENT, chat=True)
@@ -245,9 +245,9 @@ def test_questions_over_one_prefill_equal_one_shot_generate(smol):
     capacity = doc.shape[1] + max(q.shape[1] for q in asked) + NEW_TOKENS
     knobs = ExecutionSettings(chunk_size=16, heads_per_group=1, resident_kv_heads=30, capacity_tokens=capacity,
                               attention_backend="math")
-    with OffloadSession(smol.model, knobs, device="cpu") as session:
-        session.prefill_document(doc)
-        answers = [session.answer(q, new_tokens=NEW_TOKENS, stream=stream_for(smol, torch.cat([doc, q], 1)))
+    with DocumentEngine(smol.model, knobs, device="cpu") as engine:
+        engine.prefill_document(doc)
+        answers = [engine.answer(q, new_tokens=NEW_TOKENS, stream=stream_for(smol, torch.cat([doc, q], 1)))
                    for q in asked * 2]  # each question twice: the second round starts from the document again
     for question, answer in zip(asked * 2, answers):
         joined = torch.cat([doc, question], dim=1)

@@ -1,9 +1,9 @@
-"""OffloadSession: one head-offloaded engine held across several answers over one prefilled document.
+"""DocumentEngine: one head-offloaded engine held across several answers over one prefilled document.
 
-    with OffloadSession(model, settings, device="cuda") as session:
-        session.prefill_document(doc_ids)                       # [1, n_doc]: prefilled once, chunk by chunk
+    with DocumentEngine(model, settings, device="cuda") as engine:
+        engine.prefill_document(doc_ids)                       # [1, n_doc]: prefilled once, chunk by chunk
         for question_ids in questions:                          # [1, n_q] each
-            answer = session.answer(question_ids, new_tokens=64, stream=TokenStream(...))
+            answer = engine.answer(question_ids, new_tokens=64, stream=TokenStream(...))
 
 Each answer starts again from the document: the cache is counted back to n_doc tokens, the question is prefilled at
 positions [n_doc, n_doc + n_q) and decoded after it; the rows after the document are simply overwritten by the next
@@ -46,7 +46,7 @@ class Answer:
 
 
 @dataclass
-class OffloadSession:
+class DocumentEngine:
     model: object
     settings: ExecutionSettings
     device: torch.device | str
@@ -57,7 +57,7 @@ class OffloadSession:
     _counts: list = field(default_factory=list)
     _stack: Optional[contextlib.ExitStack] = None
 
-    def __enter__(self) -> "OffloadSession":
+    def __enter__(self) -> "DocumentEngine":
         backend_name(self.settings.attention_backend)
         config = self.model.config
         self.stages = self.stages or single_stage(config.num_hidden_layers, self.device,
