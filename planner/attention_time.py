@@ -1,0 +1,99 @@
+"""Attention seconds of the cost model: a prefill chunk's attention per backend (flash, flex, cudnn-split, or the
+profile's measured executor step) and one decode token's attention. Pure functions of the model, the profile's
+rate tables (planner/hw_lookup.py RateLookup) and numpy arrays of chunk and past lengths; planner/time_model.py
+composes them into layer and phase times. No torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
+from planner.hw_lookup import RateLookup, step_backend_name
+from planner.memory_model import FUSED_MERGE_MAX_PARTS
+from planner.model_spec import ModelSpec
+
+# The log-sum-exp merge of the cudnn-split parts (executor/attention/merge_triton.py): one pass that reads each part
+# and writes the output, (parts + 1) * b bytes per output element, for up to FUSED_MERGE_MAX_PARTS parts; more
+# go through the eager float32 accumulator, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first.
+EAGER_MERGE_BYTES_PER_ELEMENT = 18
+# CUDNN_SPLIT_CHUNK_MIN_TOKENS (planner/host_time.py): without cuDNN causal points in the profile the composed
+# model times the square causal chunk part at flash's rate.
+
+
+def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
+                      backend: str, elem_bytes: int = 2) -> np.ndarray:
+    """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
+    ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
+
+    With step points of the backend ("<backend>-step", executor/profiler/attention_step.py: the executor's
+    whole group step timed as it runs, layout and split merges included), one rate for the step:
+        attn = 4 h q d (c s + c (c + 1) / 2) / step_rate(h q heads, q_len c, k_len s + c, head_dim d)
+    interpolated like the kernel points (planner/hw_lookup.py). Otherwise composed from the kernel table:
+    "flash": one call, 4 h q d (c s + c (c + 1) / 2) FLOPs at the flash rate for (h q, c, s + c, causal).
+    "flex" (executor/attention/flex.py; soft-capped or windowed models): the same FLOPs at the rate of the
+    profile's "flex" points (the executor's call, past + chunk parts and their merge, measured at the model
+    family's shapes), or at the flash rate where the profile has none (the plan says so).
+    "cudnn-split" (executor/attention/split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
+    one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
+    tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
+    the square causal part at the cuDNN causal rate where the profile has it), and the log-sum-exp merge:
+    one pass reading every part and writing the output, c h q d (parts + 1) b bytes over HBM (more than
+    FUSED_MERGE_MAX_PARTS parts: the eager float32 merge, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first).
+    """
+    if kv_heads <= 0:
+        return np.zeros_like(past, dtype=float)
+    ratio = model.query_heads_per_kv_head
+    q_heads = kv_heads * ratio
+    head_dim = model.head_dim
+    flop_per_pair = 4.0 * q_heads * head_dim
+    q_len = int(np.max(chunk))
+    pairs = chunk * past + chunk * (chunk + 1) / 2.0          # lower-right causal: the past, then a triangle
+    if backend == "flex":
+        table_backend = "flex" if lookup.has_backend("flex") else "flash"
+        rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
+                                            k_len=past + chunk, head_dim=head_dim, causal=True)
+        return flop_per_pair * pairs / rate
+    if backend == "flash" or lookup.has_step_points(backend):
+        table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
+        rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
+                                            k_len=past + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
+        return flop_per_pair * pairs / rate
+    full_blocks = (past // PAST_BLOCK_TOKENS).astype(np.int64)
+    tail = past - full_blocks * PAST_BLOCK_TOKENS
+    past_s = np.zeros_like(past, dtype=float)
+    parts = np.ones_like(past, dtype=float)
+    for bit in range(int(np.max(full_blocks)).bit_length()):
+        has_block = (full_blocks >> bit) & 1
+        block_tokens = PAST_BLOCK_TOKENS << bit
+        rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=block_tokens,
+                                            head_dim=head_dim, causal=False, gqa_ratio=ratio)
+        past_s = past_s + has_block * flop_per_pair * chunk * block_tokens / rate
+        parts = parts + has_block
+    chunk_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
+                                              k_len=tail + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
+    square_rate = chunk_rate
+    if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True):
+        square_rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=chunk,
+                                                   head_dim=head_dim, causal=True, gqa_ratio=ratio)
+    chunk_s = flop_per_pair * (chunk * tail / chunk_rate + chunk * (chunk + 1) / 2.0 / square_rate)
+    merge_bytes = np.where(parts <= FUSED_MERGE_MAX_PARTS, (parts + 1) * elem_bytes,
+                           (parts - 1) * EAGER_MERGE_BYTES_PER_ELEMENT)
+    merge_s = np.where(parts > 1, chunk * q_heads * head_dim * merge_bytes, 0.0) / lookup.profile.hbm_bytes_per_s
+    return past_s + chunk_s + merge_s
+
+
+def decode_attention_seconds(model: ModelSpec, lookup: RateLookup, kv_heads: int, past: np.ndarray,
+                             per_head_kv_bytes: np.ndarray) -> np.ndarray:
+    """One decode token's attention over ``kv_heads`` KV heads (one call, flash): the longer of reading their
+    K, V from HBM (h * 2 d (s + 1) b / HBM) and the measured flash rate at q_len 1 for (h q heads, k_len s + 1),
+    4 h q d (s + 1) / rate. The second binds where one query row per head leaves most SMs idle (few heads):
+    on the H100, 2 KV heads at 128K ran at ~40% of HBM speed. Profiles without flash points: HBM only."""
+    if kv_heads <= 0:
+        return np.zeros_like(past, dtype=float)
+    hbm_s = kv_heads * per_head_kv_bytes / lookup.profile.hbm_bytes_per_s
+    q_heads = kv_heads * model.query_heads_per_kv_head
+    rate = lookup.decode_attention_flops_per_s(q_heads=q_heads, k_len=past + 1, head_dim=model.head_dim)
+    if rate is None:
+        return hbm_s
+    return np.maximum(hbm_s, 4.0 * q_heads * model.head_dim * (past + 1) / rate)
