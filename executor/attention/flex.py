@@ -13,11 +13,17 @@ log-sum-exp in float32 (attention/lse.py), so no block mask ever spans the whole
 c x S is c * S / 128^2 blocks, and building it touches every one). A windowed call covers at most W - 1 + c
 keys: one call with the windowed causal mask.
 
-On CUDA the kernel is ``torch.compile(flex_attention)`` (compiled once per process; compile's automatic dynamic
-shapes keep the past's growing length from recompiling per chunk: the warm-up run's chunks and decode steps
-already vary it); block masks are built eagerly (create_block_mask materialises c x S booleans: the chunk part's
-c x c, a window's c x (W - 1 + c), never the whole context) and cached per shape; elsewhere the eager flex_attention (a
-reference implementation; the CPU CI runs the math backend, and tests this module's arithmetic against it).
+On CUDA the kernel is the compiled flex_attention, one compiled entry per kind of call (``CALL_KINDS``: the past
+without a mask, a masked prefill call, a decode call of one query), each its own code object and so its own Dynamo
+cache, compiled with dynamic shapes from the first call (the past's length grows every chunk and every decode
+step). A call that Dynamo cannot serve from its compiled entries raises instead of running the eager
+flex_attention: that reference implementation materialises the c x S scores (float32: 1 GiB for 2 query heads x
+1K queries x 128K keys) and runs ~20x slower, which once cost a Gemma-2 run its GPU memory budget unseen
+(``recompile_limit`` RECOMPILE_LIMIT per kind, ``fail_on_recompile_limit_hit``). Block masks are built eagerly
+(create_block_mask materialises c x S booleans: the chunk part's c x c, a window's c x (W - 1 + c), never the whole
+context) and cached per shape; elsewhere (CPU) the eager flex_attention (a reference implementation; the CPU CI
+runs the math backend, and tests this module's arithmetic against it). ``compiled_call(kind, backend)`` is that
+entry for any compile backend, so a CPU test can count the graphs of the engine's call pattern (backend "eager").
 Leaves out: dropout, batch > 1, padding masks.
 """
 
@@ -31,22 +37,62 @@ import torch
 from executor.attention.lse import merge_by_lse
 
 
+CALL_KINDS = ("past", "masked", "decode")
+"""past: chunk queries over the whole past, no mask; masked: the chunk against itself or a window (block mask);
+decode: one query (flex's decoding kernel), no mask"""
+
+RECOMPILE_LIMIT = 32
+"""compiled variants per kind; the engine's pattern makes a handful (query heads per call, view or not, window)"""
+
+
+def _flex_past(q, k, v, score_mod, scale: float, enable_gqa: bool):
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    return flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=enable_gqa,
+                          return_aux=AuxRequest(lse=True))
+
+
+def _flex_masked(q, k, v, score_mod, block_mask, scale: float, enable_gqa: bool):
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
+                          return_aux=AuxRequest(lse=True))
+
+
+def _flex_decode(q, k, v, score_mod, scale: float, enable_gqa: bool):
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    return flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=enable_gqa,
+                          return_aux=AuxRequest(lse=True))
+
+
+_ENTRIES = {"past": _flex_past, "masked": _flex_masked, "decode": _flex_decode}
+
+
 @functools.cache
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
+def compiled_call(kind: str, backend: str = "inductor"):
+    """torch.compile of the ``kind`` entry (dynamic shapes), run under a Dynamo config that raises rather than
+    falling back to eager when its variants run out. Same arguments as the entry: (q, k, v, score_mod,
+    [block_mask,] scale, enable_gqa) -> (out, aux with .lse)."""
+    compiled = torch.compile(_ENTRIES[kind], dynamic=True, backend=backend)
+    limits = {name: value for name, value in (("recompile_limit", RECOMPILE_LIMIT),
+                                               ("fail_on_recompile_limit_hit", True))
+              if hasattr(torch._dynamo.config, name)}
 
-    return torch.compile(flex_attention)
+    def call(*args):
+        with torch._dynamo.config.patch(**limits):
+            return compiled(*args)
+
+    return call
 
 
-def _flex_fn(device: torch.device):
-    if device.type == "cuda":
-        return _compiled_flex()
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return flex_attention
+def _entry(kind: str, device: torch.device):
+    return compiled_call(kind) if device.type == "cuda" else _ENTRIES[kind]
 
 
+@functools.cache
 def _softcap_mod(softcap: Optional[float]):
+    """One score_mod per cap value, so that every call passes the same function (Dynamo guards on it)."""
     if softcap is None:
         return None
 
@@ -58,10 +104,11 @@ def _softcap_mod(softcap: Optional[float]):
 
 def _call(q, k, v, *, scale: float, softcap: Optional[float], block_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """One flex_attention call -> (out [1, Hq, c, d], lse [1, Hq, c] float32, natural log)."""
-    from torch.nn.attention.flex_attention import AuxRequest
-
-    out, aux = _flex_fn(q.device)(q, k, v, score_mod=_softcap_mod(softcap), block_mask=block_mask, scale=scale,
-                                  enable_gqa=q.shape[1] != k.shape[1], return_aux=AuxRequest(lse=True))
+    gqa, score_mod = q.shape[1] != k.shape[1], _softcap_mod(softcap)
+    if block_mask is not None:
+        out, aux = _entry("masked", q.device)(q, k, v, score_mod, block_mask, scale, gqa)
+    else:
+        out, aux = _entry("decode" if q.shape[2] == 1 else "past", q.device)(q, k, v, score_mod, scale, gqa)
     return out, aux.lse.float()
 
 
@@ -90,6 +137,8 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: flo
     q = q.contiguous()  # the engine passes a strided slice of the layer's query heads (a copy of c x h x d)
     chunk_tokens, key_tokens = q.shape[2], k.shape[2]
     past_tokens = key_tokens - chunk_tokens
+    if chunk_tokens == 1 and (window is None or key_tokens <= window):  # one query that sees every key
+        return _call(q, k, v, scale=scale, softcap=softcap, block_mask=None)[0]
     if window is not None or past_tokens == 0:
         mask = causal_block_mask(chunk_tokens, key_tokens, window, q.device)  # at most W - 1 + c keys
         return _call(q, k, v, scale=scale, softcap=softcap, block_mask=mask)[0]
