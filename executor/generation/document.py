@@ -2,10 +2,14 @@
 
     with DocumentEngine(model, settings, device="cuda") as engine:
         engine.prefill_document(doc_ids)                       # [1, n_doc]: prefilled once, chunk by chunk
+        # or: engine.load_document(doc_ids, loader)            # its saved prefix read from disk, the rest prefilled
         for question_ids in questions:                          # [1, n_q] each
             answer = engine.answer(question_ids, new_tokens=64, stream=TokenStream(...))
 
-Each answer starts again from the document: the cache is counted back to n_doc tokens, the question is prefilled at
+``load_document`` (kv/context_load.py ContextLoader) reads the longest common prefix of the document with a saved
+context into the engine's stores, every byte checked first, and prefills only the document's tokens after it; if a
+check fails nothing is left in use (the engine holds no document until the next prefill or load). Each answer
+starts again from the document: the cache is counted back to n_doc tokens, the question is prefilled at
 positions [n_doc, n_doc + n_q) and decoded after it; the rows after the document are simply overwritten by the next
 question (nothing is copied). The loop is the run's own (generation/loop.py RunLoop: the same engine, chooser,
 token stream and, where every head is resident, the CUDA-graph decode step). Exact: the answer equals a one-shot
@@ -54,6 +58,9 @@ class DocumentEngine:
     host_available_bytes: Optional[int] = None
     document_tokens: int = 0
     document_prefill_s: Optional[float] = None
+    document_load_s: Optional[float] = None
+    document_loaded_tokens: int = 0
+    document_loaded_bytes: int = 0
     _counts: list = field(default_factory=list)
     _stack: Optional[contextlib.ExitStack] = None
 
@@ -97,9 +104,38 @@ class DocumentEngine:
         self.document_tokens, self._counts = ids.shape[1], self.cache.token_counts()
         return self.document_prefill_s
 
+    def load_document(self, ids: torch.Tensor, loader) -> float:
+        """The document ``ids`` [1, n]: its longest common prefix N with ``loader``'s saved context (all n tokens
+        when it extends the whole document; the answers compute the fresh logits) read into the stores, then
+        tokens [N, n) prefilled. Returns the wall seconds (load + prefill); ``document_load_s`` is the load's."""
+        from executor.kv.context_load import common_prefix
+        from executor.kv.rows import KVRows
+
+        started = time.perf_counter()
+        self.document_tokens, self._counts = 0, []  # no document until this one is complete
+        self.cache.restore_counts([(0, 0)] * len(self.cache.layers))
+        tokens = common_prefix([int(x) for x in ids[0].tolist()], loader.saved_ids.tolist())
+        layout = self.parts[0].layout
+        rows = KVRows.from_stores([(p.stage.first_layer, e.host, e.gpu) for p, e in zip(self.parts,
+                                                                                     self.engine.engines)],
+                                  kv_heads=layout.kv_heads, head_dim=layout.head_dim,
+                                  capacity_tokens=layout.capacity_tokens, dtype=self.parts[0].host.dtype)
+        loaded = loader.load(rows, tokens)  # raises before the cache counts a row of it
+        self.document_load_s, self.document_loaded_tokens = loaded.load_s, tokens
+        self.document_loaded_bytes = loaded.nbytes
+        self.cache.advance(tokens)
+        if tokens < ids.shape[1]:
+            self._loop().prefill(ids[:, tokens:].to(self.device), self.settings.chunk_size, new_tokens=2)
+        _drain(self.device)
+        self.document_prefill_s = time.perf_counter() - started
+        self.document_tokens, self._counts = ids.shape[1], self.cache.token_counts()
+        return self.document_prefill_s
+
     def answer(self, question_ids: torch.Tensor, *, new_tokens: int, stream=None,
                sampling: SamplingOptions = SamplingOptions()) -> Answer:
         """Answer ``question_ids`` [1, n_q] after the document: at most ``new_tokens`` tokens."""
+        if not self.document_tokens:
+            raise ValueError("no document: prefill_document or load_document first (a failed load leaves none)")
         needed = self.document_tokens + question_ids.shape[1] + new_tokens - 1
         if needed > self.settings.capacity_tokens:
             raise ValueError(f"document {self.document_tokens} + question {question_ids.shape[1]} + {new_tokens - 1} "

@@ -4,15 +4,20 @@ ContextLoader(directory, fingerprint=..., dtype=..., ...) reads and checks the m
 file's size on disk), the model fingerprint (kv/fingerprint.py), dtype and shapes, and the token ids (CRC-32)
 before the run allocates anything. ``reusable_tokens(prompt_ids)`` is the longest common prefix of the prompt and
 the saved ids, capped at len(prompt) - 1 so the last prompt token is always computed again (fresh logits).
-``load(rows, tokens)`` then reads the segments covering [0, tokens) on DEFAULT_WORKERS threads, each segment whole
-into its worker's staging buffer (the only extra host memory, ``staging_bytes``: one segment per worker); its pieces
-are CRC-checked and only then are its blocks copied into the stores (host rows by memcpy, resident rows
-host-to-device), while the other workers read theirs.
+``load(rows, tokens)`` then reads the segments covering [0, tokens) on DEFAULT_WORKERS threads. A whole segment is
+read with one scatter read (os.preadv) straight into its destinations: each host-store block [t_s, d] into its row
+of the pinned store (no staging copy), each GPU-resident block into the worker's staging buffer; its pieces are
+then CRC-checked over those same blocks in file order, and only after the check are the staged resident blocks
+copied host-to-device. A partial last segment (a prefix ending inside it) is read whole into the staging buffer,
+checked, and only its first rows copied. Staging (``staging_bytes``, one segment per worker) is the only extra host
+memory.
 
-No unverified byte reaches a store: every copy into the stores follows the check of the bytes it copies. The stores
-loaded into belong to the run being set up (allocated just before and not yet read); a check that fails on a later
-segment raises before the prefill, and the runner releases those stores unread, so a bad file can never leave a
-half-loaded context in use. Only raw bytes are read (readinto + views): nothing unpickles.
+Nothing unverified is used: a host-store block may hold bytes before its segment's check, but the stores loaded
+into belong to the run being set up (allocated just before and not read until the load returns); a check that
+fails raises before the prefill, and the runner (or DocumentEngine) releases or disowns those stores unread, so a
+bad file can never leave a half-loaded context in use. A context whose manifest marks tokens [0, N) as a timing
+probe's zero fill (``synthetic_past_tokens``) is refused unless ``allow_synthetic`` (benchmarks timing the disk):
+its KV is not the model's. Only raw bytes are read (preadv / readinto + views): nothing unpickles.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ import numpy as np
 import torch
 
 from executor.kv.context_manifest import ContextFormatError, ContextManifest, ModelFingerprint, read_manifest
+from executor.kv.context_save import _numpy_bytes, _piece_crcs
 from executor.kv.fingerprint import fingerprint_mismatch
 from executor.kv.rows import KVRows
 from planner.units import GIB
 
 
+IOV_BATCH = 512
+"""buffers per os.preadv call (Linux IOV_MAX is 1024)"""
 DEFAULT_WORKERS = 4
 """segments loaded at once, each by one thread (read, check, copy) into its own staging buffer: several reads in
 flight keep the disk's queue full, and the checks and copies of one segment overlap the others' reads"""
@@ -60,6 +68,32 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(differ[0]) if differ.size else n
 
 
+def preadv_exact(path: Path, views: Sequence[np.ndarray]) -> int:
+    """Fill ``views`` (uint8 arrays, in order) with the bytes of ``path`` from offset 0, IOV_BATCH buffers per
+    os.preadv call, retrying short reads; ContextFormatError when the file ends first. Returns the bytes read.
+    Hints the kernel that the file is read sequentially (a larger read-ahead window)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        offset = 0
+        for start in range(0, len(views), IOV_BATCH):
+            pending = [memoryview(v) for v in views[start: start + IOV_BATCH] if v.size]
+            while pending:
+                got = os.preadv(fd, pending, offset)
+                if not got:
+                    raise ContextFormatError(f"{path} ended after {offset} B (truncated)")
+                offset += got
+                while pending and got >= len(pending[0]):
+                    got -= len(pending[0])
+                    pending.pop(0)
+                if pending and got:
+                    pending[0] = pending[0][got:]
+        return offset
+    finally:
+        os.close(fd)
+
+
 def _read_exact(path: Path, buffer: np.ndarray) -> None:
     """Fill ``buffer`` (uint8) from the start of ``path``; ContextFormatError when the file is shorter."""
     view, pos = memoryview(buffer), 0
@@ -75,7 +109,8 @@ class ContextLoader:
     """A saved context checked against this run's model; loads its prefix into a run's stores (module doc)."""
 
     def __init__(self, directory: Path | str, *, fingerprint: ModelFingerprint, dtype: torch.dtype, num_layers: int,
-                 kv_heads: int, head_dim: int, progress: bool = True, workers: Optional[int] = None):
+                 kv_heads: int, head_dim: int, progress: bool = True, workers: Optional[int] = None,
+                 allow_synthetic: bool = False):
         self.path = Path(directory)
         self.manifest: ContextManifest = read_manifest(self.path)
         self.progress, self.workers = progress, workers or min(DEFAULT_WORKERS, os.cpu_count() or 1)
@@ -86,6 +121,11 @@ class ContextLoader:
         why = fingerprint_mismatch(m.model, fingerprint)
         if why:
             raise ContextMismatchError(f"--load-kv {self.path}: {why}")
+        if m.synthetic_past_tokens and not allow_synthetic:
+            raise ContextMismatchError(
+                f"--load-kv {self.path}: tokens [0, {m.synthetic_past_tokens}) of this context are a timing probe's "
+                "zero-filled KV (--tail-chunks), not the model's: it would answer from nothing; refused")
+        self.synthetic_past_tokens = m.synthetic_past_tokens
         shape = (m.layout.num_layers, m.layout.kv_heads, m.layout.head_dim)
         if shape != (num_layers, kv_heads, head_dim) or not m.layout.k_after_rope:
             raise ContextMismatchError(f"--load-kv {self.path}: KV of (layers, KV heads, head dim) {shape}, this "
@@ -152,24 +192,40 @@ class ContextLoader:
         return LoadResult(str(self.path), tokens, nbytes, time.perf_counter() - start_s)
 
     def _load_segment(self, rows: KVRows, seg, tokens: int, free: queue.Queue, bar) -> None:
-        """One worker's segment: read it whole into a free staging buffer, check every piece, then copy."""
+        """One worker's segment: read (straight into the host rows when the segment is needed whole), check every
+        piece, then copy what is staged (module docstring)."""
         staging = free.get()
         try:
-            buffer = staging[: seg.nbytes]
-            _read_exact(self.path / seg.file, buffer)
-            self._check(seg, buffer)
-            self._copy(rows, seg, buffer, tokens)
+            if seg.first_token + seg.tokens <= tokens:
+                self._load_whole(rows, seg, staging)
+            else:
+                buffer = staging[: seg.nbytes]
+                _read_exact(self.path / seg.file, buffer)
+                self._check(seg, buffer)
+                self._copy(rows, seg, buffer, tokens)
             bar.update(seg.nbytes)
         finally:
             free.put(staging)
 
+    def _load_whole(self, rows: KVRows, seg, staging: np.ndarray) -> None:
+        views, staged = _scatter_targets(rows, seg, staging)
+        got = preadv_exact(self.path / seg.file, views)
+        if got != seg.nbytes:  # the sizes were checked when the manifest was read; the file changed since
+            raise ContextFormatError(f"{self.path / seg.file}: read {got} B, the manifest says {seg.nbytes}")
+        crcs = _piece_crcs(views, self.manifest.checksum_piece_bytes)
+        self._compare(seg, crcs)
+        for destination, source in staged:  # resident rows: only checked bytes go to the GPU
+            destination.copy_(source)
+
+    def _compare(self, seg, crcs: Sequence[int]) -> None:
+        bad = [k for k, (got, want) in enumerate(zip(crcs, seg.piece_crc32)) if got != want]
+        if bad or len(crcs) != len(seg.piece_crc32):
+            raise ContextFormatError(f"{self.path / seg.file}: checksum mismatch in piece {bad[0] if bad else 0} "
+                                     f"of {len(crcs)} (corrupt)")
+
     def _check(self, seg, buffer: np.ndarray) -> None:
         piece, view = self.manifest.checksum_piece_bytes, memoryview(buffer)
-        crcs = [zlib.crc32(view[a: a + piece]) for a in range(0, seg.nbytes, piece)]
-        bad = [k for k, (got, want) in enumerate(zip(crcs, seg.piece_crc32)) if got != want]
-        if bad:
-            raise ContextFormatError(f"{self.path / seg.file}: checksum mismatch in piece {bad[0]} of "
-                                     f"{len(crcs)} (corrupt)")
+        self._compare(seg, [zlib.crc32(view[a: a + piece]) for a in range(0, seg.nbytes, piece)])
 
     @staticmethod
     def _copy(rows: KVRows, seg, buffer: np.ndarray, tokens: int) -> None:
@@ -182,3 +238,23 @@ class ContextLoader:
                 for row in rows.rows(layer, head):
                     row[seg.first_token: seg.first_token + take].copy_(source[block, :take])
                     block += 1
+
+
+def _scatter_targets(rows: KVRows, seg, staging: np.ndarray) -> tuple[list[np.ndarray], list]:
+    """The destinations of a whole segment's blocks in file order (uint8 views): a host-store block is its row's
+    tokens [first, first + t_s) of the pinned store itself; a resident block is the next piece of ``staging``,
+    paired in the second list with its store row for the copy after the check."""
+    views, staged, offset = [], [], 0
+    block_bytes = seg.tokens * rows.head_dim * rows.dtype.itemsize
+    for layer in range(len(rows.layers)):
+        for head in range(rows.kv_heads):
+            for row in rows.rows(layer, head):
+                destination = row[seg.first_token: seg.first_token + seg.tokens]
+                if rows.is_resident(layer, head) or not destination.is_contiguous():
+                    piece = staging[offset: offset + block_bytes]
+                    offset += block_bytes
+                    staged.append((destination, torch.from_numpy(piece).view(rows.dtype).view(destination.shape)))
+                    views.append(piece)
+                else:
+                    views.append(_numpy_bytes(destination))
+    return views, staged

@@ -100,6 +100,10 @@ class ContextManifest(_Model):
     kv_bytes: int = Field(description="sum of the segments' bytes: n * 2 * L * H_kv * d * dtype bytes")
     segments: list[SegmentEntry]
     save_s: Optional[float] = None
+    synthetic_past_tokens: int = Field(0, ge=0, description="tokens [0, N) whose K, V are a timing probe's zero fill "
+                                       "(headplan run --tail-chunks), not the model's: only a benchmark that asks for "
+                                       "it loads such a context (context_load.py allow_synthetic); 0: every token "
+                                       "computed")
 
     @property
     def dtype_bytes(self) -> int:
@@ -130,6 +134,8 @@ class ContextManifest(_Model):
             if seg.nbytes != tokens * per_token or len(seg.piece_crc32) != pieces:
                 return f"segment {index}: {seg.nbytes} B / {len(seg.piece_crc32)} checksums, expected " \
                        f"{tokens * per_token} B / {pieces}"
+        if self.synthetic_past_tokens >= self.token_count:
+            return f"synthetic_past_tokens {self.synthetic_past_tokens} >= token_count {self.token_count}"
         if self.kv_bytes != self.token_count * per_token:
             return f"kv_bytes {self.kv_bytes} != {self.token_count} tokens * {per_token} B"
         if self.tokens_nbytes != self.token_count * TOKEN_BYTES or self.tokens_file != TOKENS_NAME:

@@ -159,14 +159,17 @@ class _SegmentBlocks:
 
 def save_context(rows: KVRows, token_ids: Sequence[int], directory: Path | str, fingerprint: ModelFingerprint, *,
                  segment_tokens: int = DEFAULT_SEGMENT_TOKENS, piece_bytes: int = DEFAULT_PIECE_BYTES,
-                 progress: bool = True) -> SaveResult:
+                 progress: bool = True, synthetic_past_tokens: int = 0) -> SaveResult:
     """Write tokens [0, n) of ``rows`` (n = len(token_ids)) and the ids as a context in ``directory`` (module
-    docstring). The stores must be idle (the run synchronised)."""
+    docstring). The stores must be idle (the run synchronised). ``synthetic_past_tokens`` N > 0: rows [0, N) are a
+    timing probe's zero fill, recorded in the manifest so that no normal load uses them (context_load.py)."""
     directory = Path(directory)
     check_save_target(directory)
     n = len(token_ids)
     if not 0 < n <= rows.capacity_tokens:
         raise ValueError(f"cannot save {n} tokens from stores of {rows.capacity_tokens}")
+    if not 0 <= synthetic_past_tokens < n:
+        raise ValueError(f"synthetic_past_tokens must be in [0, {n}), got {synthetic_past_tokens}")
     layout = KVFileLayout(num_layers=len(rows.layers), kv_heads=rows.kv_heads, head_dim=rows.head_dim)
     check_free_disk(directory, save_bytes_needed(n, layout, rows.dtype.itemsize))
     directory.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ def save_context(rows: KVRows, token_ids: Sequence[int], directory: Path | str, 
             model=fingerprint, dtype=torch_dtype_name(rows.dtype), layout=layout, token_count=n,
             segment_tokens=segment_tokens, checksum_piece_bytes=piece_bytes, tokens_nbytes=ids.nbytes,
             tokens_crc32=zlib.crc32(ids.tobytes()), kv_bytes=sum(s.nbytes for s in segments), segments=segments,
-            save_s=save_s)
+            save_s=save_s, synthetic_past_tokens=synthetic_past_tokens)
         written.append(directory / MANIFEST_NAME)
         _write_file(directory / MANIFEST_NAME, [np.frombuffer(manifest.model_dump_json(indent=1).encode(), np.uint8)])
         _fsync_dir(directory)
@@ -251,3 +254,26 @@ class ContextSaver:
     def __call__(self, rows: KVRows, prompt_ids: Sequence[int]) -> SaveResult:
         return save_context(rows, prompt_ids, self.directory, self.fingerprint, segment_tokens=self.segment_tokens,
                             progress=self.progress)
+
+
+@dataclass(frozen=True)
+class ProbeContextSaver:
+    """A KVSaver for a timing probe's run (api.run_plan(..., tail_chunks=K), which runs only the prompt's tokens
+    [N, n) over rows [0, N) zero-filled): saves all n rows under the whole prompt's ids, with the manifest's
+    ``synthetic_past_tokens`` = N, so the bytes and the file layout are a real n-token context's (what a save and a
+    load time) while no normal load accepts it. Benchmarks only: headplan run refuses --save-kv with --tail-chunks."""
+
+    directory: Path
+    fingerprint: ModelFingerprint
+    prompt_ids: tuple[int, ...]
+    synthetic_past_tokens: int
+    segment_tokens: int = DEFAULT_SEGMENT_TOKENS
+    progress: bool = True
+
+    def __call__(self, rows: KVRows, run_ids: Sequence[int]) -> SaveResult:
+        past = self.synthetic_past_tokens
+        if list(run_ids) != list(self.prompt_ids[past:]):
+            raise ValueError(f"the probe ran {len(run_ids)} tokens that are not the prompt's tokens after its "
+                             f"zero-filled {past}")
+        return save_context(rows, self.prompt_ids, self.directory, self.fingerprint,
+                            segment_tokens=self.segment_tokens, progress=self.progress, synthetic_past_tokens=past)

@@ -137,7 +137,9 @@ def test_profile_disk_section(tmp_path):
     result = measure_disk(ProfileContext(device=torch.device("cpu"), preset=TINY, quiet=True), tmp_path)
     assert result["disk_write_bytes_per_s"] > 0 and result["disk_read_bytes_per_s"] > 0
     assert result["disk_path"] == str(tmp_path) and result["nbytes"] == 32 * 2**20
-    assert not list(tmp_path.iterdir())                                  # the probe file is gone
+    assert result["single_stream_write_bytes_per_s"] > 0 and result["single_stream_read_bytes_per_s"] > 0
+    assert result["workers"] == {"write": 4, "read": 4}                   # the saver's and the loader's
+    assert not list(tmp_path.iterdir())                                  # the probe files are gone
     assert probe_bytes("full", free_disk_bytes=8 * 2**30, available_host_bytes=None) == 2 * 2**30
     assert cli_main(["profile", "--sizes", "tiny", "--quiet", "--out", str(tmp_path / "q.json"), "--disk",
                      str(tmp_path / "missing")]) == 2
