@@ -69,7 +69,8 @@ class ExecutionSettings:
     """F in [0, 1]: in decode, each offloaded head's past [0, floor(F s)) is attended on the CPU straight from the
     host store (engine/host_share.py) and only [floor(F s), s) crosses PCIe; 0: everything streams"""
     host_attention_threads: Optional[int] = None
-    """CPU threads of that host share's kernel (None: torch's intra-op thread count)"""
+    """CPU threads of that host share's kernel (None: engine/host_share.py default_host_threads, the cores less one
+    for the main thread, which issues the GPU's work meanwhile)"""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cpu_share <= 1.0:

@@ -3,9 +3,11 @@ it, and the choice of F. No torch.
 
 Per decode token at past s, each offloaded head's past splits by token range: [0, F s) attended on the CPU where
 it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and share the host's memory:
-    rates         cpu = kernel rate (profile cpu_attention_table at the host share's key length and the most
-                  threads measured) x cpu_factor;  h2d = the streamed share's transfer rate x dma_factor
-    contention    from the profile's host_concurrency_table point with the most CPU threads:
+    rates         cpu = kernel rate (profile cpu_attention_table at the host share's key length and the run's
+                  threads, run_host_threads: cores - 1) x the task balance of the layer's call over its offloaded
+                  heads / that of the table's 8-head call (kernel_balance) x cpu_factor;
+                  h2d = the streamed share's transfer rate x dma_factor
+    contention    from the profile's host_concurrency_table point nearest the run's threads:
                   dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
                   (no table: 1 and 1, said in the plan's note)
     per layer l   host_l = 2 (H_kv - r_l) F s d b / cpu + handoff         (handoff: host_share_handoff_s)
@@ -28,9 +30,53 @@ import numpy as np
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import HOST_OPS_PER_LAYER
 
+MIN_BLOCK_TOKENS = 2048
+"""shortest key block worth its own kernel task (each task re-reads the r query rows and writes r outputs)"""
 SHARE_GRID = tuple(i / 20 for i in range(21))
 MIN_GAIN = 0.02
 """a share other than 0 must predict a decode step at least 2% faster"""
+
+
+def task_balance(tasks: int, threads: int) -> float:
+    """ATen's parallel_for hands each of T threads ceil(tasks / T) contiguous tasks, so a call lasts as long as
+    the busiest thread: balance = tasks / (T ceil(tasks / T)) (1: every thread equally busy)."""
+    if tasks <= 0:
+        return 1.0
+    threads = max(threads, 1)
+    return tasks / (threads * math.ceil(tasks / threads))
+
+
+def key_blocks(key_tokens: int, kv_heads: int, threads: int) -> int:
+    """Blocks n the S keys of each of H heads are cut into (the H n kernel tasks, executor/attention/
+    host_attention.py): n <= ceil(S / MIN_BLOCK_TOKENS) and <= ceil(8 T / H); the best task_balance(H n, T) wins,
+    then about 4 tasks per thread, then fewer blocks. (Before 2026-12-02 n was min(by length, ceil(4 T / H)):
+    6 offloaded heads on 16 threads made 66 tasks, 5 on the busiest thread where 4.1 is the mean, 18% lost; on
+    the H200 the 128K run's kernel read 31.8 GB/s against 48.8 in the profile's 8-head table.)"""
+    if key_tokens <= 0:
+        return 0
+    heads, threads = max(kv_heads, 1), max(threads, 1)
+    most = max(1, min(math.ceil(key_tokens / MIN_BLOCK_TOKENS), math.ceil(8 * threads / heads)))
+    return min(range(1, most + 1), key=lambda n: (-round(task_balance(heads * n, threads), 3),
+                                                   abs(heads * n / threads - 4), n))
+
+
+def kernel_balance(key_tokens: float, kv_heads: int, threads: int) -> float:
+    """task_balance of the kernel's call over ``kv_heads`` heads of ``key_tokens`` keys on ``threads`` threads."""
+    blocks = key_blocks(int(key_tokens), kv_heads, threads)
+    return task_balance(kv_heads * blocks, threads)
+
+
+def run_host_threads(profile: HardwareProfile) -> Optional[int]:
+    """The kernel's thread count in a run: the executor's default leaves one core to the main thread, which
+    issues the GPU's work while the kernel runs (executor/engine/host_share.py default_host_threads: cores - 1,
+    the profile's host_read_threads - 1); the profile's table is read at that count when it has it, else at the
+    most threads it measured (profiles written before 2026-12-02). None: no kernel points."""
+    counts = {p.threads for p in profile.cpu_attention_table}
+    if not counts:
+        return None
+    if profile.host_read_threads and profile.host_read_threads - 1 in counts:
+        return profile.host_read_threads - 1
+    return max(counts)
 
 
 @dataclass(frozen=True)
@@ -38,15 +84,20 @@ class HostShareRates:
     """What the planner reads from a profile for the CPU share."""
 
     kernel_points: tuple[tuple[int, float], ...]
-    """(key_tokens, bytes_per_s) of the kernel at the most threads measured, sorted by key length"""
+    """(key_tokens, bytes_per_s) of the kernel at ``threads``, sorted by key length"""
     threads: int
+    """the run's kernel threads (run_host_threads)"""
     dma_factor: float
     cpu_factor: float
     handoff_s: float
     contention_measured: bool
+    table_kv_heads: int = 8
+    """KV heads of the table's calls (the kernel's task balance differs with another head count)"""
 
-    def cpu_bytes_per_s(self, key_tokens: float) -> float:
-        """Kernel rate at ``key_tokens`` keys per head (log-linear between points, clamped), under contention."""
+    def cpu_bytes_per_s(self, key_tokens: float, kv_heads: Optional[int] = None) -> float:
+        """Kernel rate at ``key_tokens`` keys per head (log-linear between points, clamped), under contention,
+        for a call over ``kv_heads`` heads (default: the table's): the table's rate x task balance of that call
+        / task balance of the table's call (kernel_balance)."""
         points = self.kernel_points
         if key_tokens <= points[0][0]:
             rate = points[0][1]
@@ -58,29 +109,39 @@ class HostShareRates:
                     frac = math.log(key_tokens / k0) / math.log(k1 / k0)
                     rate = r0 + frac * (r1 - r0)
                     break
+        if kv_heads is not None and kv_heads != self.table_kv_heads:
+            rate *= (kernel_balance(key_tokens, kv_heads, self.threads) /
+                     kernel_balance(key_tokens, self.table_kv_heads, self.threads))
         return rate * self.cpu_factor
 
 
 def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: int) -> Optional[HostShareRates]:
-    """The profile's CPU-share figures, or None when it has no kernel points (then F = 0)."""
+    """The profile's CPU-share figures at the run's thread count, or None when it has no kernel points (F = 0).
+    Contention: the host_concurrency_table point nearest that thread count, each side concurrent / alone,
+    at most 1 (a side never speeds up beside the other: a ratio above 1 is the noise of the alone figure)."""
     table = [p for p in profile.cpu_attention_table if p.head_dim == head_dim] or list(profile.cpu_attention_table)
     same_dtype = [p for p in table if p.element_bytes == element_bytes]
     table = same_dtype or table
     if not table:
         return None
-    threads = max(p.threads for p in table)
+    threads = run_host_threads(profile)
+    if threads not in {p.threads for p in table}:
+        threads = max(p.threads for p in table)
     by_length: dict[int, list[float]] = {}
+    heads = table[0].kv_heads
     for point in table:
         if point.threads == threads:
             by_length.setdefault(point.key_tokens, []).append(point.bytes_per_s)
+            heads = point.kv_heads
     kernel = tuple(sorted((k, sum(v) / len(v)) for k, v in by_length.items()))
     dma_factor, cpu_factor, measured = 1.0, 1.0, False
     if profile.host_concurrency_table:
-        point = max(profile.host_concurrency_table, key=lambda p: p.cpu_threads)
+        point = min(profile.host_concurrency_table, key=lambda p: (abs(p.cpu_threads - threads), -p.cpu_threads))
         dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
         cpu_factor = min(1.0, point.cpu_read_bytes_per_s / point.cpu_alone_bytes_per_s)
         measured = True
-    return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured)
+    return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured,
+                          heads)
 
 
 def host_tokens(share: float, past_tokens: float) -> float:
@@ -127,8 +188,9 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
 def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
     """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
     RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention
-    factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures."""
-    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": 1.0,
+    factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures.
+    ``cpu_bytes_per_s(kv_heads)``: the kernel's rate per step for a layer's call over that many offloaded heads."""
+    none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": lambda heads: 1.0,
             "handoff_s": 0.0, "layer_host_s": 0.0}
     if share <= 0:
         return none
@@ -143,5 +205,5 @@ def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.n
     layer_host_s = (profile.executor_decode_layer_host_s if profile.executor_decode_layer_host_s is not None
                     else HOST_OPS_PER_LAYER * profile.launch_overhead_s)
     return {"tokens": tokens, "dma_factor": rates.dma_factor,
-            "cpu_bytes_per_s": np.array([rates.cpu_bytes_per_s(max(t, 1.0)) for t in tokens]),
+            "cpu_bytes_per_s": lambda heads: np.array([rates.cpu_bytes_per_s(max(t, 1.0), heads) for t in tokens]),
             "handoff_s": rates.handoff_s, "layer_host_s": layer_host_s}

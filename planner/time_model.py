@@ -215,7 +215,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         if n and np.any(share["tokens"] > 0):
             offloaded = sum(lt.group_sizes)
             host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
-            host_layer = host_bytes / share["cpu_bytes_per_s"] + share["handoff_s"]
+            host_layer = host_bytes / share["cpu_bytes_per_s"](offloaded) + share["handoff_s"]
             # The main thread joins the CPU's share at the end of every layer, so nothing of layer l + 1 is issued
             # before both shares of layer l are done: its fetches (beyond the one prefetched group) and its query
             # wait for the join, and the host's issue time of the layer no longer hides ahead of the GPU. The

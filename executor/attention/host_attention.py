@@ -6,8 +6,10 @@ parallelises over batch x heads x query blocks only; one query block per head wo
 
     query_rows   [H, r, d]     model dtype; the r query heads of each of H KV heads
     keys, values [H, S, d]     views of host-store rows [0, S) of H heads (row stride T d: not copied, not cast)
-    blocks       n = min(ceil(S / MIN_BLOCK_TOKENS), ceil(4 threads / H)), each of S // n keys (a view
-                 [H, n, S // n, d] of the rows); the remainder S - n (S // n) < n keys in one more call
+    blocks       n (planner/host_share.py key_blocks): at most ceil(S / MIN_BLOCK_TOKENS) and ceil(8 T / H), chosen so
+                 that the H n tasks split evenly over the T threads (ATen gives each thread ceil(H n / T) of
+                 them), each of S // n keys (a view [H, n, S // n, d] of the rows); the remainder
+                 S - n (S // n) < n keys in one more call
     per block    out_b [H, n, r, d] (model dtype, float32 work inside the kernel), lse_b [H, n, r] float32
     merged       lse = logsumexp_b(lse_b),  out = sum_b exp(lse_b - lse) out_b      float32 (attention/lse.py)
     returns      out [H, r, d] float32, lse [H, r] float32 (natural log); S = 0: out 0, lse -inf
@@ -22,21 +24,9 @@ Leaves out: the thread that runs it (engine/host_share.py), causal masks (decode
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-MIN_BLOCK_TOKENS = 2048
-"""shortest key block worth its own kernel task (each task re-reads the r query rows and writes r outputs)"""
-
-
-def key_blocks(key_tokens: int, kv_heads: int, threads: int) -> int:
-    """Blocks n the S keys are cut into: at least 4 tasks per thread where blocks stay >= MIN_BLOCK_TOKENS."""
-    if key_tokens <= 0:
-        return 0
-    by_length = math.ceil(key_tokens / MIN_BLOCK_TOKENS)
-    by_threads = math.ceil(4 * max(threads, 1) / max(kv_heads, 1))
-    return max(1, min(by_length, by_threads))
+from planner.host_share import MIN_BLOCK_TOKENS, key_blocks  # noqa: F401 - the planner prices the same blocks
 
 
 def _flash_cpu(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float):

@@ -24,6 +24,7 @@ Leaves out: prefill (its chunk's queries see every key; streaming is compute-bou
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,19 @@ def host_tokens(share: float, past_tokens: int) -> int:
     return min(past_tokens, int(share * past_tokens))
 
 
+def default_host_threads() -> int:
+    """The kernel's threads when none are given: the cores this process may use less one, and at most torch's
+    intra-op count. The main thread issues the GPU's work (the streamed share's fetches, the next layer) while the
+    kernel runs; with every core in the kernel it shares a core with one kernel thread, and ATen's static split
+    makes the whole call wait for that thread (on the H200, 2026-12-01, 16 threads on 16 cores: the kernel read
+    32-41 GB/s in the runs against 49 in the profile). planner/host_share.py run_host_threads prices this count."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
 class _Worker:
     """One persistent thread running submitted jobs in order; exceptions come back to the caller of result()."""
 
@@ -53,7 +67,7 @@ class _Worker:
 
     def _loop(self) -> None:
         if self._threads is not None:
-            torch.set_num_threads(self._threads)
+            torch.set_num_threads(self._threads)   # this thread's own OpenMP team (the main thread keeps its own)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -84,7 +98,7 @@ class HostShare:
     def __init__(self, layout: KVLayout, host: HostKVStore, *, share: float, device: torch.device,
                  threads: Optional[int] = None):
         self.layout, self.host, self.share, self.device = layout, host, share, device
-        self.threads = threads
+        self.threads = threads if threads is not None else default_host_threads()
         ratio = layout.query_heads // layout.kv_heads
         rows = max(layout.offloaded_per_layer, default=0) * ratio
         pin = device.type == "cuda"

@@ -5,9 +5,10 @@ Four figures, each the executor's own code:
   kernel table   attention/host_attention.py over host rows of the Llama-3 8B shape (8 KV heads, 4 query heads
                  each, d 128, the executor's dtype), by key length (preset.host_attention_key_tokens) and threads
                  (1, half, all): KV bytes read per second of the call, host clock
-  concurrency    (GPU) pinned host-to-device copies of 256 MiB queued on a side stream while the kernel runs on
-                 the host over other memory, at a few thread counts: each side's rate meanwhile and alone
-                 (the host's memory serves both; a desktop's DMA lost ~30% beside a CPU read)
+  concurrency    (GPU) as a decode step runs the pair: the kernel on a worker thread while the main thread queues
+                 group-sized pinned fetches with small launches between them (measure_concurrency), at a few
+                 thread counts: each side's rate meanwhile and alone (the host's memory and cores serve both; a
+                 desktop's DMA lost ~30% beside a CPU read)
   hand-off       one layer's submit -> worker -> collect -> float32 merge with 16 keys on the host (engine/
                  host_share.py end to end, the kernel nearly empty): the fixed cost per layer
 Leaves out: NUMA placement (the executor's host store sits where the runner put it).
@@ -15,28 +16,38 @@ Leaves out: NUMA placement (the executor's host store sits where the runner put 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
 
 from executor.attention.host_attention import host_partial_attention
 from executor.attention.lse import merge_by_lse
+from executor.engine.host_share import default_host_threads
 from executor.profiler.context import ProfileContext
 from hwprofiles.schema import CpuAttentionPoint, HostConcurrencyPoint
 from planner.units import MIB
 
 SECTION = "host-attn"
 KV_HEADS, RATIO, HEAD_DIM = 8, 4, 128
-COPY_BYTES = 256 * MIB
+GROUP_COPY_BYTES = 64 * MIB
+"""one group's K or V fetch in decode (2 heads x 128K keys x d 128 x 2 bytes)"""
 
 
 def _dtype(ctx: ProfileContext) -> torch.dtype:
     return torch.bfloat16 if ctx.on_gpu else torch.float32
 
 
+def run_threads() -> int:
+    """The executor's default kernel threads (engine/host_share.py default_host_threads: cores - 1), which the
+    planner reads the table at (planner/host_share.py run_host_threads: host_read_threads - 1)."""
+    return default_host_threads()
+
+
 def _thread_counts() -> list[int]:
+    """1 (the per-thread rate), half, the run's default and all of torch's threads."""
     most = torch.get_num_threads()
-    return sorted({1, max(1, most // 2), most})
+    return sorted({1, max(1, most // 2), run_threads(), most})
 
 
 def measure_host_read(ctx: ProfileContext) -> dict:
@@ -78,60 +89,131 @@ def measure_kernel_table(ctx: ProfileContext, keys: torch.Tensor, values: torch.
     return points
 
 
-def _kernel_rate_for(fn, nbytes: int, seconds: float) -> float:
-    """Run ``fn`` repeatedly for about ``seconds``; bytes per second over the calls."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return calls * nbytes / elapsed
+class _KernelLoop:
+    """The kernel over ``keys`` on its own thread at ``threads`` threads (as engine/host_share.py runs it: a worker
+    thread with its own OpenMP team, the main thread free to issue GPU work), called back to back for a window:
+    the KV bytes per second of the kernel's own seconds."""
+
+    def __init__(self, call, nbytes: int, threads: int):
+        self._call, self._nbytes, self._threads = call, nbytes, threads
+
+    def run(self, seconds: float, busy_main=None) -> float:
+        """Kernel rate over a window of ``seconds``; ``busy_main()`` runs on the calling thread meanwhile (it is
+        called until the window ends)."""
+        result: dict = {}
+
+        def loop() -> None:
+            torch.set_num_threads(self._threads)
+            self._call()                                              # the team's first call builds it
+            calls, kernel_s, start = 0, 0.0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                begin = time.perf_counter()
+                self._call()
+                kernel_s += time.perf_counter() - begin
+                calls += 1
+            result["rate"] = calls * self._nbytes / kernel_s
+
+        worker = threading.Thread(target=loop, name="headplan-profile-host-attention")
+        worker.start()
+        while worker.is_alive():
+            if busy_main is None:
+                worker.join(timeout=0.01)
+            else:
+                busy_main()
+        worker.join()
+        return result["rate"]
+
+
+def _issue_like_decode(ctx: ProfileContext, copy_group, launches: int):
+    """The main thread's part in a decode layer with a host share: queue one group's fetch (pinned rows ->
+    device, the run's group size) and ``launches`` small kernels on the compute stream, as the offload loop
+    issues them; returns the (start, end) events of the fetch. Waits (host) when the copy stream is ~8 fetches
+    ahead, so the link is busy the whole window and the queue never grows without bound."""
+    pending: list = []
+    scratch = torch.zeros(64, device=ctx.device)
+
+    def step():
+        while len(pending) >= 8:
+            pending.pop(0)[1].synchronize()
+        pending.append(copy_group())
+        for _ in range(launches):
+            scratch.add_(1.0)
+        return pending[-1]
+    return step
 
 
 def measure_concurrency(ctx: ProfileContext, keys: torch.Tensor, values: torch.Tensor,
                         query: torch.Tensor) -> list[HostConcurrencyPoint]:
-    """Pinned H2D copies on a side stream beside the kernel on the host, at a few thread counts (GPU only)."""
+    """The pair as a decode step with a host share runs it (GPU only): the kernel on a worker thread at a few
+    thread counts (the run's default, cores - 1, among them) over 8 heads x 128K keys, while the main thread
+    queues group-sized pinned fetches (GROUP_COPY_BYTES, strided rows of a store-like buffer) with small kernel
+    launches between them. Each side's rate meanwhile (the DMA's from CUDA events around each fetch, so idle
+    gaps do not count) and alone (the kernel on the same worker after its warm-up call; the fetches with the
+    host idle). Alone and together alternate twice; medians."""
     device, most = ctx.device, torch.get_num_threads()
-    source = torch.empty(COPY_BYTES, dtype=torch.uint8, pin_memory=True)
-    source[:: 4096].fill_(1)
-    target = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
+    rows = GROUP_COPY_BYTES // (2 * HEAD_DIM * 2)                       # tokens of one head's K or V per fetch
+    source = torch.empty((2, 2 * rows, HEAD_DIM), dtype=torch.bfloat16, pin_memory=True)
+    source.view(torch.uint8)[..., ::4096].fill_(1)
+    target = torch.empty((2, rows, HEAD_DIM), dtype=torch.bfloat16, device=device)
     stream = torch.cuda.Stream(device)
-    tokens = keys.shape[1]
-    kernel_bytes = 2 * KV_HEADS * tokens * HEAD_DIM * keys.element_size()
+    fetch_bytes = target.numel() * target.element_size()
+    timings: list = []
 
-    def copies(count: int) -> tuple[torch.cuda.Event, torch.cuda.Event]:
+    def copy_group():
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(stream):
             start.record(stream)
-            for _ in range(count):
-                target.copy_(source, non_blocking=True)
+            for head in range(2):                                      # one copy per head's rows, as the store's
+                target[head].copy_(source[head, rows:], non_blocking=True)   # fetch (engine/offload.py)
             end.record(stream)
+        timings.append((start, end))
         return start, end
 
-    start, end = copies(8)
-    end.synchronize()
-    h2d_alone = 8 * COPY_BYTES / (start.elapsed_time(end) / 1e3)
-    duration_s = 8 * COPY_BYTES * 4 / h2d_alone                     # the copies below take ~32 x 256 MiB
+    def dma_rate() -> float:
+        torch.cuda.synchronize(device)
+        busy_s = sum(start.elapsed_time(end) for start, end in timings) / 1e3
+        rate = len(timings) * fetch_bytes / busy_s
+        timings.clear()
+        return rate
+
+    tokens = min(keys.shape[1], 131072)
+    kernel_bytes = 2 * KV_HEADS * tokens * HEAD_DIM * keys.element_size()
+    for _ in range(8):
+        copy_group()
+    dma_rate()
+    window_s = 0.25
     points = []
+    counts = sorted({max(1, most // 2), run_threads(), most})
     try:
-        for threads in [t for t in _thread_counts() if t > 1] or [most]:
-            torch.set_num_threads(threads)
-            call = _kernel_call(keys, values, query, tokens, threads)
-            cpu_alone = _kernel_rate_for(call, kernel_bytes, duration_s / 2)
-            start, end = copies(32)
-            cpu_during = _kernel_rate_for(call, kernel_bytes, duration_s * 0.8)   # inside the copies' window
-            end.synchronize()
-            h2d_during = 32 * COPY_BYTES / (start.elapsed_time(end) / 1e3)
-            points.append(HostConcurrencyPoint(cpu_threads=threads, h2d_bytes_per_s=h2d_during,
-                                               cpu_read_bytes_per_s=cpu_during, h2d_alone_bytes_per_s=h2d_alone,
-                                               cpu_alone_bytes_per_s=cpu_alone))
-            ctx.progress(SECTION, f"H2D + kernel ({threads} thr) at once",
-                         f"{h2d_during / 1e9:.1f} + {cpu_during / 1e9:.1f} GB/s (alone {h2d_alone / 1e9:.1f} + "
-                         f"{cpu_alone / 1e9:.1f})")
+        for threads in counts:
+            loop = _KernelLoop(_kernel_call(keys, values, query, tokens, threads), kernel_bytes, threads)
+            alone, during, h2d_alone, h2d_during = [], [], [], []
+            for _ in range(2):
+                alone.append(loop.run(window_s))
+                issue = _issue_like_decode(ctx, copy_group, launches=20)
+                deadline = time.perf_counter() + window_s
+                while time.perf_counter() < deadline:
+                    issue()
+                h2d_alone.append(dma_rate())
+                during.append(loop.run(window_s, busy_main=issue))
+                h2d_during.append(dma_rate())
+            point = HostConcurrencyPoint(cpu_threads=threads, h2d_bytes_per_s=_median(h2d_during),
+                                         cpu_read_bytes_per_s=_median(during),
+                                         h2d_alone_bytes_per_s=_median(h2d_alone),
+                                         cpu_alone_bytes_per_s=_median(alone))
+            points.append(point)
+            ctx.progress(SECTION, f"H2D fetches + kernel ({threads} thr, worker) at once",
+                         f"{point.h2d_bytes_per_s / 1e9:.1f} + {point.cpu_read_bytes_per_s / 1e9:.1f} GB/s (alone "
+                         f"{point.h2d_alone_bytes_per_s / 1e9:.1f} + {point.cpu_alone_bytes_per_s / 1e9:.1f})")
     finally:
         torch.set_num_threads(most)
     return points
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def measure_handoff(ctx: ProfileContext) -> float:

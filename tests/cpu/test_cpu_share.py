@@ -162,3 +162,16 @@ def test_worker_fault_reaches_the_caller_and_close_returns():
     worker.submit(lambda: 2.5)
     assert worker.result() == 2.5
     worker.close()
+
+
+def test_profiler_kernel_loop_runs_on_a_worker_beside_a_busy_main_thread():
+    from executor.engine.host_share import default_host_threads
+    from executor.profiler.host_attention import _KernelLoop, _kernel_call
+
+    keys, values = torch.randn(8, 4096, 128), torch.randn(8, 4096, 128)
+    query = torch.randn(8, 4, 128)
+    main_calls = []
+    loop = _KernelLoop(_kernel_call(keys, values, query, 4096, 1), 2 * keys.numel() * 4, 1)
+    assert loop.run(0.05) > 0
+    assert loop.run(0.05, busy_main=lambda: main_calls.append(1)) > 0 and main_calls
+    assert 1 <= default_host_threads() <= torch.get_num_threads()

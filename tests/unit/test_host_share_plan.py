@@ -84,3 +84,59 @@ def test_plan_json_round_trip(tmp_path):
     chosen = plan(cpu_profile(60.0))
     write_plan(chosen, tmp_path / "plan.json")
     assert read_plan(tmp_path / "plan.json").cpu_share == chosen.cpu_share
+
+
+def test_key_blocks_split_tasks_evenly_over_the_threads():
+    from planner.host_share import key_blocks, task_balance
+    # 6 offloaded heads on 16 threads: the old rule cut 11 blocks (66 tasks, 5 on the busiest thread: 0.825)
+    assert task_balance(66, 16) == pytest.approx(66 / 80)
+    for heads, threads in [(6, 16), (8, 16), (8, 15), (6, 15), (2, 15)]:
+        blocks = key_blocks(1 << 20, heads, threads)
+        assert task_balance(heads * blocks, threads) == 1.0
+    assert key_blocks(1 << 20, 8, 16) == 8           # unchanged where it was even: 64 tasks, 4 per thread
+    assert key_blocks(100, 8, 16) == 1 and key_blocks(0, 8, 16) == 0
+
+
+def run_threads_profile(*, kernel15_gbs: float, kernel16_gbs: float, during15_gbs: float, alone15_gbs: float):
+    """A host with kernel points at 15 and 16 threads and a concurrency point at each (16: no contention)."""
+    points = [CpuAttentionPoint(threads=t, kv_heads=8, ratio=4, key_tokens=k, head_dim=128, bytes_per_s=rate * G)
+              for t, rate in ((15, kernel15_gbs), (16, kernel16_gbs)) for k in (32768, 1 << 20)]
+    concurrency = [HostConcurrencyPoint(cpu_threads=15, h2d_bytes_per_s=20 * G, cpu_read_bytes_per_s=during15_gbs * G,
+                                        h2d_alone_bytes_per_s=25 * G, cpu_alone_bytes_per_s=alone15_gbs * G),
+                   HostConcurrencyPoint(cpu_threads=16, h2d_bytes_per_s=25 * G, cpu_read_bytes_per_s=60 * G,
+                                        h2d_alone_bytes_per_s=25 * G, cpu_alone_bytes_per_s=50 * G)]
+    return scalar_profile(cpu_attention_table=points, host_concurrency_table=concurrency,
+                          host_read_bytes_per_s=80 * G, host_read_threads=16, host_share_handoff_s=20e-6,
+                          host_mem_bytes=200 * GIB)
+
+
+def test_rates_are_read_at_the_runs_threads_with_their_contention():
+    profile = run_threads_profile(kernel15_gbs=40.0, kernel16_gbs=60.0, during15_gbs=30.0, alone15_gbs=40.0)
+    rates = host_share_rates(profile, head_dim=128, element_bytes=2)
+    assert rates.threads == 15                        # cores - 1: the executor's default (host_read_threads - 1)
+    assert rates.cpu_factor == pytest.approx(0.75)    # the 15-thread pair, not the 16-thread one (60 / 50 > 1)
+    assert rates.dma_factor == pytest.approx(0.8)
+    assert rates.cpu_bytes_per_s(131072) == pytest.approx(40.0 * G * 0.75)
+
+
+def test_a_factor_above_one_is_capped():
+    profile = run_threads_profile(kernel15_gbs=40.0, kernel16_gbs=60.0, during15_gbs=50.0, alone15_gbs=40.0)
+    assert host_share_rates(profile, head_dim=128, element_bytes=2).cpu_factor == 1.0
+
+
+def test_fewer_heads_pay_for_an_uneven_split():
+    rates = host_share_rates(cpu_profile(60.0), head_dim=128, element_bytes=2)   # 16 threads (no 15 in the table)
+    assert rates.threads == 16
+    # 4096 keys: at most 2 blocks; 8 heads -> 16 tasks (even), 6 heads -> 12 tasks on 16 threads (0.75)
+    assert rates.cpu_bytes_per_s(4096, 6) == pytest.approx(rates.cpu_bytes_per_s(4096) * 0.75)
+    assert rates.cpu_bytes_per_s(1 << 19, 6) == pytest.approx(rates.cpu_bytes_per_s(1 << 19))
+
+
+def test_contended_rate_below_break_even_keeps_share_zero():
+    # alone the kernel would pay (60 GB/s beside a 25 GB/s link); beside the run's DMA and issue it reads 3 GB/s
+    fast_alone = run_threads_profile(kernel15_gbs=60.0, kernel16_gbs=60.0, during15_gbs=60.0, alone15_gbs=60.0)
+    assert plan(fast_alone).cpu_share > 0
+    starved = run_threads_profile(kernel15_gbs=60.0, kernel16_gbs=60.0, during15_gbs=3.0, alone15_gbs=60.0)
+    chosen = plan(starved)
+    assert chosen.cpu_share == 0.0
+    assert any("CPU share 0: the best share" in note and "measured contention" in note for note in chosen.notes)
