@@ -48,7 +48,7 @@ from executor.report.assemble import ReportContext, build_report
 from executor.report.schema import RunReport
 from executor.report.verify import verify_against_standard
 from executor.runtime.events import EventRecorder
-from executor.settings import ExecutionSettings, RunOptions
+from executor.settings import ExecutionSettings, RunOptions, SplitOptions
 from planner.plan import Plan
 
 
@@ -67,7 +67,8 @@ def settings_from_plan(plan: Plan, new_tokens: int, prompt_tokens: Optional[int]
     return ExecutionSettings(chunk_size=plan.chunk_size, heads_per_group=plan.heads_per_group,
                              resident_kv_heads=plan.resident_kv_heads, capacity_tokens=capacity,
                              attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs,
-                             cpu_share=plan.cpu_share)
+                             cpu_share=plan.cpu_share, split=SplitOptions(past_cut=plan.past_cut),
+                             compile_layers=plan.compile_layers)
 
 
 def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tensor, *, new_tokens: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
+from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, PAST_CUTS
 
 SPLIT_CHUNK_BACKENDS = ("flash", "cudnn")
 
@@ -29,10 +29,17 @@ class SplitOptions:
     fused_merge: bool = True
     """merge the parts in one Triton pass where it runs (attention/merge_triton.py); False: the eager float32
     merge"""
+    past_cut: str = "binary"
+    """how the past's full blocks [0, B floor(s / B)) go to cuDNN (planner/host_time.py PAST_CUTS): "binary", one
+    call per set bit of s // B (at most log2(s / B) + 1 key lengths in a run); "whole", one call per chunk
+    (fewer, larger calls: 31 instead of 48 per attention call of a 128K prefill in 8K chunks; one key length per
+    chunk, whose cuDNN graphs the warm-up builds: attention/split.py warm_up_whole_past)"""
 
     def __post_init__(self) -> None:
         if self.past_block_tokens < 1:
             raise ValueError(f"past_block_tokens must be >= 1, got {self.past_block_tokens}")
+        if self.past_cut not in PAST_CUTS:
+            raise ValueError(f"past_cut must be one of {PAST_CUTS}, got {self.past_cut!r}")
         if self.chunk_backend not in (None, *SPLIT_CHUNK_BACKENDS):
             raise ValueError(f"chunk_backend must be None or one of {SPLIT_CHUNK_BACKENDS}, got "
                              f"{self.chunk_backend!r}")
@@ -71,6 +78,11 @@ class ExecutionSettings:
     host_attention_threads: Optional[int] = None
     """CPU threads of that host share's kernel (None: engine/host_share.py default_host_threads, the cores less one
     for the main thread, which issues the GPU's work meanwhile)"""
+    compile_layers: bool = False
+    """prefill runs every decoder layer's RMSNorms and MLP, and the final norm, through torch.compile (fused
+    elementwise kernels; generation/compiled_layers.py); the registered attention function stays outside the
+    graphs, decode runs them eagerly, the first compile of each shape is paid in the warm-up. Off by default:
+    it needs a working compiler (Triton on CUDA, a C++ compiler on CPU)"""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cpu_share <= 1.0:

@@ -99,6 +99,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share F (0 to 1) of each offloaded head's past that decode attends on the CPU straight "
                         "from host RAM while the GPU streams the rest; auto = the planner's choice from the "
                         "profile's CPU-attention figures (0 without them)")
+    parser.add_argument("--past-cut", default="auto", choices=["auto", "binary", "whole"],
+                        help="cudnn-split prefill: cut the past's 2K-token blocks into one cuDNN call per set bit of "
+                        "s // 2K ('binary', few key lengths) or attend them in one call per chunk ('whole', one key "
+                        "length per chunk, its cuDNN graphs built in the warm-up); auto = the faster by the plan")
+    parser.add_argument("--compile-layers", default=None, action=argparse.BooleanOptionalAction,
+                        help="prefill with the decoder layers' RMSNorms and MLPs torch.compile'd (fused elementwise "
+                        "ops; the first compile is paid in the warm-up; decode stays eager); default: on where the "
+                        "hardware profile measured the compiled path faster")
     parser.add_argument("--no-decode-graphs", action="store_true",
                         help="decode every token eagerly (default: with every KV head resident on one GPU, each "
                         "decode token replays as one CUDA graph, which takes the host's launch time away)")
@@ -182,11 +190,17 @@ def plan_from_args(args: argparse.Namespace, context_tokens: Optional[int] = Non
     if gpus == 1:
         return _with_hw_note(make_plan(model, hardware, context_tokens=context, attention_backend=_backend(args),
                                        decode_graphs=not getattr(args, "no_decode_graphs", False),
-                                       cpu_share=cpu_share, **work), args)
+                                       cpu_share=cpu_share, **_split_knobs(args), **work), args)
     if cpu_share:
         raise UserError("--cpu-share applies to one GPU; several GPUs stream all their KV")
     return _with_hw_note(_several_gpus_plan(getattr(args, "parallel", "auto") or "auto", model, hardware, gpus=gpus,
                                             context_tokens=context, attention_backend=_backend(args), **work), args)
+
+
+def _split_knobs(args: argparse.Namespace) -> dict:
+    """--past-cut and --compile-layers as make_plan's keywords (None: the planner chooses)."""
+    cut = getattr(args, "past_cut", "auto") or "auto"
+    return {"past_cut": None if cut == "auto" else cut, "compile_layers": getattr(args, "compile_layers", None)}
 
 
 def _several_gpus_plan(parallel: str, model, hardware, **kwargs):

@@ -177,6 +177,10 @@ class HardwareProfile(_Frozen):
         None, description="achieved rate of a Llama layer's memory-bound ops (norms, RoPE, layout copies, residual "
         "adds, SwiGLU product) in eager PyTorch, bytes as planner/time_model.elementwise_bytes_per_token counts "
         "them (executor/profiler/elementwise.py); None: hbm_bytes_per_s")
+    compiled_elementwise_bytes_per_s: Optional[float] = Field(
+        None, description="the same ops with the norms and the SwiGLU product torch.compile'd, as a run with "
+        "--compile-layers executes them, over the same (eager) byte count; None: not measured (the planner then "
+        "prices --compile-layers at elementwise_bytes_per_s)")
     # host time of the executor's own loop (executor/profiler/executor_host.py); None: the planner falls back
     # to counted host ops x launch_overhead_s (planner/time_model.py)
     executor_model_host_s: Optional[float] = Field(
@@ -230,7 +234,8 @@ class HardwareProfile(_Frozen):
 # before them keep their hash.
 HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
-                          "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "executor_graph_token_host_s",
+                          "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "compiled_elementwise_bytes_per_s",
+                          "executor_graph_token_host_s",
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
                           "host_share_handoff_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path")
 HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")

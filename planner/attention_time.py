@@ -22,7 +22,7 @@ EAGER_MERGE_BYTES_PER_ELEMENT = 18
 
 
 def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
-                      backend: str, elem_bytes: int = 2) -> np.ndarray:
+                      backend: str, elem_bytes: int = 2, past_cut: str = "binary") -> np.ndarray:
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
     ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
 
@@ -40,6 +40,9 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     the square causal part at the cuDNN causal rate where the profile has it), and the log-sum-exp merge:
     one pass reading every part and writing the output, c h q d (parts + 1) b bytes over HBM (more than
     FUSED_MERGE_MAX_PARTS parts: the eager float32 merge, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first).
+    ``past_cut`` "whole" (planner/host_time.py PAST_CUTS): the n full blocks in one cuDNN call of key length n B
+    at the cuDNN rate for that length (two parts per chunk: past and tail + chunk). Step points were measured
+    with the binary cut, so the whole cut is always composed from the kernel table.
     """
     if kv_heads <= 0:
         return np.zeros_like(past, dtype=float)
@@ -54,7 +57,7 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
                                             k_len=past + chunk, head_dim=head_dim, causal=True)
         return flop_per_pair * pairs / rate
-    if backend == "flash" or lookup.has_step_points(backend):
+    if backend == "flash" or (lookup.has_step_points(backend) and past_cut == "binary"):
         table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
                                             k_len=past + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
@@ -63,7 +66,15 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     tail = past - full_blocks * PAST_BLOCK_TOKENS
     past_s = np.zeros_like(past, dtype=float)
     parts = np.ones_like(past, dtype=float)
-    for bit in range(int(np.max(full_blocks)).bit_length()):
+    if past_cut == "whole":
+        for length in np.unique(full_blocks[full_blocks > 0]):
+            key_tokens = int(length) * PAST_BLOCK_TOKENS
+            rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=key_tokens,
+                                                head_dim=head_dim, causal=False, gqa_ratio=ratio)
+            has_block = full_blocks == length
+            past_s = past_s + has_block * flop_per_pair * chunk * key_tokens / rate
+            parts = parts + has_block
+    for bit in range(int(np.max(full_blocks)).bit_length() if past_cut == "binary" else 0):
         has_block = (full_blocks >> bit) & 1
         block_tokens = PAST_BLOCK_TOKENS << bit
         rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=block_tokens,

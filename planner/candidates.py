@@ -15,7 +15,7 @@ from typing import Optional
 from hwprofiles.schema import HardwareProfile
 from planner.errors import PlanError
 from planner.host_share import choose_share, host_share_rates
-from planner.host_time import decode_runs_as_graph
+from planner.host_time import PAST_CUTS, decode_runs_as_graph
 from planner.hw_lookup import RateLookup
 from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_for_host, overhead_bytes,
                                   predict_memory)
@@ -57,6 +57,25 @@ class Setup:
     """CUDA-graph decode where it applies (host_time.decode_runs_as_graph); False: every decode step eager"""
     cpu_share: Optional[float] = None
     """F of decode attention on the CPU (planner/host_share.py); None: chosen per candidate"""
+    past_cut: Optional[str] = None
+    """"cudnn-split"'s cut of the past (planner/host_time.py PAST_CUTS); None: the faster predicted prefill"""
+    compile_layers: Optional[bool] = None
+    """torch.compile'd norms and MLPs in prefill; None: on where the profile measured the compiled elementwise
+    rate above the eager one (the only term it changes, so that is the faster predicted prefill)"""
+
+    @property
+    def compile_chosen(self) -> bool:
+        """compile_layers as planned (None resolved by the profile's measured rates)."""
+        if self.compile_layers is not None:
+            return self.compile_layers
+        compiled, eager = self.profile.compiled_elementwise_bytes_per_s, self.profile.elementwise_bytes_per_s
+        return bool(compiled and compiled > (eager or self.profile.hbm_bytes_per_s))
+
+    def past_cuts(self, backend: str) -> tuple[str, ...]:
+        """The past cuts timed for ``backend``: both for "cudnn-split" unless fixed, else the default."""
+        if backend != "cudnn-split":
+            return ("binary",)
+        return (self.past_cut,) if self.past_cut is not None else PAST_CUTS
 
     @property
     def capacity_tokens(self) -> int:
@@ -78,10 +97,13 @@ class Setup:
 def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: int, decode_tokens: int,
                gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
                attention_backend: Optional[str] = None, decode_graphs: bool = True,
-               cpu_share: Optional[float] = None) -> Setup:
+               cpu_share: Optional[float] = None, past_cut: Optional[str] = None,
+               compile_layers: Optional[bool] = None) -> Setup:
     """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
     ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered;
-    ``decode_graphs`` False plans every decode step eager."""
+    ``decode_graphs`` False plans every decode step eager. ``past_cut`` / ``compile_layers``: Setup's fields."""
+    if past_cut is not None and past_cut not in PAST_CUTS:
+        raise PlanError(f"unknown past cut {past_cut!r}; use one of {', '.join(PAST_CUTS)}")
     if attention_backend not in (None, "flash", "cudnn-split", "flex"):
         raise PlanError(f"unknown attention backend {attention_backend!r}; use auto, flash, cudnn-split or flex")
     if context_tokens <= 0:
@@ -117,7 +139,8 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
             notes.append(f"{model.name} attends through FlexAttention ({_flex_reason(model)}), which the "
                          f"{profile.gpu_name} profile did not measure: priced at its flash attention rates")
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs, cpu_share)
+                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs, cpu_share, past_cut,
+                 compile_layers)
 
 
 def needs_flex(model: ModelSpec) -> bool:
@@ -166,6 +189,8 @@ class Candidate(FitsByMemory):
     other_backend_s: Optional[float] = None
     cpu_share: float = 0.0
     cpu_share_reason: str = ""
+    past_cut: str = "binary"
+    compile_layers: bool = False
 
     @classmethod
     def build(cls, setup: Setup, strategy: str, chunk: int, group: int, resident: int) -> "Candidate":
@@ -182,18 +207,23 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
     backends = (backend,) if backend else setup.backends
     prefills = []
     for name in backends:
-        work = Workload(context_tokens=setup.context_tokens, decode_tokens=setup.decode_tokens,
-                        chunk_size=cand.chunk_size, heads_per_group=cand.heads_per_group,
-                        resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
-                        decode_graphs=setup.graphs_decode(cand.resident_kv_heads))
-        prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
-    prefills.sort(key=lambda item: (item[0][0], item[1] != "flash"))     # faster prefill; flash on a tie
+        for cut in setup.past_cuts(name):
+            work = Workload(context_tokens=setup.context_tokens, decode_tokens=setup.decode_tokens,
+                            chunk_size=cand.chunk_size, heads_per_group=cand.heads_per_group,
+                            resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
+                            decode_graphs=setup.graphs_decode(cand.resident_kv_heads), past_cut=cut,
+                            compile_layers=setup.compile_chosen)
+            prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
+    # faster prefill; flash, then the default cut, on a tie
+    prefills.sort(key=lambda item: (item[0][0], item[1] != "flash", item[2].past_cut != "binary"))
     (best, name, work) = prefills[0]
+    others = [item[0][0] for item in prefills if item[1] != name]
     cand.time = predict_time(setup.model, setup.profile, setup.lookup, work, prefill=best)
     if cand.strategy in ("head-offload", "layer-offload"):
         _choose_cpu_share(setup, cand, work, best)
     cand.backend = name
-    cand.other_backend_s = prefills[1][0][0] if len(prefills) > 1 else None
+    cand.past_cut, cand.compile_layers = work.past_cut, work.compile_layers
+    cand.other_backend_s = min(others) if others else None
     cand.pin_s = setup.lookup.pin_seconds(cand.memory.host_kv_bytes)
     cand.total_s = cand.pin_s + cand.time.prefill_s + setup.decode_tokens * cand.time.decode_s_per_token
     return cand

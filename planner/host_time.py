@@ -8,7 +8,7 @@ Host time per step (chunk or token), two models (executor_host_seconds):
            + HOST_OPS_PER_GROUP_HEAD h launch_overhead)) + split_parts * split_part_s
     model_s = executor_model_host_s (else HOST_OPS_PER_MODEL launch_overhead); layer_s = the decode or the
     prefill layer figure (prefill falls back to decode's); split_parts = popcount(s // B) x attention calls
-    of the chunk ("cudnn-split" only; split_part_s else HOST_OPS_CUDNN_SPLIT launch_overhead)
+    of the chunk ("cudnn-split" only; the "whole" past cut: 1 for s >= B; split_part_s else HOST_OPS_CUDNN_SPLIT launch_overhead)
   graph (decode with every KV head resident on one GPU, fp16/bf16: decode_runs_as_graph): the step replays
     as one CUDA graph, host = executor_graph_token_host_s + L executor_graph_layer_host_s (else
     HOST_OPS_GRAPH_TOKEN launch_overhead)
@@ -40,6 +40,11 @@ HOST_OPS_PER_GROUP_HEAD = 4      # one H2D copy per head for K and V, one D2H co
 HOST_OPS_CUDNN_SPLIT = 5         # per extra attention part: the call, its log-sum-exp merge (~4 ops)
 # Past block of the cuDNN split: the executor's default (executor/settings.py SplitOptions imports it from here).
 PAST_BLOCK_TOKENS = 2048
+# How the past's full blocks are cut into cuDNN calls (executor/settings.py SplitOptions.past_cut imports these):
+# "binary": one call per set bit of s // B (few distinct key lengths, popcount(s // B) calls per chunk);
+# "whole": the past's full blocks [0, B floor(s / B)) in one call (one call per chunk, one key length per chunk,
+# whose cuDNN graphs the executor's warm-up builds before the timed run).
+PAST_CUTS = ("binary", "whole")
 # Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
 # flash (executor/settings.py SplitOptions.chunk_backend_for imports it from here).
 CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
@@ -63,14 +68,18 @@ def graph_decode_host_seconds(profile: HardwareProfile, layers: int) -> float:
     return profile.executor_graph_token_host_s + layers * (profile.executor_graph_layer_host_s or 0.0)
 
 
-def past_block_spans(past_tokens: int, block_tokens: int) -> list[tuple[int, int]]:
+def past_block_spans(past_tokens: int, block_tokens: int, cut: str = "binary") -> list[tuple[int, int]]:
     """Key spans [start, end) that cover the past's full blocks, one per set bit of n = past // block, largest
-    first: past 13 blocks -> lengths 8B, 4B, 1B; the tail past - n * B is not covered. The cut of "cudnn-split"
-    (executor/attention/split.py builds its parts from these spans; ``popcount`` below counts them for the cost
-    model): one rule, here."""
+    first: past 13 blocks -> lengths 8B, 4B, 1B; the tail past - n * B is not covered. ``cut`` "whole": one span
+    [0, n B) (none when n = 0). The cut of "cudnn-split" (executor/attention/split.py builds its parts from these
+    spans; ``past_part_counts`` below counts them for the cost model): one rule, here."""
     if block_tokens < 1:
         raise ValueError(f"past_block_tokens must be >= 1, got {block_tokens}")
+    if cut not in PAST_CUTS:
+        raise ValueError(f"past cut must be one of {PAST_CUTS}, got {cut!r}")
     full_blocks = past_tokens // block_tokens
+    if cut == "whole":
+        return [(0, full_blocks * block_tokens)] if full_blocks else []
     spans, start = [], 0
     for bit in range(full_blocks.bit_length() - 1, -1, -1):
         if full_blocks >> bit & 1:
@@ -88,6 +97,15 @@ def popcount(values: np.ndarray) -> np.ndarray:
         count += values & 1
         values = values >> 1
     return count
+
+
+def past_part_counts(past: np.ndarray, block_tokens: int = PAST_BLOCK_TOKENS, cut: str = "binary") -> np.ndarray:
+    """cuDNN past calls of one attention call's split for each past in ``past`` (array): popcount(s // B) for
+    the binary cut, 1 (s >= B) or 0 for the whole cut; len(past_block_spans(s, B, cut)) elementwise."""
+    full_blocks = (np.asarray(past) // block_tokens).astype(np.int64)
+    if cut == "whole":
+        return (full_blocks > 0).astype(np.int64)
+    return popcount(full_blocks)
 
 
 @dataclass
@@ -134,12 +152,13 @@ def has_executor_host_times(profile: HardwareProfile) -> bool:
 
 
 def executor_host_seconds(profile: HardwareProfile, layer_types: list[LayerType], backend: str,
-                          past: np.ndarray, *, decode: bool) -> np.ndarray:
-    """Host seconds of each step (array over the steps' pasts ``past``); the module docstring's formulas."""
+                          past: np.ndarray, *, decode: bool, past_cut: str = "binary") -> np.ndarray:
+    """Host seconds of each step (array over the steps' pasts ``past``); the module docstring's formulas.
+    ``past_cut``: the cudnn-split cut of the past (PAST_CUTS), which sets the cuDNN calls per attention call."""
     launch_s = profile.launch_overhead_s
     calls = sum(lt.count * (len(lt.group_sizes) + (1 if lt.resident else 0)) for lt in layer_types)
-    # one cuDNN call (and its merge) per set bit of s // B, for every attention call of the step
-    split_parts = (popcount((past // PAST_BLOCK_TOKENS).astype(np.int64)) * calls if backend == "cudnn-split"
+    # one cuDNN call (and its merge) per past part (binary: per set bit of s // B), for every attention call
+    split_parts = (past_part_counts(past, PAST_BLOCK_TOKENS, past_cut) * calls if backend == "cudnn-split"
                    else np.zeros_like(past, dtype=np.int64))
     if not has_executor_host_times(profile):
         ops = _host_ops(layer_types, backend) + HOST_OPS_CUDNN_SPLIT * split_parts

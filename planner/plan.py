@@ -120,6 +120,11 @@ class Plan(_Model):
                                 "resident, one GPU, 16-bit); False: eager decode steps")
     cpu_share: float = Field(0.0, description="F: in decode, each offloaded head's past [0, F s) is attended on the "
                              "CPU from host RAM, only [F s, s) streams (planner/host_share.py); 0: all streams")
+    past_cut: Literal["binary", "whole"] = Field(
+        "binary", description="cudnn-split: the past's full blocks in one cuDNN call per set bit of s // B "
+        "('binary') or in one call ('whole'; its graphs built in the warm-up)")
+    compile_layers: bool = Field(False, description="prefill runs the decoder layers' norms and MLPs "
+                                 "torch.compile'd (the first compile in the warm-up); decode stays eager")
     memory: MemoryPrediction
     predicted: Prediction
     alternatives: list[Alternative] = Field(default_factory=list)

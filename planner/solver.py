@@ -154,15 +154,19 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
               chunk_size: Optional[int] = None, heads_per_group: Optional[int] = None,
               resident_kv_heads: Optional[int] = None, strategy: Optional[str] = None,
               attention_backend: Optional[str] = None, decode_graphs: bool = True,
-              cpu_share: Optional[float] = None) -> Plan:
+              cpu_share: Optional[float] = None, past_cut: Optional[str] = None,
+              compile_layers: Optional[bool] = None) -> Plan:
     """The fastest plan that fits, with every alternative and why it lost. Raises PlanError when none fits.
     ``cpu_share`` fixes F of decode attention on the CPU (planner/host_share.py); None chooses it.
 
     ``attention_backend`` ('flash' or 'cudnn-split') forces the prefill kernel; None picks the faster one.
-    ``decode_graphs`` False keeps every decode step eager (else a CUDA graph where it applies)."""
+    ``decode_graphs`` False keeps every decode step eager (else a CUDA graph where it applies).
+    ``past_cut`` ('binary' or 'whole', cudnn-split) and ``compile_layers`` fix those knobs; None chooses them
+    (planner/candidates.py Setup)."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
-                       attention_backend=attention_backend, decode_graphs=decode_graphs, cpu_share=cpu_share)
+                       attention_backend=attention_backend, decode_graphs=decode_graphs, cpu_share=cpu_share,
+                       past_cut=past_cut, compile_layers=compile_layers)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads, strategy, attention_backend)
     chosen, by_strategy = solve(setup, knobs)
     notes = list(setup.notes)
@@ -181,6 +185,8 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
         resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend, cpu_share=chosen.cpu_share,
         decode_graphs=setup.graphs_decode(chosen.resident_kv_heads), memory=chosen.memory,
+        past_cut=chosen.past_cut if chosen.backend == "cudnn-split" else "binary",
+        compile_layers=chosen.compile_layers,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )
 

@@ -72,6 +72,11 @@ class Workload:
     """decode replays as one CUDA graph per token (host_time.decode_runs_as_graph): its host time is the replay's"""
     cpu_share: float = 0.0
     """F: decode attends each offloaded head's past [0, F s) on the CPU (planner/host_share.py)"""
+    past_cut: str = "binary"
+    """"cudnn-split"'s cut of the past into cuDNN calls (planner/host_time.py PAST_CUTS)"""
+    compile_layers: bool = False
+    """prefill runs the layers' norms and MLPs torch.compile'd: elementwise ops at the profile's
+    compiled_elementwise_bytes_per_s (decode stays eager)"""
 
 
 @dataclass
@@ -100,6 +105,15 @@ def elementwise_bytes_per_token(model: ModelSpec, elem_bytes: int) -> int:
             + (2 * q_heads + 2 * kv_heads) * head_dim * 2 * elem_bytes
             + 2 * 3 * dim * elem_bytes
             + inter * 5 * elem_bytes)
+
+
+def elementwise_rate(profile: HardwareProfile, *, compiled: bool) -> float:
+    """Bytes per second of a layer's elementwise ops, counted as elementwise_bytes_per_token counts them (the eager
+    ops' bytes): the compiled path's measured rate when ``compiled`` and the profile has it (fused norms and
+    SwiGLU move fewer bytes, which shows as a higher rate over the same count), else the eager rate, else HBM."""
+    if compiled and profile.compiled_elementwise_bytes_per_s:
+        return profile.compiled_elementwise_bytes_per_s
+    return profile.elementwise_bytes_per_s or profile.hbm_bytes_per_s
 
 
 def linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int) -> np.ndarray:
@@ -175,7 +189,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     layer_types = summarize_layers(model, work.resident_kv_heads, work.heads_per_group)
     backend = "flash" if decode else work.backend
     linear = linear_seconds(model, lookup, chunk, elem_bytes)
-    elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / (lookup.profile.elementwise_bytes_per_s or hbm)
+    elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / elementwise_rate(
+        lookup.profile, compiled=work.compile_layers and not decode)
     out = {key: np.zeros_like(past, dtype=float) for key in
            ("gpu", "linear", "elementwise", "attention", "h2d", "h2d_bytes", "d2h_bytes", "pcie_bound", "fill",
             "cpu_bound")}
@@ -193,7 +208,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             head_kv = 2.0 * model.head_dim * elem_bytes * (keys + chunk)
             return decode_attention_seconds(model, lookup, heads, keys, head_kv)
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
-                                 elem_bytes=elem_bytes)
+                                 elem_bytes=elem_bytes, past_cut=work.past_cut)
 
     full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents
     layer0_resident = max((lt.resident for lt in full_types), default=0)
@@ -241,7 +256,9 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     out["builds"] = np.zeros_like(past, dtype=float)
     if backend == "cudnn-split":
         calls = len(_call_head_counts(layer_types))
-        builds = graph_builds_per_chunk(calls, chunk, past)
+        # the whole cut's key lengths are built by the executor's warm-up (attention/split.py warm_up_whole_past)
+        builds = (graph_builds_per_chunk(calls, chunk, past) if work.past_cut == "binary"
+                  else np.zeros_like(past, dtype=float))
         square = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS) & (np.arange(len(chunk)) == 0)  # the square causal
         if len(chunk) > 1 and chunk[-1] != chunk[0]:                                    # cuDNN part's shapes
             square[-1] = chunk[-1] >= CUDNN_SPLIT_CHUNK_MIN_TOKENS
@@ -252,7 +269,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         out["host"] = np.full_like(past, graph_decode_host_seconds(lookup.profile, model.num_hidden_layers),
                                    dtype=float)
     else:
-        out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode)
+        out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode,
+                                            past_cut=work.past_cut)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
 

@@ -135,6 +135,7 @@ def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     """cuDNN past + chunk part (split.chunk_backend_for), merged by log-sum-exp (attention/split.py)."""
     return attend_chunk_split(q, k, v, scale=scale, past_block_tokens=split.past_block_tokens,
                               chunk_backend=split.chunk_backend_for(q.shape[2]), fused_merge=split.fused_merge,
+                              past_cut=split.past_cut,
                               out=out)
 
 

@@ -67,12 +67,13 @@ class AttentionPart:
 
 
 def split_parts(past_tokens: int, chunk_tokens: int, *, block_tokens: int, past_backend: str,
-                chunk_backend: str) -> list[AttentionPart]:
-    """The parts attend_chunk_split computes for a chunk [s, s + c), in order (see the module docstring)."""
+                chunk_backend: str, past_cut: str = "binary") -> list[AttentionPart]:
+    """The parts attend_chunk_split computes for a chunk [s, s + c), in order (see the module docstring);
+    ``past_cut`` "whole": the full blocks in one part (planner/host_time.py past_block_spans)."""
     if past_backend not in PAST_BACKENDS or chunk_backend not in CHUNK_BACKENDS:
         raise ValueError(f"past_backend must be one of {PAST_BACKENDS} and chunk_backend one of "
                          f"{CHUNK_BACKENDS}; got {past_backend!r}, {chunk_backend!r}")
-    spans = past_block_spans(past_tokens, block_tokens)
+    spans = past_block_spans(past_tokens, block_tokens, past_cut)
     parts = [AttentionPart(past_backend, start, end, False) for start, end in spans]
     full_end = spans[-1][1] if spans else 0
     chunk_end = past_tokens + chunk_tokens
@@ -86,13 +87,15 @@ def split_parts(past_tokens: int, chunk_tokens: int, *, block_tokens: int, past_
     return parts
 
 
-def cudnn_key_lengths(context_tokens: int, chunk_tokens: int, block_tokens: int) -> set[int]:
+def cudnn_key_lengths(context_tokens: int, chunk_tokens: int, block_tokens: int, past_cut: str = "binary",
+                      first_past_tokens: int = 0) -> set[int]:
     """Distinct cuDNN key lengths of the past parts over a prefill of context_tokens in chunks of
-    chunk_tokens (pasts 0, c, 2c, ...): at most floor(log2(s_max / B)) + 1. The number of graph builds is
-    this times the distinct (query rows, G) pairs (the last, shorter chunk adds a second row count)."""
+    chunk_tokens (pasts s0, s0 + c, ...; s0 = first_past_tokens): binary cut at most floor(log2(s_max / B)) + 1,
+    whole cut one per chunk with s >= B. The number of graph builds is this times the distinct (query rows, G)
+    pairs (the last, shorter chunk adds a second row count)."""
     lengths = set()
-    for past in range(0, context_tokens, chunk_tokens):
-        lengths.update(end - start for start, end in past_block_spans(past, block_tokens))
+    for past in range(first_past_tokens, context_tokens, chunk_tokens):
+        lengths.update(end - start for start, end in past_block_spans(past, block_tokens, past_cut))
     return lengths
 
 
@@ -169,7 +172,7 @@ PACKING_BACKENDS = ("cudnn", "math")  # non-causal parts on these take the query
 def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                        past_block_tokens: int | None = None, past_backend: str = "cudnn",
                        chunk_backend: str = "flash", fused_merge: bool = True,
-                       out: torch.Tensor | None = None) -> torch.Tensor:
+                       out: torch.Tensor | None = None, past_cut: str = "binary") -> torch.Tensor:
     """Attention of the chunk's queries against [past, chunk], split into parts merged by log-sum-exp.
 
     q [1, Hq_g, c, d]; k, v [1, G, s + c, d] (past then chunk); returns [1, Hq_g, c, d] in q.dtype: ``out`` when
@@ -178,7 +181,8 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     past_block_tokens: B of the binary block cut (default SplitOptions().past_block_tokens; a multiple of 128
         keeps cuDNN's key lengths aligned). past_backend: "cudnn" (GPU), "flash" or "math" (any device;
         the CPU path). chunk_backend: "flash", "cudnn" (square causal on cuDNN) or "math". fused_merge: the
-        one-pass Triton merge where it runs (else the eager float32 merge).
+        one-pass Triton merge where it runs (else the eager float32 merge). past_cut: "binary" or "whole"
+        (settings.SplitOptions.past_cut).
     Exact: the same softmax as one lower-right causal attention, reordered; float32 accumulation.
     """
     _check_inputs(q, k, v, past_backend, chunk_backend)
@@ -186,7 +190,7 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     chunk_tokens = q.shape[2]
     past_tokens = k.shape[2] - chunk_tokens
     parts = split_parts(past_tokens, chunk_tokens, block_tokens=block_tokens, past_backend=past_backend,
-                        chunk_backend=chunk_backend)
+                        chunk_backend=chunk_backend, past_cut=past_cut)
     packed = None
     if sum(part.backend in PACKING_BACKENDS and not part.causal for part in parts) > 1:
         packed = pack_query_rows(q, k.shape[1]).contiguous()  # once for all past parts, not a copy per part
@@ -234,7 +238,7 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
     for past in range(0, context_tokens, chunk_tokens):
         chunk = min(chunk_tokens, context_tokens - past)
         counts.add(len(split_parts(past, chunk, block_tokens=block, past_backend="cudnn",
-                                   chunk_backend=options.chunk_backend_for(chunk))))
+                                   chunk_backend=options.chunk_backend_for(chunk), past_cut=options.past_cut)))
     counts = sorted(counts - {1})
     counts = [n for n in counts if _use_fused_merge(probe, n)]
     heads, rows = 2, 16     # strides and sizes multiples of 16, as in the run (Triton specialises on that)
@@ -267,6 +271,38 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
         partial_cudnn(query, keys[:, :, :chunk_tokens], keys[:, :, :chunk_tokens], scale=head_dim ** -0.5,
                       causal=True)
         calls += 1
+    return calls
+
+
+def warm_up_whole_past(device: torch.device, dtype: torch.dtype, *, head_dim: int, query_heads_per_kv: int,
+                       call_kv_heads: set[int], capacity_tokens: int, context_tokens: int, chunk_tokens: int,
+                       first_past_tokens: int = 0, options: SplitOptions = SplitOptions()) -> int:
+    """The "whole" past cut's cuDNN graphs, built before the timed run: one call per (KV heads h of a call,
+    chunk length, key length n B) the prefill of [first_past_tokens, context_tokens) in chunks of
+    ``chunk_tokens`` will make, on zero tensors laid out as the run's: the packed query [1, h, r c, d]
+    (contiguous, as the run's pack copies it) against keys [1, h, n B, d] viewed out of an [h_max, T, d] buffer
+    (T = capacity_tokens: the stores' row stride, which cuDNN's graph cache keys on). ``call_kv_heads``: the
+    distinct head counts of the run's attention calls (a layer's resident heads, its streamed groups). Returns
+    the calls made (0: another cut, no cuDNN here, or no past block). Costs a graph build (~40 ms on the H200)
+    plus one call per shape, and one buffer of 2 h_max T d bytes while it runs (freed before the stores)."""
+    if options.past_cut != "whole" or not call_kv_heads or not cudnn_available(device.index):
+        return 0
+    shapes = set()
+    for past in range(first_past_tokens, context_tokens, chunk_tokens):
+        chunk = min(chunk_tokens, context_tokens - past)
+        shapes.update((chunk, end - start) for start, end in past_block_spans(past, options.past_block_tokens,
+                                                                              "whole"))
+    if not shapes:
+        return 0
+    store = torch.zeros(max(call_kv_heads), capacity_tokens, head_dim, device=device, dtype=dtype)
+    calls = 0
+    for heads in sorted(call_kv_heads):
+        for chunk, key_tokens in sorted(shapes):
+            packed = torch.zeros(1, heads, query_heads_per_kv * chunk, head_dim, device=device, dtype=dtype)
+            keys = store[:heads][None, :, :key_tokens]
+            partial_cudnn(packed.view(1, heads * query_heads_per_kv, chunk, head_dim), keys, keys,
+                          scale=head_dim ** -0.5, causal=False, packed_query=packed)
+            calls += 1
     return calls
 
 

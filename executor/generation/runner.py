@@ -34,6 +34,7 @@ from executor.generation.decode_graph import static_decode_applies
 from executor.generation.loop import RunLoop
 from executor.generation.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
 from executor.generation.sampling import TokenChooser
+from executor.generation.compiled_layers import compiled_layers, eager_stance, prefill_lengths, warm_up_compiled
 from executor.generation.warmup import cuda_devices, warm_up
 from executor.kv.layout import HeadCounts
 from executor.kv.rows import KVRows
@@ -76,9 +77,24 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     dtype = next(model.parameters()).dtype
     measurement = Measurement(prompt_tokens=prompt_tokens, synthetic_past_tokens=past_tokens,
                               loaded_past_tokens=loaded_tokens)
+    with compiled_layers(model, settings.compile_layers):
+        return _execute(model, input_ids, settings, new_tokens=new_tokens, options=options, stages=stages,
+                        heads=heads, measurement=measurement, dtype=dtype, prompt_ids=prompt_ids)
+
+
+def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_tokens: int, options: RunOptions,
+             stages: list[DeviceStage], heads: Optional[HeadCounts], measurement: Measurement, dtype: torch.dtype,
+             prompt_ids: list[int]) -> Measurement:
+    """execute() after its checks, with the layers compiled when settings.compile_layers (compiled_layers.py)."""
+    device = stages[0].device
+    past_tokens, loaded_tokens = measurement.synthetic_past_tokens, measurement.loaded_past_tokens
+    prompt_tokens = input_ids.shape[1]
     if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
+        compiled = ((lambda: warm_up_compiled(model, prefill_lengths(prompt_tokens, settings.chunk_size)))
+                    if settings.compile_layers else None)
         measurement.warmup_s = warm_up(_tiny_run(model, stages, heads), model, input_ids, settings, stages,
-                                       context_tokens=past_tokens + loaded_tokens + prompt_tokens, heads=heads)
+                                       context_tokens=past_tokens + loaded_tokens + prompt_tokens, heads=heads,
+                                       first_past_tokens=past_tokens + loaded_tokens, compiled=compiled)
     for stage_device in cuda_devices(stages):
         torch.cuda.reset_peak_memory_stats(stage_device)
     parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes,
@@ -94,7 +110,8 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
                                        prompt_ids=input_ids)
         with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, options.sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
-            run.decode(next_ids, new_tokens)
+            with eager_stance(settings.compile_layers):  # decode eager: compiled_layers.py says why
+                run.decode(next_ids, new_tokens)
         _finish(run, measurement)
         if options.kv_saver is not None:  # after _finish: every stream is synchronised, the rows are final
             run.engine.position.phase, run.engine.position.chunk, run.engine.position.layer = "save-kv", None, None

@@ -13,8 +13,9 @@ from typing import Callable, Optional
 import torch
 
 from executor.attention.kernels import backend_name
-from executor.attention.split import warm_up_cudnn, warm_up_merge
+from executor.attention.split import warm_up_cudnn, warm_up_merge, warm_up_whole_past
 from executor.kv.layout import HeadCounts
+from executor.parallel.staged_engine import stage_layout
 from executor.parallel.stages import DeviceStage
 from executor.settings import ExecutionSettings
 
@@ -34,7 +35,8 @@ WARMUP_PROMPT_TOKENS = 96
 
 def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], model, input_ids: torch.Tensor,
             settings: ExecutionSettings, stages: list[DeviceStage], *, context_tokens: Optional[int] = None,
-            heads: Optional[HeadCounts] = None) -> float:
+            heads: Optional[HeadCounts] = None, first_past_tokens: int = 0,
+            compiled: Optional[Callable[[], None]] = None) -> float:
     """One tiny run through the same engine path (same stages, head groups and resident layout, a 96-token
     prompt in 32-token chunks, 2 new tokens, no synthetic past), so the timed run does not pay the process's
     one-time costs: CUDA module loading, cuBLAS / cuDNN handles, first launches of each kernel, and (cudnn-split)
@@ -43,7 +45,10 @@ def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], mo
     ``context_tokens`` (default: the prompt's length; after a synthetic past, past + prompt) will merge. Returns
     its wall seconds (reported as ``warmup_s``, not hidden). Shape-specific costs (cuDNN graphs of the real block
     sizes beyond the first chunk's) stay in the run. ``heads``: the heads the engine sees (default the config's;
-    a tensor-parallel rank's local counts)."""
+    a tensor-parallel rank's local counts). ``first_past_tokens``: where the timed prefill starts (a synthetic or
+    loaded past). With SplitOptions.past_cut "whole" every (call heads, chunk, key length) shape of the prefill
+    gets its cuDNN graph here (split.py warm_up_whole_past). ``compiled``: called last, to compile the
+    torch.compile'd layers at the run's chunk lengths (generation/compiled_layers.py)."""
     start_s = time.perf_counter()
     tiny = dataclasses.replace(settings, chunk_size=WARMUP_CHUNK_TOKENS,
                                capacity_tokens=WARMUP_PROMPT_TOKENS + 2)
@@ -58,6 +63,18 @@ def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], mo
                           chunk_tokens=min(settings.chunk_size, input_ids.shape[1]), options=settings.split)
             warm_up_merge(device, dtype, head_dim, context_tokens or input_ids.shape[1], settings.chunk_size,
                           options=settings.split)
+        for stage in stages:
+            if stage.device.type != "cuda":
+                continue
+            layout = stage_layout(model.config, stage, settings, heads)
+            call_heads = {r for r in layout.resident_per_layer if r} | {
+                len(group) for layer_groups in layout.groups_per_layer for group in layer_groups}
+            warm_up_whole_past(stage.device, dtype, head_dim=head_dim, query_heads_per_kv=heads.query_heads // kv_heads,
+                               call_kv_heads=call_heads, capacity_tokens=settings.capacity_tokens,
+                               context_tokens=context_tokens or input_ids.shape[1], chunk_tokens=settings.chunk_size,
+                               first_past_tokens=first_past_tokens, options=settings.split)
+    if compiled is not None:
+        compiled()
     for device in cuda_devices(stages):
         torch.cuda.synchronize(device)
     return time.perf_counter() - start_s

@@ -15,6 +15,8 @@ and the executor produce them:
     x + h (twice); RMSNorm(x); act(gate) * up                      gate, up [1, c, I]
 
     elementwise_bytes_per_s = elementwise_bytes_per_token(layer) * c / (median seconds of the ops)
+    compiled_elementwise_bytes_per_s: the same with the norm and the SwiGLU product torch.compile'd (CUDA only),
+    over the same eager byte count (the fused kernels move fewer bytes: the rate says how much faster)
 
 Leaves out: the matmuls (matmul.py) and the attention (attention.py, attention_step.py).
 """
@@ -35,8 +37,11 @@ LAYER_SHAPES = {  # hidden D, intermediate I, query heads, KV heads, head dim d;
 }
 
 
-def layer_ops(dim: int, inter: int, q_heads: int, kv_heads: int, head_dim: int, chunk: int, device, dtype):
-    """A callable running one layer's memory-bound ops on fresh random inputs, and its byte count per token."""
+def layer_ops(dim: int, inter: int, q_heads: int, kv_heads: int, head_dim: int, chunk: int, device, dtype,
+              compiled: bool = False):
+    """A callable running one layer's memory-bound ops on fresh random inputs, and its byte count per token.
+    ``compiled``: the RMSNorm module and the SwiGLU product torch.compile'd, as a --compile-layers run has them
+    (generation/compiled_layers.py compiles the norm modules and the whole MLP, whose product is this)."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
@@ -45,6 +50,13 @@ def layer_ops(dim: int, inter: int, q_heads: int, kv_heads: int, head_dim: int, 
     norm = LlamaRMSNorm(dim, eps=config.rms_norm_eps).to(device=device, dtype=dtype)
     rotary = LlamaRotaryEmbedding(config=config).to(device)
     act = torch.nn.functional.silu
+
+    def swiglu(gate, up):
+        return act(gate) * up
+
+    if compiled:
+        norm.compile()
+        swiglu = torch.compile(swiglu)
 
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype)
@@ -63,7 +75,7 @@ def layer_ops(dim: int, inter: int, q_heads: int, kv_heads: int, head_dim: int, 
         v[0].contiguous()
         hidden = x + attn_out
         norm(hidden)
-        act(gate) * up
+        swiglu(gate, up)
         return hidden + mlp_out
 
     shape = SimpleNamespace(hidden_size=dim, intermediate_size=inter, num_attention_heads=q_heads,
@@ -86,4 +98,23 @@ def measure_elementwise(ctx: ProfileContext) -> dict:
     rate = stats.rate(bytes_per_token * chunk)
     ctx.progress("elementwise", f"layer ops D{dim} I{inter} {q_heads}q/{kv_heads}kv d{head_dim} c{chunk}",
                  f"{rate / 1e9:.0f} GB/s", stats)
-    return {"elementwise_bytes_per_s": rate, "spread_rel": stats.spread_rel}
+    result = {"elementwise_bytes_per_s": rate, "spread_rel": stats.spread_rel}
+    if ctx.on_gpu:  # the compiled path (--compile-layers) on CUDA only: CPU runs default to eager
+        result.update(_measure_compiled(ctx, (dim, inter, q_heads, kv_heads, head_dim, chunk), dtype))
+    return result
+
+
+def _measure_compiled(ctx: ProfileContext, shape: tuple, dtype) -> dict:
+    """{"compiled_elementwise_bytes_per_s", "compiled_spread_rel"} of the same ops with the norm and SwiGLU
+    compiled, over the same byte count; {} where torch.compile fails here (noted)."""
+    try:
+        ops, bytes_per_token = layer_ops(*shape, ctx.device, dtype, compiled=True)
+        with torch.inference_mode():
+            ops()  # the compile, outside the timing
+            stats = ctx.time(ops)
+    except Exception as exc:  # noqa: BLE001 - no working compiler here: the planner prices compile at eager
+        ctx.note(f"compiled elementwise ops not measured: {type(exc).__name__}: {exc}")
+        return {}
+    rate = stats.rate(bytes_per_token * shape[5])
+    ctx.progress("elementwise", "same, norm + SwiGLU compiled", f"{rate / 1e9:.0f} GB/s", stats)
+    return {"compiled_elementwise_bytes_per_s": rate, "compiled_spread_rel": stats.spread_rel}

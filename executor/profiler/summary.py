@@ -30,6 +30,7 @@ ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("cuDNN graph build", "cudnn_graph_build_s", format_seconds),
     ("cuDNN causal graph build", "cudnn_causal_graph_build_s", format_seconds),
     ("layer elementwise ops", "elementwise_bytes_per_s", lambda v: format_rate(v, "B")),
+    ("  compiled (--compile-layers)", "compiled_elementwise_bytes_per_s", lambda v: format_rate(v, "B")),
     ("executor host / forward", "executor_model_host_s", lambda v: f"{v * 1e6:.1f} us"),
     ("executor host / decode layer", "executor_decode_layer_host_s", lambda v: f"{v * 1e6:.1f} us"),
     ("executor host / group / layer", "executor_group_host_s", lambda v: f"{v * 1e6:.1f} us"),
