@@ -95,8 +95,10 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
 
 
 def decode_attention_seconds(model: ModelSpec, lookup: RateLookup, kv_heads: int, past: np.ndarray,
-                             per_head_kv_bytes: np.ndarray) -> np.ndarray:
-    """One decode token's attention over ``kv_heads`` KV heads (one call, flash): the longer of reading their
+                             per_head_kv_bytes: np.ndarray, kernel: str = "flash") -> np.ndarray:
+    """One decode token's attention over ``kv_heads`` KV heads (one call of ``kernel``: flash, or flex for the
+    soft-capped models, whose compiled decode kernel the H200 ran at ~16 GB/s at Gemma-2's shapes, far from HBM
+    speed): the longer of reading their
     K, V from HBM (h * 2 d (s + 1) b / HBM) and the measured flash rate at q_len 1 for (h q heads, k_len s + 1),
     4 h q d (s + 1) / rate. The second binds where one query row per head leaves most SMs idle (few heads):
     on the H100, 2 KV heads at 128K ran at ~40% of HBM speed. Profiles without flash points: HBM only."""
@@ -104,7 +106,8 @@ def decode_attention_seconds(model: ModelSpec, lookup: RateLookup, kv_heads: int
         return np.zeros_like(past, dtype=float)
     hbm_s = kv_heads * per_head_kv_bytes / lookup.profile.hbm_bytes_per_s
     q_heads = kv_heads * model.query_heads_per_kv_head
-    rate = lookup.decode_attention_flops_per_s(q_heads=q_heads, k_len=past + 1, head_dim=model.head_dim)
+    rate = lookup.decode_attention_flops_per_s(q_heads=q_heads, k_len=past + 1, head_dim=model.head_dim,
+                                               kernel=kernel)
     if rate is None:
         return hbm_s
     return np.maximum(hbm_s, 4.0 * q_heads * model.head_dim * (past + 1) / rate)

@@ -20,6 +20,7 @@ from typing import Optional
 
 from hwprofiles.schema import AttentionPoint, HardwareProfile
 from planner.model_spec import ModelSpec
+from planner.hw_lookup import DECODE_KERNELS
 from planner.units import format_tokens
 
 COVERAGE = "profile coverage:"
@@ -47,7 +48,7 @@ def _plan_points(hardware: HardwareProfile, backend: str) -> tuple[str, list[Att
     points = [p for p in hardware.attention_table if p.backend == step]
     if points:
         return step, points
-    kernel = "cudnn" if backend.startswith("cudnn") else "flash"
+    kernel = "cudnn" if backend.startswith("cudnn") else ("flex" if backend == "flex" else "flash")
     return kernel, [p for p in hardware.attention_table
                     if p.q_len >= 64 and (p.backend == kernel or (kernel == "flash" and p.backend == "flash_attn"))]
 
@@ -87,9 +88,14 @@ def coverage_notes(model: ModelSpec, hardware: HardwareProfile, *, backend: str,
     if context_tokens > longest_k:
         notes.append(f"{COVERAGE} key length {format_tokens(context_tokens)} is {_times(context_tokens, longest_k)} "
                      f"the longest measured ({format_tokens(longest_k)}): attention time extrapolated")
-    decode_dims = {p.head_dim for p in hardware.attention_table if p.q_len == 1}
-    if decode_dims and model.head_dim not in decode_dims:
-        notes.append(f"{COVERAGE} decode attention not measured at head dim {model.head_dim} (measured "
+    decode_kernel = "flex" if backend == "flex" else "flash"
+    decode_dims = {p.head_dim for p in hardware.attention_table
+                   if p.q_len == 1 and DECODE_KERNELS.get(p.backend) == decode_kernel}
+    if not decode_dims and decode_kernel == "flex":
+        notes.append(f"{COVERAGE} decode attention of the flex kernel not measured: priced from the flash "
+                     "kernel's decode points")
+    elif decode_dims and model.head_dim not in decode_dims:
+        notes.append(f"{COVERAGE} {decode_kernel} decode attention not measured at head dim {model.head_dim} (measured "
                      f"{', '.join(map(str, sorted(decode_dims)))}): decode attention extrapolated")
     return notes
 

@@ -97,6 +97,10 @@ class _Curves:
         return total
 
 
+DECODE_KERNELS = {"flash": "flash", "flash_attn": "flash", "flex": "flex"}
+"""the attention table's backends whose q_len 1 points price decode, and the decode kernel each measures"""
+
+
 class RateLookup:
     """Interpolated rates of one profile. Build once per plan (it caches per shape)."""
 
@@ -104,11 +108,12 @@ class RateLookup:
         self.profile = profile
         self.memo: dict = {}     # caches of derived quantities (time_model keeps per-shape results here)
         self._attention: dict[tuple[str, bool, int, int], _Curves] = defaultdict(_Curves)
-        self._decode: dict[int, _Curves] = defaultdict(_Curves)   # flash at q_len 1, by head_dim
+        self._decode: dict[tuple[str, int], _Curves] = defaultdict(_Curves)   # q_len 1, by (kernel, head_dim)
         for point in profile.attention_table:
             if point.q_len < 64:  # decode-shaped points: their own curves (decode_attention_flops_per_s)
-                if point.q_len == 1 and point.backend in ("flash", "flash_attn"):
-                    self._decode[point.head_dim].add(point.q_heads, 1, point.k_len, point.flops_per_s)
+                if point.q_len == 1 and point.backend in DECODE_KERNELS:
+                    key = (DECODE_KERNELS[point.backend], point.head_dim)
+                    self._decode[key].add(point.q_heads, 1, point.k_len, point.flops_per_s)
                 continue
             backend = "cudnn" if point.backend == "cudnn" else ("flash" if point.backend in ("flash", "flash_attn")
                                                                 else point.backend)
@@ -148,14 +153,23 @@ class RateLookup:
                     return self._attention[(backend, flag, best_dim, ratio)]
         return None
 
-    def decode_attention_flops_per_s(self, *, q_heads: int, k_len, head_dim: int) -> Optional[np.ndarray]:
-        """Rate of one decode attention call (flash, one query per head) over ``k_len`` keys (array), from the
-        table's q_len = 1 points (nearest head_dim, blended over q_heads like the prefill curves); None
-        without such points."""
-        if not self._decode:
+    def decode_attention_flops_per_s(self, *, q_heads: int, k_len, head_dim: int,
+                                     kernel: str = "flash") -> Optional[np.ndarray]:
+        """Rate of one decode attention call (one query per head) over ``k_len`` keys (array), from the table's
+        q_len = 1 points of ``kernel`` ("flash", or "flex": the soft-capped models' kernel; nearest head_dim,
+        blended over q_heads like the prefill curves); "flex" without its own points falls back to flash's;
+        None without such points."""
+        dims = [dim for (name, dim) in self._decode if name == kernel]
+        if not dims and kernel != "flash":
+            return self.decode_attention_flops_per_s(q_heads=q_heads, k_len=k_len, head_dim=head_dim)
+        if not dims:
             return None
-        dim = min(self._decode, key=lambda d: (abs(np.log2(d / head_dim)), -d))
-        return self._decode[dim].value(max(q_heads, 1), 1, np.asarray(k_len, dtype=float))
+        dim = min(dims, key=lambda d: (abs(np.log2(d / head_dim)), -d))
+        return self._decode[(kernel, dim)].value(max(q_heads, 1), 1, np.asarray(k_len, dtype=float))
+
+    def has_decode_points(self, kernel: str, head_dim: int) -> bool:
+        """The profile measured ``kernel``'s decode call at this head dim."""
+        return (kernel, head_dim) in self._decode
 
     def has_attention_points(self, backend: str, causal: bool) -> bool:
         """The profile measured ``backend`` with this causality (at any head dim)."""

@@ -206,7 +206,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         if decode:
             keys = stream_past if streamed else seen_past
             head_kv = 2.0 * model.head_dim * elem_bytes * (keys + chunk)
-            return decode_attention_seconds(model, lookup, heads, keys, head_kv)
+            return decode_attention_seconds(model, lookup, heads, keys, head_kv,
+                                            kernel="flex" if work.backend == "flex" else "flash")
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
                                  elem_bytes=elem_bytes, past_cut=work.past_cut)
 

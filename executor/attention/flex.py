@@ -15,7 +15,7 @@ keys: one call with the windowed causal mask.
 
 On CUDA the kernel is the compiled flex_attention, one compiled entry per kind of call (``CALL_KINDS``: the past
 without a mask, a masked prefill call, a decode call of one query), each its own code object and so its own Dynamo
-cache, compiled with dynamic shapes from the first call (the past's length grows every chunk and every decode
+cache, the past and decode kinds compiled with dynamic shapes from the first call (the past's length grows every chunk and every decode
 step). A call that Dynamo cannot serve from its compiled entries raises instead of running the eager
 flex_attention: that reference implementation materialises the c x S scores (float32: 1 GiB for 2 query heads x
 1K queries x 128K keys) and runs ~20x slower, which once cost a Gemma-2 run its GPU memory budget unseen
@@ -71,10 +71,11 @@ _ENTRIES = {"past": _flex_past, "masked": _flex_masked, "decode": _flex_decode}
 
 @functools.cache
 def compiled_call(kind: str, backend: str = "inductor"):
-    """torch.compile of the ``kind`` entry (dynamic shapes), run under a Dynamo config that raises rather than
+    """torch.compile of the ``kind`` entry (dynamic shapes; "masked" static, since its block masks are cached per
+    shape and a symbolic block mask failed to lower on the H200, torch 2.11), run under a Dynamo config that raises rather than
     falling back to eager when its variants run out. Same arguments as the entry: (q, k, v, score_mod,
     [block_mask,] scale, enable_gqa) -> (out, aux with .lse)."""
-    compiled = torch.compile(_ENTRIES[kind], dynamic=True, backend=backend)
+    compiled = torch.compile(_ENTRIES[kind], dynamic=kind != "masked", backend=backend)
     limits = {name: value for name, value in (("recompile_limit", RECOMPILE_LIMIT),
                                                ("fail_on_recompile_limit_hit", True))
               if hasattr(torch._dynamo.config, name)}

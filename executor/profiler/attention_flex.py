@@ -2,11 +2,12 @@
 attend_flex: the past part, the causal chunk part, their log-sum-exp merge), timed as backend "flex".
 
 Shapes: head dim 256, GQA ratio 2 (Gemma-2-9B: 16 query heads on 8 KV heads; 2B has the same ratio), soft-cap 50,
-G KV heads per call from the preset, chunks of q_len >= 1K queries against k_len = past + chunk keys, causal.
+G KV heads per call from the preset, chunks of q_len >= 1K queries against k_len = past + chunk keys, causal; and the decode call (q_len 1 over k_len
+keys: the compiled flex decode kernel, which prices soft-capped decode; planner/attention_time.py).
 FLOPs as the schema counts them (4 * q_heads * d * causal pairs). The first call of the process compiles
 the kernel (torch.compile; seconds): its warm-up calls absorb that, and compile's automatic dynamic shapes keep
 later key lengths from compiling again. Leaves out: the sliding layers' windowed calls (at most W - 1 + c keys:
-small next to the full-attention layers at long context) and decode (priced from the flash decode points).
+small next to the full-attention layers at long context).
 """
 
 from __future__ import annotations
@@ -71,4 +72,43 @@ def measure_flex(ctx: ProfileContext) -> list[AttentionPoint]:
                                              flops_per_s=rate, spread_rel=stats.spread_rel))
                 del q, k, v
                 ctx.free_memory()
+    return points + measure_flex_decode(ctx, dtype)
+
+
+DECODE_MAX_KV_BYTES = 4 << 30
+"""the largest K + V one decode point reads (longer key lengths are extrapolated from the curve)"""
+
+
+def measure_flex_decode(ctx: ProfileContext, dtype) -> list[AttentionPoint]:
+    """q_len 1 "flex" points: one soft-capped query per query head over k_len keys (attend_flex's single decode
+    call), for each preset KV head count and key length up to DECODE_MAX_KV_BYTES of K + V."""
+    from executor.attention.flex import attend_flex
+
+    points = []
+    for kv_heads in ctx.preset.kv_heads_per_call:
+        q_heads = kv_heads * GEMMA2_GQA_RATIO
+        for k_len in ctx.preset.k_lens:
+            kv_bytes = 2 * kv_heads * k_len * GEMMA2_HEAD_DIM * 2
+            if kv_bytes > DECODE_MAX_KV_BYTES or not ctx.fits(kv_bytes + (64 << 20)):
+                break
+            q = ctx.randn(1, q_heads, 1, GEMMA2_HEAD_DIM, dtype=dtype)
+            k = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
+            v = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
+            try:
+                stats = ctx.time(lambda: attend_flex(q, k, v, scale=GEMMA2_HEAD_DIM ** -0.5, softcap=GEMMA2_SOFTCAP,
+                                                     window=None), warmup=max(2, ctx.preset.warmup))
+            except Exception as exc:  # noqa: BLE001 - a compile or kernel failure ends the series, noted
+                ctx.note(f"attention flex decode G{kv_heads} k{k_len} failed, series skipped: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}")
+                ctx.free_memory()
+                break
+            flops = 4.0 * q_heads * GEMMA2_HEAD_DIM * k_len
+            rate = stats.rate(flops)
+            ctx.progress(SECTION, f"flex decode d{GEMMA2_HEAD_DIM} G{kv_heads} k{k_len}",
+                         f"{format_rate(rate, 'FLOP')}, {kv_bytes / stats.median_s / 1e9:.1f} GB/s of K+V", stats)
+            points.append(AttentionPoint(backend="flex", head_dim=GEMMA2_HEAD_DIM, q_heads=q_heads, kv_heads=kv_heads,
+                                         q_len=1, k_len=k_len, causal=True, flops_per_s=rate,
+                                         spread_rel=stats.spread_rel))
+            del q, k, v
+            ctx.free_memory()
     return points
