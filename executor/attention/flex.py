@@ -73,11 +73,14 @@ _ENTRIES = {"past": _flex_past, "masked": _flex_masked, "decode": _flex_decode}
 def compiled_call(kind: str, backend: str = "inductor"):
     """torch.compile of the ``kind`` entry (dynamic shapes; "masked" static, since its block masks are cached per
     shape and a symbolic block mask failed to lower on the H200, torch 2.11), run under a Dynamo config that raises rather than
-    falling back to eager when its variants run out. Same arguments as the entry: (q, k, v, score_mod,
+    falling back to eager when its variants run out, with Python floats (the soft-cap in the score_mod's closure)
+specialised as constants: left dynamic they enter the graph as float64 scalar tensors on the CPU, which the CUDA
+kernel's lowering refuses (H200, torch 2.11). Same arguments as the entry: (q, k, v, score_mod,
     [block_mask,] scale, enable_gqa) -> (out, aux with .lse)."""
     compiled = torch.compile(_ENTRIES[kind], dynamic=kind != "masked", backend=backend)
     limits = {name: value for name, value in (("recompile_limit", RECOMPILE_LIMIT),
-                                               ("fail_on_recompile_limit_hit", True))
+                                               ("fail_on_recompile_limit_hit", True),
+                                               ("specialize_float", True))
               if hasattr(torch._dynamo.config, name)}
 
     def call(*args):

@@ -22,12 +22,21 @@ DEFAULT_DYNAMO_LIMIT = 8
 """torch's own recompile_limit: each kind must fit in it with room to spare"""
 
 
+GRAPH_INPUTS: list = []
+
+
+def _recording_backend(graph_module, example_inputs):
+    """Dynamo's "eager" backend that keeps each graph's example inputs."""
+    GRAPH_INPUTS.append(list(example_inputs))
+    return graph_module.forward
+
+
 @pytest.fixture
 def flex_on_cpu(monkeypatch):
     """Route soft-capped and windowed calls through attend_flex with Dynamo-compiled entries (backend "eager")."""
     torch._dynamo.reset()
     flex.compiled_call.cache_clear()
-    monkeypatch.setattr(flex, "_entry", lambda kind, device: flex.compiled_call(kind, "eager"))
+    monkeypatch.setattr(flex, "_entry", lambda kind, device: flex.compiled_call(kind, _recording_backend))
     math = kernels._attend_math
 
     def route(q, k, v, *, scale, softcap=None, window=None):
@@ -61,6 +70,10 @@ def test_engine_pattern_stays_compiled(flex_on_cpu):
         counts = {kind: _variants(kind) for kind in flex.CALL_KINDS}
         assert all(count >= 1 for count in counts.values()), counts  # every kind was used
         assert max(counts.values()) <= DEFAULT_DYNAMO_LIMIT, (chunk, group, resident, counts)
+    # no Python float (the soft-cap) became a graph input: on CUDA a float64 CPU scalar fails the kernel's lowering
+    scalars = [x for inputs in GRAPH_INPUTS for x in inputs
+               if isinstance(x, torch.Tensor) and x.dim() == 0 and x.dtype == torch.float64]
+    assert GRAPH_INPUTS and not scalars
 
 
 def test_flex_compiled_matches_math(flex_on_cpu, monkeypatch):
