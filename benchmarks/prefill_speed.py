@@ -107,7 +107,7 @@ def _markdown(rows: list[dict], meta: dict) -> str:
              "| variant | what | prefill | predicted | error | warm-up | flags |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         measured, predicted = row["prefill_s"], row["predicted_prefill_s"]
-        error = f"{(predicted / measured - 1) * 100:+.1f}%" if measured and predicted else "-"
+        error = f"{(measured / predicted - 1) * 100:+.1f}%" if measured and predicted else "-"  # measured / predicted - 1
         lines.append(f"| {row['variant']} | {row['what']} | {_s(measured)} | {_s(predicted)} | {error} | "
                      f"{_s(row['warmup_s'])} | `{' '.join(row['flags'])}` |")
     for row in rows:

@@ -49,7 +49,7 @@ def measure_flex(ctx: ProfileContext) -> list[AttentionPoint]:
                 if deadline_s is not None and time.perf_counter() > deadline_s:
                     ctx.note(f"attention flex sweep stopped at its time budget (G{kv_heads} q{q_len} k{k_len} "
                              "onward not measured)")
-                    return points
+                    return points + measure_flex_decode(ctx, dtype)  # the decode points are cheap: always taken
                 q = ctx.randn(1, q_heads, q_len, GEMMA2_HEAD_DIM, dtype=dtype)
                 k = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
                 v = ctx.randn(1, kv_heads, k_len, GEMMA2_HEAD_DIM, dtype=dtype)
