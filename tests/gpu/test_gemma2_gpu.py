@@ -69,3 +69,34 @@ def test_tiny_gemma2_engine_on_gpu_matches_eager():
     reference_logits = standard_step_logits(model, ids, measurement.generated_token_ids, "cuda")
     assert measurement.generated_token_ids == reference_logits.argmax(-1).tolist()
     assert (measurement.step_logits - reference_logits).abs().max().item() < 1e-3
+
+
+def test_flex_stays_fused_over_the_engines_pattern():
+    """Growing past lengths, decode steps and windows, as a run makes them: every call is served by a compiled
+    entry (none warns of the eager flex_attention) and no call holds its scores: a call's extra memory stays far
+    below the float32 scores of 2 query heads x 1024 queries x 64K keys (512 MiB), which the eager fallback
+    allocated on the H200 (2026-12-01)."""
+    import warnings
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    keys_max = 65536
+    k = torch.randn(1, 1, keys_max + 1024, 256, device="cuda").bfloat16()
+    v = torch.randn_like(k)
+    q = torch.randn(1, 2, 1024, 256, device="cuda").bfloat16()
+    scores_bytes = 2 * 1024 * keys_max * 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for keys in range(8192, keys_max + 1, 8192):               # prefill chunks over a growing past
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            attend_flex(q, k[:, :, :keys], v[:, :, :keys], scale=0.0625, softcap=50.0, window=None)
+            attend_flex(q, k[:, :, :keys], v[:, :, :keys], scale=0.0625, softcap=50.0, window=4096)
+            torch.cuda.synchronize()
+            assert torch.cuda.max_memory_allocated() - base < scores_bytes / 8
+        for keys in range(keys_max, keys_max + 12):                # decode steps
+            attend_flex(q[:, :, :1], k[:, :, :keys], v[:, :, :keys], scale=0.0625, softcap=50.0, window=None)
+    eager = [w for w in caught if "flex_attention called without torch.compile" in str(w.message)
+             or "materializ" in str(w.message)]
+    assert not eager, eager[0].message
