@@ -188,7 +188,8 @@ def test_profiler_flex_points_at_gemma2_shapes():
     ctx = ProfileContext(device=torch.device("cpu"), preset=preset, stream=io.StringIO(), quiet=True)
     points = measure_flex(ctx)
     assert [(p.q_heads, p.kv_heads, p.q_len, p.k_len, p.head_dim) for p in points] == [
-        (2, 1, 1024, 1024, 256), (2, 1, 1024, 2048, 256)]
+        (2, 1, 1024, 1024, 256), (2, 1, 1024, 2048, 256), (2, 1, 1, 1024, 256)]  # the last: the decode call
     assert all(p.backend == "flex" and p.causal and p.flops_per_s > 0 for p in points)
     lookup = RateLookup(scalar_profile(attention_table=points))
     assert lookup.has_backend("flex")
+    assert lookup.has_decode_points("flex", 256)
