@@ -48,9 +48,14 @@ def repredict(row: dict, hardware) -> dict:
     new = json.loads(json.dumps(row))
     rep = new["report"]
     rep["predicted_as_run"] = report["predicted"]
-    rep["predicted"] = dict(report["predicted"], prefill_s=predicted.prefill_s,
+    chunk_s, prefill_s = list(predicted.chunk_s), predicted.prefill_s
+    tail = report.get("tail")
+    if tail:  # a timing probe measured its last chunks only: compare with those (executor/report/assemble.py)
+        chunk_s = chunk_s[-tail["chunks"]:] if len(chunk_s) == tail["total_chunks"] else []
+        prefill_s = sum(chunk_s) if chunk_s else None
+    rep["predicted"] = dict(report["predicted"], prefill_s=prefill_s,
                             decode_s_per_token=predicted.decode_s_per_token, gpu_peak_bytes=memory.gpu_peak_bytes,
-                            chunk_s=list(predicted.chunk_s))
+                            chunk_s=chunk_s)
     measured = rep["measured"]
     rep["error"] = {key: (measured[key] / rep["predicted"][key] - 1.0
                           if measured.get(key) is not None and rep["predicted"].get(key) else None)
