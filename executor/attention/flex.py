@@ -19,7 +19,7 @@ cache, the past and decode kinds compiled with dynamic shapes from the first cal
 step). A call that Dynamo cannot serve from its compiled entries raises instead of running the eager
 flex_attention: that reference implementation materialises the c x S scores (float32: 1 GiB for 2 query heads x
 1K queries x 128K keys) and runs ~20x slower, which once cost a Gemma-2 run its GPU memory budget unseen
-(``recompile_limit`` RECOMPILE_LIMIT per kind, ``fail_on_recompile_limit_hit``). Block masks are built eagerly
+(DYNAMO_SETTINGS). Block masks are built eagerly
 (create_block_mask materialises c x S booleans: the chunk part's c x c, a window's c x (W - 1 + c), never the whole
 context) and cached per shape; elsewhere (CPU) the eager flex_attention (a reference implementation; the CPU CI
 runs the math backend, and tests this module's arithmetic against it). ``compiled_call(kind, backend)`` is that
@@ -29,6 +29,7 @@ Leaves out: dropout, batch > 1, padding masks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -60,6 +61,7 @@ def _flex_masked(q, k, v, score_mod, block_mask, scale: float, enable_gqa: bool)
 
 
 def _flex_decode(q, k, v, score_mod, scale: float, enable_gqa: bool):
+    # _flex_past's body on purpose: a code object of its own is a Dynamo cache of its own
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     return flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=enable_gqa,
@@ -69,22 +71,40 @@ def _flex_decode(q, k, v, score_mod, scale: float, enable_gqa: bool):
 _ENTRIES = {"past": _flex_past, "masked": _flex_masked, "decode": _flex_decode}
 
 
+DYNAMO_SETTINGS = (("recompile_limit", RECOMPILE_LIMIT), ("fail_on_recompile_limit_hit", True),
+                   ("specialize_float", True))
+"""Dynamo's config around every compiled call (they are read when a call traces or recompiles): raise rather than
+fall back to eager when a kind's variants run out, and specialise Python floats (the soft-cap in the score_mod's
+closure) as constants: left dynamic they enter the graph as float64 scalar tensors on the CPU, which the CUDA
+kernel's lowering refuses (H200, torch 2.11)"""
+
+
+@contextlib.contextmanager
+def _dynamo_settings():
+    """DYNAMO_SETTINGS set for the block and restored after, by plain attribute writes (config.patch costs ~10x
+    more, and this runs on every call of every layer of every decode step)."""
+    config = torch._dynamo.config
+    changed = [(name, getattr(config, name)) for name, value in DYNAMO_SETTINGS
+               if hasattr(config, name) and getattr(config, name) != value]
+    wanted = dict(DYNAMO_SETTINGS)
+    for name, _ in changed:
+        setattr(config, name, wanted[name])
+    try:
+        yield
+    finally:
+        for name, old in changed:
+            setattr(config, name, old)
+
+
 @functools.cache
 def compiled_call(kind: str, backend: str = "inductor"):
-    """torch.compile of the ``kind`` entry (dynamic shapes; "masked" static, since its block masks are cached per
-    shape and a symbolic block mask failed to lower on the H200, torch 2.11), run under a Dynamo config that raises rather than
-    falling back to eager when its variants run out, with Python floats (the soft-cap in the score_mod's closure)
-specialised as constants: left dynamic they enter the graph as float64 scalar tensors on the CPU, which the CUDA
-kernel's lowering refuses (H200, torch 2.11). Same arguments as the entry: (q, k, v, score_mod,
-    [block_mask,] scale, enable_gqa) -> (out, aux with .lse)."""
+    """torch.compile of the ``kind`` entry, run under DYNAMO_SETTINGS: dynamic shapes, but "masked" static, since
+    its block masks are cached per shape and a symbolic block mask failed to lower on the H200 (torch 2.11). Same
+    arguments as the entry: (q, k, v, score_mod, [block_mask,] scale, enable_gqa) -> (out, aux with .lse)."""
     compiled = torch.compile(_ENTRIES[kind], dynamic=kind != "masked", backend=backend)
-    limits = {name: value for name, value in (("recompile_limit", RECOMPILE_LIMIT),
-                                               ("fail_on_recompile_limit_hit", True),
-                                               ("specialize_float", True))
-              if hasattr(torch._dynamo.config, name)}
 
     def call(*args):
-        with torch._dynamo.config.patch(**limits):
+        with _dynamo_settings():
             return compiled(*args)
 
     return call
