@@ -14,6 +14,7 @@ from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
+from tests.references import attention_reference, logit_errors  # noqa: E402
 
 NEW_TOKENS = 4
 PROMPT = 19
@@ -99,24 +100,8 @@ def test_bfloat16_within_reference_error(model_type, chunk, group, resident):
     tokens = ours.generated_token_ids
     exact = standard_step_logits(model64, ids, tokens, "cpu").float()
     standard16 = standard_step_logits(model16, ids, tokens, "cpu")
-    standard_error = (standard16 - exact).abs().max().item()
-    our_error = (ours.step_logits - exact).abs().max().item()
+    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
     assert our_error <= 2.0 * standard_error + 1e-3, (our_error, standard_error)
-
-
-def _reference_attention(q, k, v, *, scale, softcap, window):
-    ratio = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(ratio, 1), v.repeat_interleave(ratio, 1)
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    c, n = q.shape[2], k.shape[2]
-    qpos = torch.arange(c)[:, None] + n - c
-    kpos = torch.arange(n)[None, :]
-    visible = kpos <= qpos
-    if window is not None:
-        visible &= kpos > qpos - window
-    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
 @pytest.mark.parametrize("softcap,window", [(None, None), (2.0, None), (None, 4), (2.0, 4)])
@@ -125,7 +110,7 @@ def test_math_backend_softcap_and_window(softcap, window):
     q, k, v = (torch.randn(1, 6, 5, 16, generator=g) * 3, torch.randn(1, 2, 12, 16, generator=g) * 3,
                torch.randn(1, 2, 12, 16, generator=g))
     ours = attend_chunk(q, k, v, scale=0.25, backend="math", softcap=softcap, window=window)
-    assert (ours - _reference_attention(q, k, v, scale=0.25, softcap=softcap, window=window)).abs().max() < 1e-5
+    assert (ours - attention_reference(q, k, v, scale=0.25, softcap=softcap, window=window)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("chunk,keys,softcap,window", [(5, 12, 2.0, None), (5, 5, 2.0, None), (1, 9, 2.0, None),
@@ -140,7 +125,7 @@ def test_flex_backend_arithmetic(chunk, keys, softcap, window):
     q = torch.randn(1, 4, chunk, 16, generator=g) * 3
     k, v = torch.randn(1, 2, keys, 16, generator=g) * 3, torch.randn(1, 2, keys, 16, generator=g)
     ours = attend_flex(q, k, v, scale=0.25, softcap=softcap, window=window)
-    assert (ours - _reference_attention(q, k, v, scale=0.25, softcap=softcap, window=window)).abs().max() < 1e-4
+    assert (ours - attention_reference(q, k, v, scale=0.25, softcap=softcap, window=window)).abs().max() < 1e-4
 
 
 TINY_GEMMA2_CONFIG = {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,

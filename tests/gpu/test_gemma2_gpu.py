@@ -9,26 +9,11 @@ import torch
 
 from executor.attention.flex import attend_flex
 from executor.attention.kernels import attend_chunk
+from tests.references import attention_reference
 
 pytestmark = pytest.mark.gpu
 
 BF16_STEP = 2.0 ** -8
-
-
-def reference(q, k, v, *, scale, softcap, window):
-    q, k, v = q.double(), k.double(), v.double()
-    ratio = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(ratio, 1), v.repeat_interleave(ratio, 1)
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    c, n = q.shape[2], k.shape[2]
-    qpos = torch.arange(c, device=q.device)[:, None] + n - c
-    kpos = torch.arange(n, device=q.device)[None, :]
-    visible = kpos <= qpos
-    if window is not None:
-        visible &= kpos > qpos - window
-    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
 @pytest.mark.parametrize("chunk,keys,window", [(256, 256, None), (256, 3000, None), (1, 3000, None),
@@ -40,7 +25,7 @@ def test_flex_matches_reference_bf16(chunk, keys, window):
     q = torch.randn(1, 16, chunk, 256, device="cuda", generator=g).bfloat16()
     k = torch.randn(1, 8, keys, 256, device="cuda", generator=g).bfloat16()
     v = torch.randn(1, 8, keys, 256, device="cuda", generator=g).bfloat16()
-    exact = reference(q, k, v, scale=256 ** -0.5, softcap=50.0, window=window)
+    exact = attention_reference(q, k, v, scale=256 ** -0.5, softcap=50.0, window=window)
     ours = attend_flex(q, k, v, scale=256 ** -0.5, softcap=50.0, window=window).double()
     math16 = attend_chunk(q, k, v, scale=256 ** -0.5, backend="math", softcap=50.0, window=window).double()
     bound = 2 * (math16 - exact).abs().max().item() + BF16_STEP * exact.abs().max().item()

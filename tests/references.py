@@ -1,0 +1,31 @@
+"""Reference arithmetic the CPU and GPU tests share."""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                        softcap: float | None = None, window: int | None = None) -> torch.Tensor:
+    """Float64 attention of q [1, Hq, c, d] over k, v [1, G, S, d] (GQA by repeating KV heads), lower-right causal:
+    query i (position S - c + i) sees key j iff j <= S - c + i and, with a window W, j > S - c + i - W; scores
+    soft-capped as cap * tanh(x / cap). Returns [1, Hq, c, d] in float64 on q's device."""
+    q, k, v = q.double(), k.double(), v.double()
+    ratio = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(ratio, 1), v.repeat_interleave(ratio, 1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    c, n = q.shape[2], k.shape[2]
+    qpos = torch.arange(c, device=q.device)[:, None] + n - c
+    kpos = torch.arange(n, device=q.device)[None, :]
+    visible = kpos <= qpos
+    if window is not None:
+        visible &= kpos > qpos - window
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
+
+
+def logit_errors(ours: torch.Tensor, exact: torch.Tensor, standard16: torch.Tensor) -> tuple[float, float]:
+    """(headplan's error, the standard bf16 forward's own error): max |ours - exact| and max |standard16 - exact|
+    over step logits, ``exact`` from a higher-precision reference of the same weights."""
+    return (ours - exact).abs().max().item(), (standard16 - exact).abs().max().item()
