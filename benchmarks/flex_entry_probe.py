@@ -1,5 +1,6 @@
 """attend_flex's compiled entries at Gemma-2-9B shapes on CUDA: rate, eager-fallback warnings and errors, with and
-without the entry's Dynamo config patch. Prints one JSON line per call.
+without the entry's Dynamo config patch. Prints one JSON line per call and writes them to
+$OUT/flex-entry-probe.jsonl.
 
     PYTHONPATH=. python3 benchmarks/flex_entry_probe.py       # ~30 s on the H200
 """
@@ -27,3 +28,5 @@ for S in (16384, 131072):
     run(f"attend_flex decode S={S}", lambda: fx.attend_flex(q1, k, v, scale=0.0625, softcap=50.0, window=None))
     raw = torch.compile(fx._ENTRIES["past"], dynamic=True)
     run(f"raw past no patch S={S}", lambda: raw(q, k, v, fx._softcap_mod(50.0), 0.0625, True))
+with open(os.path.join(os.environ.get("OUT", "/tmp"), "flex-entry-probe.jsonl"), "w") as sink:
+    sink.writelines(json.dumps(row) + "\n" for row in out)
