@@ -1,7 +1,7 @@
 """Prefill speed knobs on one GPU: the cudnn-split past cut ("binary" / "whole") and --compile-layers, measured
 against the planner's prediction, with the kernel breakdown before and after and a 512K tail probe.
 
-    python benchmarks/prefill_speed.py --out benchmarks/results/2026-12-02-h200 \
+    python benchmarks/prefill_speed.py --out benchmarks/results/DATE-h200 \
         --hw hwprofiles/catalog/h200-sxm-measured.json
 
 Runs, each its own subprocess of ``headplan run`` (random Llama-3-8B-shaped weights, --new-tokens 1), planned

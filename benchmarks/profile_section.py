@@ -28,7 +28,7 @@ SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
                                 "host_concurrency_table", "host_share_handoff_s")),
-            "flex": ("attention_flex", "measure_flex", ("attention_table",))}
+            "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes"))}
 
 
 def main() -> int:
@@ -60,7 +60,8 @@ def main() -> int:
     module = importlib.import_module(f"executor.profiler.{module_name}")
     measured = getattr(module, function)(ctx)
     if args.section == "flex":  # a list of points: they replace the profile's flex points
-        measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured}
+        measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured["points"],
+                    "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}
     info = profile.measurement
     line = (f"{', '.join(fields)} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")
@@ -73,7 +74,7 @@ def main() -> int:
     write_profile(updated, args.out)
     for field in fields:
         value = measured[field]
-        print(f"{field} = {value if isinstance(value, list) else f'{value:.4g}'}")
+        print(f"{field} = {value if isinstance(value, list) or value is None else f'{value:.4g}'}")
     print(f"wrote {args.out}")
     return 0
 

@@ -167,6 +167,9 @@ class HardwareProfile(_Frozen):
     # runtime
     runtime_overhead_bytes: int = Field(description="GPU memory the runtime takes outside tensors: CUDA "
                                         "context, cuBLAS/cuDNN workspaces, allocator reserve")
+    flex_runtime_overhead_bytes: Optional[int] = Field(
+        None, description="GPU memory outside the allocator that the compiled FlexAttention kernels add to "
+        "runtime_overhead_bytes (the driver's local-memory pool grows for them); None: not measured")
     launch_overhead_s: float = Field(description="host cost of one kernel launch through PyTorch")
     attention_call_overhead_s: float = Field(0.0, description="fixed cost of one attention call")
     cudnn_graph_build_s: Optional[float] = Field(None, description="cuDNN attention: first call at a new shape")
@@ -237,7 +240,8 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "compiled_elementwise_bytes_per_s",
                           "executor_graph_token_host_s",
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
-                          "host_share_handoff_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path")
+                          "host_share_handoff_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path",
+                          "flex_runtime_overhead_bytes")
 HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")
 
 

@@ -138,9 +138,22 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
         if not lookup.has_backend("flex"):
             notes.append(f"{model.name} attends through FlexAttention ({_flex_reason(model)}), which the "
                          f"{profile.gpu_name} profile did not measure: priced at its flash attention rates")
+    runtime_bytes = profile.runtime_overhead_bytes
+    if "flex" in backends:
+        runtime_bytes += flex_runtime_bytes(profile, notes)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 overhead_bytes(profile.runtime_overhead_bytes), backends, notes, decode_graphs, cpu_share, past_cut,
-                 compile_layers)
+                 overhead_bytes(runtime_bytes), backends, notes, decode_graphs, cpu_share, past_cut, compile_layers)
+
+
+def flex_runtime_bytes(profile: HardwareProfile, notes: list[str]) -> int:
+    """GPU bytes outside the allocator that the compiled flex kernels add (the profile's
+    flex_runtime_overhead_bytes; 0 with a note when the profile did not measure it)."""
+    if profile.flex_runtime_overhead_bytes is None:
+        notes.append(f"the {profile.gpu_name} profile did not measure the GPU memory the compiled FlexAttention "
+                     "kernels take outside the allocator (1.0 GB on an H200, 2026-12-01): the predicted peak may be "
+                     "that much low (headplan profile, or benchmarks/profile_section.py --section flex, measures it)")
+        return 0
+    return profile.flex_runtime_overhead_bytes
 
 
 def needs_flex(model: ModelSpec) -> bool:

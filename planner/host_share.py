@@ -49,7 +49,7 @@ def task_balance(tasks: int, threads: int) -> float:
 def key_blocks(key_tokens: int, kv_heads: int, threads: int) -> int:
     """Blocks n the S keys of each of H heads are cut into (the H n kernel tasks, executor/attention/
     host_attention.py): n <= ceil(S / MIN_BLOCK_TOKENS) and <= ceil(8 T / H); the best task_balance(H n, T) wins,
-    then about 4 tasks per thread, then fewer blocks. (Before 2026-12-02 n was min(by length, ceil(4 T / H)):
+    then about 4 tasks per thread, then fewer blocks. (Earlier, n was min(by length, ceil(4 T / H)):
     6 offloaded heads on 16 threads made 66 tasks, 5 on the busiest thread where 4.1 is the mean, 18% lost; on
     the H200 the 128K run's kernel read 31.8 GB/s against 48.8 in the profile's 8-head table.)"""
     if key_tokens <= 0:
@@ -70,7 +70,7 @@ def run_host_threads(profile: HardwareProfile) -> Optional[int]:
     """The kernel's thread count in a run: the executor's default leaves one core to the main thread, which
     issues the GPU's work while the kernel runs (executor/engine/host_share.py default_host_threads: cores - 1,
     the profile's host_read_threads - 1); the profile's table is read at that count when it has it, else at the
-    most threads it measured (profiles written before 2026-12-02). None: no kernel points."""
+    most threads it measured (older profiles). None: no kernel points."""
     counts = {p.threads for p in profile.cpu_attention_table}
     if not counts:
         return None

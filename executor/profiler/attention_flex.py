@@ -8,6 +8,11 @@ FLOPs as the schema counts them (4 * q_heads * d * causal pairs). The first call
 the kernel (torch.compile; seconds): its warm-up calls absorb that, and compile's automatic dynamic shapes keep
 later key lengths from compiling again. Leaves out: the sliding layers' windowed calls (at most W - 1 + c keys:
 small next to the full-attention layers at long context).
+Also the GPU memory the compiled kernels take outside PyTorch's allocator (measure_flex_section): the device's used
+bytes less the allocator's reserve, after the sweep against before it. The CUDA driver grows a context's
+local-memory pool to the needs of the largest kernel it has run (per-thread stack x resident threads), and the
+compiled d-256 flex kernels need far more than the other kernels: on the H200 (2026-12-01) a Gemma-2-9B run at 700K
+used 2.70 GB outside the allocator where the profile's runtime overhead said 1.70 GB.
 """
 
 from __future__ import annotations
@@ -25,6 +30,31 @@ GEMMA2_GQA_RATIO = 2
 GEMMA2_SOFTCAP = 50.0
 BUDGET_SHARE = 0.35
 """of the preset's attention budget"""
+
+
+def measure_flex_section(ctx: ProfileContext) -> dict:
+    """{"points": the flex points (measure_flex), "flex_runtime_overhead_bytes": the non-allocator GPU bytes
+    the sweep added (None without a GPU)}."""
+    before = _outside_allocator_bytes(ctx)
+    points = measure_flex(ctx)
+    after = _outside_allocator_bytes(ctx)
+    extra = None if before is None or after is None else max(0, after - before)
+    if extra is not None:
+        ctx.progress(SECTION, "GPU memory outside the allocator after the flex kernels", f"+{extra / 2**20:.0f} MiB")
+    return {"points": points, "flex_runtime_overhead_bytes": extra}
+
+
+def _outside_allocator_bytes(ctx: ProfileContext):
+    """Device bytes in use less the allocator's reserve (context, libraries, driver pools), after freeing cached
+    blocks; None without a GPU."""
+    if not ctx.on_gpu:
+        return None
+    import torch
+
+    from executor.profiler.runtime import device_used_bytes
+
+    ctx.free_memory()
+    return device_used_bytes(ctx.device) - int(torch.cuda.memory_reserved(ctx.device))
 
 
 def measure_flex(ctx: ProfileContext) -> list[AttentionPoint]:

@@ -8,8 +8,8 @@ its data is on the device). Read: the same files after fsync and posix_fadvise(P
 their now-clean pages from the page cache without root, the loader's DEFAULT_WORKERS at once, each whole through
 the loader's preadv_exact (buffered, sequential hint) into a host buffer. So "the load ran at X% of the disk's
 read rate" compares like with like. Also measured, for comparison, one stream: one file of ``nbytes`` written in
-64 MiB writes + fsync and read back with readinto (``single_stream_*``: the figures this section gave before
-2026-12-02). Not O_DIRECT: the loader does not use it (it needs aligned buffers and offsets and bypasses the
+64 MiB writes + fsync and read back with readinto (``single_stream_*``: the figures this section gave in
+its first version). Not O_DIRECT: the loader does not use it (it needs aligned buffers and offsets and bypasses the
 read-ahead), so an O_DIRECT figure would measure another path. Where the hint cannot drop the pages (tmpfs, some
 overlay file systems), the read figure is the page cache's: noted in the profile.
 Sizes: tiny 32 MiB, quick 1 GiB, full 4 GiB, at most a quarter of the free disk and of the available host RAM.

@@ -137,7 +137,9 @@ def collect(ctx: ProfileContext) -> dict:
     results["attention"] = _timed(ctx, "attention", attention.measure_attention)
     if ctx.on_gpu and ctx.preset.mode != "tiny":
         results["attention"]["points"] += _timed(ctx, attention_step.SECTION, attention_step.measure_attention_step)
-        results["attention"]["points"] += _timed(ctx, attention_flex.SECTION, attention_flex.measure_flex)
+        flex = _timed(ctx, attention_flex.SECTION, attention_flex.measure_flex_section)
+        results["attention"]["points"] += flex["points"]
+        results["flex_runtime_overhead_bytes"] = flex["flex_runtime_overhead_bytes"]
     else:
         ctx.note("attention flex table (attention_flex.py) skipped: " + ("no GPU" if not ctx.on_gpu else "tiny sizes"))
         ctx.note("attention step table (attention_step.py) skipped: " +

@@ -162,7 +162,7 @@ def test_profiler_flex_points_at_gemma2_shapes():
     import dataclasses
     import io
 
-    from executor.profiler.attention_flex import measure_flex
+    from executor.profiler.attention_flex import measure_flex_section
     from executor.profiler.config import TINY
     from executor.profiler.context import ProfileContext
     from planner.hw_lookup import RateLookup
@@ -171,7 +171,9 @@ def test_profiler_flex_points_at_gemma2_shapes():
     preset = dataclasses.replace(TINY, q_lens=(1, 1024), k_lens=(1024,), kv_heads_per_call=(1,),
                                  attention_max_flop_per_call=1e10, attention_budget_s=300.0)
     ctx = ProfileContext(device=torch.device("cpu"), preset=preset, stream=io.StringIO(), quiet=True)
-    points = measure_flex(ctx)
+    section = measure_flex_section(ctx)
+    assert section["flex_runtime_overhead_bytes"] is None  # GPU memory outside the allocator: no GPU here
+    points = section["points"]
     assert [(p.q_heads, p.kv_heads, p.q_len, p.k_len, p.head_dim) for p in points] == [
         (2, 1, 1024, 1024, 256), (2, 1, 1024, 2048, 256), (2, 1, 1, 1024, 256)]  # the last: the decode call
     assert all(p.backend == "flex" and p.causal and p.flops_per_s > 0 for p in points)

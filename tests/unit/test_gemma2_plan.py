@@ -128,3 +128,24 @@ def test_gemma2_plan_chooses_flex_and_no_decode_graph():
         from planner.pipeline import stage_shapes
 
         stage_shapes(BUILTIN_MODELS["gemma-2-9b"], 2)
+
+
+def test_flex_runtime_memory_joins_the_overhead_only_for_flex():
+    """The compiled flex kernels' GPU memory outside the allocator (profile flex_runtime_overhead_bytes) is part
+    of a flex plan's overhead; a profile without the figure says so in a note; other backends never pay it."""
+    extra = 1 << 30
+    measured = scalar_profile(gpu_mem_bytes=80 * GIB, host_mem_bytes=1024 * GIB, flex_runtime_overhead_bytes=extra)
+    unmeasured = scalar_profile(gpu_mem_bytes=80 * GIB, host_mem_bytes=1024 * GIB)
+    kwargs = dict(context_tokens=32768, decode_tokens=4, gpu_mem_bytes=None, host_mem_bytes=None, dtype="bfloat16")
+    gemma = BUILTIN_MODELS["gemma-2-9b"]
+    with_figure, without = make_setup(gemma, measured, **kwargs), make_setup(gemma, unmeasured, **kwargs)
+    assert with_figure.overhead_bytes - without.overhead_bytes == extra
+    assert any("outside the allocator" in note for note in without.notes)
+    assert not any("outside the allocator" in note for note in with_figure.notes)
+    llama = BUILTIN_MODELS["llama-3-8b"]
+    assert make_setup(llama, measured, **kwargs).overhead_bytes == make_setup(llama, unmeasured, **kwargs).overhead_bytes
+    plan_measured = make_plan(gemma, measured, context_tokens=32768, decode_tokens=4, gpu_mem_bytes=24 * 10 ** 9,
+                              host_mem_bytes=None)
+    plan_unmeasured = make_plan(gemma, unmeasured, context_tokens=32768, decode_tokens=4,
+                                gpu_mem_bytes=24 * 10 ** 9, host_mem_bytes=None)
+    assert (plan_measured.memory.gpu_breakdown.overhead - plan_unmeasured.memory.gpu_breakdown.overhead) == extra
