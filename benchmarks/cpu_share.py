@@ -6,7 +6,8 @@
 Steps (each prints as it goes; everything lands in --out):
   1. the profiler's host-attention section (host read, the CPU kernel by key length and threads, the kernel on a
      worker thread beside group-sized H2D fetches issued as decode issues them, at 1/2, cores - 1 and all
-     threads, the per-layer hand-off) added to --profile: ``profile.json`` (benchmarks/profile_section.py);
+     threads, the per-layer hand-off, the job's fixed cost per call as a decode step calls it,
+     host_attention_call_s) added to --profile: ``profile.json`` (benchmarks/profile_section.py);
   2. Llama-3-8B shape (random weights), 24 GB, at 128K and 512K: ``headplan run --tail-chunks 1`` timing probes (the
      last prefill chunk over a zero-filled past, then --new-tokens decode steps) with the planner's F and with
      F = 0; when the planner chooses F = 0 at 512K, one more cell with --forced-share so the path is measured
@@ -89,13 +90,25 @@ def run_cells(hw: Path, out: Path, new_tokens: int, forced_share: float, deadlin
         error = f"{measured / predicted - 1:+.1%}" if measured and predicted else "-"
         share = report.get("host_share") or {}
         kernel = (f"; CPU kernel {share['measured_cpu_kernel_s_per_token'] * 1e3:.0f} ms/token measured vs "
-                  f"{share['predicted_cpu_s_per_token'] * 1e3:.0f} predicted (with hand-off), "
-                  f"{share['measured_cpu_bytes_per_s'] / 1e9:.1f} GB/s" if share.get("measured_cpu_kernel_s_per_token")
-                  else "")
+                  f"{share['predicted_cpu_s_per_token'] * 1e3:.0f} predicted (with call cost and hand-off), "
+                  f"{share['measured_cpu_bytes_per_s'] / 1e9:.1f} GB/s; {_timeline(share)}"
+                  if share.get("measured_cpu_kernel_s_per_token") else "")
         print(f"    exit {row['exit_code']} in {row['wall_s']} s: F {report.get('settings', {}).get('cpu_share')}, "
               f"decode {measured} s/token, predicted {predicted}, measured/predicted - 1 = {error}{kernel}" +
               (f"\n    {row['error_text'][-600:]}" if "error_text" in row else ""), flush=True)
     return rows
+
+
+def _timeline(share: dict) -> str:
+    """The host share's per-token timeline sums (report.json host_share) and their means per layer."""
+    calls = share.get("measured_cpu_calls_per_token")
+    delay, join = share.get("measured_cpu_start_delay_s_per_token"), share.get("measured_join_wait_s_per_token")
+    if not calls or delay is None or join is None:
+        return "no timeline in the report"
+    kernel = share["measured_cpu_kernel_s_per_token"]
+    return (f"per token submit->start {delay * 1e3:.1f} ms, job {kernel * 1e3:.1f} ms, join wait {join * 1e3:.1f} ms "
+            f"over {calls:g} layers (per layer {delay / calls * 1e3:.2f} / {kernel / calls * 1e3:.2f} / "
+            f"{join / calls * 1e3:.2f} ms)")
 
 
 def _cell_row(row: dict) -> dict:
@@ -110,6 +123,9 @@ def _cell_row(row: dict) -> dict:
             "pcie_bytes_per_token": share.get("measured_pcie_bytes_per_token"),
             "pcie_bytes_per_s": share.get("measured_pcie_bytes_per_s"),
             "cpu_kernel_s_per_token": share.get("measured_cpu_kernel_s_per_token"),
+            "cpu_calls_per_token": share.get("measured_cpu_calls_per_token"),
+            "cpu_start_delay_s_per_token": share.get("measured_cpu_start_delay_s_per_token"),
+            "join_wait_s_per_token": share.get("measured_join_wait_s_per_token"),
             "predicted_cpu_s_per_token": share.get("predicted_cpu_s_per_token"),
             "threads": report.get("settings", {}).get("host_attention_threads")}
 
@@ -120,6 +136,7 @@ def _host_figures(hw: Path) -> dict:
     profile = load_profile(str(hw))
     best = max(profile.cpu_attention_table, key=lambda p: p.bytes_per_s, default=None)
     return {"host_read_bytes_per_s": profile.host_read_bytes_per_s, "host_share_handoff_s": profile.host_share_handoff_s,
+            "host_attention_call_s": profile.host_attention_call_s,
             "best_kernel_bytes_per_s": best.bytes_per_s if best else None,
             "kernel_share_of_read": (best.bytes_per_s / profile.host_read_bytes_per_s
                                      if best and profile.host_read_bytes_per_s else None),
@@ -130,8 +147,8 @@ def _host_figures(hw: Path) -> dict:
 def _markdown(summary: dict) -> str:
     lines = [f"# Decode with a CPU share, {summary['date']} ({summary['machine']})", "",
              "| cell | F | decode measured | predicted | error | CPU GB/token | CPU kernel GB/s | CPU kernel ms "
-             "measured / predicted | PCIe GB/token | PCIe GB/s (of the wall) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "measured / predicted | submit->start / join wait ms per token | PCIe GB/token | PCIe GB/s (of the wall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(value, scale=1.0, digits=3):
         return "-" if value is None else f"{value / scale:.{digits}f}"
@@ -140,13 +157,16 @@ def _markdown(summary: dict) -> str:
                      f"{fmt(row['predicted_decode_s'])} s | {fmt(row['decode_error'], 0.01, 1)}% | "
                      f"{fmt(row['cpu_bytes_per_token'], 1e9, 2)} | {fmt(row['cpu_kernel_bytes_per_s'], 1e9, 1)} | "
                      f"{fmt(row.get('cpu_kernel_s_per_token'), 1e-3, 0)} / {fmt(row.get('predicted_cpu_s_per_token'), 1e-3, 0)} | "
+                     f"{fmt(row.get('cpu_start_delay_s_per_token'), 1e-3, 1)} / {fmt(row.get('join_wait_s_per_token'), 1e-3, 1)} | "
                      f"{fmt(row['pcie_bytes_per_token'], 1e9, 2)} | {fmt(row['pcie_bytes_per_s'], 1e9, 1)} |")
     for context, ratio in summary.get("speedup", {}).items():
         lines.append(f"\n{context}: the planner's F decodes {ratio:.2f}x faster than F = 0 (measured)")
     host = summary["host"]
     lines += ["", f"Host: read {fmt(host['host_read_bytes_per_s'], 1e9, 1)} GB/s, best kernel "
               f"{fmt(host['best_kernel_bytes_per_s'], 1e9, 1)} GB/s ({fmt(host['kernel_share_of_read'], 0.01, 0)}% of "
-              f"the read; target 60%), hand-off {fmt(host['host_share_handoff_s'], 1e-6, 0)} us per layer.", ""]
+              f"the read; target 60%), hand-off {fmt(host['host_share_handoff_s'], 1e-6, 0)} us per layer, fixed cost "
+              f"per CPU call as decode calls it (the intercept over the table) "
+              f"{fmt(host.get('host_attention_call_s'), 1e-3, 2)} ms.", ""]
     for name, rows in summary["plans"].items():
         for label, row in rows.items():
             lines.append(f"- plan {name} {label}: F {row['cpu_share']}, decode {row['decode_s_per_token']:.3f} s per "

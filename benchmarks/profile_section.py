@@ -7,7 +7,8 @@
     python benchmarks/profile_section.py --section flex --quick --update h200-sxm-quick --out $OUT/h200-flex.json
 
 For fields added to the profiler after a profile was taken (``elementwise_bytes_per_s``; the host share's
-``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``; ``flex``:
+``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``,
+``host_attention_call_s``; ``flex``:
 the FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, which replace the profile's flex
 points in its attention table): the section runs with the full preset (``--quick``: the quick one) on the first
 GPU, the figure is written into a copy of the profile with a line in its measurement notes saying when and on which
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",)),
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
-                                "host_concurrency_table", "host_share_handoff_s")),
+                                "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s")),
             "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes"))}
 
 

@@ -214,6 +214,10 @@ class HardwareProfile(_Frozen):
     host_share_handoff_s: Optional[float] = Field(
         None, description="per layer fixed cost of the CPU's decode share beyond its kernel: query to the pinned "
         "buffer, the worker's event wait and wake-up, out + lse back, the float32 merge")
+    host_attention_call_s: Optional[float] = Field(
+        None, description="fixed cost per call of the CPU's decode share job as a decode step calls it (the worker "
+        "idle for a layer's gap, the main thread issuing beside it), beyond its KV bytes at the cpu_attention_table "
+        "rate: the thread team's wake-up, the tasks' set-up; None: not measured (priced as 0)")
     cpu_attention_table: list[CpuAttentionPoint] = Field(default_factory=list)
     host_concurrency_table: list[HostConcurrencyPoint] = Field(default_factory=list)
     # disk (headplan profile --disk DIR: executor/profiler/disk.py); None: not measured
@@ -240,8 +244,8 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "compiled_elementwise_bytes_per_s",
                           "executor_graph_token_host_s",
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
-                          "host_share_handoff_s", "disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path",
-                          "flex_runtime_overhead_bytes")
+                          "host_share_handoff_s", "host_attention_call_s", "disk_write_bytes_per_s",
+                          "disk_read_bytes_per_s", "disk_path", "flex_runtime_overhead_bytes")
 HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")
 
 

@@ -10,7 +10,11 @@ it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and
     contention    from the profile's host_concurrency_table point nearest the run's threads:
                   dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
                   (no table: 1 and 1, said in the plan's note)
-    per layer l   host_l = 2 (H_kv - r_l) F s d b / cpu + handoff         (handoff: host_share_handoff_s)
+    per layer l   host_l = call + 2 (H_kv - r_l) F s d b / cpu + handoff
+                  (call: host_attention_call_s, the job's fixed cost per call as a decode step calls it, after
+                  the worker idled for a layer's gap, which the back-to-back table does not see; on the H200,
+                  2026-12-01, the run's job seconds per layer fitted 1.4 ms + bytes / 40 GB/s; None: 0.
+                  handoff: host_share_handoff_s)
                   the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), max(N_l, H_l) + host_l)
                   (H_l: the host's issue time of the layer, no longer hidden while the main thread waits)
     per token     sum of P_l (planner/time_model.py); the streamed bytes fall by the factor (1 - F)
@@ -93,6 +97,9 @@ class HostShareRates:
     contention_measured: bool
     table_kv_heads: int = 8
     """KV heads of the table's calls (the kernel's task balance differs with another head count)"""
+    call_s: float = 0.0
+    """the job's fixed cost per layer (host_attention_call_s; 0 where the profile lacks it)"""
+    call_measured: bool = False
 
     def cpu_bytes_per_s(self, key_tokens: float, kv_heads: Optional[int] = None) -> float:
         """Kernel rate at ``key_tokens`` keys per head (log-linear between points, clamped), under contention,
@@ -140,8 +147,9 @@ def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: 
         dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
         cpu_factor = min(1.0, point.cpu_read_bytes_per_s / point.cpu_alone_bytes_per_s)
         measured = True
+    call_s = profile.host_attention_call_s
     return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured,
-                          heads)
+                          heads, call_s or 0.0, call_s is not None)
 
 
 def host_tokens(share: float, past_tokens: float) -> float:
@@ -166,7 +174,8 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
         if fixed > 0 and rates is None:
             return ShareChoice(fixed, decode_seconds(fixed), zero_s, f"CPU share {fixed:g} fixed by --cpu-share; the "
                                "profile has no CPU-attention figures, so its decode time is priced as streamed")
-        return ShareChoice(fixed, decode_seconds(fixed), zero_s, f"CPU share {fixed:g} fixed by --cpu-share")
+        return ShareChoice(fixed, decode_seconds(fixed), zero_s, f"CPU share {fixed:g} fixed by --cpu-share" +
+                           (f" ({_call_note(rates)})" if rates is not None and fixed > 0 else ""))
     if rates is None:
         return ShareChoice(0.0, zero_s, zero_s, "CPU share 0: the profile has no CPU-attention figures (run "
                            "headplan profile with the host-attention section)")
@@ -174,7 +183,7 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
     times = {share: decode_seconds(share) for share in tried}
     best = min(times, key=lambda share: (times[share], share))
     contention = ("measured contention" if rates.contention_measured else
-                  "no contention measured (assumed none)")
+                  "no contention measured (assumed none)") + f", {_call_note(rates)}"
     if best == 0.0 or times[best] > zero_s * (1 - MIN_GAIN):
         return ShareChoice(0.0, zero_s, zero_s,
                            f"CPU share 0: the best share {best:g} would decode in {times[best] * 1e3:.1f} ms vs "
@@ -185,13 +194,21 @@ def choose_share(decode_seconds: Callable[[float], float], rates: Optional[HostS
                        f"{contention})")
 
 
+def _call_note(rates: HostShareRates) -> str:
+    """The per-call cost the plan priced, for its note."""
+    if rates.call_measured:
+        return f"{rates.call_s * 1e3:.2f} ms fixed cost per layer's CPU call (host_attention_call_s)"
+    return "no fixed cost per CPU call measured (host_attention_call_s absent: priced 0)"
+
+
 def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
     """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
     RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention
     factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures.
-    ``cpu_bytes_per_s(kv_heads)``: the kernel's rate per step for a layer's call over that many offloaded heads."""
+    ``cpu_bytes_per_s(kv_heads)``: the kernel's rate per step for a layer's call over that many offloaded heads;
+    ``call_s``: the job's fixed cost per layer's call."""
     none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": lambda heads: 1.0,
-            "handoff_s": 0.0, "layer_host_s": 0.0}
+            "handoff_s": 0.0, "call_s": 0.0, "layer_host_s": 0.0}
     if share <= 0:
         return none
     key = ("host_share_rates", model.head_dim, elem_bytes)
@@ -206,4 +223,4 @@ def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.n
                     else HOST_OPS_PER_LAYER * profile.launch_overhead_s)
     return {"tokens": tokens, "dma_factor": rates.dma_factor,
             "cpu_bytes_per_s": lambda heads: np.array([rates.cpu_bytes_per_s(max(t, 1.0), heads) for t in tokens]),
-            "handoff_s": rates.handoff_s, "layer_host_s": layer_host_s}
+            "handoff_s": rates.handoff_s, "call_s": rates.call_s, "layer_host_s": layer_host_s}

@@ -33,7 +33,8 @@ reads K, V from HBM (resident heads and the streamed slots) at no more than the 
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
 the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
 With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
-DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, host_l) + H_l, H_l the
+DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, host_l) + H_l, host_l =
+call + bytes / cpu rate + hand-off (planner/host_share.py; call: host_attention_call_s), H_l the
 host's issue time of a decode layer (executor_decode_layer_host_s: the main thread joins the CPU's share every
 layer, so the next layer's issue follows both shares instead of running ahead of the GPU).
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
@@ -231,7 +232,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         if n and np.any(share["tokens"] > 0):
             offloaded = sum(lt.group_sizes)
             host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
-            host_layer = host_bytes / share["cpu_bytes_per_s"](offloaded) + share["handoff_s"]
+            host_layer = share["call_s"] + host_bytes / share["cpu_bytes_per_s"](offloaded) + share["handoff_s"]
             # The main thread joins the CPU's share at the end of every layer, so nothing of layer l + 1 is issued
             # before both shares of layer l are done: its fetches (beyond the one prefetched group) and its query
             # wait for the join, and the host's issue time of the layer no longer hides ahead of the GPU. The

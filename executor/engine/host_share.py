@@ -11,14 +11,19 @@ Per layer, with no host synchronisation on the main thread beyond joining the wo
   1. submit (after the layer's write-back, on the d2h stream): the offloaded heads' query rows
      [r_l q, H_kv q) go to a pinned buffer (non-blocking copy) and an event is recorded after it; the event also
      orders every earlier write-back of host rows, since they are queued on the same stream before it;
-  2. a persistent worker thread (ATen releases the GIL) waits on that event, runs the kernel over the host rows
-     [0, s_h) and writes out [rows, d] and lse [rows] (float32) into pinned buffers;
+  2. a persistent worker thread waits on that event and runs the layer's whole host job (attention/host_job.py:
+     the kernel over the host rows [0, s_h) in key blocks, their merge, out [rows, d] and lse [rows] float32 into
+     the pinned buffers) as ONE TorchScript call, which holds no GIL between its ATen ops, so the main thread's
+     Python beside it does not stall it (the block count and the views are made on the main thread in submit);
   3. meanwhile the main thread queues the GPU share's groups (attention with lse into layer buffers);
   4. collect: joins the worker, copies out and lse to the device (non-blocking) and returns them for the merge.
 The pinned buffers are reused every layer: the worker writes layer l + 1's result only after its query event,
 which follows layer l's merge (and so the copy reading the buffers) on the compute stream.
 On a CPU device the same code runs: the copies are plain, the event is absent, and the "GPU" share is the math
 path on the CPU, run by the main thread while the worker computes.
+Timeline per layer (HostShareTiming, summed into the run report's host_share block): start_delay_s from the end of
+submit to the job's start (worker wake-up, the event wait, re-taking the GIL), kernel_s the job itself, join_wait_s
+the main thread's wait in collect.
 Leaves out: prefill (its chunk's queries see every key; streaming is compute-bound there).
 """
 
@@ -28,13 +33,14 @@ import os
 import queue
 import threading
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from executor.attention.host_attention import host_partial_attention
+from executor.attention.host_job import host_job
 from executor.kv.host_store import HostKVStore
 from executor.kv.layout import KVLayout
+from planner.host_share import key_blocks
 
 
 def host_tokens(share: float, past_tokens: int) -> int:
@@ -55,19 +61,38 @@ def default_host_threads() -> int:
     return max(1, min(torch.get_num_threads(), cores - 1))
 
 
-class _Worker:
-    """One persistent thread running submitted jobs in order; exceptions come back to the caller of result()."""
+class HostShareTiming(NamedTuple):
+    """One layer's host-share timeline, host clock (time.perf_counter), seconds."""
 
-    def __init__(self, threads: Optional[int]):
+    start_delay_s: float
+    """end of submit -> the job's start: the worker's wake-up, its wait on the query event, re-taking the GIL"""
+    kernel_s: float
+    """the job: kernel calls, merge and the writes into the pinned buffers"""
+    join_wait_s: float
+    """the main thread's wait for the job's result in collect"""
+
+
+class _Worker:
+    """One persistent thread running submitted jobs in order; exceptions come back to the caller of result().
+    ``warm_up`` runs on the thread before its first job (the scripted job's first calls profile and optimise its
+    graph, ~25 ms on the development VM: off the decode's first token)."""
+
+    def __init__(self, threads: Optional[int], warm_up=None):
         self._jobs: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
-        self._threads = threads
+        self._threads, self._warm_up = threads, warm_up
         self._thread = threading.Thread(target=self._loop, name="headplan-host-attention", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         if self._threads is not None:
             torch.set_num_threads(self._threads)   # this thread's own OpenMP team (the main thread keeps its own)
+        if self._warm_up is not None:
+            try:
+                with torch.inference_mode():
+                    self._warm_up()
+            except Exception:  # noqa: BLE001 - a failing warm-up fails the first real job the same way, reported
+                pass
         while True:
             job = self._jobs.get()
             if job is None:
@@ -106,8 +131,12 @@ class HostShare:
         self.out = torch.empty((rows, layout.head_dim), dtype=torch.float32, pin_memory=pin)
         self.lse = torch.empty((rows,), dtype=torch.float32, pin_memory=pin)
         self.query_ready = torch.cuda.Event() if pin else None
-        self._worker = _Worker(threads)
+        self.job = job = host_job()
+        dtype, head_dim = host.dtype, layout.head_dim
+        # the worker's team is the thread count the blocks are cut for (key_blocks in submit)
+        self._worker = _Worker(self.threads, warm_up=lambda: _warm_up(job, dtype, head_dim))
         self._busy = False
+        self._submitted_at = 0.0
 
     def tokens(self, past_tokens: int) -> int:
         return host_tokens(self.share, past_tokens)
@@ -128,36 +157,39 @@ class HostShare:
                 self.query_ready.record(streams.d2h)
         if streams.cuda:
             query.record_stream(streams.d2h)
-        event, threads = self.query_ready, self.threads
+        event, run = self.query_ready, self.job.run
         keys, values = self.host.keys[layer][:, :key_tokens], self.host.values[layer][:, :key_tokens]
         query_rows = self.query[:rows].view(heads, ratio, self.layout.head_dim)
         out_rows, lse_rows = self.out[:rows], self.lse[:rows]
+        blocks = key_blocks(key_tokens, heads, self.threads)
 
-        def job() -> float:
+        def job() -> tuple[float, float]:
             if event is not None:
                 event.synchronize()  # the query is in the buffer and the host rows [0, s) are written
             start = time.perf_counter()
-            out, lse = host_partial_attention(query_rows, keys, values, scale=scale, threads=threads)
-            out_rows.copy_(out.reshape(rows, -1))
-            lse_rows.copy_(lse.reshape(rows))
-            return time.perf_counter() - start
+            run(query_rows, keys, values, blocks, scale, out_rows, lse_rows)   # one call, GIL released inside
+            return start, time.perf_counter()
 
         self._busy = True
+        self._submitted_at = time.perf_counter()
         self._worker.submit(job)
         return key_tokens
 
-    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, HostShareTiming]:
         """Join layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device
-        (copied non-blocking on the current stream), and the worker's kernel seconds (after its event wait)."""
+        (copied non-blocking on the current stream), and the layer's timeline (HostShareTiming)."""
         self._busy = False  # the job's result (or its exception) is taken here, whatever happens
-        kernel_s = self._worker.result()
+        join_start = time.perf_counter()
+        start, end = self._worker.result()
+        timing = HostShareTiming(start_delay_s=max(0.0, start - self._submitted_at), kernel_s=end - start,
+                                 join_wait_s=time.perf_counter() - join_start)
         rows = (self.layout.kv_heads - self.layout.resident_per_layer[layer]) * (
             self.layout.query_heads // self.layout.kv_heads)
         out = self.out[:rows].to(self.device, non_blocking=True)
         lse = self.lse[:rows].to(self.device, non_blocking=True)
         if self.device.type == "cpu":  # the pinned buffers are reused by the next layer: keep our own copy
             out, lse = out.clone(), lse.clone()
-        return out[None, :, None, :], lse[None, :, None], kernel_s
+        return out[None, :, None, :], lse[None, :, None], timing
 
     def close(self) -> None:
         if self._busy:
@@ -166,3 +198,13 @@ class HostShare:
             except BaseException:  # noqa: BLE001 - closing after a fault: the fault is already on its way
                 pass
         self._worker.close()
+
+
+def _warm_up(job, dtype: torch.dtype, head_dim: int) -> None:
+    """Two calls of the job on 2 heads x 33 keys (a block and a remainder): TorchScript's profiling executor
+    optimises the graph after its first runs, and the later calls at other key lengths reuse it."""
+    query = torch.zeros((2, 1, head_dim), dtype=dtype)
+    keys = torch.zeros((2, 33, head_dim), dtype=dtype)
+    out, lse = torch.empty((2, head_dim)), torch.empty((2,))
+    for _ in range(2):
+        job.run(query, keys, keys, 2, 1.0, out, lse)

@@ -56,6 +56,12 @@ class PhaseCounters:
     """KV bytes the CPU read for its share of decode attention (engine/host_share.py)"""
     host_attention_s: float = 0.0
     """the CPU worker's kernel seconds for those bytes (wall time after its event wait, summed over layers)"""
+    host_attention_calls: int = 0
+    """layers whose host share ran (one worker job each)"""
+    host_attention_start_delay_s: float = 0.0
+    """end of submit -> the job's start, summed (worker wake-up, event wait, GIL; engine/host_share.py)"""
+    host_join_wait_s: float = 0.0
+    """the main thread's waits for the worker's result in collect, summed"""
 
     @staticmethod
     def summed(per_phase: "list[dict[str, PhaseCounters]]") -> "dict[str, PhaseCounters]":
@@ -261,8 +267,12 @@ class OffloadEngine:
 
     def _merge_host_share(self, layer: int, partial, out_heads: torch.Tensor) -> None:
         """Join the host share and merge it with the GPU share (float32 log-sum-exp) into the output rows."""
-        host_out, host_lse, kernel_s = self.host_share.collect(layer)
-        self._count().host_attention_s += kernel_s
+        host_out, host_lse, timing = self.host_share.collect(layer)
+        counters = self._count()
+        counters.host_attention_s += timing.kernel_s
+        counters.host_attention_calls += 1
+        counters.host_attention_start_delay_s += timing.start_delay_s
+        counters.host_join_wait_s += timing.join_wait_s
         merged, _ = merge_by_lse([partial[0], host_out], [partial[1], host_lse])
         first = self.layout.resident_per_layer[layer] * self._ratio
         out_heads[:, first:].copy_(merged)

@@ -11,13 +11,21 @@ Four figures, each the executor's own code:
                  desktop's DMA lost ~30% beside a CPU read)
   hand-off       one layer's submit -> worker -> collect -> float32 merge with 16 keys on the host (engine/
                  host_share.py end to end, the kernel nearly empty): the fixed cost per layer
+  call cost      the job as a decode step calls it (engine/host_share.py HostShare, the scripted job): the worker
+                 idle for a layer's gap between calls, the main thread issuing ~1 ms of small launches after each
+                 submit, then joining; at two key lengths of the table. Per call, intercept = max(0, job seconds -
+                 bytes / the table's rate at that length and the run's threads); median over the calls of both:
+                 host_attention_call_s, the fixed cost per call the back-to-back table does not see (the thread
+                 team waking after the idle gap, the tasks' set-up; the H200's run of 2026-12-01 fitted 1.4 ms)
 Leaves out: NUMA placement (the executor's host store sits where the runner put it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from typing import Optional
 
 import torch
 
@@ -216,8 +224,10 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def measure_handoff(ctx: ProfileContext) -> float:
-    """Seconds per layer of the host share's hand-off (module docstring): median over preset.repeats x 20 layers."""
+@contextlib.contextmanager
+def _share_rig(ctx: ProfileContext, capacity_tokens: int):
+    """(HostShare, StreamSet, query [1, 32, 1, 128]) over a one-layer host store of 8 heads x ``capacity_tokens``
+    (uniform rows, pinned on a GPU), F = 1, the run's default threads: the executor's own path end to end."""
     from executor.engine.host_share import HostShare
     from executor.kv.host_store import HostKVStore
     from executor.kv.layout import KVLayout
@@ -226,13 +236,23 @@ def measure_handoff(ctx: ProfileContext) -> float:
 
     layout = KVLayout.build(num_layers=1, kv_heads=KV_HEADS, query_heads=KV_HEADS * RATIO, head_dim=HEAD_DIM,
                             settings=ExecutionSettings(chunk_size=1, heads_per_group=KV_HEADS,
-                                                       resident_kv_heads=0, capacity_tokens=32))
+                                                       resident_kv_heads=0, capacity_tokens=capacity_tokens))
     dtype = _dtype(ctx)
     with HostKVStore(layout, dtype, pin=ctx.on_gpu, available_bytes=None) as host:
+        host.keys[0].uniform_(-1, 1)
+        host.values[0].uniform_(-1, 1)
         share = HostShare(layout, host, share=1.0, device=ctx.device)
-        streams = StreamSet(ctx.device, 1)
-        query = torch.randn(1, KV_HEADS * RATIO, 1, HEAD_DIM, dtype=dtype, device=ctx.device)
-        gpu_out = torch.zeros(1, KV_HEADS * RATIO, 1, HEAD_DIM, dtype=dtype, device=ctx.device)
+        try:
+            yield share, StreamSet(ctx.device, 1), torch.randn(1, KV_HEADS * RATIO, 1, HEAD_DIM, dtype=dtype,
+                                                               device=ctx.device)
+        finally:
+            share.close()
+
+
+def measure_handoff(ctx: ProfileContext) -> float:
+    """Seconds per layer of the host share's hand-off (module docstring): median over preset.repeats x 20 layers."""
+    with _share_rig(ctx, 32) as (share, streams, query):
+        gpu_out = torch.zeros_like(query)
         gpu_lse = torch.zeros(1, KV_HEADS * RATIO, 1, device=ctx.device)
 
         def layers() -> None:
@@ -242,17 +262,72 @@ def measure_handoff(ctx: ProfileContext) -> float:
                 merge_by_lse([gpu_out, host_out], [gpu_lse, host_lse])
             if ctx.on_gpu:
                 torch.cuda.synchronize(ctx.device)
-        try:
-            stats = ctx.time(layers, warmup=1, repeats=max(3, ctx.preset.repeats // 2), on_host=True)
-        finally:
-            share.close()
+        stats = ctx.time(layers, warmup=1, repeats=max(3, ctx.preset.repeats // 2), on_host=True)
     handoff_s = stats.median_s / 20
     ctx.progress(SECTION, "hand-off per layer (16 keys)", f"{handoff_s * 1e6:.0f} us", stats)
     return handoff_s
 
 
+ISSUE_S = 1e-3
+"""the main thread's Python and small launches per decode layer beside the job, and again in the gap after it"""
+CALL_COST_MAX_TOKENS = 131072
+
+
+def _issue_for(scratch: torch.Tensor, seconds: float) -> None:
+    """A decode layer's module code for ``seconds`` of the host clock: small ATen calls (launches on a GPU), each
+    after a little pure Python (the modules' own code, holding the GIL: the worker's job competes for it)."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        sum(range(64))
+        scratch.add_(1.0)
+
+
+def call_cost_lengths(ctx: ProfileContext, table: list[CpuAttentionPoint]) -> list[int]:
+    """The two longest table lengths up to 128K keys with a point at the run's threads (the decode cells' keys per
+    head: 46K and 236K on the H200)."""
+    lengths = sorted({p.key_tokens for p in table if p.threads == run_threads() and
+                      p.key_tokens <= CALL_COST_MAX_TOKENS})
+    return lengths[-2:]
+
+
+def measure_call_cost(ctx: ProfileContext, table: list[CpuAttentionPoint]) -> Optional[float]:
+    """host_attention_call_s (module docstring): median over calls at two key lengths of max(0, job seconds -
+    bytes / table rate); None without a table point at the run's threads."""
+    lengths = call_cost_lengths(ctx, table)
+    if not lengths:
+        return None
+    rate_at = {p.key_tokens: p.bytes_per_s for p in table if p.threads == run_threads()}
+    calls = max(8, ctx.preset.repeats * 2)
+    intercepts: list[float] = []
+    with _share_rig(ctx, max(lengths)) as (share, streams, query):
+        scratch = torch.zeros(64, device=ctx.device)
+        element = share.host.dtype.itemsize
+        for tokens in lengths:
+            nbytes = 2 * KV_HEADS * tokens * HEAD_DIM * element
+            timings = []
+            for call in range(calls + 2):                              # the first two: warm-up
+                share.submit(0, query, tokens, streams, scale=HEAD_DIM ** -0.5)
+                _issue_for(scratch, ISSUE_S)                           # the layer's GPU share being issued
+                _, _, timing = share.collect(0)
+                _issue_for(scratch, ISSUE_S)                           # the rest of the layer: the worker idles
+                if call >= 2:
+                    timings.append(timing)
+            if ctx.on_gpu:
+                torch.cuda.synchronize(ctx.device)
+            own = [max(0.0, t.kernel_s - nbytes / rate_at[tokens]) for t in timings]
+            intercepts += own
+            ctx.progress(SECTION, f"job as decode calls it, {tokens // 1024}K keys x {KV_HEADS} heads",
+                         f"{_median([t.kernel_s for t in timings]) * 1e3:.2f} ms (back to back "
+                         f"{nbytes / rate_at[tokens] * 1e3:.2f}; intercept {_median(own) * 1e3:.2f} ms; start "
+                         f"delay {_median([t.start_delay_s for t in timings]) * 1e3:.2f} ms)")
+    call_s = _median(intercepts)
+    ctx.progress(SECTION, "fixed cost per host-share call", f"{call_s * 1e3:.2f} ms")
+    return call_s
+
+
 def measure_host_attention(ctx: ProfileContext) -> dict:
-    """The section: host read, kernel table, concurrency (GPU) and hand-off; the profile's host-attention fields."""
+    """The section: host read, kernel table, concurrency (GPU), hand-off and call cost; the profile's host-attention
+    fields."""
     result = measure_host_read(ctx)
     longest = max(ctx.preset.host_attention_key_tokens)
     dtype = _dtype(ctx)
@@ -262,4 +337,6 @@ def measure_host_attention(ctx: ProfileContext) -> dict:
     result["cpu_attention_table"] = measure_kernel_table(ctx, keys, values, query)
     result["host_concurrency_table"] = measure_concurrency(ctx, keys, values, query) if ctx.on_gpu else []
     result["host_share_handoff_s"] = measure_handoff(ctx)
+    del keys, values
+    result["host_attention_call_s"] = measure_call_cost(ctx, result["cpu_attention_table"])
     return result

@@ -202,6 +202,9 @@ def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
         figures.update(measured_cpu_bytes_per_token=decode.host_attention_bytes / steps,
                        measured_pcie_bytes_per_token=decode.h2d_bytes / steps,
                        measured_cpu_kernel_s_per_token=decode.host_attention_s / steps,
+                       measured_cpu_calls_per_token=decode.host_attention_calls / steps,
+                       measured_cpu_start_delay_s_per_token=decode.host_attention_start_delay_s / steps,
+                       measured_join_wait_s_per_token=decode.host_join_wait_s / steps,
                        measured_cpu_bytes_per_s=(decode.host_attention_bytes / decode.host_attention_s
                                                  if decode.host_attention_s else None))
         if m.decode_s_per_token:

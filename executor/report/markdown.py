@@ -158,4 +158,20 @@ def _host_share_lines(report: RunReport) -> list[str]:
             f"({_seconds(h.measured_cpu_kernel_s_per_token)} per token; predicted with hand-offs "
             f"{_seconds(h.predicted_cpu_s_per_token)}); PCIe streamed {gb(h.measured_pcie_bytes_per_token)} "
             f"(predicted {gb(h.predicted_pcie_bytes_per_token)}) at {rate(h.measured_pcie_bytes_per_s)} over the "
-            "decode wall time."]
+            "decode wall time."] + _host_timeline_lines(h)
+
+
+def _host_timeline_lines(h) -> list[str]:
+    """The host share's per-layer timeline: submit -> job start, the job, the main thread's join wait."""
+    calls = h.measured_cpu_calls_per_token
+    if not calls or h.measured_cpu_start_delay_s_per_token is None:
+        return []
+
+    def per_layer(value) -> str:
+        return "-" if value is None else f"{value / calls * 1e3:.2f} ms"
+
+    return ["", f"CPU share timeline per token over {calls:g} layers: submit to the job's start "
+            f"{_seconds(h.measured_cpu_start_delay_s_per_token)}, the job {_seconds(h.measured_cpu_kernel_s_per_token)}, "
+            f"the main thread's join wait {_seconds(h.measured_join_wait_s_per_token)} (per layer "
+            f"{per_layer(h.measured_cpu_start_delay_s_per_token)}, {per_layer(h.measured_cpu_kernel_s_per_token)}, "
+            f"{per_layer(h.measured_join_wait_s_per_token)})."]

@@ -71,8 +71,14 @@ class HostShareFigures(_Block):
                                                        "hand-off")
     measured_cpu_bytes_per_token: Optional[float] = None
     measured_pcie_bytes_per_token: Optional[float] = None
-    measured_cpu_kernel_s_per_token: Optional[float] = None
+    measured_cpu_kernel_s_per_token: Optional[float] = Field(None, description="the worker's job seconds (kernel, "
+                                                             "merge, writes), summed over the layers")
     measured_cpu_bytes_per_s: Optional[float] = Field(None, description="CPU bytes / the worker's kernel seconds")
+    measured_cpu_calls_per_token: Optional[float] = Field(None, description="layers whose host share ran")
+    measured_cpu_start_delay_s_per_token: Optional[float] = Field(
+        None, description="end of submit -> the job's start (worker wake-up, event wait, GIL), summed over the layers")
+    measured_join_wait_s_per_token: Optional[float] = Field(
+        None, description="the main thread's waits for the worker in collect, summed over the layers")
     measured_pcie_bytes_per_s: Optional[float] = Field(None, description="PCIe bytes / decode wall time")
 
 

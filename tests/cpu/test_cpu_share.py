@@ -135,8 +135,14 @@ def test_cli_run_cpu_share_reports_both_sides(tmp_path, capsys):
     share = report["host_share"]
     assert share["cpu_share"] == 0.5 and share["measured_cpu_bytes_per_token"] > 0
     assert share["measured_pcie_bytes_per_token"] > 0 and share["measured_cpu_bytes_per_s"] > 0
+    # the per-layer timeline: one job per layer with offloaded heads and a host share, summed per token
+    assert share["measured_cpu_calls_per_token"] == 2          # 2 layers, each with an offloaded head
+    assert share["measured_cpu_kernel_s_per_token"] > 0
+    assert share["measured_cpu_start_delay_s_per_token"] >= 0 and share["measured_join_wait_s_per_token"] >= 0
     assert report["transfers"]["decode"]["host_attention_bytes"] > 0
-    assert "Decode CPU share F = 0.5" in (tmp_path / "out" / "report.md").read_text()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Decode CPU share F = 0.5" in markdown and "CPU share timeline per token" in markdown
+    assert "deprecated" not in capsys.readouterr().err          # TorchScript's notice kept off the CLI
     assert cli_main(["report", str(tmp_path / "out")]) == 0
 
 

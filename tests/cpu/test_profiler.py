@@ -181,6 +181,45 @@ def test_tiny_cpu_profile_measures_host_attention(tiny_run):
     assert max(p.threads for p in table) == torch.get_num_threads()
     assert profile.host_concurrency_table == []  # needs DMA: GPU only
     assert "host-attn" in progress
+    # the job as a decode step calls it, at the table's two lengths: an intercept over the table's rate
+    assert profile.host_attention_call_s is not None and profile.host_attention_call_s >= 0
+    assert "job as decode calls it, 1K keys" in progress and "job as decode calls it, 4K keys" in progress
+    assert "fixed cost per host-share call" in progress
+
+
+def test_call_cost_is_the_median_intercept_over_the_tables_rate(monkeypatch):
+    """measure_call_cost with the job's seconds replaced: bytes / rate + 2 ms at one length, + 0 at the other."""
+    from executor.engine import host_share
+    from executor.profiler import host_attention
+    from executor.profiler.config import TINY
+    from executor.profiler.context import ProfileContext
+    from hwprofiles.schema import CpuAttentionPoint
+
+    threads = host_attention.run_threads()
+    rate = {1024: 1e9, 4096: 2e9}
+    table = [CpuAttentionPoint(threads=threads, kv_heads=8, ratio=4, key_tokens=k, head_dim=128, element_bytes=4,
+                               bytes_per_s=r) for k, r in rate.items()]
+    extra_s = {1024: 2e-3, 4096: -1e-3}           # a job faster than the table counts as no fixed cost
+    real_collect = host_share.HostShare.collect
+    keys_of = {}
+
+    def submit_spy(self, layer, query, past_tokens, streams, *, scale):
+        keys_of["last"] = past_tokens
+        return real_submit(self, layer, query, past_tokens, streams, scale=scale)
+
+    def collect_fixed(self, layer):
+        out, lse, timing = real_collect(self, layer)
+        tokens = keys_of["last"]
+        return out, lse, timing._replace(kernel_s=2 * 8 * tokens * 128 * 4 / rate[tokens] + extra_s[tokens])
+
+    real_submit = host_share.HostShare.submit
+    monkeypatch.setattr(host_share.HostShare, "submit", submit_spy)
+    monkeypatch.setattr(host_share.HostShare, "collect", collect_fixed)
+    ctx = ProfileContext(device=torch.device("cpu"), preset=TINY, quiet=True)
+    assert host_attention.call_cost_lengths(ctx, table) == [1024, 4096]
+    call_s = host_attention.measure_call_cost(ctx, table)
+    assert call_s == pytest.approx((2e-3 + 0.0) / 2)     # the median over both lengths' calls (even count)
+    assert host_attention.measure_call_cost(ctx, []) is None
 
 
 def test_fit_decode_recovers_the_host_model():

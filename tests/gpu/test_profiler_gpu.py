@@ -55,6 +55,7 @@ def test_tiny_gpu_profile_has_every_section(tiny_gpu_run, tmp_path):
             ("bidir", "pinned", "none"), ("h2d", "pinned", "matmul")} <= directions
     assert {p.method for p in profile.pinning_table} == {"torch_pin_memory", "cuda_host_register"}
     assert profile.runtime_overhead_bytes > 0
+    assert profile.host_attention_call_s is not None and profile.host_attention_call_s >= 0   # pinned, CUDA event
     written = write_profile(profile, tmp_path / "gpu.json")
     assert load_profile(str(tmp_path / "gpu.json")) == written
 

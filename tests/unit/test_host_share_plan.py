@@ -14,7 +14,7 @@ MODEL = load_model_spec("llama-3-8b")
 
 
 def cpu_profile(kernel_gbs: float, *, dma_gbs: float | None = None, cpu_read_gbs: float | None = None,
-                handoff_s: float = 20e-6):
+                handoff_s: float = 20e-6, call_s: float | None = None):
     """A 25 GB/s PCIe link, a 24 GB card and a host whose kernel reads KV at ``kernel_gbs``."""
     points = [CpuAttentionPoint(threads=16, kv_heads=8, ratio=4, key_tokens=k, head_dim=128,
                                 bytes_per_s=kernel_gbs * G) for k in (32768, 1 << 20)]
@@ -25,7 +25,7 @@ def cpu_profile(kernel_gbs: float, *, dma_gbs: float | None = None, cpu_read_gbs
                                             cpu_alone_bytes_per_s=kernel_gbs * G)]
     return scalar_profile(cpu_attention_table=points, host_concurrency_table=concurrency,
                           host_read_bytes_per_s=80 * G, host_read_threads=16, host_share_handoff_s=handoff_s,
-                          host_mem_bytes=200 * GIB)
+                          host_attention_call_s=call_s, host_mem_bytes=200 * GIB)
 
 
 def plan(profile, **kw):
@@ -140,3 +140,42 @@ def test_contended_rate_below_break_even_keeps_share_zero():
     chosen = plan(starved)
     assert chosen.cpu_share == 0.0
     assert any("CPU share 0: the best share" in note and "measured contention" in note for note in chosen.notes)
+
+
+def test_call_cost_is_priced_per_layer_and_named_in_the_note():
+    fixed = dict(cpu_share=0.9, resident_kv_heads=0, heads_per_group=2, chunk_size=4096)   # the CPU side binds
+    free, costly = plan(cpu_profile(60.0), **fixed), plan(cpu_profile(60.0, call_s=1.4e-3), **fixed)
+    layers = MODEL.num_hidden_layers
+    assert (costly.predicted.terms["decode_host_share_s"] - free.predicted.terms["decode_host_share_s"] ==
+            pytest.approx(layers * 1.4e-3, rel=1e-6))
+    assert costly.predicted.decode_s_per_token > free.predicted.decode_s_per_token
+    assert any("1.40 ms fixed cost per layer's CPU call" in note for note in costly.notes)
+    assert any("no fixed cost per CPU call measured" in note for note in plan(cpu_profile(60.0)).notes)
+
+
+def test_a_larger_call_cost_never_raises_the_chosen_share():
+    for kernel_gbs in (30.0, 60.0):
+        shares = [plan(cpu_profile(kernel_gbs, call_s=call_s)).cpu_share
+                  for call_s in (None, 0.0, 0.5e-3, 1.4e-3, 5e-3, 20e-3)]
+        assert shares[0] == shares[1] and shares[0] > 0
+        assert all(later <= earlier for earlier, later in zip(shares, shares[1:]))
+
+
+def test_a_call_cost_that_eats_the_gain_keeps_share_zero():
+    # streamed 512K at 25 GB/s: ~2 s per token; 32 layers x 0.2 s per call costs more than any share saves
+    chosen = plan(cpu_profile(60.0, call_s=0.2))
+    assert chosen.cpu_share == 0.0
+    assert any("CPU share 0: the best share" in note and "200.00 ms fixed cost" in note for note in chosen.notes)
+
+
+def test_the_call_cost_field_leaves_older_profiles_and_their_hash_alone():
+    from hwprofiles import known_profiles, load_profile
+    from hwprofiles.schema import profile_hash, with_hash
+
+    for name in known_profiles():
+        profile = load_profile(name)
+        assert profile.host_attention_call_s is None and profile.content_hash == profile_hash(profile)
+    base = with_hash(cpu_profile(60.0))
+    measured = with_hash(cpu_profile(60.0, call_s=1.4e-3))
+    assert base.content_hash != measured.content_hash
+    assert base.content_hash == with_hash(cpu_profile(60.0, call_s=None)).content_hash
