@@ -150,7 +150,7 @@ def flex_runtime_bytes(profile: HardwareProfile, notes: list[str]) -> int:
     flex_runtime_overhead_bytes; 0 with a note when the profile did not measure it)."""
     if profile.flex_runtime_overhead_bytes is None:
         notes.append(f"the {profile.gpu_name} profile did not measure the GPU memory the compiled FlexAttention "
-                     "kernels take outside the allocator (1.0 GB on an H200, 2026-12-01): the predicted peak may be "
+                     "kernels take outside the allocator (99 MB on an H200, 2026-12-01): the predicted peak may be "
                      "that much low (headplan profile, or benchmarks/profile_section.py --section flex, measures it)")
         return 0
     return profile.flex_runtime_overhead_bytes

@@ -9,10 +9,10 @@ the kernel (torch.compile; seconds): its warm-up calls absorb that, and compile'
 later key lengths from compiling again. Leaves out: the sliding layers' windowed calls (at most W - 1 + c keys:
 small next to the full-attention layers at long context).
 Also the GPU memory the compiled kernels take outside PyTorch's allocator (measure_flex_section): the device's used
-bytes less the allocator's reserve, after the sweep against before it. The CUDA driver grows a context's
-local-memory pool to the needs of the largest kernel it has run (per-thread stack x resident threads), and the
-compiled d-256 flex kernels need far more than the other kernels: on the H200 (2026-12-01) a Gemma-2-9B run at 700K
-used 2.70 GB outside the allocator where the profile's runtime overhead said 1.70 GB.
+bytes less the allocator's reserve, after the sweep against before it (the driver may grow a context's pools for the
+kernels it loads and runs). On the H200 (2026-12-01) the quick sweep added 99 MB. A Gemma-2-9B run there used
+2.56-2.70 GB outside the allocator (at 128K, 256K and 700K) where Llama runs use 0.79 GB: the flex kernels do not
+explain that difference (benchmarks/flex_memory_probe.py: +2 MiB for every kind of call), and it is not priced yet.
 """
 
 from __future__ import annotations

@@ -174,7 +174,9 @@ def test_the_call_cost_field_leaves_older_profiles_and_their_hash_alone():
 
     for name in known_profiles():
         profile = load_profile(name)
-        assert profile.host_attention_call_s is None and profile.content_hash == profile_hash(profile)
+        assert profile.content_hash == profile_hash(profile)
+        if name != "h200-sxm-measured":  # the one catalog profile re-measured with the field
+            assert profile.host_attention_call_s is None
     base = with_hash(cpu_profile(60.0))
     measured = with_hash(cpu_profile(60.0, call_s=1.4e-3))
     assert base.content_hash != measured.content_hash
