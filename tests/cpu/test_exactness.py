@@ -139,3 +139,26 @@ def test_warm_up_pass_then_exact_run():
     cold = execute(model, ids, settings, new_tokens=3, device="cpu", options=RunOptions(warmup=False))
     assert warm.warmup_s is not None and warm.warmup_s > 0 and cold.warmup_s is None
     assert warm.generated_token_ids == cold.generated_token_ids
+
+
+def test_verify_in_bf16_reports_the_float32_reference_and_leaves_the_model_as_it_was():
+    """--verify in bf16 (report/verify.py): the float32 forward of the same weights gives ours' error and the
+    standard bf16 forward's own; the model's tensors are bit-identical and in their own dtypes afterwards (the
+    rotary frequencies stay float32)."""
+    from executor.report.verify import verify_against_standard
+
+    model16 = tiny_model(query_heads=8, kv_heads=4, dtype=torch.bfloat16)
+    before = {name: t.clone() for name, t in (*model16.named_parameters(), *model16.named_buffers())}
+    ids = prompt(PROMPT)
+    ours = run_offloaded(model16, ids, chunk=5, group=2, resident=1)
+    block = verify_against_standard(model16, ids, ours, "cpu")
+    reference = block["float32_reference"]
+    assert reference["within_standard_error"] is True
+    assert 0 < reference["ours_error"] <= 2.0 * reference["standard_error"] + 1e-3
+    after = dict((*model16.named_parameters(), *model16.named_buffers()))
+    assert any(t.dtype == torch.float32 for t in before.values())  # a float32 buffer exists to be kept
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), name
+    model32 = tiny_model(query_heads=8, kv_heads=4, dtype=torch.float32)
+    assert "float32_reference" not in verify_against_standard(model32, ids, run_offloaded(model32, ids, chunk=5,
+                                                                                          group=2, resident=1), "cpu")
