@@ -29,3 +29,17 @@ def logit_errors(ours: torch.Tensor, exact: torch.Tensor, standard16: torch.Tens
     """(headplan's error, the standard bf16 forward's own error): max |ours - exact| and max |standard16 - exact|
     over step logits, ``exact`` from a higher-precision reference of the same weights."""
     return (ours - exact).abs().max().item(), (standard16 - exact).abs().max().item()
+
+
+def same_weights(model, dtype: torch.dtype):
+    """A copy of ``model`` whose floating-point parameters and buffers are cast to ``dtype``: the same weights at
+    another precision, the reference of a bf16 run (float64 or float32 holds every bf16 value exactly). A model
+    built again in another dtype from the same seed is NOT that: its random initialisation draws other values (on
+    torch 2.13 a tiny Llama's weights differ by up to 0.15), so its logits are another model's."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for tensor in (*twin.parameters(), *twin.buffers()):
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(dtype)
+    return twin

@@ -15,7 +15,7 @@ from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
-from tests.references import logit_errors  # noqa: E402
+from tests.references import logit_errors, same_weights  # noqa: E402
 
 NEW_TOKENS = 4
 
@@ -94,8 +94,8 @@ def test_model_families(model_type):
 @pytest.mark.parametrize("chunk,group,resident", [(5, 1, 0), (13, 4, 0), (4, 2, 3)])
 def test_bfloat16_within_reference_error(chunk, group, resident):
     """Offloaded bf16 vs a float64 reference: within 2x (+ slack) of the standard bf16 forward's own error."""
-    model64 = tiny_model(query_heads=8, kv_heads=4, dtype=torch.float64)
     model16 = tiny_model(query_heads=8, kv_heads=4, dtype=torch.bfloat16)
+    model64 = same_weights(model16, torch.float64)
     ids = prompt(PROMPT)
     ours = run_offloaded(model16, ids, chunk=chunk, group=group, resident=resident)
     tokens = ours.generated_token_ids

@@ -14,7 +14,7 @@ from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
-from tests.references import attention_reference, logit_errors  # noqa: E402
+from tests.references import attention_reference, logit_errors, same_weights  # noqa: E402
 
 NEW_TOKENS = 4
 PROMPT = 19
@@ -93,8 +93,8 @@ def test_sliding_layers_hold_no_host_rows():
                                                              ("mistral", 3, 2, 0)])
 def test_bfloat16_within_reference_error(model_type, chunk, group, resident):
     layers = 4 if model_type == "gemma2" else 2
-    model64 = tiny(model_type, query_heads=8, kv_heads=4, layers=layers, dtype=torch.float64)
     model16 = tiny(model_type, query_heads=8, kv_heads=4, layers=layers, dtype=torch.bfloat16)
+    model64 = same_weights(model16, torch.float64)
     ids = prompt()
     ours = run(model16, ids, chunk=chunk, group=group, resident=resident)
     tokens = ours.generated_token_ids
@@ -180,3 +180,24 @@ def test_profiler_flex_points_at_gemma2_shapes():
     lookup = RateLookup(scalar_profile(attention_table=points))
     assert lookup.has_backend("flex")
     assert lookup.has_decode_points("flex", 256)
+
+
+@pytest.mark.parametrize("chunk,group,resident", [(4, 1, 0), (7, 4, 3)])
+def test_bfloat16_through_flexattention_within_reference_error(monkeypatch, chunk, group, resident):
+    """The GPU's soft-capped path, FlexAttention (attention/flex.py attend_flex: past part, masked chunk part,
+    log-sum-exp merge, the decode call), run on the CPU in the engine's place of the math path: a tiny Gemma-2 in
+    bf16 within twice the standard bf16 forward's own error against float64."""
+    import executor.attention.kernels as kernels
+    from executor.attention.flex import attend_flex
+
+    monkeypatch.setattr(kernels, "_attend_math", lambda q, k, v, *, scale, softcap=None, window=None: attend_flex(
+        q, k, v, scale=scale, softcap=softcap, window=window))
+    model16 = tiny("gemma2", query_heads=8, kv_heads=4, dtype=torch.bfloat16)
+    model64 = same_weights(model16, torch.float64)
+    ids = prompt()
+    ours = run(model16, ids, chunk=chunk, group=group, resident=resident)
+    tokens = ours.generated_token_ids
+    exact = standard_step_logits(model64, ids, tokens, "cpu").float()
+    standard16 = standard_step_logits(model16, ids, tokens, "cpu")
+    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    assert our_error <= 2.0 * standard_error + 1e-3, (our_error, standard_error)

@@ -15,7 +15,7 @@ from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
-from tests.references import logit_errors  # noqa: E402
+from tests.references import logit_errors, same_weights  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 NEW_TOKENS = 6
@@ -84,8 +84,7 @@ def test_bfloat16_exact_on_cuda(chunk, group, resident):
     else:
         assert ours.decode_step == "graph"
     tokens = ours.generated_token_ids
-    model32 = model_on("cuda", torch.float32)
-    exact = standard_step_logits(model32, ids, tokens, "cuda")
+    exact = standard_step_logits(same_weights(model16, torch.float32), ids, tokens, "cuda")
     standard16 = standard_step_logits(model16, ids, tokens, "cuda")
     our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
