@@ -198,7 +198,7 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
     else:
         assert ours.counters["prefill"].h2d_bytes > 0
     tokens = ours.generated_token_ids
-    exact = zero_past_reference(model_on("cuda", torch.float32), ids[:, past:], past, tokens, "cuda")
+    exact = zero_past_reference(same_weights(model16, torch.float32), ids[:, past:], past, tokens, "cuda")
     standard16 = zero_past_reference(model16, ids[:, past:], past, tokens, "cuda")
     our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
