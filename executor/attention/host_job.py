@@ -8,7 +8,10 @@ exp, mul, sum, copy_) must re-take the GIL on its return, and the busy main thre
 GIL convoy). The TorchScript interpreter releases the GIL once for the whole call. On the 2-core development VM
 (2026-12-01, torch 2.13, 8 heads x 16K keys, one kernel thread beside a main thread in a pure-Python loop): the eager
 job took 52 ms where alone it takes 11 ms; the scripted job 21.6 ms, bit-identical output. On the H200
-(2026-12-01, Llama-3-8B, 24 GB) the run's kernel seconds per layer had fitted 1.4 ms + bytes / 40 GB/s.
+(2026-12-01, Llama-3-8B, 24 GB) the run's kernel seconds per layer had fitted 1.4 ms + bytes / 40 GB/s; with this
+job, at 512K and F 0.45 in clean processes, the scripted and the eager job (PYTORCH_JIT=0) decoded in 789 and 759 ms
+per token, and the kernel started 2.9 ms after the submit with either: no gain measured there, the wait being the
+GPU's (docs/cpu-share.md).
 
     query_rows   [H, r, d]      model dtype (the pinned query buffer's view)
     keys, values [H, S, d]      host-store rows [0, S) (row stride T d: views, not copied, not cast)
