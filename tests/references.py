@@ -25,9 +25,18 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
-def logit_errors(ours: torch.Tensor, exact: torch.Tensor, standard16: torch.Tensor) -> tuple[float, float]:
-    """(headplan's error, the standard bf16 forward's own error): max |ours - exact| and max |standard16 - exact|
-    over step logits, ``exact`` from a higher-precision reference of the same weights."""
+def half_precision_errors(measurement, model16, ids: torch.Tensor, device="cpu", *,
+                          exact_dtype: torch.dtype = torch.float64, reference=None) -> tuple[float, float]:
+    """(headplan's error, the standard half-precision forward's own error): max |ours - exact| and
+    max |standard16 - exact| over the step logits of ``measurement``'s tokens, ``exact`` the ``exact_dtype`` forward
+    of the same weights (same_weights). ``reference(model, ids, tokens, device)`` gives a standard forward's step
+    logits (default executor/report/verify.py standard_step_logits)."""
+    if reference is None:
+        from executor.report.verify import standard_step_logits as reference
+    tokens = measurement.generated_token_ids
+    exact = reference(same_weights(model16, exact_dtype), ids, tokens, device).double()
+    standard16 = reference(model16, ids, tokens, device).double()
+    ours = measurement.step_logits.double()
     return (ours - exact).abs().max().item(), (standard16 - exact).abs().max().item()
 
 

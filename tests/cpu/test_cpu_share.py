@@ -15,7 +15,7 @@ from executor.generation.runner import execute  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
-from tests.references import same_weights  # noqa: E402
+from tests.references import half_precision_errors  # noqa: E402
 
 NEW_TOKENS = 6
 PROMPT = 13
@@ -67,11 +67,7 @@ def test_bfloat16_within_reference_error(share):
     model = tiny_model(query_heads=8, kv_heads=4, dtype=torch.bfloat16)
     ids = prompt(PROMPT)
     measurement = run_shared(model, ids, share=share, group=2, resident=3)
-    tokens = measurement.generated_token_ids
-    exact = standard_step_logits(same_weights(model, torch.float64), ids, tokens, "cpu")
-    bf16_reference = standard_step_logits(model, ids, tokens, "cpu")
-    reference_error = (bf16_reference.double() - exact).abs().max().item()
-    offloaded_error = (measurement.step_logits.double() - exact).abs().max().item()
+    offloaded_error, reference_error = half_precision_errors(measurement, model, ids)
     assert offloaded_error <= 3 * reference_error + 1e-3
 
 

@@ -14,7 +14,7 @@ from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
-from tests.references import attention_reference, logit_errors, same_weights  # noqa: E402
+from tests.references import attention_reference, half_precision_errors  # noqa: E402
 
 NEW_TOKENS = 4
 PROMPT = 19
@@ -94,13 +94,9 @@ def test_sliding_layers_hold_no_host_rows():
 def test_bfloat16_within_reference_error(model_type, chunk, group, resident):
     layers = 4 if model_type == "gemma2" else 2
     model16 = tiny(model_type, query_heads=8, kv_heads=4, layers=layers, dtype=torch.bfloat16)
-    model64 = same_weights(model16, torch.float64)
     ids = prompt()
     ours = run(model16, ids, chunk=chunk, group=group, resident=resident)
-    tokens = ours.generated_token_ids
-    exact = standard_step_logits(model64, ids, tokens, "cpu").float()
-    standard16 = standard_step_logits(model16, ids, tokens, "cpu")
-    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    our_error, standard_error = half_precision_errors(ours, model16, ids)
     assert our_error <= 2.0 * standard_error + 1e-3, (our_error, standard_error)
 
 
@@ -193,11 +189,7 @@ def test_bfloat16_through_flexattention_within_reference_error(monkeypatch, chun
     monkeypatch.setattr(kernels, "_attend_math", lambda q, k, v, *, scale, softcap=None, window=None: attend_flex(
         q, k, v, scale=scale, softcap=softcap, window=window))
     model16 = tiny("gemma2", query_heads=8, kv_heads=4, dtype=torch.bfloat16)
-    model64 = same_weights(model16, torch.float64)
     ids = prompt()
     ours = run(model16, ids, chunk=chunk, group=group, resident=resident)
-    tokens = ours.generated_token_ids
-    exact = standard_step_logits(model64, ids, tokens, "cpu").float()
-    standard16 = standard_step_logits(model16, ids, tokens, "cpu")
-    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    our_error, standard_error = half_precision_errors(ours, model16, ids)
     assert our_error <= 2.0 * standard_error + 1e-3, (our_error, standard_error)

@@ -14,7 +14,7 @@ from executor.generation.runner import execute  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from tests.gpu.test_executor_gpu import ids_of, model_on  # noqa: E402
-from tests.references import logit_errors, same_weights  # noqa: E402
+from tests.references import half_precision_errors  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 NEW_TOKENS = 6
@@ -33,10 +33,7 @@ def run_share(model, share: float, *, group: int, resident: int):
 def test_bfloat16_within_reference_error(share, group, resident):
     model16 = model_on("cuda", torch.bfloat16)
     ours = run_share(model16, share, group=group, resident=resident)
-    tokens = ours.generated_token_ids
-    exact = standard_step_logits(same_weights(model16, torch.float32), ids_of(PROMPT), tokens, "cuda")
-    standard16 = standard_step_logits(model16, ids_of(PROMPT), tokens, "cuda")
-    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    our_error, standard_error = half_precision_errors(ours, model16, ids_of(PROMPT), "cuda", exact_dtype=torch.float32)
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
     decode = ours.counters["decode"]
     assert (decode.host_attention_bytes > 0) == (share > 0)

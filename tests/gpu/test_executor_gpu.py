@@ -11,11 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.attention.kernels import attend_chunk  # noqa: E402
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
-from tests.references import logit_errors, same_weights  # noqa: E402
+from tests.references import half_precision_errors  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 NEW_TOKENS = 6
@@ -83,10 +82,7 @@ def test_bfloat16_exact_on_cuda(chunk, group, resident):
         assert ours.counters["prefill"].h2d_bytes > 0
     else:
         assert ours.decode_step == "graph"
-    tokens = ours.generated_token_ids
-    exact = standard_step_logits(same_weights(model16, torch.float32), ids, tokens, "cuda")
-    standard16 = standard_step_logits(model16, ids, tokens, "cuda")
-    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    our_error, standard_error = half_precision_errors(ours, model16, ids, "cuda", exact_dtype=torch.float32)
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
 
 
@@ -197,10 +193,9 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
         assert ours.decode_step == "graph"
     else:
         assert ours.counters["prefill"].h2d_bytes > 0
-    tokens = ours.generated_token_ids
-    exact = zero_past_reference(same_weights(model16, torch.float32), ids[:, past:], past, tokens, "cuda")
-    standard16 = zero_past_reference(model16, ids[:, past:], past, tokens, "cuda")
-    our_error, standard_error = logit_errors(ours.step_logits, exact, standard16)
+    our_error, standard_error = half_precision_errors(
+        ours, model16, ids[:, past:], "cuda", exact_dtype=torch.float32,
+        reference=lambda model, tail_ids, tokens, device: zero_past_reference(model, tail_ids, past, tokens, device))
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
 
 
