@@ -19,23 +19,14 @@ from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from executor.inputs.model_loader import build_random  # noqa: E402
 from executor.generation.runner import execute  # noqa: E402
 from executor.parallel.stages import DeviceStage  # noqa: E402
-from planner.model_spec import ModelSpec  # noqa: E402
+from tests.gpu.two_gpus import NEW_TOKENS, SPEC, TWO_GPUS, ids_of  # noqa: E402
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                                                  reason="needs two CUDA GPUs")]
-NEW_TOKENS = 6
-SPEC = ModelSpec(name="small", model_type="llama", hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=4, head_dim=64, vocab_size=1000,
-                 max_position_embeddings=4096)
+pytestmark = TWO_GPUS
 
 
 def two_stages(resident=(1, 3)):
     return [DeviceStage(0, 0, 2, torch.device("cuda", 0), resident[0]),
             DeviceStage(1, 2, 2, torch.device("cuda", 1), resident[1])]
-
-
-def ids_of(length):
-    return torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
 
 
 def settings(chunk, group, resident, capacity, backend="flash"):

@@ -16,18 +16,9 @@ pytest.importorskip("transformers")
 from executor.launch import RandomModel, TensorJob, launch_tensor_parallel  # noqa: E402
 from executor.report.verify import standard_step_logits  # noqa: E402
 from executor.settings import ExecutionSettings  # noqa: E402
-from planner.model_spec import ModelSpec  # noqa: E402
+from tests.gpu.two_gpus import NEW_TOKENS, SPEC, TWO_GPUS, ids_of  # noqa: E402
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                                                  reason="needs two CUDA GPUs")]
-NEW_TOKENS = 6
-SPEC = ModelSpec(name="small", model_type="llama", hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=4, head_dim=64, vocab_size=1000,
-                 max_position_embeddings=4096)
-
-
-def ids_of(length):
-    return torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
+pytestmark = TWO_GPUS
 
 
 @pytest.mark.parametrize("residents", [(0, 0), (5, 1)])
