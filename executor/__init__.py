@@ -21,6 +21,6 @@ Subpackages by responsibility, bottom to top (imports point down; tests/unit/tes
     inputs/       models (random weights, checkpoints) and prompts
     api.py        run_plan(): the Python entry point the CLI uses
     profiler/     headplan profile: measures this machine with the executor's own kernels
-    launch.py     several GPUs by heads: one process per rank (spawn or torchrun), each running api.run_plan on
+    launch/       several GPUs by heads: one process per rank (spawn or torchrun), each running api.run_plan on
                   its shard; rank 0 merges the measurements into the report
 """

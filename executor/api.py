@@ -85,7 +85,7 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     past (module doc); K at least the chunk count runs the whole prompt as usual (``report.tail`` None);
     ``options.on_chunk`` then counts the chunks run (0 .. K - 1). ``context``: the report's model name, extra
     memory fields and warnings. ``heads``: the attention heads this process sees (kv/layout.py HeadCounts; one
-    tensor-parallel rank's local counts, executor/launch.py), which size the stores; ``verify`` is refused with
+    tensor-parallel rank's local counts, executor/launch/rank.py), which size the stores; ``verify`` is refused with
     it (the standard forward of a sharded model is not the unsharded one)."""
     check_tail_request(tail_chunks, verify)
     if heads is not None and verify:

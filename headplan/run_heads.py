@@ -1,5 +1,5 @@
 """headplan run for a plan by heads (``--gpus N --parallel heads``, or ``auto`` choosing it): N ranks, one per
-GPU (executor/launch.py), each holding 1/N of every layer's heads and streaming its own KV heads; rank 0's report
+GPU (executor/launch/), each holding 1/N of every layer's heads and streaming its own KV heads; rank 0's report
 (per rank and total) is written to --out. Refused up front (exit 2): --verify, N GPUs not visible, N not dividing
 the heads. Leaves out: the progress bar (the ranks run in other processes).
 """

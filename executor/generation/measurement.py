@@ -173,7 +173,7 @@ def fill_stage_busy(stage: StageMeasurement, events, measurement: Measurement, *
 
 
 def merge_rank_measurements(per_rank: list[Measurement]) -> Measurement:
-    """Tensor parallelism (executor/launch.py): rank 0's Measurement with one stage per rank (index = rank), phase counters and host stores summed over
+    """Tensor parallelism (executor/launch/): rank 0's Measurement with one stage per rank (index = rank), phase counters and host stores summed over
     the ranks (pinning: the longest, the ranks pin at once), the GPU peaks of the fullest rank."""
     merged = dataclasses.replace(per_rank[0])
     merged.stages = [dataclasses.replace(m.stages[0], index=rank, counters=dict(m.counters),

@@ -9,7 +9,7 @@
   any Llama-family config.json) with random weights created directly on the device (or, with stages, on each
   stage's GPU through accelerate's device map) in the run's dtype.
 - ``RandomModel(spec, dtype_name, seed)`` / ``CheckpointModel(path, dtype_name)``: picklable factories of either,
-  called with a device in each tensor-parallel rank (executor/launch.py).
+  called with a device in each tensor-parallel rank (executor/launch/).
 Both refuse models outside the supported families (Llama, Mistral, Qwen2, Gemma-2) and the sliding windows the
 engine does not run (Qwen2's use_sliding_window); Gemma-2's alternating windows and Mistral v0.1's window run
 exactly (engine/offload.py). Leaves out: quantized checkpoints, hub downloads.

@@ -22,7 +22,7 @@ rank because N divides H_kv: query head block r reads KV head block r.
                                     keeps its shard: build the same full model on every rank first)
 Random weights are built shard-first (inputs/model_loader.py build_random_sharded: meta, shard, materialise, draw
 each matrix whole and keep the block); a checkpoint is loaded whole on every rank and then sharded.
-Leaves out: process start-up and the run itself (executor/launch.py), loading only each rank's shard of a
+Leaves out: process start-up and the run itself (executor/launch/), loading only each rank's shard of a
 checkpoint, sequence parallelism, sharding the embeddings or lm_head.
 """
 

@@ -28,7 +28,7 @@ class ReportContext:
     memory_extra: dict = field(default_factory=dict)
     """extra MemoryFigures fields (e.g. the GPU budget the CLI set)"""
     parallel: Optional[str] = None
-    """'heads' for a tensor-parallel run (executor/launch.py sets it); default: 'layers' with several stages"""
+    """'heads' for a tensor-parallel run (executor/launch/rank.py sets it); default: 'layers' with several stages"""
     warnings: list[str] = field(default_factory=list)
     """warnings shown in report.md and report.json"""
 
