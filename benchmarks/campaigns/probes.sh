@@ -12,8 +12,16 @@
 #   decode-cap:          does the GPU memory cap change decode time -> decode-cap-probe.json
 #   host-width:          the executor's decode host time per layer at three widths -> host-width-probe.json
 #   baseline:            transformers' own forward (standard, chunked, offloaded cache) -> transformers-baseline.jsonl
+#   host-pages:          the host store in 4 KiB against huge pages: touch, pinning, the CPU share's kernel
+#                        -> host-pages-probe.json
+#   pages-ab:            512K / 24 GB decode with the CPU share, the store in huge pages and in 4 KiB pages,
+#                        alternating (HEADPLAN_HOST_PAGES) -> cpu-share-pages-ab.jsonl
+#   host-drift:          the CPU share's kernel and a plain sum over one store for 150 s, a fresh store every
+#                        30 s: does the host's memory rate hold still -> host-rate-drift.json
+#   gemma-processes:     which processes hold GPU memory in a Gemma-2-9B run (FlexAttention compiles), with
+#                        inductor's compile-worker pool and without -> gpu-processes-gemma2-*.json
 source "$(dirname "$0")/common.sh"
-py() { OUT=$RESULTS PYTHONPATH=. timeout "$1" python3 "${@:2}"; }
+py() { OUT=$RESULTS PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} timeout "$1" python3 "${@:2}"; }
 case "$PART" in
 split-chunk-backend)
     py 150 benchmarks/split_variants.py --variants 4K:2:64:flash,4K:2:64:cudnn,8K:2:64:flash,8K:2:64:cudnn
@@ -36,6 +44,29 @@ host-width)
 baseline)
     py 550 benchmarks/transformers_baseline.py --model llama-3-8b --cells standard:32K,chunked:128K,offload:128K \
         --new-tokens 16 --chunk-size 10K --out "$RESULTS/transformers-baseline.jsonl" ;;
+host-pages)
+    py 200 benchmarks/host_pages_probe.py --gib 8 --out "$RESULTS/host-pages-probe.json" ;;
+pages-ab)
+    n=0
+    for pages in huge base huge base; do  # one file per run: validate.py skips a cell its file already holds
+        n=$((n + 1))
+        HEADPLAN_HOST_PAGES=$pages cells 110 llama-3-8b:512K:24GB:tail=1:F=0.45 cpu-share-pages-ab-$n-$pages.jsonl
+    done ;;
+host-drift)
+    py 200 benchmarks/host_rate_drift.py --gib 16 --seconds 150 --out "$RESULTS/host-rate-drift.json" ;;
+gemma-processes)
+    run_gemma() {  # NAME [ENV=VALUE ...]: a 128K Gemma-2-9B tail probe under 24 GB, nvidia-smi sampled
+        local name=$1; shift
+        env "$@" PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} timeout 200 python3 benchmarks/gpu_process_memory.py \
+            --out "$RESULTS/gpu-processes-gemma2-$name.json" -- python3 -m headplan.cli run --device cuda \
+            --model gemma-2-9b --context 128K --chunk-size 1024 --heads-per-group 1 --resident-heads 1 \
+            --gpu-mem 24GB --hw "$(plan_profile)" --tail-chunks 1 --new-tokens 2 --decode-tokens 2 --no-progress \
+            --quiet --out "/tmp/gemma-$name"
+        cp "/tmp/gemma-$name/report.json" "$RESULTS/gpu-processes-gemma2-$name-report.json" 2>/dev/null
+    }
+    python3 -c "import pynvml" 2>/dev/null && echo "pynvml: present" || echo "pynvml: missing"
+    run_gemma pool
+    run_gemma one-thread TORCHINDUCTOR_COMPILE_THREADS=1 ;;
 *)
-    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline" ;;
+    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, gemma-processes" ;;
 esac

@@ -28,6 +28,9 @@ class GpuPeaks:
 
     host_store_bytes: int = 0
     host_pin_s: float = 0.0
+    host_touch_s: float = 0.0
+    host_huge_page_bytes: int = 0
+    """of the host store, the bytes the kernel backed with huge pages (runtime/host_pages.py)"""
     gpu_store_bytes: dict[str, int] = field(default_factory=dict)
     gpu_peak_allocated_bytes: Optional[int] = None
     gpu_peak_reserved_bytes: Optional[int] = None
@@ -97,6 +100,12 @@ class Measurement(GpuPeaks):
     layer_attention_s: dict[str, list[float]] = field(default_factory=dict)
     attention_s: dict[str, float] = field(default_factory=dict)
     counters: dict[str, PhaseCounters] = field(default_factory=dict)
+    gpu_outside_allocator_by_phase: dict[str, dict[str, Optional[int]]] = field(default_factory=dict)
+    """CUDA: {phase: runtime/gpu_memory.py outside_allocator_snapshot} at "start", "warmed-up", "prefilled",
+    "decoded" (the first GPU)"""
+    stack_released_bytes_per_thread: dict[str, int] = field(default_factory=dict)
+    """{device: bytes per thread} of CUDA stack the warm-up grew and the run released (gpu_memory.py
+    release_grown_stack)"""
     warmup_s: Optional[float] = None
     """wall time of the warm-up pass before the timed run (CUDA: module loading, library handles, first launches)"""
     trace_events: list[tuple[str, dict, float, str]] = field(default_factory=list)
@@ -182,6 +191,8 @@ def merge_rank_measurements(per_rank: list[Measurement]) -> Measurement:
     merged.counters = PhaseCounters.summed([m.counters for m in per_rank])
     merged.host_store_bytes = sum(m.host_store_bytes for m in per_rank)
     merged.host_pin_s = max(m.host_pin_s for m in per_rank)
+    merged.host_touch_s = max(m.host_touch_s for m in per_rank)
+    merged.host_huge_page_bytes = sum(m.host_huge_page_bytes for m in per_rank)
     if any(st.gpu_peak_reserved_bytes is not None for st in merged.stages):
         merged.take_fullest_gpu()
     return merged

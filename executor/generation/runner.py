@@ -41,6 +41,7 @@ from executor.kv.rows import KVRows
 from executor.parallel.staged_engine import StagedEngine, StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
 from executor.runtime.events import EventRecorder
+from executor.runtime.gpu_memory import cuda_stack_limit_bytes_on, outside_allocator_snapshot, release_grown_stack
 from executor.settings import ExecutionSettings, RunOptions
 
 
@@ -89,12 +90,20 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
     device = stages[0].device
     past_tokens, loaded_tokens = measurement.synthetic_past_tokens, measurement.loaded_past_tokens
     prompt_tokens = input_ids.shape[1]
+    snapshot = _phase_snapshots(device, measurement)
+    snapshot("start")
+    stack_baselines = {d: cuda_stack_limit_bytes_on(d) for d in cuda_devices(stages)}
     if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
         compiled = ((lambda: warm_up_compiled(model, prefill_lengths(prompt_tokens, settings.chunk_size)))
                     if settings.compile_layers else None)
         measurement.warmup_s = warm_up(_tiny_run(model, stages, heads), model, input_ids, settings, stages,
                                        context_tokens=past_tokens + loaded_tokens + prompt_tokens, heads=heads,
                                        first_past_tokens=past_tokens + loaded_tokens, compiled=compiled)
+        for stage_device, baseline in stack_baselines.items():  # the warm-up's tiny shapes may have grown it
+            grown = release_grown_stack(stage_device, baseline)
+            if grown is not None:
+                measurement.stack_released_bytes_per_thread[str(stage_device)] = grown - baseline
+        snapshot("warmed-up")
     for stage_device in cuda_devices(stages):
         torch.cuda.reset_peak_memory_stats(stage_device)
     parts = allocate_host_stores(model.config, stages, settings, dtype, available_bytes=options.host_available_bytes,
@@ -110,8 +119,10 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
                                        prompt_ids=input_ids)
         with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, options.sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
+            snapshot("prefilled")
             with eager_stance(settings.compile_layers):  # decode eager: compiled_layers.py says why
                 run.decode(next_ids, new_tokens)
+            snapshot("decoded")
         _finish(run, measurement)
         if options.kv_saver is not None:  # after _finish: every stream is synchronised, the rows are final
             run.engine.position.phase, run.engine.position.chunk, run.engine.position.layer = "save-kv", None, None
@@ -137,6 +148,15 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return measurement
+
+
+def _phase_snapshots(device: torch.device, measurement: Measurement):
+    """snapshot(phase): record the first GPU's memory outside PyTorch's allocator and the CUDA stack limit
+    (runtime/gpu_memory.py) under ``phase``; nothing on the CPU. Reads driver figures only: no synchronisation."""
+    def snapshot(phase: str) -> None:
+        if device.type == "cuda":
+            measurement.gpu_outside_allocator_by_phase[phase] = outside_allocator_snapshot(device)
+    return snapshot
 
 
 def _check_sizes(settings: ExecutionSettings, past_tokens: int, prompt_tokens: int, new_tokens: int) -> None:
@@ -219,6 +239,8 @@ def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, opti
     dtype_bytes = parts[0].host.dtype.itemsize
     measurement.host_store_bytes = sum(p.host.nbytes for p in parts)
     measurement.host_pin_s = sum(p.host.pin_s for p in parts)
+    measurement.host_touch_s = sum(p.host.touch_s for p in parts)
+    measurement.host_huge_page_bytes = sum(p.host.huge_page_bytes for p in parts)
     measurement.stages = [StageMeasurement(
         index=p.stage.index, device=str(p.stage.device), first_layer=p.stage.first_layer,
         num_layers=p.stage.num_layers, resident_kv_heads=p.stage.resident_kv_heads, numa_node=p.numa_node,

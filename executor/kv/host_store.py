@@ -3,7 +3,9 @@
 Layout (kv/layout.py): per layer K_l, V_l [H_kv - r_l, T, d]. On CUDA the pages are touched once and then
 page-locked with cudaHostRegister at their exact size (the caching host allocator would round a 70 GiB request up
 to 128 GiB), and unregistered before they are freed, on every exit path; plain memory on CPU. Host RAM is checked
-before anything is allocated.
+before anything is allocated. Before the first touch the allocation is advised to huge pages
+(runtime/host_pages.py; HEADPLAN_HOST_PAGES=base keeps 4 KiB pages): ``touch_s`` and ``huge_page_bytes`` say
+what the touch cost and what the kernel granted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional
 import torch
 
 from executor.kv.layout import KVLayout
+from executor.runtime.host_pages import advise_huge_pages, anon_huge_bytes, huge_pages_wanted
 from executor.runtime.host_memory import host_available_bytes
 from planner.units import GIB
 
@@ -40,13 +43,14 @@ class HostKVStore:
         self.layout, self.dtype, self.nbytes = layout, dtype, layout.host_bytes(dtype.itemsize)
         self.check_host_ram(self.nbytes, available_bytes if available_bytes is not None else host_available_bytes())
         self.pinned, self.pin_s, self.numa_bound = False, 0.0, False
+        self.touch_s, self.huge_page_bytes = 0.0, 0
         self._flat = torch.empty(self.nbytes, dtype=torch.uint8)
         if numa_node is not None and self.nbytes:
             from executor.runtime.numa import prefer_node
 
             self.numa_bound = prefer_node(self._flat, numa_node)  # before the first touch places the pages
         if self.nbytes:
-            self._flat[:: self.PAGE_BYTES].zero_()  # touch every page once so registering does not fault them
+            self._touch(advise=huge_pages_wanted())
         if pin and self.nbytes:
             self._register()
         self.keys, self.values = self._views()
@@ -59,6 +63,17 @@ class HostKVStore:
                 f"host KV store needs {nbytes / GIB:.2f} GiB ({nbytes} B) of host RAM but only "
                 f"{available / GIB:.2f} GiB is available: lower the context, keep more KV heads resident, or "
                 "state the host's memory with --host-mem where MemAvailable under-reports it (a VM that grows)")
+
+    def _touch(self, advise: bool) -> None:
+        """Advise huge pages (when asked), then touch every page once so registering does not fault them."""
+        before = anon_huge_bytes()
+        if advise:
+            advise_huge_pages(self._flat)
+        start = time.perf_counter()
+        self._flat[:: self.PAGE_BYTES].zero_()
+        self.touch_s = time.perf_counter() - start
+        after = anon_huge_bytes()
+        self.huge_page_bytes = max(0, after - before) if before is not None and after is not None else 0
 
     def _register(self) -> None:
         start = time.perf_counter()

@@ -227,7 +227,11 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
     memory = MemoryFigures(gpu_peak_allocated_bytes=m.gpu_peak_allocated_bytes,
                            gpu_peak_reserved_bytes=m.gpu_peak_reserved_bytes,
                            gpu_process_used_bytes=m.gpu_process_used_bytes, host_store_bytes=m.host_store_bytes,
-                           host_pin_s=m.host_pin_s, gpu_store_bytes=m.gpu_store_bytes, **context.memory_extra)
+                           host_pin_s=m.host_pin_s, host_touch_s=m.host_touch_s,
+                           host_huge_page_bytes=m.host_huge_page_bytes, gpu_store_bytes=m.gpu_store_bytes,
+                           gpu_outside_allocator_by_phase=m.gpu_outside_allocator_by_phase,
+                           cuda_stack_released_bytes_per_thread=m.stack_released_bytes_per_thread,
+                           **context.memory_extra)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return RunReport(status=status, fault=fault, model=context.model_name, device=str(device), dtype=dtype,
                      context_tokens=int(input_ids.shape[1]), new_tokens=new_tokens,

@@ -130,8 +130,9 @@ def render_markdown(report: RunReport) -> str:
     mem = report.memory
     lines += ["", "Memory: peak allocated " + _gib(mem.gpu_peak_allocated_bytes) + ", peak reserved "
               + _gib(mem.gpu_peak_reserved_bytes) + ", process (driver) " + _gib(mem.gpu_process_used_bytes)
-              + ", budget " + _gib(mem.gpu_budget_bytes) + f"; host store {_gib(mem.host_store_bytes)} pinned in "
-              f"{mem.host_pin_s:.2f} s.", ""]
+              + ", budget " + _gib(mem.gpu_budget_bytes) + f"; host store {_gib(mem.host_store_bytes)} "
+              f"({_gib(mem.host_huge_page_bytes)} in huge pages) touched in {mem.host_touch_s:.2f} s, pinned in "
+              f"{mem.host_pin_s:.2f} s." + _outside_allocator_line(mem), ""]
     lines += _gpu_lines(report)
     if report.verify:
         lines += ["Verify against the standard forward: " + ", ".join(f"{k}={v}" for k, v in report.verify.items()),
@@ -175,3 +176,15 @@ def _host_timeline_lines(h) -> list[str]:
             f"the main thread's join wait {_seconds(h.measured_join_wait_s_per_token)} (per layer "
             f"{per_layer(h.measured_cpu_start_delay_s_per_token)}, {per_layer(h.measured_cpu_kernel_s_per_token)}, "
             f"{per_layer(h.measured_join_wait_s_per_token)})."]
+
+
+def _outside_allocator_line(mem) -> str:
+    """' Outside the allocator: ... GiB after the warm-up (CUDA stack lowered by N B per thread).' or ''."""
+    warmed = mem.gpu_outside_allocator_by_phase.get("warmed-up", {}).get("outside_allocator_bytes")
+    if warmed is None:
+        return ""
+    released = ", ".join(f"{device} {per_thread} B" for device, per_thread in
+                         mem.cuda_stack_released_bytes_per_thread.items())
+    return (f" Outside the allocator after the warm-up: {_gib(warmed)}"
+            + (f" (CUDA stack per thread lowered again by {released})" if released else "") + ".")
+

@@ -115,6 +115,15 @@ class MemoryFigures(_Block):
     gpu_memory_fraction: Optional[float] = None
     host_store_bytes: int = 0
     host_pin_s: float = 0.0
+    host_touch_s: float = Field(0.0, description="first touch of every host-store page, before pinning")
+    host_huge_page_bytes: int = Field(0, description="of the host store, the bytes backed by huge pages")
+    gpu_outside_allocator_by_phase: dict[str, dict[str, Optional[int]]] = Field(
+        default_factory=dict, description="the first GPU at start, warmed-up, prefilled, decoded: "
+        "outside_allocator_bytes (driver-reported use - PyTorch's reserved) and stack_limit_bytes (the CUDA "
+        "per-thread stack, which the driver grows for kernels that need it)")
+    cuda_stack_released_bytes_per_thread: dict[str, int] = Field(
+        default_factory=dict, description="per GPU: the stack the warm-up's kernels grew, lowered again before "
+        "the timed run (x the threads the GPU holds = the bytes returned)")
     gpu_store_bytes: dict[str, int] = Field(default_factory=dict)
 
 

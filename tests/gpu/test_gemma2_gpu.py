@@ -32,21 +32,26 @@ def test_flex_matches_reference_bf16(chunk, keys, window):
     assert (ours - exact).abs().max().item() <= bound
 
 
+def _tiny_gemma2(dtype: torch.dtype, prompt_tokens: int, **config):
+    """A random Gemma-2 of ``config`` (vocabulary 1000) on the GPU in ``dtype``, eager attention, and a prompt."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma2", vocab_size=1000, **config), dtype=dtype,
+                                             attn_implementation="eager").cuda().eval()
+    return model, torch.randint(0, 1000, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
+
+
 def test_tiny_gemma2_engine_on_gpu_matches_eager():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from executor.generation.runner import execute
     from executor.report.verify import standard_step_logits
     from executor.settings import ExecutionSettings, RunOptions
 
-    config = AutoConfig.for_model("gemma2", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=1000,
-                                  sliding_window=48, query_pre_attn_scalar=64, attn_logit_softcapping=2.0)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager").cuda().eval()
-    ids = torch.randint(0, 1000, (1, 200), generator=torch.Generator().manual_seed(1))
+    model, ids = _tiny_gemma2(torch.float32, 200, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=48,
+                              query_pre_attn_scalar=64, attn_logit_softcapping=2.0)
     # float32 on CUDA: the engine's soft-capped calls go to FlexAttention (no flash kernel takes a soft-cap)
     settings = ExecutionSettings(chunk_size=64, heads_per_group=1, resident_kv_heads=1, capacity_tokens=208,
                                  attention_backend="flex")
@@ -85,3 +90,25 @@ def test_flex_stays_fused_over_the_engines_pattern():
     eager = [w for w in caught if "flex_attention called without torch.compile" in str(w.message)
              or "materializ" in str(w.message)]
     assert not eager, eager[0].message
+
+
+def test_warm_up_stack_is_released_before_the_timed_run():
+    """The warm-up's 32-token chunks run FlexAttention's short-query kernel at head dim 256, which grows the CUDA
+    per-thread stack (8032 bytes on the H200: 1.9 GB outside the allocator); the run lowers it again before timing
+    (runtime/gpu_memory.py release_grown_stack), and the report's phases say so."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from executor.generation.runner import execute
+    from executor.settings import ExecutionSettings, RunOptions
+
+    model, ids = _tiny_gemma2(torch.bfloat16, 256, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                              num_attention_heads=16, num_key_value_heads=8, head_dim=256, sliding_window=64,
+                              query_pre_attn_scalar=256, attn_logit_softcapping=50.0)
+    settings = ExecutionSettings(chunk_size=128, heads_per_group=1, resident_kv_heads=1, capacity_tokens=260,
+                                 attention_backend="flex")
+    measurement = execute(model, ids, settings, new_tokens=2, device="cuda", options=RunOptions(warmup=True))
+    phases = measurement.gpu_outside_allocator_by_phase
+    assert set(phases) == {"start", "warmed-up", "prefilled", "decoded"}
+    start = phases["start"]["stack_limit_bytes"]
+    assert start is not None
+    assert phases["warmed-up"]["stack_limit_bytes"] == start
