@@ -52,8 +52,9 @@ def test_store_values_survive_either_page_kind(monkeypatch):
             assert store.touch_s >= 0 and store.huge_page_bytes >= 0
             if kind == "base":
                 assert store.huge_page_bytes == 0 or thp_mode() == "always"
-            store.keys[1][2, 100].fill_(3.5)
-            assert float(store.keys[1][2, 100, 7]) == 3.5 and float(store.keys[1][2, 99, 7]) == 0.0
+            store.keys[1][2, 100].fill_(3.5)   # the store is not zeroed (only touched): write both rows read
+            store.values[1][2, 100].fill_(-1.25)
+            assert float(store.keys[1][2, 100, 7]) == 3.5 and float(store.values[1][2, 100, 7]) == -1.25
 
 
 def test_stack_limit_is_unknown_without_a_cuda_runtime():
