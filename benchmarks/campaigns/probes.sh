@@ -18,6 +18,8 @@
 #                        alternating (HEADPLAN_HOST_PAGES) -> cpu-share-pages-ab.jsonl
 #   host-drift:          the CPU share's kernel and a plain sum over one store for 150 s, a fresh store every
 #                        30 s: does the host's memory rate hold still -> host-rate-drift.json
+#   host-memory-map:     every 8 GiB piece of host memory read twice (sum and the CPU share's kernel): is some of it
+#                        slower (placement) or all of it at times (drift) -> host-memory-map.json
 #   gemma-processes:     which processes hold GPU memory in a Gemma-2-9B run (FlexAttention compiles), with
 #                        inductor's compile-worker pool and without -> gpu-processes-gemma2-*.json
 source "$(dirname "$0")/common.sh"
@@ -54,6 +56,8 @@ pages-ab)
     done ;;
 host-drift)
     py 200 benchmarks/host_rate_drift.py --gib 16 --seconds 150 --out "$RESULTS/host-rate-drift.json" ;;
+host-memory-map)
+    py 300 benchmarks/host_memory_map.py --gib 8 --out "$RESULTS/host-memory-map.json" ;;
 gemma-processes)
     run_gemma() {  # NAME [ENV=VALUE ...]: a 128K Gemma-2-9B tail probe under 24 GB, nvidia-smi sampled
         local name=$1; shift
@@ -68,5 +72,5 @@ gemma-processes)
     run_gemma pool
     run_gemma one-thread TORCHINDUCTOR_COMPILE_THREADS=1 ;;
 *)
-    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, gemma-processes" ;;
+    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, host-memory-map, gemma-processes" ;;
 esac

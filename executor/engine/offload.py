@@ -336,15 +336,16 @@ class OffloadEngine:
                 if self.trace:
                     self._mark("h2d_end", lane="h2d", layer=layer, group=group_idx)
             streams.record(streams.slot_fetched[slot], streams.h2d)
-        self._pending[(layer, group_idx)] = (slot, past_tokens)
+        self._pending[(layer, group_idx)] = (slot, past_tokens, start)
         counters = self._count()
         counters.h2d_bytes += 2 * len(heads) * streamed * self.layout.head_dim * self.host.keys[layer].element_size()
         counters.group_fetches += 1
 
     def _take_fetch(self, layer: int, group_idx: int, past_tokens: int) -> int:
-        """The slot holding group (layer, group_idx)'s past; fetched now if no matching prefetch is queued."""
+        """The slot holding group (layer, group_idx)'s past; fetched now if no matching prefetch is queued (same
+        past s and same first streamed row s_h: a host share changed after the prefetch makes it stale)."""
         pending = self._pending.pop((layer, group_idx), None)
-        if pending is None or pending[1] != past_tokens:
+        if pending is None or pending[1:] != (past_tokens, self._host_tokens(past_tokens)):
             self._fetch(layer, group_idx, past_tokens)
             pending = self._pending.pop((layer, group_idx))
         return pending[0]

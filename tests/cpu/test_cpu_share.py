@@ -177,3 +177,28 @@ def test_profiler_kernel_loop_runs_on_a_worker_beside_a_busy_main_thread():
     assert loop.run(0.05) > 0
     assert loop.run(0.05, busy_main=lambda: main_calls.append(1)) > 0 and main_calls
     assert 1 <= default_host_threads() <= torch.get_num_threads()
+
+
+def test_share_changed_between_tokens_stays_exact(monkeypatch):
+    """A share that changes after a token's last layer (after the next token's first group was prefetched with the
+    old s_h) still gives the standard forward's tokens: the stale prefetch is detected and fetched again."""
+    from executor.engine.host_share import HostShare
+
+    shares = iter([0.7, 0.2, 1.0, 0.0, 0.5, 0.3, 0.9, 0.4])
+    original = HostShare.collect
+
+    def collect(self, layer):
+        result = original(self, layer)
+        last = max(index for index, groups in enumerate(self.layout.groups_per_layer) if groups)
+        if layer == last:
+            self.share = next(shares, 0.5)
+        return result
+
+    monkeypatch.setattr(HostShare, "collect", collect)
+    model = tiny_model(query_heads=8, kv_heads=4)
+    ids = prompt(PROMPT)
+    for group, resident in [(1, 0), (2, 3)]:
+        measurement = run_shared(model, ids, share=0.4, group=group, resident=resident)
+        reference = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
+        assert measurement.generated_token_ids == reference.argmax(-1).tolist()
+        assert (measurement.step_logits - reference).abs().max().item() < 1e-4
