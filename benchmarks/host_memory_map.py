@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from executor.attention.host_attention import host_partial_attention  # noqa: E402
 from executor.engine.host_share import default_host_threads  # noqa: E402
 from executor.runtime.host_memory import host_available_bytes  # noqa: E402
-from executor.runtime.host_pages import advise_huge_pages  # noqa: E402
+from host_kv import HEAD_DIM, KV_HEADS, RATIO, advised_kv  # noqa: E402
 
-KV_HEADS, RATIO, HEAD_DIM = 8, 4, 128
 VMSTAT_KEYS = ("compact_stall", "compact_success", "compact_fail", "thp_fault_alloc", "thp_fault_fallback",
                "numa_hit", "numa_miss")
 
@@ -44,16 +43,6 @@ def vmstat() -> dict[str, int]:
         return {k: int(v) for k, v in pairs if k in VMSTAT_KEYS}
     except OSError:
         return {}
-
-
-def piece(nbytes: int) -> torch.Tensor:
-    """K, V [2, H, T, d] bf16 over a new allocation of ``nbytes``, advised to huge pages and filled."""
-    flat = torch.empty(nbytes, dtype=torch.uint8)
-    advise_huge_pages(flat)
-    tokens = nbytes // (2 * KV_HEADS * HEAD_DIM * 2)
-    kv = flat.view(torch.bfloat16)[: 2 * KV_HEADS * tokens * HEAD_DIM].view(2, KV_HEADS, tokens, HEAD_DIM)
-    kv.fill_(0.5)
-    return kv
 
 
 def read_rates(kv: torch.Tensor, threads: int, query: torch.Tensor) -> tuple[float, float]:
@@ -87,7 +76,7 @@ def main() -> int:
     torch.set_num_threads(threads)
     query = torch.randn(KV_HEADS, RATIO, HEAD_DIM, dtype=torch.bfloat16)
     before = vmstat()
-    stores = [piece(nbytes) for _ in range(pieces)]
+    stores = [advised_kv(nbytes) for _ in range(pieces)]
     rows = []
     for pass_index in (1, 2):
         for index, kv in enumerate(stores):

@@ -25,16 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from executor.attention.host_attention import host_partial_attention  # noqa: E402
 from executor.engine.host_share import default_host_threads  # noqa: E402
-from executor.runtime.host_pages import advise_huge_pages  # noqa: E402
-
-KV_HEADS, RATIO, HEAD_DIM = 8, 4, 128
+from executor.runtime.host_pages import advise_huge_pages, anon_huge_bytes  # noqa: E402
+from host_kv import HEAD_DIM, KV_HEADS, RATIO, kv_over  # noqa: E402
 
 
 def anon_huge_kib() -> int:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("AnonHugePages"):
-            return int(line.split()[1])
-    return 0
+    return (anon_huge_bytes() or 0) // 1024
 
 
 def allocate(kind: str, nbytes: int):
@@ -61,9 +57,7 @@ def measure(kind: str, nbytes: int, threads: int) -> dict:
         start = time.perf_counter()
         code = int(torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), nbytes, 1))
         row["register_s"], row["register_code"] = time.perf_counter() - start, code
-    tokens = nbytes // (2 * KV_HEADS * HEAD_DIM * 2)
-    kv = flat.view(torch.bfloat16)[: 2 * KV_HEADS * tokens * HEAD_DIM].view(2, KV_HEADS, tokens, HEAD_DIM)
-    kv.fill_(0.5)  # a constant: the kernel reads every byte either way, and uniform_ takes ~2 s per GiB
+    kv = kv_over(flat)
     query = torch.randn(KV_HEADS, RATIO, HEAD_DIM, dtype=torch.bfloat16)
     torch.set_num_threads(threads)
     host_partial_attention(query, kv[0], kv[1], scale=HEAD_DIM ** -0.5, threads=threads)

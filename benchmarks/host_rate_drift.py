@@ -24,19 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from executor.attention.host_attention import host_partial_attention  # noqa: E402
 from executor.engine.host_share import default_host_threads  # noqa: E402
-from executor.runtime.host_pages import advise_huge_pages  # noqa: E402
-
-KV_HEADS, RATIO, HEAD_DIM = 8, 4, 128
-
-
-def fresh_store(nbytes: int) -> torch.Tensor:
-    """K, V [2, H, T, d] bf16 in a new allocation advised to huge pages, filled."""
-    flat = torch.empty(nbytes, dtype=torch.uint8)
-    advise_huge_pages(flat)
-    tokens = nbytes // (2 * KV_HEADS * HEAD_DIM * 2)
-    kv = flat.view(torch.bfloat16)[: 2 * KV_HEADS * tokens * HEAD_DIM].view(2, KV_HEADS, tokens, HEAD_DIM)
-    kv.fill_(0.5)  # a constant: the kernel reads every byte either way, and uniform_ takes ~2 s per GiB
-    return kv
+from host_kv import HEAD_DIM, KV_HEADS, RATIO, advised_kv  # noqa: E402
 
 
 def main() -> int:
@@ -50,11 +38,11 @@ def main() -> int:
     torch.set_num_threads(threads)
     nbytes = int(args.gib * (1 << 30)) // (1 << 21) * (1 << 21)
     query = torch.randn(KV_HEADS, RATIO, HEAD_DIM, dtype=torch.bfloat16)
-    rows, start, store, kv, fresh_at, printed = [], time.perf_counter(), 0, fresh_store(nbytes), 0.0, -10.0
+    rows, start, store, kv, fresh_at, printed = [], time.perf_counter(), 0, advised_kv(nbytes), 0.0, -10.0
     while (now := time.perf_counter() - start) < args.seconds:
         if now - fresh_at >= args.fresh_s:
             del kv
-            kv, store, fresh_at = fresh_store(nbytes), store + 1, time.perf_counter() - start
+            kv, store, fresh_at = advised_kv(nbytes), store + 1, time.perf_counter() - start
         t0 = time.perf_counter()
         host_partial_attention(query, kv[0], kv[1], scale=HEAD_DIM ** -0.5, threads=threads)
         t1 = time.perf_counter()
