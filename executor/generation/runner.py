@@ -92,8 +92,8 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
     prompt_tokens = input_ids.shape[1]
     snapshot = _phase_snapshots(device, measurement)
     snapshot("start")
-    stack_baselines = {d: cuda_stack_limit_bytes_on(d) for d in cuda_devices(stages)}
     if options.warmup if options.warmup is not None else device.type == "cuda":  # default: on CUDA only
+        stack_baselines = {d: cuda_stack_limit_bytes_on(d) for d in cuda_devices(stages)}
         compiled = ((lambda: warm_up_compiled(model, prefill_lengths(prompt_tokens, settings.chunk_size)))
                     if settings.compile_layers else None)
         measurement.warmup_s = warm_up(_tiny_run(model, stages, heads), model, input_ids, settings, stages,

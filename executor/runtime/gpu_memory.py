@@ -40,14 +40,18 @@ def process_gpu_used_bytes(device: torch.device) -> Optional[int]:
     return int(total - free)
 
 
-
 CUDA_LIMIT_STACK_SIZE = 0  # cudaLimitStackSize
+
+
+_CUDART: list = []  # the library once found (not cached while absent: CUDA may load later)
 
 
 def _cudart():
     """The CUDA runtime library this process loaded (torch's), found in /proc/self/maps; None where unknown."""
     import ctypes
 
+    if _CUDART:
+        return _CUDART[0]
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
@@ -55,7 +59,8 @@ def _cudart():
         return None
     for path in sorted(paths):
         try:
-            return ctypes.CDLL(path)
+            _CUDART.append(ctypes.CDLL(path))
+            return _CUDART[0]
         except OSError:
             continue
     return None

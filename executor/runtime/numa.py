@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from executor.runtime.host_pages import aligned_interior
+
 SYSFS_NODES = Path("/sys/devices/system/node")
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 MPOL_PREFERRED = 1
@@ -66,13 +68,11 @@ def prefer_node(tensor, node: int) -> bool:
     pages are first touched. Returns True when the kernel accepted it; False (nothing changed) elsewhere."""
     if os.uname().machine != "x86_64" or node < 0 or node >= 64:
         return False
-    start, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-    first = -(-start // PAGE_BYTES) * PAGE_BYTES            # whole pages only: round the start up ...
-    last = (start + size) // PAGE_BYTES * PAGE_BYTES          # ... and the end down
-    if last <= first:
+    first, length = aligned_interior(tensor.data_ptr(), tensor.numel() * tensor.element_size(), PAGE_BYTES)
+    if length == 0:  # whole pages only
         return False
     mask = ctypes.c_ulong(1 << node)
     libc = ctypes.CDLL(None, use_errno=True)
-    code = libc.syscall(ctypes.c_long(SYS_MBIND_X86_64), ctypes.c_void_p(first), ctypes.c_ulong(last - first),
+    code = libc.syscall(ctypes.c_long(SYS_MBIND_X86_64), ctypes.c_void_p(first), ctypes.c_ulong(length),
                         ctypes.c_int(MPOL_PREFERRED), ctypes.byref(mask), ctypes.c_ulong(64), ctypes.c_uint(0))
     return code == 0
