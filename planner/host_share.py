@@ -8,7 +8,12 @@ it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and
                   heads / that of the table's 8-head call (kernel_balance) x cpu_factor;
                   h2d = the streamed share's transfer rate x dma_factor
     contention    from the profile's host_concurrency_table point nearest the run's threads:
-                  dma_factor = h2d_concurrent / h2d_alone,  cpu_factor = kernel_concurrent / kernel_alone
+                  dma_factor = h2d_concurrent / h2d_alone,
+                  cpu_factor = kernel_concurrent / table rate at that point's threads and CONCURRENCY_KEY_TOKENS
+                  (the concurrency probe runs the kernel as decode does, on a worker thread beside the fetches:
+                  its absolute rate is the level, the back-to-back table only the shape over key length; on the
+                  H200, 2026-12-01, 37.2 GB/s beside the fetches where the table read 55.2 and the same worker
+                  alone 43.6, and the runs' kernels read 25-38 GB/s)
                   (no table: 1 and 1, said in the plan's note)
     per layer l   host_l = call + 2 (H_kv - r_l) F s d b / cpu + handoff
                   (call: host_attention_call_s, the job's fixed cost per call as a decode step calls it, after
@@ -39,6 +44,9 @@ MIN_BLOCK_TOKENS = 2048
 SHARE_GRID = tuple(i / 20 for i in range(21))
 MIN_GAIN = 0.02
 """a share other than 0 must predict a decode step at least 2% faster"""
+CONCURRENCY_KEY_TOKENS = 131072
+"""keys per head of the profiler's concurrency probe (executor/profiler/host_attention.py measure_concurrency: 8
+heads, at most this many keys); the planner compares its kernel rate with the table's at this length"""
 
 
 def task_balance(tasks: int, threads: int) -> float:
@@ -124,8 +132,9 @@ class HostShareRates:
 
 def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: int) -> Optional[HostShareRates]:
     """The profile's CPU-share figures at the run's thread count, or None when it has no kernel points (F = 0).
-    Contention: the host_concurrency_table point nearest that thread count, each side concurrent / alone,
-    at most 1 (a side never speeds up beside the other: a ratio above 1 is the noise of the alone figure)."""
+    Contention: the host_concurrency_table point nearest that thread count: the DMA concurrent / alone, the kernel
+    concurrent / the table's rate at CONCURRENCY_KEY_TOKENS (module docstring), each at most 1 (a side never speeds
+    up beside the other: a ratio above 1 is the noise of the alone figure)."""
     table = [p for p in profile.cpu_attention_table if p.head_dim == head_dim] or list(profile.cpu_attention_table)
     same_dtype = [p for p in table if p.element_bytes == element_bytes]
     table = same_dtype or table
@@ -145,7 +154,9 @@ def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: 
     if profile.host_concurrency_table:
         point = min(profile.host_concurrency_table, key=lambda p: (abs(p.cpu_threads - threads), -p.cpu_threads))
         dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
-        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / point.cpu_alone_bytes_per_s)
+        table_rate = HostShareRates(kernel, threads, 1.0, 1.0, 0.0, False, heads).cpu_bytes_per_s(
+            CONCURRENCY_KEY_TOKENS)
+        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / table_rate)
         measured = True
     call_s = profile.host_attention_call_s
     return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured,

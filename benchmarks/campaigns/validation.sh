@@ -16,6 +16,10 @@
 #   reduced:    a short matrix (~5 min): 8B at 32K and 128K under 24 GB and the whole card, 1B at 128K under 24 GB,
 #               timing probes (last chunks only) of 1B at 512K and 1M and 8B at 512K under 24 GB; plans from
 #               this machine's profile if taken in this lease, else $PROFILE (set it to the committed profile)
+#   h200-short: one 10-minute call on an H200 (WHOLE_CARD=140GB): 8B at 8K, 32K, 128K under 24 GB and the whole card,
+#               128K / 24 GB with c=16K G=8, flash prefill at 32K and 128K, 1B at 32K and 128K (24 GB), 128K (card)
+#   h200-long:  one 10-minute call: 8B at 256K (24 GB, card), timing probes of 8B at 512K (last 4 chunks; 24 GB, card)
+#               and 1B at 1M (last 6; 24 GB, card), 1B at 512K (24 GB) whole
 # WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
 source "$(dirname "$0")/common.sh"
 WHOLE=${WHOLE_CARD:-80GB}
@@ -35,8 +39,12 @@ profile-only)
     full_profile "${PROFILE_NAME:-$MACHINE-measured}" ;;
 reduced)
     cells 200 "llama-3-8b:32K:24GB,llama-3-8b:32K:$WHOLE,llama-3-8b:128K:24GB,llama-3-8b:128K:$WHOLE,llama-3.2-1b:128K:24GB,llama-3.2-1b:512K:24GB:tail=4,llama-3.2-1b:1M:24GB:tail=6,llama-3-8b:512K:24GB:tail=4" ;;
+h200-short)
+    cells 100 llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:$WHOLE,llama-3-8b:128K:24GB,llama-3-8b:128K:$WHOLE,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:32K:24GB:b=flash,llama-3-8b:128K:24GB:b=flash,llama-3.2-1b:32K:24GB,llama-3.2-1b:128K:24GB,llama-3.2-1b:128K:$WHOLE ;;
+h200-long)
+    cells 150 llama-3-8b:256K:24GB,llama-3-8b:256K:$WHOLE,llama-3-8b:512K:24GB:tail=4,llama-3-8b:512K:$WHOLE:tail=4,llama-3.2-1b:512K:24GB,llama-3.2-1b:1M:24GB:tail=6,llama-3.2-1b:1M:$WHOLE:tail=6 ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
 *)
-    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced" ;;
+    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long" ;;
 esac

@@ -34,6 +34,7 @@ from executor.attention.lse import merge_by_lse
 from executor.engine.host_share import default_host_threads
 from executor.profiler.context import ProfileContext
 from hwprofiles.schema import CpuAttentionPoint, HostConcurrencyPoint
+from planner.host_share import CONCURRENCY_KEY_TOKENS
 from planner.units import MIB
 
 SECTION = "host-attn"
@@ -184,7 +185,7 @@ def measure_concurrency(ctx: ProfileContext, keys: torch.Tensor, values: torch.T
         timings.clear()
         return rate
 
-    tokens = min(keys.shape[1], 131072)
+    tokens = min(keys.shape[1], CONCURRENCY_KEY_TOKENS)
     kernel_bytes = 2 * KV_HEADS * tokens * HEAD_DIM * keys.element_size()
     for _ in range(8):
         copy_group()

@@ -119,6 +119,15 @@ def test_rates_are_read_at_the_runs_threads_with_their_contention():
     assert rates.cpu_bytes_per_s(131072) == pytest.approx(40.0 * G * 0.75)
 
 
+def test_kernel_level_is_the_concurrency_probes_absolute_rate():
+    """The worker's kernel beside the fetches (30) against the back-to-back table (60), not against the same worker
+    alone (40): the probe's absolute rate is what decode gets, the table only its shape over key length."""
+    profile = run_threads_profile(kernel15_gbs=60.0, kernel16_gbs=60.0, during15_gbs=30.0, alone15_gbs=40.0)
+    rates = host_share_rates(profile, head_dim=128, element_bytes=2)
+    assert rates.cpu_factor == pytest.approx(0.5)
+    assert rates.cpu_bytes_per_s(131072) == pytest.approx(30.0 * G)
+
+
 def test_a_factor_above_one_is_capped():
     profile = run_threads_profile(kernel15_gbs=40.0, kernel16_gbs=60.0, during15_gbs=50.0, alone15_gbs=40.0)
     assert host_share_rates(profile, head_dim=128, element_bytes=2).cpu_factor == 1.0
