@@ -112,8 +112,9 @@ class CpuAttentionPoint(_Frozen):
 
 class HostConcurrencyPoint(_Frozen):
     """Pinned host-to-device copies and the host share's kernel on ``cpu_threads`` threads over other host memory,
-    running at once (they share the host's memory controllers): what each achieved meanwhile and alone, so the
-    planner's contention factors are concurrent / alone of the same work."""
+    running at once (they share the host's memory controllers): what each achieved meanwhile and alone. The planner's
+    DMA factor is concurrent / alone; its kernel factor is concurrent / the cpu_attention_table's rate at the probe's
+    128K keys (planner/host_share.py: the probe runs the kernel as decode does, so its level is the one to price)."""
 
     cpu_threads: int
     h2d_bytes_per_s: float
