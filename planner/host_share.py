@@ -113,21 +113,24 @@ class HostShareRates:
         """Kernel rate at ``key_tokens`` keys per head (log-linear between points, clamped), under contention,
         for a call over ``kv_heads`` heads (default: the table's): the table's rate x task balance of that call
         / task balance of the table's call (kernel_balance)."""
-        points = self.kernel_points
-        if key_tokens <= points[0][0]:
-            rate = points[0][1]
-        elif key_tokens >= points[-1][0]:
-            rate = points[-1][1]
-        else:
-            for (k0, r0), (k1, r1) in zip(points, points[1:]):
-                if k0 <= key_tokens <= k1:
-                    frac = math.log(key_tokens / k0) / math.log(k1 / k0)
-                    rate = r0 + frac * (r1 - r0)
-                    break
+        rate = table_rate(self.kernel_points, key_tokens)
         if kv_heads is not None and kv_heads != self.table_kv_heads:
             rate *= (kernel_balance(key_tokens, kv_heads, self.threads) /
                      kernel_balance(key_tokens, self.table_kv_heads, self.threads))
         return rate * self.cpu_factor
+
+
+def table_rate(points: tuple[tuple[int, float], ...], key_tokens: float) -> float:
+    """The kernel table's rate at ``key_tokens`` from sorted (key_tokens, bytes per second) points: log-linear
+    between points, clamped at the ends."""
+    if key_tokens <= points[0][0]:
+        return points[0][1]
+    if key_tokens >= points[-1][0]:
+        return points[-1][1]
+    for (k0, r0), (k1, r1) in zip(points, points[1:]):
+        if k0 <= key_tokens <= k1:
+            return r0 + math.log(key_tokens / k0) / math.log(k1 / k0) * (r1 - r0)
+    raise AssertionError("unreachable: the points are sorted")
 
 
 def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: int) -> Optional[HostShareRates]:
@@ -154,9 +157,7 @@ def host_share_rates(profile: HardwareProfile, *, head_dim: int, element_bytes: 
     if profile.host_concurrency_table:
         point = min(profile.host_concurrency_table, key=lambda p: (abs(p.cpu_threads - threads), -p.cpu_threads))
         dma_factor = min(1.0, point.h2d_bytes_per_s / point.h2d_alone_bytes_per_s)
-        table_rate = HostShareRates(kernel, threads, 1.0, 1.0, 0.0, False, heads).cpu_bytes_per_s(
-            CONCURRENCY_KEY_TOKENS)
-        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / table_rate)
+        cpu_factor = min(1.0, point.cpu_read_bytes_per_s / table_rate(kernel, CONCURRENCY_KEY_TOKENS))
         measured = True
     call_s = profile.host_attention_call_s
     return HostShareRates(kernel, threads, dma_factor, cpu_factor, profile.host_share_handoff_s or 0.0, measured,

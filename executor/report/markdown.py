@@ -23,6 +23,14 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value * 100:+.1f}%"
 
 
+def _gb(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 1e9:.2f} GB"
+
+
+def _gb_per_s(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value / 1e9:.{digits}f} GB/s"
+
+
 def _gpu_lines(report: RunReport) -> list[str]:
     """Per-GPU table (runs over several stages only)."""
     if len(report.gpus) < 2:
@@ -74,7 +82,7 @@ def _kv_lines(report: RunReport) -> list[str]:
     kv = report.kv
     if kv is None:
         return []
-    rate = lambda r: "-" if r is None else f"{r / 1e9:.2f} GB/s"  # noqa: E731
+    rate = lambda r: _gb_per_s(r, 2)  # noqa: E731
     lines = []
     if kv.path:
         lines.append(f"**Loaded context** {kv.path}: {kv.reused_tokens} tokens ({_gib(kv.loaded_bytes)}) in "
@@ -147,18 +155,11 @@ def _host_share_lines(report: RunReport) -> list[str]:
     h = report.host_share
     if h is None:
         return []
-
-    def gb(value) -> str:
-        return "-" if value is None else f"{value / 1e9:.2f} GB"
-
-    def rate(value) -> str:
-        return "-" if value is None else f"{value / 1e9:.1f} GB/s"
-
-    return ["", f"Decode CPU share F = {h.cpu_share:g}: per token the CPU read {gb(h.measured_cpu_bytes_per_token)} "
-            f"(predicted {gb(h.predicted_cpu_bytes_per_token)}) at {rate(h.measured_cpu_bytes_per_s)} in its kernel "
+    return ["", f"Decode CPU share F = {h.cpu_share:g}: per token the CPU read {_gb(h.measured_cpu_bytes_per_token)} "
+            f"(predicted {_gb(h.predicted_cpu_bytes_per_token)}) at {_gb_per_s(h.measured_cpu_bytes_per_s)} in its kernel "
             f"({_seconds(h.measured_cpu_kernel_s_per_token)} per token; predicted with hand-offs "
-            f"{_seconds(h.predicted_cpu_s_per_token)}); PCIe streamed {gb(h.measured_pcie_bytes_per_token)} "
-            f"(predicted {gb(h.predicted_pcie_bytes_per_token)}) at {rate(h.measured_pcie_bytes_per_s)} over the "
+            f"{_seconds(h.predicted_cpu_s_per_token)}); PCIe streamed {_gb(h.measured_pcie_bytes_per_token)} "
+            f"(predicted {_gb(h.predicted_pcie_bytes_per_token)}) at {_gb_per_s(h.measured_pcie_bytes_per_s)} over the "
             "decode wall time."] + _host_timeline_lines(h)
 
 
