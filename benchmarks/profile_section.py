@@ -6,7 +6,9 @@
         --out $OUT/h200-sxm-quick.json
     python benchmarks/profile_section.py --section flex --quick --update h200-sxm-quick --out $OUT/h200-flex.json
 
-For fields added to the profiler after a profile was taken (``elementwise_bytes_per_s``; the host share's
+For fields added to the profiler after a profile was taken (``elementwise_bytes_per_s`` and the compiled path's
+``compiled_elementwise_bytes_per_s``; ``runtime-memory``: ``runtime_overhead_bytes`` measured in this fresh
+process, after a short warm-up of the libraries a run loads; the host share's
 ``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``,
 ``host_attention_call_s``; ``flex``:
 the FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, which replace the profile's flex
@@ -25,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",)),
+SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",
+                                                                   "compiled_elementwise_bytes_per_s")),
+            "runtime-memory": ("runtime", "measure_runtime_memory_alone", ("runtime_overhead_bytes",)),
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
                                 "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s")),
@@ -60,6 +64,8 @@ def main() -> int:
     module_name, function, fields = SECTIONS[args.section]
     module = importlib.import_module(f"executor.profiler.{module_name}")
     measured = getattr(module, function)(ctx)
+    if args.section == "elementwise" and "compiled_elementwise_bytes_per_s" not in measured:
+        measured["compiled_elementwise_bytes_per_s"] = None  # no compiler here (noted): the planner prices eager
     if args.section == "flex":  # a list of points: they replace the profile's flex points
         measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured["points"],
                     "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}

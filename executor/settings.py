@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, PAST_CUTS
 
 SPLIT_CHUNK_BACKENDS = ("flash", "cudnn")
+SPLIT_CHUNK_PARTS = ("layer", "group")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,8 +35,14 @@ class SplitOptions:
     call per set bit of s // B (at most log2(s / B) + 1 key lengths in a run); "whole", one call per chunk
     (fewer, larger calls: 31 instead of 48 per attention call of a 128K prefill in 8K chunks; one key length per
     chunk, whose cuDNN graphs the warm-up builds: attention/split.py warm_up_whole_past)"""
+    chunk_part: str = "layer"
+    """where the chunk-vs-itself causal part is computed (SPLIT_CHUNK_PARTS): "layer", once per layer for all query
+    heads (attention/split.py chunk_part; each head set then attends only its past and merges); "group", inside
+    every head set's call, as attend_chunk_split does (the earlier arrangement, kept for comparison)"""
 
     def __post_init__(self) -> None:
+        if self.chunk_part not in SPLIT_CHUNK_PARTS:
+            raise ValueError(f"chunk_part must be one of {SPLIT_CHUNK_PARTS}, got {self.chunk_part!r}")
         if self.past_block_tokens < 1:
             raise ValueError(f"past_block_tokens must be >= 1, got {self.past_block_tokens}")
         if self.past_cut not in PAST_CUTS:

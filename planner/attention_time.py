@@ -21,8 +21,23 @@ EAGER_MERGE_BYTES_PER_ELEMENT = 18
 # model times the square causal chunk part at flash's rate.
 
 
+def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray) -> np.ndarray:
+    """GPU time of cudnn-split's chunk-vs-itself part computed once per layer for all H_q query heads
+    (SplitOptions.chunk_part "layer", executor/attention/split.py chunk_part): 4 H_q d c (c + 1) / 2 FLOPs at the
+    square causal rate for (H_q heads, q_len c, k_len c): cuDNN's causal points for chunks of at least
+    CUDNN_SPLIT_CHUNK_MIN_TOKENS where the profile has them, else flash's."""
+    q_heads, head_dim = model.num_attention_heads, model.head_dim
+    q_len = int(np.max(chunk))
+    backend = ("cudnn" if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True)
+               else "flash")
+    rate = lookup.attention_flops_per_s(backend=backend, q_heads=q_heads, q_len=q_len, k_len=chunk,
+                                        head_dim=head_dim, causal=True, gqa_ratio=model.query_heads_per_kv_head)
+    return 4.0 * q_heads * head_dim * chunk * (chunk + 1) / 2.0 / rate
+
+
 def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
-                      backend: str, elem_bytes: int = 2, past_cut: str = "binary") -> np.ndarray:
+                      backend: str, elem_bytes: int = 2, past_cut: str = "binary",
+                      chunk_part: str = "group") -> np.ndarray:
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
     ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
 
@@ -43,6 +58,10 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     ``past_cut`` "whole" (planner/host_time.py PAST_CUTS): the n full blocks in one cuDNN call of key length n B
     at the cuDNN rate for that length (two parts per chunk: past and tail + chunk). Step points were measured
     with the binary cut, so the whole cut is always composed from the kernel table.
+    ``chunk_part`` "layer" (cudnn-split; the executor's default, executor/settings.py SplitOptions): the square
+    causal part is not this call's (layer_chunk_seconds prices it once per layer): the past's parts, a tail
+    s - n B on flash (non-causal, at the flash rate for that key length), and the merge of those parts with the
+    layer's chunk part; composed from the kernel table (the step points time the per-call arrangement).
     """
     if kv_heads <= 0:
         return np.zeros_like(past, dtype=float)
@@ -57,7 +76,8 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
                                             k_len=past + chunk, head_dim=head_dim, causal=True)
         return flop_per_pair * pairs / rate
-    if backend == "flash" or (lookup.has_step_points(backend) and past_cut == "binary"):
+    layer_part = backend == "cudnn-split" and chunk_part == "layer"
+    if backend == "flash" or (lookup.has_step_points(backend) and past_cut == "binary" and not layer_part):
         table_backend = step_backend_name(backend) if lookup.has_step_points(backend) else "flash"
         rate = lookup.attention_flops_per_s(backend=table_backend, q_heads=q_heads, q_len=q_len,
                                             k_len=past + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
@@ -81,6 +101,17 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
                                             head_dim=head_dim, causal=False, gqa_ratio=ratio)
         past_s = past_s + has_block * flop_per_pair * chunk * block_tokens / rate
         parts = parts + has_block
+    if layer_part:  # the tail alone (non-causal, on flash: no cuDNN graph per tail length) + the merge
+        tail_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
+                                                 k_len=np.maximum(tail, 1), head_dim=head_dim, causal=True,
+                                                 gqa_ratio=ratio)
+        has_tail = tail > 0
+        tail_s = np.where(has_tail, flop_per_pair * chunk * tail / tail_rate, 0.0)
+        parts = parts + has_tail                       # the past's parts + the layer's chunk part (parts' 1)
+        merge_bytes = np.where(parts <= FUSED_MERGE_MAX_PARTS, (parts + 1) * elem_bytes,
+                               (parts - 1) * EAGER_MERGE_BYTES_PER_ELEMENT)
+        merge_s = np.where(past > 0, chunk * q_heads * head_dim * merge_bytes, 0.0) / lookup.profile.hbm_bytes_per_s
+        return past_s + tail_s + merge_s
     chunk_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
                                               k_len=tail + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
     square_rate = chunk_rate

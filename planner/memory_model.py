@@ -89,10 +89,17 @@ def split_held_parts(context_tokens: int, chunk_tokens: int) -> int:
 def split_parts_bytes(model: ModelSpec, *, chunk_tokens: int, context_tokens: int, call_kv_heads: int,
                       elem_bytes: int) -> int:
     """Transient bytes of the cudnn-split attention of one call (a streamed group or a layer's resident heads)
-    of ``call_kv_heads`` KV heads: split_held_parts(n, c) * (h q) * c * d * b, q = H_q / H_kv, n the prompt."""
+    of ``call_kv_heads`` KV heads: split_held_parts(n, c) * (h q) * c * d * b, q = H_q / H_kv, n the prompt, plus
+    the layer's chunk part (layer_chunk_part_bytes) that every call of the layer merges with."""
     query_heads = call_kv_heads * model.query_heads_per_kv_head
     return (split_held_parts(context_tokens, chunk_tokens) * query_heads * chunk_tokens * model.head_dim
-            * elem_bytes)
+            * elem_bytes) + layer_chunk_part_bytes(model, chunk_tokens, elem_bytes)
+
+
+def layer_chunk_part_bytes(model: ModelSpec, chunk_tokens: int, elem_bytes: int) -> int:
+    """The layer's chunk part, alive while its head sets attend (executor/attention/split.py chunk_part): out
+    [1, H_q, c, d] in b bytes and lse [1, H_q, c] float32: H_q c (d b + 4)."""
+    return model.num_attention_heads * chunk_tokens * (model.head_dim * elem_bytes + 4)
 
 
 FLEX_PART_BYTES_PER_ELEMENT = 10

@@ -51,7 +51,7 @@ import numpy as np
 from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
-from planner.attention_time import attention_seconds, decode_attention_seconds
+from planner.attention_time import attention_seconds, decode_attention_seconds, layer_chunk_seconds
 from planner.host_share import host_share_terms
 from planner.hw_lookup import RateLookup
 from planner.model_spec import ModelSpec
@@ -78,6 +78,9 @@ class Workload:
     compile_layers: bool = False
     """prefill runs the layers' norms and MLPs torch.compile'd: elementwise ops at the profile's
     compiled_elementwise_bytes_per_s (decode stays eager)"""
+    chunk_part: str = "layer"
+    """"cudnn-split"'s chunk-vs-itself part: once per layer for all query heads ("layer", the executor's default)
+    or inside every head set's call ("group"; executor/settings.py SplitOptions.chunk_part)"""
 
 
 @dataclass
@@ -210,13 +213,18 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             return decode_attention_seconds(model, lookup, heads, keys, head_kv,
                                             kernel="flex" if work.backend == "flex" else "flash")
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
-                                 elem_bytes=elem_bytes, past_cut=work.past_cut)
+                                 elem_bytes=elem_bytes, past_cut=work.past_cut, chunk_part=work.chunk_part)
+
+    layer_part = (layer_chunk_seconds(model, lookup, chunk) if backend == "cudnn-split" and work.chunk_part == "layer"
+                  else np.zeros_like(past, dtype=float))
 
     full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents
     layer0_resident = max((lt.resident for lt in full_types), default=0)
     for lt in layer_types:
         # a sliding layer attends its held past min(s, W - 1) and the chunk, all heads resident
         resident_attention = attn(lt.resident, past if lt.window is None else np.minimum(past, lt.window - 1))
+        if lt.window is None:               # the layer's chunk part, before its resident call (engine/offload.py)
+            resident_attention = resident_attention + layer_part
         other = linear + elem + resident_attention
         n = len(lt.group_sizes)
         a_sum, t_sum = np.zeros_like(other), np.zeros_like(other)

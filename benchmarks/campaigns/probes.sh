@@ -20,6 +20,12 @@
 #                        30 s: does the host's memory rate hold still -> host-rate-drift.json
 #   host-memory-map:     every 8 GiB piece of host memory read twice (sum and the CPU share's kernel): is some of it
 #                        slower (placement) or all of it at times (drift) -> host-memory-map.json
+#   prefill-attention:   a 128K prefill's attention calls replayed alone: the executor's calls, the chunk part once per
+#                        layer, one call per layer; SM clock and power sampled -> prefill-attention-probe-*.json
+#   host-store-data:     the CPU share's kernel over a pinned store filled by the CPU (constant, random) and by
+#                        DMA (random, constant), alone and beside h2d copies -> host-store-data.json
+#   runtime-memory:      the profile's runtime memory (cuBLAS workspaces dropped) and compiled elementwise rate,
+#                        each in a fresh process, into a copy of $PROFILE -> profile-updated.json
 #   gemma-processes:     which processes hold GPU memory in a Gemma-2-9B run (FlexAttention compiles), with
 #                        inductor's compile-worker pool and without -> gpu-processes-gemma2-*.json
 source "$(dirname "$0")/common.sh"
@@ -58,6 +64,17 @@ host-drift)
     py 200 benchmarks/host_rate_drift.py --gib 16 --seconds 150 --out "$RESULTS/host-rate-drift.json" ;;
 host-memory-map)
     py 300 benchmarks/host_memory_map.py --gib 8 --out "$RESULTS/host-memory-map.json" ;;
+prefill-attention)
+    py 150 benchmarks/prefill_attention_probe.py --context 128K --chunk 8K --group 2 --resident 2 \
+        --out "$RESULTS/prefill-attention-probe-c8k-g2.json"
+    py 150 benchmarks/prefill_attention_probe.py --context 128K --chunk 4K --group 4 --resident 2 \
+        --out "$RESULTS/prefill-attention-probe-c4k-g4.json" ;;
+host-store-data)
+    py 200 benchmarks/host_store_data_probe.py --gib 12 --out "$RESULTS/host-store-data.json" ;;
+runtime-memory)
+    py 120 benchmarks/profile_section.py --section runtime-memory --update "$PROFILE" --out /tmp/profile-rm.json &&
+    py 200 benchmarks/profile_section.py --section elementwise --update /tmp/profile-rm.json \
+        --out "$RESULTS/profile-updated.json" ;;
 gemma-processes)
     run_gemma() {  # NAME [ENV=VALUE ...]: a 128K Gemma-2-9B tail probe under 24 GB, nvidia-smi sampled
         local name=$1; shift
@@ -72,5 +89,5 @@ gemma-processes)
     run_gemma pool
     run_gemma one-thread TORCHINDUCTOR_COMPILE_THREADS=1 ;;
 *)
-    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, host-memory-map, gemma-processes" ;;
+    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, host-memory-map, prefill-attention, host-store-data, runtime-memory, gemma-processes" ;;
 esac

@@ -13,7 +13,9 @@ Backends:
   fp16/bf16 only; anything else falls back to ``math``. Used for decode always (no graph per key length).
 - ``flash_attn``: the flash-attn package, when importable (same alignment and GQA).
 - ``cudnn-split``: attention/split.py (cuDNN for the chunk-vs-past part, merged by log-sum-exp);
-  prefill only; decode (c = 1) uses ``flash``.
+  prefill only; decode (c = 1) uses ``flash``. The engine computes its chunk-vs-itself part once per layer
+  (split_chunk_part) and each head set's past apart (attend_past), merged; on CPU or in float32 the same parts
+  run on the math kernels, so CI runs that arrangement too.
 - ``flex``: PyTorch's FlexAttention (attention/flex.py): logit soft-capping (Gemma-2) and sliding windows, with
   the log-sum-exp merge; the planner picks it for models with a soft-cap, and every backend hands a call with a
   soft-cap or a window to it on CUDA (decode too: one query against at most the window, or a streamed group).
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from executor.attention.lse import partial_math
-from executor.attention.split import attend_chunk_split
+from executor.attention.split import attend_chunk_split, attend_past_split, chunk_part
 from executor.settings import SplitOptions
 
 BACKENDS = ("flash", "flash_attn", "cudnn-split", "flex", "math")
@@ -137,6 +139,30 @@ def _attend_cudnn_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
                               chunk_backend=split.chunk_backend_for(q.shape[2]), fused_merge=split.fused_merge,
                               past_cut=split.past_cut,
                               out=out)
+
+
+def _gpu_half(q: torch.Tensor) -> bool:
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def split_chunk_part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                     split: SplitOptions = SplitOptions()) -> tuple[torch.Tensor, torch.Tensor]:
+    """cudnn-split's chunk-vs-itself part of a whole layer: q [1, H_q, c, d] against the chunk's own k, v
+    [1, H_kv, c, d], square causal -> (out [1, H_q, c, d], lse [1, H_q, c] float32): on ``split``'s chunk
+    backend on a GPU in fp16/bf16, else on the math kernel (attention/split.py chunk_part)."""
+    backend = split.chunk_backend_for(q.shape[2]) if _gpu_half(q) else "math"
+    return chunk_part(q, k, v, scale=scale, backend=backend)
+
+
+def attend_past(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_out: torch.Tensor, chunk_lse: torch.Tensor,
+                *, scale: float, out: torch.Tensor, split: SplitOptions = SplitOptions()) -> torch.Tensor:
+    """A head set's chunk queries q [1, Hq_g, c, d] over its past k, v [1, G, s, d] (s >= 1), merged with its
+    rows of the layer's chunk part into ``out`` (attention/split.py attend_past_split): the past on cuDNN on a
+    GPU in fp16/bf16, else on the math kernel."""
+    return attend_past_split(q, k, v, chunk_out, chunk_lse, scale=scale, out=out,
+                             past_block_tokens=split.past_block_tokens,
+                             past_backend="cudnn" if _gpu_half(q) else "math", fused_merge=split.fused_merge,
+                             past_cut=split.past_cut)
 
 
 def attend_partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,

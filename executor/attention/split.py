@@ -204,14 +204,65 @@ def attend_chunk_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
             outs.append(part_out)
             lses.append(part_lse)
         dest = out if out is not None else torch.empty_like(q, memory_format=torch.contiguous_format)
-        try:
-            return merge_triton.merge_into(dest, outs, lses)
-        except ValueError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a Triton that imports but cannot build or launch here
-            merge_triton.disable(exc)
-            return _merge_eager(zip(outs, lses), q.dtype, out)
+        return _merge_fused(dest, outs, lses, q.dtype, out)
     return _merge_eager((_partial(part, q, k, v, scale, packed) for part in parts), q.dtype, out)
+
+
+def chunk_part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk against itself, square causal, for all of a layer's heads in one call (it needs no past):
+    q [1, H_q, c, d], k, v [1, H_kv, c, d] (the chunk's own keys) -> (out [1, H_q, c, d] q.dtype,
+    lse [1, H_q, c] float32). ``backend``: "cudnn" (square causal, GQA as is), "flash" or "math". The engine
+    merges each head set's rows of it with that set's past (attend_past_split): one call of 32 query heads where
+    the per-set split made one per set (on the H200, a 128K prefill's attention replayed alone took 7.55 s
+    against 8.36 s, benchmarks/prefill_attention_probe.py)."""
+    return _PARTIAL_BY_BACKEND[backend](q, k, v, scale=scale, causal=True)
+
+
+def attend_past_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_out: torch.Tensor,
+                      chunk_lse: torch.Tensor, *, scale: float, out: torch.Tensor,
+                      past_block_tokens: int | None = None, past_backend: str = "cudnn",
+                      fused_merge: bool = True, past_cut: str = "binary") -> torch.Tensor:
+    """Attention of a head set's chunk queries over [past, chunk] from the past alone and the set's rows of the
+    layer's chunk part: q [1, Hq_g, c, d]; k, v [1, G, s, d] the past only (s >= 1); chunk_out [1, Hq_g, c, d],
+    chunk_lse [1, Hq_g, c] (chunk_part's rows of these heads). The past is cut as in split_parts (full blocks on
+    ``past_backend``, non-causal; a tail s - B floor(s / B) on flash, or math with the math past) and every part
+    is merged with the chunk part by log-sum-exp into ``out`` (any strides, contiguous last dim); returns out.
+    Exact: the same softmax as attend_chunk_split's, with the chunk part computed once for the layer."""
+    past_tokens = k.shape[2]
+    if past_tokens < 1 or k.shape != v.shape or chunk_out.shape != q.shape:
+        raise ValueError(f"attend_past_split takes q [1, Hq, c, d], a past k = v [1, G, s >= 1, d] and the chunk "
+                         f"part's out of q's shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(chunk_out.shape)}")
+    block_tokens = past_block_tokens or SplitOptions().past_block_tokens
+    spans = past_block_spans(past_tokens, block_tokens, past_cut)
+    parts = [AttentionPart(past_backend, start, end, False) for start, end in spans]
+    full_end = spans[-1][1] if spans else 0
+    if full_end < past_tokens:
+        parts.append(AttentionPart("math" if past_backend == "math" else "flash", full_end, past_tokens, False))
+    packed = None
+    if sum(part.backend in PACKING_BACKENDS for part in parts) > 1:
+        packed = pack_query_rows(q, k.shape[1]).contiguous()
+    outs, lses = [chunk_out], [chunk_lse]
+    for part in parts:
+        part_out, part_lse = _partial(part, q, k, v, scale, packed)
+        outs.append(part_out)
+        lses.append(part_lse)
+    if fused_merge and _use_fused_merge(q, len(outs)):
+        return _merge_fused(out, outs, lses, q.dtype, out)
+    return _merge_eager(zip(outs, lses), q.dtype, out)
+
+
+def _merge_fused(dest: torch.Tensor, outs: list, lses: list, dtype: torch.dtype,
+                 out: torch.Tensor | None) -> torch.Tensor:
+    """The one-pass Triton merge into ``dest``; where Triton imports but cannot build or launch here, the merge is
+    turned off for the process and this one goes through _merge_eager (into ``out``)."""
+    try:
+        return merge_triton.merge_into(dest, outs, lses)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a Triton that imports but cannot build or launch here
+        merge_triton.disable(exc)
+        return _merge_eager(zip(outs, lses), dtype, out)
 
 
 def _merge_eager(parts, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
@@ -237,6 +288,10 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
     counts = set()
     for past in range(0, context_tokens, chunk_tokens):
         chunk = min(chunk_tokens, context_tokens - past)
+        if options.chunk_part == "layer":  # the past's blocks, a tail, and the layer's chunk part
+            spans = past_block_spans(past, block, options.past_cut)
+            counts.add(len(spans) + int((spans[-1][1] if spans else 0) < past) + 1 if past else 1)
+            continue
         counts.add(len(split_parts(past, chunk, block_tokens=block, past_backend="cudnn",
                                    chunk_backend=options.chunk_backend_for(chunk), past_cut=options.past_cut)))
     counts = sorted(counts - {1})
@@ -254,12 +309,15 @@ def warm_up_merge(device: torch.device, dtype: torch.dtype, head_dim: int, conte
 
 
 def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, query_heads_per_kv: int,
-                  kv_heads: int, chunk_tokens: int, options: SplitOptions = SplitOptions()) -> int:
+                  kv_heads: int, chunk_tokens: int, options: SplitOptions = SplitOptions(),
+                  layer_kv_heads: int | None = None) -> int:
     """One cuDNN call of each kind the prefill makes, at its first shapes: a chunk of ``chunk_tokens`` queries of
     ``kv_heads`` KV heads against one past block (non-causal) and, for chunks on the cuDNN chunk part, the square
     causal chunk. On a machine where no process has run them yet, cuDNN's first calls of a kind compile their
     kernels (the first 128K prefill of each fresh H100 ran 1.0-1.9 s over in its first two chunks, later
-    processes not); the run's warm-up pays that instead (reported as warmup_s). Returns the calls made."""
+    processes not); the run's warm-up pays that instead (reported as warmup_s). ``layer_kv_heads``: the layer's KV
+    heads, whose query heads the causal chunk part takes at once with SplitOptions.chunk_part "layer". Returns the
+    calls made."""
     if not cudnn_available(device.index):
         return 0
     block = options.past_block_tokens
@@ -268,8 +326,11 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
     partial_cudnn(query, keys[:, :, :block], keys[:, :, :block], scale=head_dim ** -0.5, causal=False)
     calls = 1
     if options.chunk_backend_for(chunk_tokens) == "cudnn":
-        partial_cudnn(query, keys[:, :, :chunk_tokens], keys[:, :, :chunk_tokens], scale=head_dim ** -0.5,
-                      causal=True)
+        causal_heads = layer_kv_heads if options.chunk_part == "layer" and layer_kv_heads else kv_heads
+        causal_query = torch.zeros(1, causal_heads * query_heads_per_kv, chunk_tokens, head_dim, device=device,
+                                   dtype=dtype)
+        causal_keys = torch.zeros(1, causal_heads, chunk_tokens, head_dim, device=device, dtype=dtype)
+        partial_cudnn(causal_query, causal_keys, causal_keys, scale=head_dim ** -0.5, causal=True)
         calls += 1
     return calls
 

@@ -13,6 +13,10 @@ code (after RoPE; engine/cache.py OffloadCache.update passes them through):
      layer's last, and the next forward's first when the runner says one follows - so copies overlap
      attention, o_proj and the MLP.
   4. returns the output [1, c, H_q, d] assembled over all query heads.
+cudnn-split prefill (SplitOptions.chunk_part "layer", the default): before step 2 the chunk's causal part against
+itself is computed once for all H_q query heads (attention/kernels.py split_chunk_part, out [1, H_q, c, d], lse
+[1, H_q, c]); steps 2 and 3 then attend each head set's past [0, s) alone and merge it with the set's rows of that
+part (attend_past), and the chunk's K, V are not copied into the slots.
 Decode with ``device_position`` set (the CUDA-graph decode step, generation/decode_graph.py; every head resident):
 the token's K, V go to the resident store at the device-held position and attention reads [0, s + 1) with the
 key length on the device (attention/decode.py), so the step has fixed shapes and host arguments.
@@ -33,7 +37,7 @@ from typing import Optional
 import torch
 
 from executor.attention.decode import DevicePosition, attend_decode, write_token
-from executor.attention.kernels import attend_chunk, attend_partial, attention_flops
+from executor.attention.kernels import attend_chunk, attend_partial, attend_past, attention_flops, split_chunk_part
 from executor.attention.lse import merge_by_lse
 from executor.engine.host_share import HostShare
 from executor.kv.gpu_store import GpuKVStore
@@ -155,10 +159,12 @@ class OffloadEngine:
             self._mark("attn_end", layer=layer)
             return out
         self._write_back(layer, past_tokens, key_chunk, value_chunk)
+        chunk = self._layer_chunk_part(query, key_chunk, value_chunk, scale, backend)
         if chunk_tokens == 1 and self.device_position is not None:
             self._attend_resident_static(layer, query, key_chunk, value_chunk, out_heads, scale, backend)
         else:
-            self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend)
+            self._attend_resident(layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend,
+                                  chunk)
         host_tokens = self._host_tokens(past_tokens)
         partial = None
         if host_tokens and self.layout.groups_per_layer[layer]:
@@ -168,7 +174,7 @@ class OffloadEngine:
                                                    head_dim * self.host.keys[layer].element_size())
         for group_idx in range(len(self.layout.groups_per_layer[layer])):
             self._attend_group(layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
-                               backend, partial)
+                               backend, partial, chunk)
         if partial is not None:
             self._merge_host_share(layer, partial, out_heads)
         self._count().attention_flops += attention_flops(self.layout.query_heads, head_dim, chunk_tokens,
@@ -190,7 +196,26 @@ class OffloadEngine:
         store_keys[:, :kept].copy_(keys[:, total - kept:])
         store_values[:, :kept].copy_(values[:, total - kept:])
 
-    def _attend_resident(self, layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend):
+    def _layer_chunk_part(self, query, key_chunk, value_chunk, scale, backend):
+        """cudnn-split prefill with SplitOptions.chunk_part "layer": the chunk against itself for all of the layer's
+        query heads in one call, (out [1, H_q, c, d], lse [1, H_q, c]); None where the head sets attend it
+        themselves (decode, other backends, soft-capped scores, chunk_part "group")."""
+        if (backend != "cudnn-split" or query.shape[2] == 1 or self.split.chunk_part != "layer"
+                or self._softcap is not None):
+            return None
+        return split_chunk_part(query, key_chunk[None], value_chunk[None], scale=scale, split=self.split)
+
+    def _attend_with_chunk(self, rows, query, keys, values, chunk, out_heads, past_tokens, scale) -> None:
+        """A head set's query rows over its past keys, values [G, >= s, d] merged with its rows of the layer's
+        chunk part; the first chunk (no past) takes the chunk part's rows as they are."""
+        if past_tokens == 0:
+            out_heads[:, rows].copy_(chunk[0][:, rows])
+            return
+        attend_past(query[:, rows], keys[None, :, :past_tokens], values[None, :, :past_tokens], chunk[0][:, rows],
+                    chunk[1][:, rows], scale=scale, out=out_heads[:, rows], split=self.split)
+
+    def _attend_resident(self, layer, query, key_chunk, value_chunk, out_heads, past_tokens, scale, backend,
+                         chunk=None):
         resident = self.layout.resident_per_layer[layer]
         if not resident:
             return
@@ -200,6 +225,9 @@ class OffloadEngine:
         keys[:, past_tokens:end].copy_(key_chunk[:resident])
         values[:, past_tokens:end].copy_(value_chunk[:resident])
         query_rows = resident * self._ratio
+        if chunk is not None:
+            return self._attend_with_chunk(slice(0, query_rows), query, keys, values, chunk, out_heads,
+                                           past_tokens, scale)
         attend_chunk(query[:, :query_rows], keys[None, :, :end], values[None, :, :end], scale=scale,
                      backend=backend, out=out_heads[:, :query_rows], split=self.split, softcap=self._softcap)
 
@@ -220,10 +248,12 @@ class OffloadEngine:
             self.layout.query_heads, self.layout.head_dim, 1, past_tokens)
 
     def _attend_group(self, layer, group_idx, query, key_chunk, value_chunk, out_heads, past_tokens, scale,
-                      backend, partial=None):
+                      backend, partial=None, chunk=None):
         """Group (layer, group_idx): slot rows [0, s - s_h) hold its past [s_h, s) (s_h = 0 but in a decode step
         with a host share), the chunk goes after them. ``partial`` (host share): (out, lse) buffers of the
-        layer's offloaded query rows that receive this group's partial result instead of ``out_heads``."""
+        layer's offloaded query rows that receive this group's partial result instead of ``out_heads``.
+        ``chunk`` (the layer's chunk part, _layer_chunk_part): the group attends its past only and merges; the
+        chunk's K, V are not written into the slot (nothing reads them there)."""
         streams, heads = self.streams, self.layout.groups_per_layer[layer][group_idx]
         slot = self._take_fetch(layer, group_idx, past_tokens)
         self._prefetch_after(layer, group_idx, past_tokens, key_chunk.shape[1])
@@ -233,9 +263,15 @@ class OffloadEngine:
         streamed = past_tokens - self._host_tokens(past_tokens)
         first, count, end = heads.start, len(heads), streamed + key_chunk.shape[1]
         keys, values = self.gpu.slot_keys[slot][:count], self.gpu.slot_values[slot][:count]
+        rows = slice(first * self._ratio, (first + count) * self._ratio)
+        if chunk is not None:
+            self._attend_with_chunk(rows, query, keys, values, chunk, out_heads, past_tokens, scale)
+            streams.record(streams.slot_released[slot], streams.compute)
+            if self.trace:
+                self._mark("group_end", layer=layer, group=group_idx)
+            return
         keys[:, streamed:end].copy_(key_chunk[first: first + count])
         values[:, streamed:end].copy_(value_chunk[first: first + count])
-        rows = slice(first * self._ratio, (first + count) * self._ratio)
         if partial is None:
             attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
                          backend=backend, out=out_heads[:, rows], split=self.split, softcap=self._softcap)

@@ -60,7 +60,8 @@ def warm_up(run_tiny: Callable[[torch.Tensor, ExecutionSettings, int], None], mo
         for device in cuda_devices(stages):
             warm_up_cudnn(device, dtype, head_dim=head_dim, query_heads_per_kv=heads.query_heads // kv_heads,
                           kv_heads=min(settings.heads_per_group, kv_heads),
-                          chunk_tokens=min(settings.chunk_size, input_ids.shape[1]), options=settings.split)
+                          chunk_tokens=min(settings.chunk_size, input_ids.shape[1]), options=settings.split,
+                          layer_kv_heads=kv_heads)
             warm_up_merge(device, dtype, head_dim, context_tokens or input_ids.shape[1], settings.chunk_size,
                           options=settings.split)
         for stage in stages:

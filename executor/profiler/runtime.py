@@ -13,6 +13,10 @@ Runtime memory (the planner's ``overhead`` term), measured as the executor sees 
   workspaces kept by the allocator);
 - allocator reserve: reserved minus allocated at the peak of a short executor-like sequence (activations
   of a chunk, a matmul, an attention call), the fragmentation slack the caching allocator keeps.
+cuBLAS keeps one workspace per (handle, stream) it has run on, allocated through the caching allocator and never
+freed: after the profile's sections (matmuls on many streams) they held 544 MiB on the H200 (2026-12-01), where a
+run, whose matmuls run on one stream, holds one. So the workspaces are dropped first
+(``torch._C._cuda_clearCublasWorkspaces``) and the executor-like sequence, on one stream, makes the one it needs.
 Device memory used by other processes on the same GPU is counted too (``mem_get_info`` is device-wide):
 profile on an otherwise idle GPU.
 Leaves out: tensors the planner sizes itself (weights, activations, KV buffers).
@@ -92,10 +96,43 @@ def _executor_like_step(ctx: ProfileContext) -> None:
     del weight, hidden_states, up, gate, q, k, out
 
 
+def clear_cublas_workspaces() -> bool:
+    """Drop cuBLAS's per-(handle, stream) workspaces (CUDA builds of torch); False where the call is missing."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is None:
+        return False
+    clear()
+    return True
+
+
+def warm_up_libraries(ctx: ProfileContext) -> None:
+    """Load what a run loads before its first chunk (cuBLAS, the flash and cuDNN attention kernels) with a few
+    calls at small executor shapes, for a runtime-memory measurement in a process of its own
+    (benchmarks/profile_section.py); a whole profile's earlier sections do this."""
+    from executor.attention.split import cudnn_available, partial_cudnn
+
+    _executor_like_step(ctx)
+    if cudnn_available(ctx.device.index):
+        q = ctx.randn(1, 4 * GQA_RATIO, 1024, 128, dtype=torch.bfloat16)
+        k = ctx.randn(1, 4, 2048, 128, dtype=torch.bfloat16)
+        partial_cudnn(q, k, k, scale=128 ** -0.5, causal=False)
+        partial_cudnn(q, k[:, :, :1024], k[:, :, :1024], scale=128 ** -0.5, causal=True)
+    torch.cuda.synchronize(ctx.device)
+
+
+def measure_runtime_memory_alone(ctx: ProfileContext) -> dict:
+    """measure_runtime_memory in a fresh process: the context first, then warm_up_libraries, then the measure.
+    Call before anything else touches CUDA."""
+    context_only_bytes = context_bytes(ctx.device)
+    warm_up_libraries(ctx)
+    return measure_runtime_memory(ctx, context_only_bytes)
+
+
 def measure_runtime_memory(ctx: ProfileContext, context_only_bytes: int) -> dict:
     """{"runtime_overhead_bytes", "context_bytes", "libraries_bytes", "allocator_reserve_bytes"}; GPU only.
     Call after the sections that warmed up matmul and attention."""
     device = ctx.device
+    clear_cublas_workspaces()
     ctx.free_memory()
     libraries_bytes = device_used_bytes(device) - int(torch.cuda.memory_allocated(device)) - context_only_bytes
     torch.cuda.reset_peak_memory_stats(device)

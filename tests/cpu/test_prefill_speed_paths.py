@@ -82,7 +82,7 @@ def test_engine_exact_with_each_past_cut(monkeypatch, cut, chunk, group, residen
     ids = prompt(37)
     settings = ExecutionSettings(chunk_size=chunk, heads_per_group=group, resident_kv_heads=resident,
                                  capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="cudnn-split",
-                                 split=SplitOptions(past_block_tokens=block, past_cut=cut))
+                                 split=SplitOptions(past_block_tokens=block, past_cut=cut, chunk_part="group"))
     _assert_exact(model, ids, settings)
     assert calls and set(calls) == {cut}
 

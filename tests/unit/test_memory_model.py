@@ -77,15 +77,15 @@ def test_overhead_adds_allocator_slack_to_the_measured_runtime():
 
 def test_split_parts_count_in_the_attention_phase():
     """cudnn-split holds its parts until the merge: (parts + packed query) x (h q) c d b in the attention phase,
-    h the widest call's KV heads (ceil(R / L) resident, or G); it shows in the peak only where the attention
-    phase then outgrows the MLP phase."""
+    h the widest call's KV heads (ceil(R / L) resident, or G), and the layer's chunk part H_q c (d b + 4); it shows
+    in the peak only where the attention phase then outgrows the MLP phase."""
     c = 16384
     held = mm.split_held_parts(131072, c)
     assert held == 5                          # pasts of 8 x 16K: popcount(8 i) <= 3 past parts + the chunk part + q
     assert mm.largest_call_kv_heads(M, 0, 8) == 8 and mm.largest_call_kv_heads(M, 64, 2) == 2
     assert mm.largest_call_kv_heads(M, 256, 8) == 8 and mm.largest_call_kv_heads(M, 33, 1) == 2
     parts = mm.split_parts_bytes(M, chunk_tokens=c, context_tokens=131072, call_kv_heads=8, elem_bytes=2)
-    assert parts == held * 32 * c * 128 * 2
+    assert parts == held * 32 * c * 128 * 2 + 32 * c * (128 * 2 + 4)   # + the layer's chunk part, out and lse
     kwargs = dict(runtime_overhead_bytes=GIB, chunk_tokens=c, heads_per_group=8, resident_kv_heads=0,
                   capacity_tokens=T, elem_bytes=2, gpu_budget_bytes=24 * GIB, host_budget_bytes=100 * GIB)
     with_split = mm.predict_memory(M, split_context_tokens=131072, **kwargs).gpu_breakdown.activations

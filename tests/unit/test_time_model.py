@@ -310,3 +310,27 @@ def test_elementwise_term_uses_the_measured_rate_of_the_layer_ops():
         profile = base.model_copy(update={"elementwise_bytes_per_s": rate})
         terms[rate] = float(predict_prefill(model, rate_lookup(profile), work)[1]["elementwise"].sum())
     assert terms[1e12] == pytest.approx(2 * terms[2e12])
+
+
+def test_chunk_part_per_layer_priced_once_per_layer_at_all_query_heads():
+    """cudnn-split with the chunk part per layer (the executor's default): a head set's call prices its past parts
+    and merge only, and each full-attention layer adds 4 H_q d c (c + 1) / 2 at the square causal rate of all H_q
+    heads; a single chunk (no past) is that part alone."""
+    from planner.attention_time import attention_seconds, layer_chunk_seconds
+
+    profile = load_profile("h200-sxm-measured")
+    lookup = RateLookup(profile)
+    chunk, first = np.array([4096.0, 4096.0]), np.array([0.0, 4096.0])
+    past_only = attention_seconds(M, lookup, kv_heads=2, chunk=chunk, past=first, backend="cudnn-split",
+                                  chunk_part="layer")
+    assert past_only[0] == 0.0 and past_only[1] > 0.0
+    per_set = attention_seconds(M, lookup, kv_heads=2, chunk=chunk, past=first, backend="cudnn-split",
+                                chunk_part="group", past_cut="whole")
+    assert per_set[0] > 0.0                                   # the per-set arrangement attends the chunk itself
+    layer = layer_chunk_seconds(M, lookup, chunk)
+    rate = lookup.attention_flops_per_s(backend="flash", q_heads=32, q_len=4096, k_len=chunk, head_dim=128,
+                                        causal=True, gqa_ratio=4)
+    assert np.allclose(layer, 4 * 32 * 128 * 4096 * 4097 / 2 / rate)
+    one_chunk = dict(context_tokens=4096, chunk_size=4096, backend="cudnn-split", resident_kv_heads=256)
+    by_layer = predict_time(M, profile, lookup, _work(**one_chunk, chunk_part="layer"))
+    assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * layer[0])
