@@ -30,7 +30,6 @@ No host synchronisation anywhere here. Leaves out: masks (it owns causality), dr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -39,6 +38,7 @@ import torch
 from executor.attention.decode import DevicePosition, attend_decode, write_token
 from executor.attention.kernels import attend_chunk, attend_partial, attend_past, attention_flops, split_chunk_part
 from executor.attention.lse import merge_by_lse
+from executor.engine.counters import PhaseCounters, Position
 from executor.engine.host_share import HostShare
 from executor.kv.gpu_store import GpuKVStore
 from executor.kv.host_store import HostKVStore
@@ -46,54 +46,6 @@ from executor.kv.layout import KVLayout
 from executor.runtime.events import EventRecorder
 from executor.runtime.streams import StreamSet
 from executor.settings import SplitOptions
-
-
-@dataclass
-class PhaseCounters:
-    """Work done in one phase (prefill or decode), counted on the host as the work is queued."""
-
-    h2d_bytes: int = 0
-    d2h_bytes: int = 0
-    attention_flops: float = 0.0
-    group_fetches: int = 0
-    host_attention_bytes: int = 0
-    """KV bytes the CPU read for its share of decode attention (engine/host_share.py)"""
-    host_attention_s: float = 0.0
-    """the CPU worker's kernel seconds for those bytes (wall time after its event wait, summed over layers)"""
-    host_attention_calls: int = 0
-    """layers whose host share ran (one worker job each)"""
-    host_attention_start_delay_s: float = 0.0
-    """end of submit -> the job's start, summed (worker wake-up, event wait, GIL; engine/host_share.py)"""
-    host_join_wait_s: float = 0.0
-    """the main thread's waits for the worker's result in collect, summed"""
-
-    @staticmethod
-    def summed(per_phase: "list[dict[str, PhaseCounters]]") -> "dict[str, PhaseCounters]":
-        """Per phase, every field summed over several engines' (stages', ranks') counters."""
-        total: dict[str, PhaseCounters] = {}
-        for counters in per_phase:
-            for phase, c in counters.items():
-                t = total.setdefault(phase, PhaseCounters())
-                for f in dataclasses.fields(PhaseCounters):
-                    setattr(t, f.name, getattr(t, f.name) + getattr(c, f.name))
-        return total
-
-
-@dataclass
-class Position:
-    """Where the loop is (for fault messages): phase, chunk index and layer."""
-
-    phase: str = "setup"
-    chunk: Optional[int] = None
-    layer: Optional[int] = None
-
-    def describe(self) -> str:
-        parts = [f"phase {self.phase}"]
-        if self.chunk is not None:
-            parts.append(f"{'token' if self.phase == 'decode' else 'chunk'} {self.chunk}")
-        if self.layer is not None:
-            parts.append(f"layer {self.layer}")
-        return ", ".join(parts)
 
 
 @dataclass
@@ -264,15 +216,12 @@ class OffloadEngine:
         first, count, end = heads.start, len(heads), streamed + key_chunk.shape[1]
         keys, values = self.gpu.slot_keys[slot][:count], self.gpu.slot_values[slot][:count]
         rows = slice(first * self._ratio, (first + count) * self._ratio)
+        if chunk is None:  # the chunk's K, V after the past, for a call that attends the chunk itself
+            keys[:, streamed:end].copy_(key_chunk[first: first + count])
+            values[:, streamed:end].copy_(value_chunk[first: first + count])
         if chunk is not None:
             self._attend_with_chunk(rows, query, keys, values, chunk, out_heads, past_tokens, scale)
-            streams.record(streams.slot_released[slot], streams.compute)
-            if self.trace:
-                self._mark("group_end", layer=layer, group=group_idx)
-            return
-        keys[:, streamed:end].copy_(key_chunk[first: first + count])
-        values[:, streamed:end].copy_(value_chunk[first: first + count])
-        if partial is None:
+        elif partial is None:
             attend_chunk(query[:, rows], keys[None, :, :end], values[None, :, :end], scale=scale,
                          backend=backend, out=out_heads[:, rows], split=self.split, softcap=self._softcap)
         else:

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from executor.engine.offload import PhaseCounters
+from executor.engine.counters import PhaseCounters
 from executor.runtime.gpu_memory import process_gpu_used_bytes
 
 

@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 import torch
 
 from executor.engine.host_share import HostShare
-from executor.engine.offload import OffloadEngine, PhaseCounters, Position
+from executor.engine.counters import PhaseCounters, Position
+from executor.engine.offload import OffloadEngine
 from executor.kv.gpu_store import GpuKVStore
 from executor.kv.host_store import HostKVStore
 from executor.kv.layout import HeadCounts, KVLayout
