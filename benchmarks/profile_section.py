@@ -12,7 +12,9 @@ process, after a short warm-up of the libraries a run loads; the host share's
 ``host_read_bytes_per_s``, ``cpu_attention_table``, ``host_concurrency_table``, ``host_share_handoff_s``,
 ``host_attention_call_s``; ``flex``:
 the FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, which replace the profile's flex
-points in its attention table): the section runs with the full preset (``--quick``: the quick one) on the first
+points in its attention table; ``sustained``: the prefill's attention and matmul rates sustained for seconds against
+their bursts, executor/profiler/sustained.py; ``cudnn-causal``: the square causal cuDNN points of the chunk part,
+executor/profiler/attention.py square_causal_sweep, which replace the profile's): the section runs with the full preset (``--quick``: the quick one) on the first
 GPU, the figure is written into a copy of the profile with a line in its measurement notes saying when and on which
 GPU it was taken (it comes from a different process, possibly a different machine of the same kind, than the rest
 of the profile), and the content hash is recomputed. Refuses a profile of another GPU.
@@ -33,7 +35,9 @@ SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
                                 "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s")),
-            "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes"))}
+            "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes")),
+            "sustained": ("sustained", "measure_sustained", ("sustained_table",)),
+            "cudnn-causal": ("attention", "measure_square_causal_section", ("attention_table",))}
 
 
 def main() -> int:
@@ -69,6 +73,9 @@ def main() -> int:
     if args.section == "flex":  # a list of points: they replace the profile's flex points
         measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured["points"],
                     "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}
+    if args.section == "cudnn-causal":  # the square causal cuDNN points replace the profile's
+        measured = {"attention_table": [p for p in profile.attention_table
+                                        if not (p.backend == "cudnn" and p.causal)] + measured}
     info = profile.measurement
     line = (f"{', '.join(fields)} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")
@@ -81,7 +88,8 @@ def main() -> int:
     write_profile(updated, args.out)
     for field in fields:
         value = measured[field]
-        print(f"{field} = {value if isinstance(value, list) or value is None else f'{value:.4g}'}")
+        shown = (f"{len(value)} points" if isinstance(value, list) else value if value is None else f"{value:.4g}")
+        print(f"{field} = {shown}")
     print(f"wrote {args.out}")
     return 0
 

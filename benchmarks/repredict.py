@@ -1,4 +1,5 @@
-"""Re-predict validation cells with the current cost model: the same profile and the same knobs the cell ran with.
+"""Re-predict validation cells with the current cost model: the same profile and the same knobs the cell ran with
+(chunk, group, resident heads, backend, CPU share, past cut, compiled layers, the chunk part's kernel).
 
 A cell's measurement does not depend on the planner once its knobs are fixed, so after a fix to the cost model the
 cells can be predicted again without running them. This writes the JSON lines again with ``report.predicted``
@@ -35,7 +36,11 @@ def repredict(row: dict, hardware) -> dict:
     _, memory, predicted, _ = evaluate(spec, hardware, chunk_size=settings["chunk_size"],
                                        heads_per_group=settings["heads_per_group"],
                                        resident_kv_heads=settings["resident_kv_heads"],
-                                       attention_backend=settings["attention_backend"], **common)
+                                       attention_backend=settings["attention_backend"],
+                                       cpu_share=settings.get("cpu_share") or 0.0,
+                                       past_cut=settings.get("split", {}).get("past_cut", "binary"),
+                                       compile_layers=bool(settings.get("compile_layers")),
+                                       chunk_backend=settings.get("split", {}).get("chunk_backend"), **common)
     fixed = dict(knob.split("=", 1) for knob in knobs)
     chosen = make_pipeline_plan(spec, hardware, gpus=int(fixed.get("n", 1)), **common,
                                 chunk_size=parse_tokens(fixed["c"]) if "c" in fixed else None,

@@ -67,7 +67,8 @@ def settings_from_plan(plan: Plan, new_tokens: int, prompt_tokens: Optional[int]
     return ExecutionSettings(chunk_size=plan.chunk_size, heads_per_group=plan.heads_per_group,
                              resident_kv_heads=plan.resident_kv_heads, capacity_tokens=capacity,
                              attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs,
-                             cpu_share=plan.cpu_share, split=SplitOptions(past_cut=plan.past_cut),
+                             cpu_share=plan.cpu_share, split=SplitOptions(past_cut=plan.past_cut,
+                                                                            chunk_backend=plan.chunk_backend),
                              compile_layers=plan.compile_layers)
 
 

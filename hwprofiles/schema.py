@@ -123,6 +123,21 @@ class HostConcurrencyPoint(_Frozen):
     cpu_alone_bytes_per_s: float
 
 
+class SustainedPoint(_Frozen):
+    """One model shape's prefill kernels sustained for seconds (executor/profiler/sustained.py): per step the MLP's
+    up projection [4096, D] @ [D, I] twice and one cuDNN call of the packed past (8 KV heads, 4 query heads each,
+    4096 queries, 32768 keys, head dim d), random normal data. Ratios = burst seconds / sustained seconds."""
+
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    attention_ratio: float = Field(description="the attention call's burst seconds over its sustained seconds: < 1 "
+                                   "where the power limit lowers the clock")
+    matmul_ratio: float = Field(description="the same for the matmul")
+    attention_flops_per_s: float = Field(description="the attention call's sustained rate")
+    matmul_flops_per_s: float = Field(description="the matmul's sustained rate")
+
+
 class MeasurementInfo(_Frozen):
     """Where and when a measured profile was taken."""
 
@@ -185,6 +200,10 @@ class HardwareProfile(_Frozen):
         None, description="the same ops with the norms and the SwiGLU product torch.compile'd, as a run with "
         "--compile-layers executes them, over the same (eager) byte count; None: not measured (the planner then "
         "prices --compile-layers at elementwise_bytes_per_s)")
+    sustained_table: list[SustainedPoint] = Field(
+        default_factory=list, description="a prefill's attention and matmuls run back to back for seconds against "
+        "the tables' short bursts, per head dim (executor/profiler/sustained.py); the planner divides prefill "
+        "attention and matmul times by the ratios; empty: the tables' rates as they are")
     # host time of the executor's own loop (executor/profiler/executor_host.py); None: the planner falls back
     # to counted host ops x launch_overhead_s (planner/time_model.py)
     executor_model_host_s: Optional[float] = Field(
@@ -247,7 +266,7 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
                           "host_share_handoff_s", "host_attention_call_s", "disk_write_bytes_per_s",
                           "disk_read_bytes_per_s", "disk_path", "flex_runtime_overhead_bytes")
-HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table")
+HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table", "sustained_table")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

@@ -6,6 +6,8 @@ composes them into layer and phase times. No torch.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
@@ -21,15 +23,34 @@ EAGER_MERGE_BYTES_PER_ELEMENT = 18
 # model times the square causal chunk part at flash's rate.
 
 
-def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray) -> np.ndarray:
+def layer_chunk_backend(model: ModelSpec, lookup: RateLookup, chunk_tokens: int) -> Optional[str]:
+    """The kernel of cudnn-split's chunk part computed once per layer (H_q query heads, c x c square causal) that
+    the plan asks the executor for (Plan.chunk_backend -> executor/settings.py SplitOptions.chunk_backend): the
+    faster of cuDNN's and flash's square causal rates at (H_q, c) where the profile has cuDNN's square causal
+    points (executor/profiler/attention.py square_causal_sweep); None without them (the executor's rule,
+    SplitOptions.chunk_backend_for: cuDNN from CUDNN_SPLIT_CHUNK_MIN_TOKENS)."""
+    if not lookup.has_attention_points("cudnn", causal=True):
+        return None
+    rates = {backend: float(lookup.attention_flops_per_s(
+        backend=backend, q_heads=model.num_attention_heads, q_len=chunk_tokens, k_len=np.array([chunk_tokens]),
+        head_dim=model.head_dim, causal=True, gqa_ratio=model.query_heads_per_kv_head)[0])
+        for backend in ("cudnn", "flash")}
+    return "cudnn" if rates["cudnn"] > rates["flash"] else "flash"
+
+
+def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray,
+                        chunk_backend: Optional[str] = None) -> np.ndarray:
     """GPU time of cudnn-split's chunk-vs-itself part computed once per layer for all H_q query heads
     (SplitOptions.chunk_part "layer", executor/attention/split.py chunk_part): 4 H_q d c (c + 1) / 2 FLOPs at the
-    square causal rate for (H_q heads, q_len c, k_len c): cuDNN's causal points for chunks of at least
-    CUDNN_SPLIT_CHUNK_MIN_TOKENS where the profile has them, else flash's."""
+    square causal rate of ``chunk_backend`` for (H_q heads, q_len c, k_len c); None: the executor's rule (cuDNN for
+    chunks of at least CUDNN_SPLIT_CHUNK_MIN_TOKENS), priced at cuDNN's causal points where the profile has them,
+    else at flash's."""
     q_heads, head_dim = model.num_attention_heads, model.head_dim
     q_len = int(np.max(chunk))
-    backend = ("cudnn" if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True)
-               else "flash")
+    has_cudnn = lookup.has_attention_points("cudnn", causal=True)
+    if chunk_backend is None:
+        chunk_backend = "cudnn" if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
+    backend = "cudnn" if chunk_backend == "cudnn" and has_cudnn else "flash"
     rate = lookup.attention_flops_per_s(backend=backend, q_heads=q_heads, q_len=q_len, k_len=chunk,
                                         head_dim=head_dim, causal=True, gqa_ratio=model.query_heads_per_kv_head)
     return 4.0 * q_heads * head_dim * chunk * (chunk + 1) / 2.0 / rate

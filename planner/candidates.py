@@ -15,6 +15,7 @@ from typing import Optional
 from hwprofiles.schema import HardwareProfile
 from planner.errors import PlanError
 from planner.host_share import choose_share, host_share_rates
+from planner.attention_time import layer_chunk_backend
 from planner.host_time import PAST_CUTS, decode_runs_as_graph
 from planner.hw_lookup import RateLookup
 from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_for_host, overhead_bytes,
@@ -204,6 +205,7 @@ class Candidate(FitsByMemory):
     cpu_share_reason: str = ""
     past_cut: str = "binary"
     compile_layers: bool = False
+    chunk_backend: Optional[str] = None
 
     @classmethod
     def build(cls, setup: Setup, strategy: str, chunk: int, group: int, resident: int) -> "Candidate":
@@ -215,8 +217,11 @@ class Candidate(FitsByMemory):
         return cls(strategy, chunk, group, resident, memory)
 
 
-def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None) -> Candidate:
-    """Fill in time, pinning and workload total, with the given backend or the fastest available one."""
+def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None,
+                   chunk_backend: Optional[str] = "auto") -> Candidate:
+    """Fill in time, pinning and workload total, with the given backend or the fastest available one.
+    ``chunk_backend``: the cudnn-split chunk part's kernel; "auto" the faster in the profile
+    (attention_time.layer_chunk_backend), else as given (None: the executor's rule)."""
     backends = (backend,) if backend else setup.backends
     prefills = []
     for name in backends:
@@ -225,7 +230,10 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
                             chunk_size=cand.chunk_size, heads_per_group=cand.heads_per_group,
                             resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
                             decode_graphs=setup.graphs_decode(cand.resident_kv_heads), past_cut=cut,
-                            compile_layers=setup.compile_chosen)
+                            compile_layers=setup.compile_chosen,
+                            chunk_backend=(None if name != "cudnn-split" else chunk_backend
+                                           if chunk_backend != "auto" else
+                                           layer_chunk_backend(setup.model, setup.lookup, cand.chunk_size)))
             prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
     # faster prefill; flash, then the default cut, on a tie
     prefills.sort(key=lambda item: (item[0][0], item[1] != "flash", item[2].past_cut != "binary"))
@@ -235,7 +243,7 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None)
     if cand.strategy in ("head-offload", "layer-offload"):
         _choose_cpu_share(setup, cand, work, best)
     cand.backend = name
-    cand.past_cut, cand.compile_layers = work.past_cut, work.compile_layers
+    cand.past_cut, cand.compile_layers, cand.chunk_backend = work.past_cut, work.compile_layers, work.chunk_backend
     cand.other_backend_s = min(others) if others else None
     cand.pin_s = setup.lookup.pin_seconds(cand.memory.host_kv_bytes)
     cand.total_s = cand.pin_s + cand.time.prefill_s + setup.decode_tokens * cand.time.decode_s_per_token

@@ -16,6 +16,9 @@ the profile's scalars as the fallback.
 - Attention step (FLOP/s) of the executor's whole per-group step with a backend: points of backend
   "<backend>-step" (step_backend_name; executor/profiler/attention_step.py), q_len = chunk, k_len = past +
   chunk, causal, looked up through the same curves and interpolation as a backend's kernel points.
+- Sustained prefill ratios (attention, matmul): what a prefill's seconds of back-to-back kernels reach against the
+  tables' short bursts (the power limit's clock), at the nearest measured head dim, capped at 1; (1, 1) where the
+  profile lacks them.
 - Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
   scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
 - Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
@@ -198,6 +201,17 @@ class RateLookup:
             self._attention_grid[key] = grid
         log_k = np.log2(np.maximum(np.asarray(k_len, dtype=float), 1.0))
         return np.interp(log_k, _K_GRID_LOG2, grid)
+
+    # ---- sustained prefill ----------------------------------------------------------------------------------
+    def sustained_ratios(self, head_dim: int) -> tuple[float, float]:
+        """(attention, matmul): a prefill's rates against the tables' bursts, measured with the kernels run back to
+        back for seconds (executor/profiler/sustained.py: the clock under the GPU's power limit), at the profile's
+        nearest head dim, each capped at 1 (a disturbance only ever slows a burst); (1, 1) without such points."""
+        points = self.profile.sustained_table
+        if not points:
+            return 1.0, 1.0
+        point = min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim))
+        return min(1.0, point.attention_ratio), min(1.0, point.matmul_ratio)
 
     # ---- matmul ---------------------------------------------------------------------------------------------
     def matmul_flops_per_s(self, m, n: int, k: int) -> np.ndarray:

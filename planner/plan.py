@@ -123,6 +123,10 @@ class Plan(_Model):
     past_cut: Literal["binary", "whole"] = Field(
         "binary", description="cudnn-split: the past's full blocks in one cuDNN call per set bit of s // B "
         "('binary') or in one call ('whole'; its graphs built in the warm-up)")
+    chunk_backend: Optional[Literal["flash", "cudnn"]] = Field(
+        None, description="cudnn-split: the kernel of the chunk-vs-itself part computed once per layer (the faster "
+        "in the profile's square causal points; planner/attention_time.py layer_chunk_backend); None: the "
+        "executor's rule (cuDNN for chunks of at least 8K)")
     compile_layers: bool = Field(False, description="prefill runs the decoder layers' norms and MLPs "
                                  "torch.compile'd (the first compile in the warm-up); decode stays eager")
     memory: MemoryPrediction

@@ -42,7 +42,8 @@ def render_plan(plan: Plan) -> str:
         "",
         f"chosen: {plan.strategy}  chunk {format_tokens(plan.chunk_size)} ({plan.chunk_size} tokens), "
         f"{plan.heads_per_group} KV heads per group, {plan.resident_kv_heads}/{slots} KV heads resident, "
-        f"attention backend {plan.attention_backend}",
+        f"attention backend {plan.attention_backend}" + (
+            f" (past cut {plan.past_cut}, chunk part on {plan.chunk_backend})" if plan.chunk_backend else ""),
         "",
         "GPU memory (peak)" + (f", the fullest GPU (of {plan.gpus})" if plan.stages else ""),
         f"  weights      {format_bytes(bd.weights):>12}",

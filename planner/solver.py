@@ -186,6 +186,7 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend, cpu_share=chosen.cpu_share,
         decode_graphs=setup.graphs_decode(chosen.resident_kv_heads), memory=chosen.memory,
         past_cut=chosen.past_cut if chosen.backend == "cudnn-split" else "binary",
+        chunk_backend=chosen.chunk_backend if chosen.backend == "cudnn-split" else None,
         compile_layers=chosen.compile_layers,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )
@@ -194,11 +195,17 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
 def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int, decode_tokens: int,
              gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str, chunk_size: int,
              heads_per_group: int, resident_kv_heads: int, attention_backend: Optional[str] = None,
+             cpu_share: Optional[float] = None, past_cut: Optional[str] = None,
+             compile_layers: Optional[bool] = None, chunk_backend: Optional[str] = "auto",
              ) -> tuple[bool, MemoryPrediction, Prediction, str]:
-    """Memory and time of one fixed configuration (timed even when it does not fit), and why it misses."""
+    """Memory and time of one fixed configuration (timed even when it does not fit), and why it misses. The
+    optional knobs fix what the planner would otherwise choose (a run's as-run settings: benchmarks/repredict.py):
+    ``cpu_share``, ``past_cut``, ``compile_layers`` as make_plan takes them, ``chunk_backend`` as
+    candidates.time_candidate does ("auto": the planner's choice)."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
-                       attention_backend=attention_backend)
+                       attention_backend=attention_backend, cpu_share=cpu_share, past_cut=past_cut,
+                       compile_layers=compile_layers)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads)
     from planner.strategies import check_knobs, strategy_of
 
@@ -207,7 +214,7 @@ def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int
     name = strategy_of(model, context_tokens=context_tokens, chunk_size=chunk, heads_per_group=heads_per_group,
                        resident_kv_heads=resident_kv_heads)
     cand = Candidate.build(setup, name, chunk, heads_per_group, resident_kv_heads)
-    time_candidate(setup, cand, backend=attention_backend)
+    time_candidate(setup, cand, backend=attention_backend, chunk_backend=chunk_backend)
     reason = "fits" if cand.fits else _miss_reason(cand)
     return cand.fits, cand.memory, _prediction(cand), reason
 

@@ -45,6 +45,7 @@ Host time per step: planner/host_time.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -81,6 +82,9 @@ class Workload:
     chunk_part: str = "layer"
     """"cudnn-split"'s chunk-vs-itself part: once per layer for all query heads ("layer", the executor's default)
     or inside every head set's call ("group"; executor/settings.py SplitOptions.chunk_part)"""
+    chunk_backend: Optional[str] = None
+    """the layer's chunk part's kernel ("flash" or "cudnn"; attention_time.layer_chunk_backend); None: the
+    executor's rule (SplitOptions.chunk_backend_for)"""
 
 
 @dataclass
@@ -120,20 +124,24 @@ def elementwise_rate(profile: HardwareProfile, *, compiled: bool) -> float:
     return profile.elementwise_bytes_per_s or profile.hbm_bytes_per_s
 
 
-def linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int) -> np.ndarray:
-    """Time of one layer's seven projections for ``tokens`` rows each (array), on the matmul/HBM roofline."""
+def linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int,
+                   sustained_ratio: float = 1.0) -> np.ndarray:
+    """Time of one layer's seven projections for ``tokens`` rows each (array), on the matmul/HBM roofline, the
+    matmul rates times ``sustained_ratio`` (a prefill's: RateLookup.sustained_ratios)."""
     cache = lookup.memo.setdefault(("linear", model.name, model.hidden_size, model.intermediate_size,
-                                    model.num_attention_heads, model.num_key_value_heads, elem_bytes), {})
+                                    model.num_attention_heads, model.num_key_value_heads, elem_bytes,
+                                    sustained_ratio), {})
     unique = np.unique(tokens)
     for value in unique:
         if value not in cache:
-            cache[value] = float(_linear_seconds(model, lookup, np.array([value]), elem_bytes)[0])
+            cache[value] = float(_linear_seconds(model, lookup, np.array([value]), elem_bytes, sustained_ratio)[0])
     if len(unique) == 1:
         return np.full_like(tokens, cache[unique[0]], dtype=float)
     return np.array([cache[value] for value in tokens])
 
 
-def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int) -> np.ndarray:
+def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, elem_bytes: int,
+                    sustained_ratio: float = 1.0) -> np.ndarray:
     dim, inter, head_dim = model.hidden_size, model.intermediate_size, model.head_dim
     q_out, kv_out = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
     shapes = [(dim, q_out), (dim, kv_out), (dim, kv_out), (q_out, dim), (dim, inter), (dim, inter), (inter, dim)]
@@ -141,7 +149,7 @@ def _linear_seconds(model: ModelSpec, lookup: RateLookup, tokens: np.ndarray, el
     total = np.zeros_like(tokens, dtype=float)
     for k_in, n_out in shapes:
         flops = 2.0 * tokens * k_in * n_out
-        compute_s = flops / lookup.matmul_flops_per_s(tokens, n_out, k_in)
+        compute_s = flops / (lookup.matmul_flops_per_s(tokens, n_out, k_in) * sustained_ratio)
         bytes_moved = (tokens * k_in + k_in * n_out + tokens * n_out) * elem_bytes
         total = total + np.maximum(compute_s, bytes_moved / hbm)
     return total
@@ -192,7 +200,9 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     elem_bytes, hbm = work.elem_bytes, lookup.profile.hbm_bytes_per_s
     layer_types = summarize_layers(model, work.resident_kv_heads, work.heads_per_group)
     backend = "flash" if decode else work.backend
-    linear = linear_seconds(model, lookup, chunk, elem_bytes)
+    # a prefill's kernels run back to back for seconds, at the clock the power limit leaves (hw_lookup.py)
+    attention_ratio, matmul_ratio = (1.0, 1.0) if decode else lookup.sustained_ratios(model.head_dim)
+    linear = linear_seconds(model, lookup, chunk, elem_bytes, matmul_ratio)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / elementwise_rate(
         lookup.profile, compiled=work.compile_layers and not decode)
     out = {key: np.zeros_like(past, dtype=float) for key in
@@ -213,10 +223,11 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             return decode_attention_seconds(model, lookup, heads, keys, head_kv,
                                             kernel="flex" if work.backend == "flex" else "flash")
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
-                                 elem_bytes=elem_bytes, past_cut=work.past_cut, chunk_part=work.chunk_part)
+                                 elem_bytes=elem_bytes, past_cut=work.past_cut,
+                                 chunk_part=work.chunk_part) / attention_ratio
 
-    layer_part = (layer_chunk_seconds(model, lookup, chunk) if backend == "cudnn-split" and work.chunk_part == "layer"
-                  else np.zeros_like(past, dtype=float))
+    layer_part = (layer_chunk_seconds(model, lookup, chunk, work.chunk_backend) / attention_ratio
+                  if backend == "cudnn-split" and work.chunk_part == "layer" else np.zeros_like(past, dtype=float))
 
     full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents
     layer0_resident = max((lt.resident for lt in full_types), default=0)
@@ -269,12 +280,18 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         # the whole cut's key lengths are built by the executor's warm-up (attention/split.py warm_up_whole_past)
         builds = (graph_builds_per_chunk(calls, chunk, past) if work.past_cut == "binary"
                   else np.zeros_like(past, dtype=float))
-        square = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS) & (np.arange(len(chunk)) == 0)  # the square causal
-        if len(chunk) > 1 and chunk[-1] != chunk[0]:                                    # cuDNN part's shapes
-            square[-1] = chunk[-1] >= CUDNN_SPLIT_CHUNK_MIN_TOKENS
+        on_cudnn = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS if work.chunk_backend is None
+                    else np.full(len(chunk), work.chunk_backend == "cudnn"))
+        square = on_cudnn & (np.arange(len(chunk)) == 0)                # the square causal cuDNN part's shapes
+        if len(chunk) > 1 and chunk[-1] != chunk[0]:
+            square[-1] = on_cudnn[-1]
+        causal_calls = calls
+        if work.chunk_part == "layer":  # one all-heads shape per chunk length; the warm-up builds the first's
+            square[0], causal_calls = False, 1                   # (executor/attention/split.py warm_up_cudnn)
         build_s = lookup.profile.cudnn_graph_build_s or 0.0
         causal_build_s = lookup.profile.cudnn_causal_graph_build_s
-        out["builds"] = builds * build_s + calls * square * (causal_build_s if causal_build_s is not None else build_s)
+        out["builds"] = builds * build_s + causal_calls * square * (causal_build_s if causal_build_s is not None
+                                                                    else build_s)
     if decode and work.decode_graphs:
         out["host"] = np.full_like(past, graph_decode_host_seconds(lookup.profile, model.num_hidden_layers),
                                    dtype=float)

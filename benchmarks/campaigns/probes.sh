@@ -26,6 +26,10 @@
 #                        DMA (random, constant), alone and beside h2d copies -> host-store-data.json
 #   runtime-memory:      the profile's runtime memory (cuBLAS workspaces dropped) and compiled elementwise rate,
 #                        each in a fresh process, into a copy of $PROFILE -> profile-updated.json
+#   sustained:           the prefill's attention and matmuls sustained for seconds against their bursts (random,
+#                        with DMA beside, zero K/V), SM clock sampled; then the square causal cuDNN points and the
+#                        sustained ratios into a copy of $PROFILE; the chunk part on flash against cuDNN at 4K chunks
+#                        -> sustained-probe.json, profile-sustained.json, split-variants-128k-chunk-part-backend.json
 #   gemma-processes:     which processes hold GPU memory in a Gemma-2-9B run (FlexAttention compiles), with
 #                        inductor's compile-worker pool and without -> gpu-processes-gemma2-*.json
 source "$(dirname "$0")/common.sh"
@@ -75,6 +79,13 @@ runtime-memory)
     py 120 benchmarks/profile_section.py --section runtime-memory --update "$PROFILE" --out /tmp/profile-rm.json &&
     py 200 benchmarks/profile_section.py --section elementwise --update /tmp/profile-rm.json \
         --out "$RESULTS/profile-updated.json" ;;
+sustained)
+    py 120 benchmarks/sustained_probe.py --out "$RESULTS/sustained-probe.json"
+    py 150 benchmarks/profile_section.py --section cudnn-causal --update "$PROFILE" --out /tmp/profile-cc.json &&
+    py 100 benchmarks/profile_section.py --section sustained --update /tmp/profile-cc.json \
+        --out "$RESULTS/profile-sustained.json"
+    py 240 benchmarks/split_variants.py --name split-variants-128k-chunk-part-backend.json \
+        --variants 4K:2:90:flash:whole:compiled,4K:2:90:cudnn:whole:compiled,4K:2:90:flash:whole:compiled,4K:2:90:cudnn:whole:compiled ;;
 gemma-processes)
     run_gemma() {  # NAME [ENV=VALUE ...]: a 128K Gemma-2-9B tail probe under 24 GB, nvidia-smi sampled
         local name=$1; shift
@@ -89,5 +100,5 @@ gemma-processes)
     run_gemma pool
     run_gemma one-thread TORCHINDUCTOR_COMPILE_THREADS=1 ;;
 *)
-    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, host-memory-map, prefill-attention, host-store-data, runtime-memory, gemma-processes" ;;
+    usage "split-chunk-backend, split-merge, attention-split, decode-varlen, decode-cap, host-width, baseline, host-pages, pages-ab, host-drift, host-memory-map, prefill-attention, host-store-data, runtime-memory, sustained, gemma-processes" ;;
 esac

@@ -6,7 +6,8 @@ Shapes (GQA ratio r: 4, and the preset's extra shapes' ratios; G KV heads per ca
   k_len = past + q_len >= q_len. Used for prefill (whole chunk) and decode (q_len = 1).
 - ``cudnn``: ``aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)``, the
   chunk-vs-past part, non-causal, the group's query heads packed into rows: q viewed as [1, G, r*q_len, d]
-  against k/v [1, G, k_len, d] with k_len = past length. Recorded with q_heads = G*r and q_len = chunk.
+  against k/v [1, G, k_len, d] with k_len = past length. Recorded with q_heads = G*r and q_len = chunk. And the
+  square causal chunk part (square_causal_sweep): q [1, G*r, c, d] against k/v [1, G, c, d], causal=True.
 - CPU: ``F.scaled_dot_product_attention`` with KV heads repeated and an explicit lower-right mask, backend
   "cpu" (no flash/cuDNN kernels there).
 FLOPs (hwprofiles.schema.AttentionPoint): 4 * q_heads * d * attended pairs; causal pairs = q_len * (k_len -
@@ -221,6 +222,59 @@ def measure_cudnn_causal_graph_build(ctx: ProfileContext) -> float | None:
     return lower_median(build_s)
 
 
+def cudnn_square_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The cudnn-split chunk part on cuDNN (executor/attention/split.py partial_cudnn, causal): q [1, Hq, c, d],
+    k/v [1, Hkv, c, d] (GQA as is), square causal, with lse."""
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)[0]
+
+
+def square_causal_sweep(ctx: ProfileContext, deadline_s: float) -> list[AttentionPoint]:
+    """Points of backend "cudnn", causal, q_len = k_len = c: the chunk-vs-itself part, for every (head dim, GQA
+    ratio) of the preset's attention shapes at its square_causal_kv_heads and square_causal_chunks. The planner
+    prices the chunk part on the faster of these and flash's square points (planner/attention_time.py
+    layer_chunk_backend), and the plan tells the executor which (SplitOptions.chunk_backend)."""
+    points = []
+    dtype = compute_dtype(ctx.device)
+    for (head_dim, ratio), _kv_heads in ctx.preset.attention_shapes():
+        for kv_heads in ctx.preset.square_causal_kv_heads:
+            for chunk in ctx.preset.square_causal_chunks:
+                what = f"cudnn causal d{head_dim}{_ratio_tag(ratio)} G{kv_heads} q{chunk} k{chunk}"
+                if ctx.elapsed_s() > deadline_s:
+                    ctx.note(f"attention {what} onward not measured: the sweep's time budget")
+                    return points
+                if not ctx.fits(_point_bytes(ctx, head_dim, kv_heads, chunk, chunk, ratio)):
+                    ctx.note(f"attention {what} skipped: no memory")
+                    break
+                q = ctx.randn(1, kv_heads * ratio, chunk, head_dim, dtype=dtype)
+                k = ctx.randn(1, kv_heads, chunk, head_dim, dtype=dtype)
+                v = ctx.randn(1, kv_heads, chunk, head_dim, dtype=dtype)
+                try:
+                    stats = ctx.time(lambda: cudnn_square_causal(q, k, v), warmup=max(2, ctx.preset.warmup))
+                except RuntimeError as exc:
+                    ctx.note(f"attention {what} failed, series skipped: {str(exc).splitlines()[0][:120]}")
+                    ctx.free_memory()
+                    break
+                flops = attention_flops(q_heads=kv_heads * ratio, head_dim=head_dim, q_len=chunk, k_len=chunk,
+                                        causal=True)
+                rate = stats.rate(flops)
+                ctx.progress("attention", what, format_rate(rate, "FLOP"), stats)
+                points.append(AttentionPoint(backend="cudnn", head_dim=head_dim, q_heads=kv_heads * ratio,
+                                             kv_heads=kv_heads, q_len=chunk, k_len=chunk, causal=True,
+                                             flops_per_s=rate, spread_rel=stats.spread_rel))
+                del q, k, v
+    ctx.free_memory()
+    return points
+
+
+def measure_square_causal_section(ctx: ProfileContext) -> list[AttentionPoint]:
+    """square_causal_sweep alone (benchmarks/profile_section.py --section cudnn-causal), after one untimed causal
+    call (ONE_TIME_LOAD); [] (noted) without cuDNN attention."""
+    if not cudnn_available(ctx):
+        return []
+    measure_cudnn_causal_graph_build(ctx)
+    return square_causal_sweep(ctx, ctx.elapsed_s() + ctx.preset.attention_budget_s)
+
+
 def measure_attention(ctx: ProfileContext) -> dict:
     """{"points": [AttentionPoint], "cudnn_graph_build_s": float | None,
     "cudnn_causal_graph_build_s": float | None}."""
@@ -235,6 +289,7 @@ def measure_attention(ctx: ProfileContext) -> dict:
     if ctx.preset.cudnn_graph_builds and cudnn_available(ctx):
         graph_build_s = measure_cudnn_graph_build(ctx)
         causal_build_s = measure_cudnn_causal_graph_build(ctx)
+        points += square_causal_sweep(ctx, deadline_s)
         points += sweep(ctx, "cudnn", deadline_s)
     ctx.progress("attention", f"{len(points)} points", f"in {time.perf_counter() - started_s:.1f} s")
     ctx.free_memory()

@@ -58,6 +58,10 @@ class Preset:
     # (head dim, GQA ratio) pairs beyond head_dims x GQA_RATIO; measured at extra_kv_heads KV heads per call
     extra_shapes: tuple[tuple[int, int], ...] = ()
     extra_kv_heads: tuple[int, ...] = (1, 8)
+    # square causal cuDNN points (attention.py square_causal_sweep): the cudnn-split chunk part's chunk lengths and
+    # KV heads per call (8: a layer's chunk part of the built-in models; 2: a small head set's own chunk part)
+    square_causal_chunks: tuple[int, ...] = (1 * K, 2 * K, 4 * K, 8 * K, 16 * K)
+    square_causal_kv_heads: tuple[int, ...] = (2, 8)
 
     def attention_shapes(self) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
         """((head dim, GQA ratio), KV heads per call) of every kernel attention series (attention.py): the primary
@@ -128,6 +132,8 @@ GPU_QUICK = Preset(
     attention_max_flop_per_call=1e13,  # ~30 ms at 350 TFLOP/s
     attention_budget_s=25.0,
     cudnn_graph_builds=1,
+    square_causal_chunks=(1 * K, 4 * K, 16 * K),
+    square_causal_kv_heads=(8,),
     hbm_copy_bytes=1 * GIB,
     transfer_sizes=(64 * KIB, 1 * MIB, 16 * MIB, 256 * MIB),
     bidir_sizes=(256 * MIB,),
@@ -197,6 +203,8 @@ TINY = Preset(
     attention_max_flop_per_call=1e9,
     attention_budget_s=10.0,
     cudnn_graph_builds=1,
+    square_causal_chunks=(64,),
+    square_causal_kv_heads=(2,),
     hbm_copy_bytes=4 * MIB,
     transfer_sizes=(64 * KIB, 1 * MIB),
     bidir_sizes=(1 * MIB,),

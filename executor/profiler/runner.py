@@ -1,7 +1,8 @@
 """Run a whole profile: pick the device and preset, run the sections in order, assemble the HardwareProfile.
 
 Order (each section frees its memory before the next): runtime context baseline, host, matmul, device
-memory, a layer's elementwise ops (elementwise.py), attention, the executor's attention step (GPU, quick and
+memory, a layer's elementwise ops (elementwise.py), attention, the prefill's attention and matmuls sustained
+for seconds against their burst rates (sustained.py: the power limit's clock), the executor's attention step (GPU, quick and
 full only: attention_step.py), then on a GPU pinning (before any pinned allocation, so no cached block is
 reused), PCIe, the host's share of decode attention (host_attention.py: host read, the CPU kernel by key length
 and threads, DMA beside it, the hand-off), launch overhead, the executor's own host time per layer and group
@@ -23,7 +24,7 @@ from typing import Optional, TextIO
 import torch
 
 from executor.profiler import (allreduce, attention, attention_flex, attention_step, disk, elementwise, executor_host,
-                               hbm, host, host_attention, matmul, pcie, pinning, runtime)
+                               hbm, host, host_attention, matmul, pcie, pinning, runtime, sustained)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
@@ -135,6 +136,7 @@ def collect(ctx: ProfileContext) -> dict:
     results["hbm"] = _timed(ctx, "memory", hbm.measure_hbm)
     results["elementwise"] = _timed(ctx, "elementwise", elementwise.measure_elementwise)
     results["attention"] = _timed(ctx, "attention", attention.measure_attention)
+    results["sustained"] = _timed(ctx, sustained.SECTION, sustained.measure_sustained)
     if ctx.on_gpu and ctx.preset.mode != "tiny":
         results["attention"]["points"] += _timed(ctx, attention_step.SECTION, attention_step.measure_attention_step)
         flex = _timed(ctx, attention_flex.SECTION, attention_flex.measure_flex_section)

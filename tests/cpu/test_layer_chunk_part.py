@@ -116,3 +116,29 @@ def test_bfloat16_layer_chunk_part_within_reference_error(chunk, group, resident
                    options=RunOptions(keep_logits=True))
     our_error, standard_error = half_precision_errors(ours, model16, ids)
     assert our_error <= 2.0 * standard_error + 1e-3, (our_error, standard_error)
+
+
+def test_plan_chunk_backend_reaches_the_executor_and_stays_exact():
+    """Plan.chunk_backend (the planner's faster square causal kernel) becomes SplitOptions.chunk_backend; on the
+    CPU the chunk part runs on the math kernel whichever is named, so the run stays equal to transformers'."""
+    from executor.api import settings_from_plan
+    from hwprofiles import load_profile
+    from planner.model_spec import BUILTIN_MODELS
+    from planner.solver import make_plan
+    from planner.units import GB
+
+    plan = make_plan(BUILTIN_MODELS["llama-3-8b"], load_profile("h200-sxm-measured"), context_tokens=131072,
+                     decode_tokens=4, gpu_mem_bytes=24 * GB, attention_backend="cudnn-split")
+    for backend in ("cudnn", "flash", None):
+        settings = settings_from_plan(plan.model_copy(update={"chunk_backend": backend}), new_tokens=4)
+        assert settings.split.chunk_backend == backend
+    model = tiny_model(query_heads=8, kv_heads=4, layers=2)
+    ids = prompt(37)
+    settings = ExecutionSettings(chunk_size=8, heads_per_group=2, resident_kv_heads=1,
+                                 capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="cudnn-split",
+                                 split=SplitOptions(past_block_tokens=4, chunk_backend="cudnn"))
+    measurement = execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu",
+                          options=RunOptions(keep_logits=True))
+    reference_logits = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
+    assert measurement.generated_token_ids == reference_logits.argmax(-1).tolist()
+    assert (measurement.step_logits - reference_logits).abs().max().item() < 1e-4

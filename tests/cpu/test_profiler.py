@@ -158,6 +158,8 @@ def test_tiny_cpu_profile_is_valid_and_cpu_only(tiny_run):
     assert "elementwise" in progress and "layer ops" in progress
     assert "skipped" in progress and "matmul" in progress  # progress lines were written
     assert run.datasheet is None
+    # GPU-only: the sustained prefill rates (the power limit's clock) are left out and said so
+    assert profile.sustained_table == [] and "sustained prefill rates" in profile.measurement.notes
 
 
 def test_tiny_cpu_profile_measures_executor_host_times(tiny_run):

@@ -109,14 +109,15 @@ def test_backend_choice_cudnn_when_faster_flash_otherwise():
 
 def test_cudnn_split_pays_graph_builds():
     profile = table_profile()
-    pred = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072))
+    pred = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072,
+                                                               chunk_part="group"))
     builds = pred.terms["prefill_cudnn_graph_build_s"]
     # pasts 0, 8K, .., 120K in blocks of 2K: s // 2K = 4, 8, .., 60 sets bits 2..5 -> 4 key lengths, and one
     # call shape (the 2 resident heads of every layer are shaped like a group of 2); 8K chunks put the square
-    # causal chunk part on cuDNN too: one more shape per call shape, in the first chunk
+    # causal chunk part on cuDNN too: one more shape per call shape, in the first chunk (the per-set arrangement)
     assert builds == pytest.approx((4 + 1) * 1 * 0.05)
     other = predict_time(M, profile, RateLookup(profile), _work(backend="cudnn-split", context_tokens=131072,
-                                                                resident_kv_heads=96))
+                                                                resident_kv_heads=96, chunk_part="group"))
     assert other.terms["prefill_cudnn_graph_build_s"] == pytest.approx((4 + 1) * 3 * 0.05)  # resident 3; groups 2, 2, 1
 
 
@@ -285,12 +286,105 @@ def test_decode_attention_uses_the_q1_table_where_it_is_slower_than_hbm():
 
 def test_square_causal_builds_priced_at_the_causal_build_cost_when_profiled():
     profile = table_profile()
-    work = _work(backend="cudnn-split", context_tokens=131072)
+    work = _work(backend="cudnn-split", context_tokens=131072, chunk_part="group")
     base = predict_time(M, profile, RateLookup(profile), work).terms["prefill_cudnn_graph_build_s"]
     causal = profile.model_copy(update={"cudnn_causal_graph_build_s": 0.45})
     priced = predict_time(M, causal, RateLookup(causal), work).terms["prefill_cudnn_graph_build_s"]
     # 8K chunks: 4 past-block lengths at 0.05 s, and the square causal chunk shape now at 0.45 s (one call shape)
     assert base == pytest.approx(5 * 0.05) and priced == pytest.approx(4 * 0.05 + 0.45)
+
+
+def test_layer_chunk_part_builds_only_a_shorter_last_chunks_causal_shape():
+    """With the chunk part once per layer the warm-up builds the first chunk's all-heads causal graph
+    (executor/attention/split.py warm_up_cudnn): the run pays a causal build only for a shorter last chunk's
+    shape, once (one call shape per chunk length), and none on flash."""
+    profile = table_profile(cudnn_causal_graph_build_s=0.45)
+    lookup = RateLookup(profile)
+    builds = {}
+    for context, chunk_backend in ((131072, "cudnn"), (131072 - 4096, "cudnn"), (131072 - 4096, "flash")):
+        work = _work(backend="cudnn-split", context_tokens=context, chunk_backend=chunk_backend)
+        builds[context, chunk_backend] = predict_time(M, profile, lookup, work).terms["prefill_cudnn_graph_build_s"]
+    assert builds[131072, "cudnn"] == pytest.approx(4 * 0.05)
+    assert builds[131072 - 4096, "cudnn"] - builds[131072 - 4096, "flash"] == pytest.approx(0.45)
+
+
+def _with_sustained(profile, attention_ratio: float, matmul_ratio: float, head_dim: int = 128):
+    from hwprofiles.schema import SustainedPoint
+
+    point = SustainedPoint(head_dim=head_dim, hidden_size=4096, intermediate_size=14336,
+                           attention_ratio=attention_ratio, matmul_ratio=matmul_ratio,
+                           attention_flops_per_s=1e14, matmul_flops_per_s=1e14)
+    return profile.model_copy(update={"sustained_table": [point]})
+
+
+def test_sustained_ratios_slow_prefill_attention_and_matmuls_but_not_decode():
+    """A profile's sustained ratios (executor/profiler/sustained.py) divide the prefill's attention and matmul
+    terms; decode (memory-bound, single tokens) keeps the tables' rates; ratios above 1 are capped at 1."""
+    from planner.time_model import predict_prefill
+
+    base = table_profile()
+    work = _work(backend="cudnn-split", context_tokens=65536)
+    terms = {}
+    for name, profile in (("base", base), ("slow", _with_sustained(base, 0.8, 0.9)),
+                          ("fast", _with_sustained(base, 1.2, 1.1))):
+        lookup = RateLookup(profile)
+        _, arrays = predict_prefill(M, lookup, work)
+        pred = predict_time(M, profile, lookup, work)
+        terms[name] = (arrays["attention"].sum(), arrays["linear"].sum(), pred.decode_s_per_token)
+    assert terms["slow"][0] == pytest.approx(terms["base"][0] / 0.8)
+    assert terms["base"][1] / 0.9 * 0.999 < terms["slow"][1] <= terms["base"][1] / 0.9   # roofline: compute part
+    assert terms["slow"][2] == pytest.approx(terms["base"][2])
+    assert terms["fast"] == pytest.approx(terms["base"])
+
+
+def test_sustained_ratios_from_the_nearest_head_dim():
+    from hwprofiles.schema import SustainedPoint
+
+    points = [SustainedPoint(head_dim=d, hidden_size=h, intermediate_size=i, attention_ratio=a, matmul_ratio=m,
+                             attention_flops_per_s=1e14, matmul_flops_per_s=1e14)
+              for d, h, i, a, m in ((128, 4096, 14336, 0.87, 0.95), (64, 2048, 8192, 0.97, 1.04))]
+    lookup = RateLookup(table_profile(sustained_table=points))
+    assert lookup.sustained_ratios(128) == (0.87, 0.95)
+    assert lookup.sustained_ratios(64) == (0.97, 1.0)
+    assert lookup.sustained_ratios(256) == (0.87, 0.95)
+    assert RateLookup(table_profile()).sustained_ratios(128) == (1.0, 1.0)
+
+
+def _with_square_causal(profile, cudnn_tflops: float):
+    from hwprofiles.schema import AttentionPoint
+
+    squares = [AttentionPoint(backend=backend, head_dim=128, q_heads=32, kv_heads=8, q_len=c, k_len=c, causal=True,
+                              flops_per_s=rate * 1e12)
+               for c in (1024, 4096, 16384) for backend, rate in (("cudnn", cudnn_tflops), ("flash", 250.0))]
+    return profile.model_copy(update={"attention_table": list(profile.attention_table) + squares})
+
+
+def test_layer_chunk_backend_is_the_faster_square_causal_kernel_of_the_profile():
+    """The plan's chunk part kernel (Plan.chunk_backend): cuDNN where its square causal points beat flash's at
+    (H_q, c), flash where they do not, and None (the executor's own rule) without cuDNN causal points; the
+    layer's chunk part is priced at the chosen kernel's rate."""
+    from planner.attention_time import layer_chunk_backend, layer_chunk_seconds
+
+    base = table_profile()
+    assert layer_chunk_backend(M, RateLookup(base), 4096) is None
+    fast, slow = RateLookup(_with_square_causal(base, 450.0)), RateLookup(_with_square_causal(base, 150.0))
+    assert layer_chunk_backend(M, fast, 4096) == "cudnn" and layer_chunk_backend(M, slow, 4096) == "flash"
+    chunk = np.array([4096.0])
+    on_cudnn = layer_chunk_seconds(M, fast, chunk, "cudnn")[0]
+    on_flash = layer_chunk_seconds(M, fast, chunk, "flash")[0]
+    assert on_flash / on_cudnn == pytest.approx(450.0 / 250.0)
+
+
+def test_plan_carries_the_chunk_part_kernel():
+    from planner.solver import make_plan
+
+    profile = _with_square_causal(table_profile(), 450.0)
+    plan = make_plan(M, profile, context_tokens=131072, decode_tokens=4, gpu_mem_bytes=24 * GB,
+                     attention_backend="cudnn-split")
+    assert plan.attention_backend == "cudnn-split" and plan.chunk_backend == "cudnn"
+    flash = make_plan(M, profile, context_tokens=131072, decode_tokens=4, gpu_mem_bytes=24 * GB,
+                      attention_backend="flash")
+    assert flash.chunk_backend is None
 
 
 def test_elementwise_term_uses_the_measured_rate_of_the_layer_ops():
@@ -333,4 +427,5 @@ def test_chunk_part_per_layer_priced_once_per_layer_at_all_query_heads():
     assert np.allclose(layer, 4 * 32 * 128 * 4096 * 4097 / 2 / rate)
     one_chunk = dict(context_tokens=4096, chunk_size=4096, backend="cudnn-split", resident_kv_heads=256)
     by_layer = predict_time(M, profile, lookup, _work(**one_chunk, chunk_part="layer"))
-    assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * layer[0])
+    sustained = lookup.sustained_ratios(M.head_dim)[0]              # the power limit's clock over a prefill
+    assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * layer[0] / sustained)
