@@ -14,7 +14,8 @@ process, after a short warm-up of the libraries a run loads; the host share's
 the FlexAttention points at Gemma-2's shapes, executor/profiler/attention_flex.py, which replace the profile's flex
 points in its attention table; ``sustained``: the prefill's attention and matmul rates sustained for seconds against
 their bursts, executor/profiler/sustained.py; ``cudnn-causal``: the square causal cuDNN points of the chunk part,
-executor/profiler/attention.py square_causal_sweep, which replace the profile's): the section runs with the full preset (``--quick``: the quick one) on the first
+executor/profiler/attention.py square_causal_sweep, which replace the profile's; ``graph-decode``: the replayed
+decode step per model layer shape, executor/profiler/graph_decode.py): the section runs with the full preset (``--quick``: the quick one) on the first
 GPU, the figure is written into a copy of the profile with a line in its measurement notes saying when and on which
 GPU it was taken (it comes from a different process, possibly a different machine of the same kind, than the rest
 of the profile), and the content hash is recomputed. Refuses a profile of another GPU.
@@ -37,7 +38,8 @@ SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_
                                 "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s")),
             "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes")),
             "sustained": ("sustained", "measure_sustained", ("sustained_table",)),
-            "cudnn-causal": ("attention", "measure_square_causal_section", ("attention_table",))}
+            "cudnn-causal": ("attention", "measure_square_causal_section", ("attention_table",)),
+            "graph-decode": ("graph_decode", "measure_graph_decode", ("graph_decode_table",))}
 
 
 def main() -> int:
@@ -73,6 +75,8 @@ def main() -> int:
     if args.section == "flex":  # a list of points: they replace the profile's flex points
         measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured["points"],
                     "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}
+    if args.section == "graph-decode":  # a list of points: the table
+        measured = {"graph_decode_table": measured}
     if args.section == "cudnn-causal":  # the square causal cuDNN points replace the profile's
         measured = {"attention_table": [p for p in profile.attention_table
                                         if not (p.backend == "cudnn" and p.causal)] + measured}

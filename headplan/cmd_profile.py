@@ -8,7 +8,7 @@ $HEADPLAN_PROFILE_DIR, else $XDG_DATA_HOME/headplan/profiles, else ~/.local/shar
 replaced, where `plan` and `run` look first when --hw is not given. Where the catalog folder cannot be written
 (an installed package) and no --out is given, the store is the only copy. Every output path is checked before
 anything is measured. ``--model X`` (repeatable) adds the head dim and GQA ratio of model X to the attention
-tables (the built-in models' are always measured on a GPU). Heavy imports (torch) happen inside main().
+tables and its layer shape to the replayed decode steps (the built-in models' are always measured on a GPU). Heavy imports (torch) happen inside main().
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, type=Path,
                         help="output file (default: hwprofiles/catalog/<name>.json)")
     parser.add_argument("--model", action="append", default=[],
-                        help="also measure the attention shapes (head dim, GQA ratio) of this model: a built-in "
-                        "name or a config.json / checkpoint folder (repeatable)")
+                        help="also measure the attention shapes (head dim, GQA ratio) and the replayed decode "
+                        "step of this model's layer shape: a built-in name or a config.json / checkpoint folder "
+                        "(repeatable)")
     parser.add_argument("--no-store", action="store_true",
                         help="do not store the profile as this machine's default (the per-user store)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -138,6 +138,23 @@ class SustainedPoint(_Frozen):
     matmul_flops_per_s: float = Field(description="the matmul's sustained rate")
 
 
+class GraphDecodePoint(_Frozen):
+    """A model layer shape's replayed decode step (executor/profiler/graph_decode.py): the executor's CUDA-graph
+    decode of random weights, all KV heads resident, per token step(L, s) = token_s + L layer_s(s) for L decoder
+    layers over a context of s keys, layer_s measured at ``context_tokens`` (ascending)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int = Field(description="the measured model's vocabulary (its lm_head is part of token_s)")
+    token_s: float = Field(description="seconds per token outside the decoder layers (embedding, final norm, "
+                           "lm_head, next token)")
+    context_tokens: list[int] = Field(description="the contexts of the measured steps, ascending")
+    layer_s: list[float] = Field(description="seconds per token per decoder layer at each of context_tokens")
+
+
 class MeasurementInfo(_Frozen):
     """Where and when a measured profile was taken."""
 
@@ -200,6 +217,10 @@ class HardwareProfile(_Frozen):
         None, description="the same ops with the norms and the SwiGLU product torch.compile'd, as a run with "
         "--compile-layers executes them, over the same (eager) byte count; None: not measured (the planner then "
         "prices --compile-layers at elementwise_bytes_per_s)")
+    graph_decode_table: list[GraphDecodePoint] = Field(
+        default_factory=list, description="the executor's replayed decode step per model layer shape "
+        "(executor/profiler/graph_decode.py); the planner prices a replayed decode token of a matching model from it, "
+        "else from the kernel tables")
     sustained_table: list[SustainedPoint] = Field(
         default_factory=list, description="a prefill's attention and matmuls run back to back for seconds against "
         "the tables' short bursts, per head dim (executor/profiler/sustained.py); the planner divides prefill "
@@ -266,7 +287,8 @@ HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s
                           "executor_graph_layer_host_s", "host_read_bytes_per_s", "host_read_threads",
                           "host_share_handoff_s", "host_attention_call_s", "disk_write_bytes_per_s",
                           "disk_read_bytes_per_s", "disk_path", "flex_runtime_overhead_bytes")
-HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table", "sustained_table")
+HASH_OMITTED_WHEN_EMPTY = ("cpu_attention_table", "host_concurrency_table", "allreduce_table", "sustained_table",
+                           "graph_decode_table")
 
 
 def profile_hash(profile: HardwareProfile) -> str:

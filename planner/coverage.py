@@ -128,10 +128,26 @@ def trained_length_note(model: ModelSpec, context_tokens: int) -> Optional[str]:
             "past it")
 
 
+def graph_decode_note(model: ModelSpec, hardware: HardwareProfile) -> Optional[str]:
+    """A note when a profile that measured replayed decode steps (graph_decode_table) has none of this model's
+    layer shape: its replayed decode token is then priced from the kernel tables (7-10% long on the H200)."""
+    shape = (model.hidden_size, model.intermediate_size, model.num_attention_heads, model.num_key_value_heads,
+             model.head_dim)
+    table = hardware.graph_decode_table
+    if not table or any((p.hidden_size, p.intermediate_size, p.num_attention_heads, p.num_key_value_heads,
+                         p.head_dim) == shape for p in table):
+        return None
+    return (f"{COVERAGE} the replayed decode step was measured for {len(table)} other layer shape(s), not "
+            f"{model.name}'s (hidden {model.hidden_size}, intermediate {model.intermediate_size}, heads "
+            f"{model.num_attention_heads}/{model.num_key_value_heads}, head dim {model.head_dim}): its CUDA-graph "
+            f"decode is priced from the kernel tables; `headplan profile --model {model.name}` measures it")
+
+
 def plan_fidelity_notes(model: ModelSpec, hardware: HardwareProfile, *, backend: str, chunk_tokens: int,
-                        context_tokens: int) -> list[str]:
-    """coverage_notes and trained_length_note together (what make_plan and make_pipeline_plan add)."""
+                        context_tokens: int, decode_graphs: bool = False) -> list[str]:
+    """coverage_notes, trained_length_note and (``decode_graphs``: the plan replays its decode) graph_decode_note
+    together (what make_plan and make_pipeline_plan add)."""
     notes = coverage_notes(model, hardware, backend=backend, chunk_tokens=chunk_tokens,
                            context_tokens=context_tokens)
-    trained = trained_length_note(model, context_tokens)
-    return notes + ([trained] if trained else [])
+    extra = [trained_length_note(model, context_tokens), graph_decode_note(model, hardware) if decode_graphs else None]
+    return notes + [note for note in extra if note]

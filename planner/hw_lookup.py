@@ -16,6 +16,8 @@ the profile's scalars as the fallback.
 - Attention step (FLOP/s) of the executor's whole per-group step with a backend: points of backend
   "<backend>-step" (step_backend_name; executor/profiler/attention_step.py), q_len = chunk, k_len = past +
   chunk, causal, looked up through the same curves and interpolation as a backend's kernel points.
+- Replayed decode step: the profile's GraphDecodePoint of exactly a model's layer shape (hidden, intermediate,
+  heads, KV heads, head dim), or None.
 - Sustained prefill ratios (attention, matmul): what a prefill's seconds of back-to-back kernels reach against the
   tables' short bursts (the power limit's clock), at the nearest measured head dim, capped at 1; (1, 1) where the
   profile lacks them.
@@ -201,6 +203,17 @@ class RateLookup:
             self._attention_grid[key] = grid
         log_k = np.log2(np.maximum(np.asarray(k_len, dtype=float), 1.0))
         return np.interp(log_k, _K_GRID_LOG2, grid)
+
+    # ---- replayed decode step ------------------------------------------------------------------------------
+    def graph_decode_point(self, *, hidden_size: int, intermediate_size: int, num_attention_heads: int,
+                           num_key_value_heads: int, head_dim: int):
+        """The profile's measured replayed decode step of exactly this layer shape (GraphDecodePoint), or None."""
+        shape = (hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, head_dim)
+        for point in self.profile.graph_decode_table:
+            if (point.hidden_size, point.intermediate_size, point.num_attention_heads, point.num_key_value_heads,
+                    point.head_dim) == shape:
+                return point
+        return None
 
     # ---- sustained prefill ----------------------------------------------------------------------------------
     def sustained_ratios(self, head_dim: int) -> tuple[float, float]:

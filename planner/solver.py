@@ -175,7 +175,8 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
     if chunk_size is not None and chunk_size > context_tokens:
         notes.append(f"chunk size {chunk_size} capped at the context ({context_tokens} tokens)")
     notes += plan_fidelity_notes(model, hardware, backend=chosen.backend, chunk_tokens=chosen.chunk_size,
-                                 context_tokens=context_tokens)
+                                 context_tokens=context_tokens,
+                                 decode_graphs=setup.graphs_decode(chosen.resident_kv_heads))
     if chosen.other_backend_s is not None:
         notes.append(f"attention backend {chosen.backend}: predicted prefill {format_seconds(chosen.time.prefill_s)}"
                      f" vs {format_seconds(chosen.other_backend_s)} with the other backend")

@@ -31,7 +31,8 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
 Decode per token: the same with c = 1 at the mean past s = context + (decode_tokens - 1) / 2; attention
 reads K, V from HBM (resident heads and the streamed slots) at no more than the measured flash rate at q_len 1
 (decode_attention_seconds), the streamed heads cross PCIe, always "flash"; with every head resident on one GPU
-the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py).
+the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py), its GPU time the
+profile's measured replayed step of the model's layer shape where it has one (graph_decode_gpu_seconds).
 With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
 DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, host_l) + H_l, host_l =
 call + bytes / cpu rate + hand-off (planner/host_share.py; call: host_attention_call_s), H_l the
@@ -295,11 +296,51 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     if decode and work.decode_graphs:
         out["host"] = np.full_like(past, graph_decode_host_seconds(lookup.profile, model.num_hidden_layers),
                                    dtype=float)
+        measured_step = graph_decode_gpu_seconds(model, lookup, past, elem_bytes)
+        if measured_step is not None:
+            out["gpu"] = measured_step
     else:
         out["host"] = executor_host_seconds(lookup.profile, layer_types, backend, past, decode=decode,
                                             past_cut=work.past_cut)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
+
+
+def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndarray,
+                             elem_bytes: int) -> np.ndarray | None:
+    """GPU seconds of one replayed decode token (every KV head resident, one CUDA graph) from the profile's
+    measured step of the model's layer shape (hwprofiles.schema GraphDecodePoint, executor/profiler/graph_decode.py),
+    None without one:
+
+        token_s + (V - V_p) D b / HBM + L layer_s(s + 1)
+
+    V, V_p: the model's and the measured vocabulary (the lm_head's bytes), D hidden, L layers, s the token's past;
+    layer_s(k) linear between the measured contexts, beyond the last along its last segment, below the first
+    clamped. With one measured context s_p the layer's attention beyond it comes from the attention table instead:
+    layer_s(s_p) + max(attn(s) - attn(s_p), 0), attn one layer's decode attention over all H_kv heads
+    (decode_attention_seconds). On the H200 (2026-12-01) the kernel tables priced Llama-3-8B's replayed token 7-10%
+    long: each kernel's single-call launch and ramp, which a graph does not pay, stood in for the few microseconds
+    each small kernel still costs in one; their single-call decode attention points read the per-key cost too high,
+    and a straight line through 1K and 16K too (18% long at 128K: the kernel reads HBM faster at long contexts)."""
+    point = lookup.graph_decode_point(hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
+                                      num_attention_heads=model.num_attention_heads,
+                                      num_key_value_heads=model.num_key_value_heads, head_dim=model.head_dim)
+    if point is None:
+        return None
+    lm_head = (model.vocab_size - point.vocab_size) * model.hidden_size * elem_bytes / lookup.profile.hbm_bytes_per_s
+    keys = np.asarray(past, dtype=float) + 1
+    contexts, layer_s = np.array(point.context_tokens, dtype=float), np.array(point.layer_s)
+    if len(contexts) >= 2:
+        slope = (layer_s[-1] - layer_s[-2]) / (contexts[-1] - contexts[-2])
+        per_layer = np.where(keys <= contexts[-1], np.interp(keys, contexts, layer_s),
+                             layer_s[-1] + slope * (keys - contexts[-1]))
+        return point.token_s + lm_head + model.num_hidden_layers * per_layer
+    kv_heads = model.num_key_value_heads
+    per_head = lambda n: 2.0 * model.head_dim * elem_bytes * n  # noqa: E731 - one head's K, V over n keys
+    measured = np.full_like(keys, contexts[0])
+    extra = (decode_attention_seconds(model, lookup, kv_heads, keys - 1, per_head(keys))
+             - decode_attention_seconds(model, lookup, kv_heads, measured - 1, per_head(measured)))
+    return point.token_s + lm_head + model.num_hidden_layers * (layer_s[0] + np.maximum(extra, 0.0))
 
 
 def _call_head_counts(layer_types: list[LayerType]) -> set[int]:

@@ -327,11 +327,16 @@ def warm_up_cudnn(device: torch.device, dtype: torch.dtype, *, head_dim: int, qu
     calls = 1
     if options.chunk_backend_for(chunk_tokens) == "cudnn":
         causal_heads = layer_kv_heads if options.chunk_part == "layer" and layer_kv_heads else kv_heads
-        causal_query = torch.zeros(1, causal_heads * query_heads_per_kv, chunk_tokens, head_dim, device=device,
-                                   dtype=dtype)
+        query_heads = causal_heads * query_heads_per_kv
         causal_keys = torch.zeros(1, causal_heads, chunk_tokens, head_dim, device=device, dtype=dtype)
-        partial_cudnn(causal_query, causal_keys, causal_keys, scale=head_dim ** -0.5, causal=True)
-        calls += 1
+        # cuDNN keys its graphs on strides too: the run's query comes from transformers' rotary embedding as a
+        # [1, c, H_q, d] buffer seen as [1, H_q, c, d] (the chunk 0 of every H200 run with the chunk part on cuDNN
+        # paid a 33-72 ms build while the warm-up had built only the contiguous layout), so build both
+        for causal_query in (torch.zeros(1, query_heads, chunk_tokens, head_dim, device=device, dtype=dtype),
+                             torch.zeros(1, chunk_tokens, query_heads, head_dim, device=device,
+                                         dtype=dtype).transpose(1, 2)):
+            partial_cudnn(causal_query, causal_keys, causal_keys, scale=head_dim ** -0.5, causal=True)
+            calls += 1
     return calls
 
 

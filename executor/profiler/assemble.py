@@ -197,6 +197,7 @@ def build_profile(results: dict, *, name: str, mode: str, notes: list[str]) -> H
         compiled_elementwise_bytes_per_s=results.get("elementwise", {}).get("compiled_elementwise_bytes_per_s"),
         flex_runtime_overhead_bytes=results.get("flex_runtime_overhead_bytes"),
         sustained_table=results.get("sustained", {}).get("sustained_table", []),
+        graph_decode_table=results.get("graph_decode", []),
         **{k: results["disk"][k] for k in ("disk_write_bytes_per_s", "disk_read_bytes_per_s", "disk_path")
            if k in results.get("disk", {})},
         **results.get("executor_host", {}),

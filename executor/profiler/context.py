@@ -36,6 +36,8 @@ class ProfileContext:
     quiet: bool = False
     disk_path: Optional[str] = None
     """the folder whose disk bandwidth is measured (disk.py; None: the working directory)"""
+    models: tuple = ()
+    """planner.model_spec.ModelSpec of ``headplan profile --model``: their shapes are measured too"""
 
     @property
     def on_gpu(self) -> bool:

@@ -6,7 +6,8 @@ for seconds against their burst rates (sustained.py: the power limit's clock), t
 full only: attention_step.py), then on a GPU pinning (before any pinned allocation, so no cached block is
 reused), PCIe, the host's share of decode attention (host_attention.py: host read, the CPU kernel by key length
 and threads, DMA beside it, the hand-off), launch overhead, the executor's own host time per layer and group
-(executor_host.py: the real executor on a tiny model) and the runtime memory (after matmul and attention warmed the
+(executor_host.py: the real executor on a tiny model), the replayed decode step per model layer shape
+(graph_decode.py), and the runtime memory (after matmul and attention warmed the
 libraries up); last, where several GPUs are visible, the all-reduce time by size over all of them (allreduce.py, in
 processes of its own).
 Without a GPU the GPU-only sections are skipped, noted, and the profile is CPU-only (assemble.py).
@@ -24,7 +25,7 @@ from typing import Optional, TextIO
 import torch
 
 from executor.profiler import (allreduce, attention, attention_flex, attention_step, disk, elementwise, executor_host,
-                               hbm, host, host_attention, matmul, pcie, pinning, runtime, sustained)
+                               graph_decode, hbm, host, host_attention, matmul, pcie, pinning, runtime, sustained)
 from executor.profiler.assemble import build_profile, default_profile_name, load_datasheet
 from executor.profiler.config import choose_preset, with_model_shapes
 from executor.profiler.context import ProfileContext
@@ -152,6 +153,7 @@ def collect(ctx: ProfileContext) -> dict:
     else:
         results["touch_bytes_per_s"] = pinning.measure_touch_rate(ctx)
     results["host_attention"] = _timed(ctx, host_attention.SECTION, host_attention.measure_host_attention)
+    results["graph_decode"] = _timed(ctx, graph_decode.SECTION, graph_decode.measure_graph_decode, ctx.models)
     results["launch"] = _timed(ctx, "runtime", runtime.measure_launch)
     results["executor_host"] = _timed(ctx, "executor", executor_host.measure_executor_host,
                                       results["launch"]["launch_overhead_s"])
@@ -180,7 +182,8 @@ def run_profile(options: ProfileOptions, stream: TextIO = sys.stderr) -> Profile
     preset = choose_preset(quick=options.quick, sizes=options.sizes, on_gpu=device.type == "cuda")
     if options.models:
         preset = with_model_shapes(preset, options.models)
-    ctx = ProfileContext(device=device, preset=preset, stream=stream, quiet=options.quiet, disk_path=options.disk)
+    ctx = ProfileContext(device=device, preset=preset, stream=stream, quiet=options.quiet, disk_path=options.disk,
+                         models=tuple(options.models))
     torch.manual_seed(0)
     ctx.progress("start", f"{device} {preset.mode} preset", f"torch {torch.__version__}")
     results = collect(ctx)

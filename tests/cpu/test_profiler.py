@@ -160,6 +160,7 @@ def test_tiny_cpu_profile_is_valid_and_cpu_only(tiny_run):
     assert run.datasheet is None
     # GPU-only: the sustained prefill rates (the power limit's clock) are left out and said so
     assert profile.sustained_table == [] and "sustained prefill rates" in profile.measurement.notes
+    assert profile.graph_decode_table == [] and "graph decode step" in profile.measurement.notes
 
 
 def test_tiny_cpu_profile_measures_executor_host_times(tiny_run):
@@ -358,3 +359,18 @@ def test_allreduce_points_structure_on_gloo():
         assert p["gpus"] == 2 and p["seconds"] > 0
         assert abs(p["bus_bytes_per_s"] - p["size_bytes"] / p["seconds"]) < 1e-6 * p["bus_bytes_per_s"]
         AllReducePoint(**p)
+
+
+def test_graph_decode_fit_recovers_the_step_model():
+    """graph_decode.fit_step: step(L, s) = token_s + L layer_s(s) from runs of 4 and 2 layers at each context,
+    exactly for data of that form; noise that makes a slope negative gives 0, not a negative cost."""
+    from executor.profiler import graph_decode as gd
+
+    token_s, layer_s = 4e-4, {s: 150e-6 + 1e-9 * s ** 0.9 for s in gd.CONTEXTS}
+    deep = {s: token_s + gd.LAYERS * layer_s[s] for s in gd.CONTEXTS}
+    shallow = {s: token_s + gd.SHALLOW_LAYERS * layer_s[s] for s in gd.CONTEXTS}
+    fitted_token_s, fitted_layer_s = gd.fit_step(deep, shallow)
+    assert fitted_token_s == pytest.approx(token_s)
+    assert fitted_layer_s == pytest.approx([layer_s[s] for s in gd.CONTEXTS])
+    flat = {s: 1e-3 for s in gd.CONTEXTS}
+    assert gd.fit_step(flat, flat)[1] == [0.0] * len(gd.CONTEXTS)

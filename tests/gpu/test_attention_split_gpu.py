@@ -139,13 +139,14 @@ def test_warm_up_merge_compiles_each_part_count_of_the_prefill():
 
 def test_warm_up_cudnn_makes_the_first_chunks_calls():
     """warm_up_cudnn calls cuDNN once non-causal (chunk against one past block) and, for chunks of 8K and more,
-    once square causal; the shapes land in cudnn_shapes_seen."""
+    square causal in both query layouts (contiguous, and transformers' [1, c, H_q, d] seen as [1, H_q, c, d]); the
+    shapes land in cudnn_shapes_seen."""
     from executor.attention.split import cudnn_shapes_seen, warm_up_cudnn
 
     needs_cudnn()
     before = cudnn_shapes_seen()
     assert warm_up_cudnn(torch.device("cuda"), torch.bfloat16, head_dim=HEAD_DIM, query_heads_per_kv=4, kv_heads=2,
-                         chunk_tokens=8192) == 2
+                         chunk_tokens=8192) == 3
     new = cudnn_shapes_seen() - before
     assert {shape[3] for shape in new} <= {False, True} and len(new) <= 2
     assert warm_up_cudnn(torch.device("cuda"), torch.bfloat16, head_dim=HEAD_DIM, query_heads_per_kv=4, kv_heads=2,

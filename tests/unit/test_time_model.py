@@ -429,3 +429,64 @@ def test_chunk_part_per_layer_priced_once_per_layer_at_all_query_heads():
     by_layer = predict_time(M, profile, lookup, _work(**one_chunk, chunk_part="layer"))
     sustained = lookup.sustained_ratios(M.head_dim)[0]              # the power limit's clock over a prefill
     assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * layer[0] / sustained)
+
+
+def _graph_point(model, token_s=1e-3, layer_s=(50e-6,), contexts=(1024,), vocab_size=None):
+    from hwprofiles.schema import GraphDecodePoint
+
+    return GraphDecodePoint(hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
+                            num_attention_heads=model.num_attention_heads,
+                            num_key_value_heads=model.num_key_value_heads, head_dim=model.head_dim,
+                            vocab_size=vocab_size or model.vocab_size, token_s=token_s,
+                            context_tokens=list(contexts), layer_s=list(layer_s))
+
+
+def test_graph_decode_priced_from_the_measured_step_of_the_layer_shape():
+    """A replayed decode token of a model whose layer shape the profile measured (graph_decode_table) costs
+    token_s + L (layer_s + the attention beyond the measured context); at the measured context exactly
+    token_s + L layer_s; another layer shape keeps the kernel tables' price."""
+    from planner.time_model import graph_decode_gpu_seconds
+
+    base = table_profile()
+    work = _work(context_tokens=1024, decode_tokens=1, chunk_size=1024, resident_kv_heads=256, decode_graphs=True)
+    table_only = predict_time(M, base, RateLookup(base), work).decode_s_per_token
+    measured = base.model_copy(update={"graph_decode_table": [_graph_point(M, token_s=2e-3, layer_s=(100e-6,))]})
+    lookup = RateLookup(measured)
+    at_context = graph_decode_gpu_seconds(M, lookup, np.array([1023.0]), 2)[0]
+    assert at_context == pytest.approx(2e-3 + 32 * 100e-6)
+    longer = graph_decode_gpu_seconds(M, lookup, np.array([131072.0]), 2)[0]
+    assert longer > at_context
+    pred = predict_time(M, measured, lookup, work)
+    assert pred.decode_s_per_token == pytest.approx(max(at_context, pred.terms["decode_host_s"]), rel=1e-4)
+    assert pred.decode_s_per_token != pytest.approx(table_only)
+    other = BUILTIN_MODELS["llama-3.2-1b"]
+    assert graph_decode_gpu_seconds(other, lookup, np.array([1023.0]), 2) is None
+    smaller_vocab = base.model_copy(update={"graph_decode_table": [_graph_point(M, vocab_size=M.vocab_size // 2)]})
+    same_vocab = base.model_copy(update={"graph_decode_table": [_graph_point(M)]})
+    delta = (graph_decode_gpu_seconds(M, RateLookup(smaller_vocab), np.array([1024.0]), 2)[0]
+             - graph_decode_gpu_seconds(M, RateLookup(same_vocab), np.array([1024.0]), 2)[0])
+    assert delta == pytest.approx((M.vocab_size - M.vocab_size // 2) * M.hidden_size * 2 / base.hbm_bytes_per_s)
+
+
+def test_plan_notes_a_layer_shape_the_graph_decode_table_lacks():
+    from planner.coverage import graph_decode_note
+
+    profile = table_profile(graph_decode_table=[_graph_point(M)])
+    assert graph_decode_note(M, profile) is None
+    note = graph_decode_note(BUILTIN_MODELS["llama-3.2-1b"], profile)
+    assert note.startswith("profile coverage:") and "headplan profile --model llama-3.2-1b" in note
+    assert graph_decode_note(M, table_profile()) is None       # a profile that never measured the step: silent
+
+
+def test_graph_decode_between_and_beyond_the_measured_contexts():
+    """With several measured contexts a layer costs layer_s(s + 1), linear between them and along the last segment
+    beyond the longest, whatever the attention table says; below the shortest it is clamped."""
+    from planner.time_model import graph_decode_gpu_seconds
+
+    point = _graph_point(M, token_s=3e-4, contexts=(1024, 16384, 131072), layer_s=(200e-6, 230e-6, 330e-6))
+    lookup = RateLookup(table_profile(graph_decode_table=[point]))
+    price = lambda past: graph_decode_gpu_seconds(M, lookup, np.array([past]), 2)[0]  # noqa: E731
+    assert price(16383.0) == pytest.approx(3e-4 + 32 * 230e-6)
+    assert price(8703.0) == pytest.approx(3e-4 + 32 * 215e-6)             # halfway from 1K to 16K
+    assert price(131071.0 + 114688) == pytest.approx(3e-4 + 32 * 430e-6)  # one more 16K-128K segment beyond
+    assert price(0.0) == pytest.approx(3e-4 + 32 * 200e-6)
