@@ -143,11 +143,23 @@ def graph_decode_note(model: ModelSpec, hardware: HardwareProfile) -> Optional[s
             f"decode is priced from the kernel tables; `headplan profile --model {model.name}` measures it")
 
 
+def sustained_note(model: ModelSpec, hardware: HardwareProfile) -> Optional[str]:
+    """A note when the profile's sustained prefill rates (sustained_table) lack the model's head dim: the nearest
+    measured head dim's ratios are used (planner/hw_lookup.py sustained_ratios)."""
+    dims = sorted({p.head_dim for p in hardware.sustained_table})
+    if not dims or model.head_dim in dims:
+        return None
+    nearest = _nearest(set(dims), model.head_dim)
+    return (f"{COVERAGE} sustained prefill rates measured at head dim {', '.join(map(str, dims))}, not "
+            f"{model.head_dim}: head dim {nearest}'s used ({_times(nearest, model.head_dim)} away)")
+
+
 def plan_fidelity_notes(model: ModelSpec, hardware: HardwareProfile, *, backend: str, chunk_tokens: int,
                         context_tokens: int, decode_graphs: bool = False) -> list[str]:
-    """coverage_notes, trained_length_note and (``decode_graphs``: the plan replays its decode) graph_decode_note
-    together (what make_plan and make_pipeline_plan add)."""
+    """coverage_notes, trained_length_note, sustained_note and (``decode_graphs``: the plan replays its decode)
+    graph_decode_note together (what make_plan and make_pipeline_plan add)."""
     notes = coverage_notes(model, hardware, backend=backend, chunk_tokens=chunk_tokens,
                            context_tokens=context_tokens)
-    extra = [trained_length_note(model, context_tokens), graph_decode_note(model, hardware) if decode_graphs else None]
+    extra = [trained_length_note(model, context_tokens), sustained_note(model, hardware),
+             graph_decode_note(model, hardware) if decode_graphs else None]
     return notes + [note for note in extra if note]

@@ -54,6 +54,7 @@ from hwprofiles.schema import HardwareProfile
 from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
 from planner.attention_time import attention_seconds, decode_attention_seconds, layer_chunk_seconds
+from planner.graph_decode_time import graph_decode_gpu_seconds
 from planner.host_share import host_share_terms
 from planner.hw_lookup import RateLookup
 from planner.model_spec import ModelSpec
@@ -304,43 +305,6 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
                                             past_cut=work.past_cut)
     out["step"] = np.maximum(out["gpu"], out["host"]) + out["builds"]
     return out
-
-
-def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndarray,
-                             elem_bytes: int) -> np.ndarray | None:
-    """GPU seconds of one replayed decode token (every KV head resident, one CUDA graph) from the profile's
-    measured step of the model's layer shape (hwprofiles.schema GraphDecodePoint, executor/profiler/graph_decode.py),
-    None without one:
-
-        token_s + (V - V_p) D b / HBM + L layer_s(s + 1)
-
-    V, V_p: the model's and the measured vocabulary (the lm_head's bytes), D hidden, L layers, s the token's past;
-    layer_s(k) linear between the measured contexts, beyond the last along its last segment, below the first
-    clamped. With one measured context s_p the layer's attention beyond it comes from the attention table instead:
-    layer_s(s_p) + max(attn(s) - attn(s_p), 0), attn one layer's decode attention over all H_kv heads
-    (decode_attention_seconds). On the H200 (2026-12-01) the kernel tables priced Llama-3-8B's replayed token 7-10%
-    long: each kernel's single-call launch and ramp, which a graph does not pay, stood in for the few microseconds
-    each small kernel still costs in one; their single-call decode attention points read the per-key cost too high,
-    and a straight line through 1K and 16K too (18% long at 128K: the kernel reads HBM faster at long contexts)."""
-    point = lookup.graph_decode_point(hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
-                                      num_attention_heads=model.num_attention_heads,
-                                      num_key_value_heads=model.num_key_value_heads, head_dim=model.head_dim)
-    if point is None:
-        return None
-    lm_head = (model.vocab_size - point.vocab_size) * model.hidden_size * elem_bytes / lookup.profile.hbm_bytes_per_s
-    keys = np.asarray(past, dtype=float) + 1
-    contexts, layer_s = np.array(point.context_tokens, dtype=float), np.array(point.layer_s)
-    if len(contexts) >= 2:
-        slope = (layer_s[-1] - layer_s[-2]) / (contexts[-1] - contexts[-2])
-        per_layer = np.where(keys <= contexts[-1], np.interp(keys, contexts, layer_s),
-                             layer_s[-1] + slope * (keys - contexts[-1]))
-        return point.token_s + lm_head + model.num_hidden_layers * per_layer
-    kv_heads = model.num_key_value_heads
-    per_head = lambda n: 2.0 * model.head_dim * elem_bytes * n  # noqa: E731 - one head's K, V over n keys
-    measured = np.full_like(keys, contexts[0])
-    extra = (decode_attention_seconds(model, lookup, kv_heads, keys - 1, per_head(keys))
-             - decode_attention_seconds(model, lookup, kv_heads, measured - 1, per_head(measured)))
-    return point.token_s + lm_head + model.num_hidden_layers * (layer_s[0] + np.maximum(extra, 0.0))
 
 
 def _call_head_counts(layer_types: list[LayerType]) -> set[int]:

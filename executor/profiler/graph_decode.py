@@ -20,7 +20,7 @@ Three contexts because the flash decode kernel's cost per key falls with the con
 more keys): a straight line through 1K and 16K priced the H200's 128K steps 18% long. The planner prices a replayed
 decode token of a model with a matching layer shape as token_s (its lm_head bytes adjusted to the model's
 vocabulary) + L * layer_s(s), linear between the measured contexts and along the last segment beyond them
-(planner/time_model.py graph_decode_gpu_seconds). GPU only; a shape that does not fit in free memory is noted and
+(planner/graph_decode_time.py graph_decode_gpu_seconds). GPU only; a shape that does not fit in free memory is noted and
 skipped. Leaves out: eager decode (the kernel tables and the host-time fits price it) and streamed heads (no graph).
 """
 

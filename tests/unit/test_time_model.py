@@ -445,7 +445,7 @@ def test_graph_decode_priced_from_the_measured_step_of_the_layer_shape():
     """A replayed decode token of a model whose layer shape the profile measured (graph_decode_table) costs
     token_s + L (layer_s + the attention beyond the measured context); at the measured context exactly
     token_s + L layer_s; another layer shape keeps the kernel tables' price."""
-    from planner.time_model import graph_decode_gpu_seconds
+    from planner.graph_decode_time import graph_decode_gpu_seconds
 
     base = table_profile()
     work = _work(context_tokens=1024, decode_tokens=1, chunk_size=1024, resident_kv_heads=256, decode_graphs=True)
@@ -481,7 +481,7 @@ def test_plan_notes_a_layer_shape_the_graph_decode_table_lacks():
 def test_graph_decode_between_and_beyond_the_measured_contexts():
     """With several measured contexts a layer costs layer_s(s + 1), linear between them and along the last segment
     beyond the longest, whatever the attention table says; below the shortest it is clamped."""
-    from planner.time_model import graph_decode_gpu_seconds
+    from planner.graph_decode_time import graph_decode_gpu_seconds
 
     point = _graph_point(M, token_s=3e-4, contexts=(1024, 16384, 131072), layer_s=(200e-6, 230e-6, 330e-6))
     lookup = RateLookup(table_profile(graph_decode_table=[point]))
@@ -490,3 +490,13 @@ def test_graph_decode_between_and_beyond_the_measured_contexts():
     assert price(8703.0) == pytest.approx(3e-4 + 32 * 215e-6)             # halfway from 1K to 16K
     assert price(131071.0 + 114688) == pytest.approx(3e-4 + 32 * 430e-6)  # one more 16K-128K segment beyond
     assert price(0.0) == pytest.approx(3e-4 + 32 * 200e-6)
+
+
+def test_plan_notes_a_head_dim_the_sustained_table_lacks():
+    from planner.coverage import sustained_note
+
+    profile = _with_sustained(table_profile(), 0.87, 0.98, head_dim=128)
+    assert sustained_note(M, profile) is None
+    note = sustained_note(BUILTIN_MODELS["gemma-2-9b"], profile)
+    assert note.startswith("profile coverage:") and "head dim 128's used" in note and "2.0x" in note
+    assert sustained_note(BUILTIN_MODELS["gemma-2-9b"], table_profile()) is None
