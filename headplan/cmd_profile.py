@@ -23,12 +23,12 @@ DESCRIPTION = (
     "Measure this machine (GPU matmul and attention throughput, device memory and PCIe bandwidth by "
     "transfer size, pinning cost, runtime overhead, host RAM) into a hardware profile for `headplan plan "
     "--hw`, also stored as this machine's default profile. Full mode takes about 5-6 minutes on an H100, --quick "
-    "about 1.5. Without a GPU it profiles the CPU."
+    "about 2.5 on an H200. Without a GPU it profiles the CPU."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="smaller grids: about 1.5 minutes on an H100")
+    parser.add_argument("--quick", action="store_true", help="smaller grids: about 2.5 minutes on an H200")
     parser.add_argument("--sizes", choices=("default", "tiny"), default="default",
                         help="'tiny': seconds-long toy sizes for CI (figures not representative)")
     parser.add_argument("--device", default=None,
