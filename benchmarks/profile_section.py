@@ -30,16 +30,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+def _as_is(profile, measured: dict) -> dict:
+    return measured
+
+
+def _elementwise(profile, measured: dict) -> dict:
+    # no compiler here (noted): the planner prices eager
+    return {"compiled_elementwise_bytes_per_s": None, **measured}
+
+
+def _replacing(backend: str, causal=None):
+    """A section whose attention points replace the profile's points of ``backend`` (of that causality if given)."""
+    def merge(profile, points: list) -> dict:
+        kept = [p for p in profile.attention_table
+                if not (p.backend == backend and (causal is None or p.causal == causal))]
+        return {"attention_table": kept + points}
+    return merge
+
+
+def _flex(profile, measured: dict) -> dict:
+    return {**_replacing("flex")(profile, measured["points"]),
+            "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}
+
+
+# section -> (module of executor/profiler, its function, the profile fields it sets, how its result becomes them)
 SECTIONS = {"elementwise": ("elementwise", "measure_elementwise", ("elementwise_bytes_per_s",
-                                                                   "compiled_elementwise_bytes_per_s")),
-            "runtime-memory": ("runtime", "measure_runtime_memory_alone", ("runtime_overhead_bytes",)),
+                                                                   "compiled_elementwise_bytes_per_s"), _elementwise),
+            "runtime-memory": ("runtime", "measure_runtime_memory_alone", ("runtime_overhead_bytes",), _as_is),
             "host-attention": ("host_attention", "measure_host_attention",
                                ("host_read_bytes_per_s", "host_read_threads", "cpu_attention_table",
-                                "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s")),
-            "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes")),
-            "sustained": ("sustained", "measure_sustained", ("sustained_table",)),
-            "cudnn-causal": ("attention", "measure_square_causal_section", ("attention_table",)),
-            "graph-decode": ("graph_decode", "measure_graph_decode", ("graph_decode_table",))}
+                                "host_concurrency_table", "host_share_handoff_s", "host_attention_call_s"), _as_is),
+            "flex": ("attention_flex", "measure_flex_section", ("attention_table", "flex_runtime_overhead_bytes"),
+                     _flex),
+            "sustained": ("sustained", "measure_sustained", ("sustained_table",), _as_is),
+            "cudnn-causal": ("attention", "measure_square_causal_section", ("attention_table",),
+                             _replacing("cudnn", causal=True)),
+            "graph-decode": ("graph_decode", "measure_graph_decode", ("graph_decode_table",),
+                             lambda profile, points: {"graph_decode_table": points})}
 
 
 def main() -> int:
@@ -67,19 +94,9 @@ def main() -> int:
         return 2
     ctx = ProfileContext(device=device, preset=choose_preset(quick=args.quick, sizes="default",
                                                              on_gpu=device.type == "cuda"), stream=sys.stdout)
-    module_name, function, fields = SECTIONS[args.section]
+    module_name, function, fields, merge = SECTIONS[args.section]
     module = importlib.import_module(f"executor.profiler.{module_name}")
-    measured = getattr(module, function)(ctx)
-    if args.section == "elementwise" and "compiled_elementwise_bytes_per_s" not in measured:
-        measured["compiled_elementwise_bytes_per_s"] = None  # no compiler here (noted): the planner prices eager
-    if args.section == "flex":  # a list of points: they replace the profile's flex points
-        measured = {"attention_table": [p for p in profile.attention_table if p.backend != "flex"] + measured["points"],
-                    "flex_runtime_overhead_bytes": measured["flex_runtime_overhead_bytes"]}
-    if args.section == "graph-decode":  # a list of points: the table
-        measured = {"graph_decode_table": measured}
-    if args.section == "cudnn-causal":  # the square causal cuDNN points replace the profile's
-        measured = {"attention_table": [p for p in profile.attention_table
-                                        if not (p.backend == "cudnn" and p.causal)] + measured}
+    measured = merge(profile, getattr(module, function)(ctx))
     info = profile.measurement
     line = (f"{', '.join(fields)} measured on {time.strftime('%Y-%m-%d')} on {name} by "
             f"benchmarks/profile_section.py, in a separate process from the rest of this profile")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, PAST_CUTS
+from planner.host_time import PAST_BLOCK_TOKENS, PAST_CUTS, chunk_part_backend
 
 SPLIT_CHUNK_BACKENDS = ("flash", "cudnn")
 SPLIT_CHUNK_PARTS = ("layer", "group")
@@ -55,9 +55,7 @@ class SplitOptions:
         """Kernel of the chunk-vs-itself part for a chunk of ``chunk_tokens`` queries. The rule: on the H100,
         128K prefill of the 8B shape, 8K chunks took 12.03 s with the cuDNN chunk part against 12.53 s with
         flash; 4K chunks 13.04 s against 12.74 s."""
-        if self.chunk_backend is not None:
-            return self.chunk_backend
-        return "cudnn" if chunk_tokens >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
+        return chunk_part_backend(self.chunk_backend, chunk_tokens)
 
 
 @dataclass(frozen=True)

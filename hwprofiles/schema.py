@@ -154,6 +154,12 @@ class GraphDecodePoint(_Frozen):
     context_tokens: list[int] = Field(description="the contexts of the measured steps, ascending")
     layer_s: list[float] = Field(description="seconds per token per decoder layer at each of context_tokens")
 
+    @property
+    def layer_shape(self) -> tuple[int, int, int, int, int]:
+        """(hidden, intermediate, query heads, KV heads, head dim), as planner.model_spec.ModelSpec.layer_shape."""
+        return (self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads,
+                self.head_dim)
+
 
 class MeasurementInfo(_Frozen):
     """Where and when a measured profile was taken."""

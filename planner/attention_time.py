@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS
+from planner.host_time import PAST_BLOCK_TOKENS, chunk_part_backend
 from planner.hw_lookup import RateLookup, step_backend_name
 from planner.memory_model import FUSED_MERGE_MAX_PARTS
 from planner.model_spec import ModelSpec
@@ -38,6 +38,13 @@ def layer_chunk_backend(model: ModelSpec, lookup: RateLookup, chunk_tokens: int)
     return "cudnn" if rates["cudnn"] > rates["flash"] else "flash"
 
 
+def _square_rate_backend(lookup: RateLookup, chunk_backend: Optional[str], chunk_tokens: int) -> str:
+    """The table whose square causal rate prices the chunk part: cuDNN's where the part runs on cuDNN
+    (host_time.chunk_part_backend) and the profile has its causal points, else flash's."""
+    on_cudnn = chunk_part_backend(chunk_backend, chunk_tokens) == "cudnn"
+    return "cudnn" if on_cudnn and lookup.has_attention_points("cudnn", causal=True) else "flash"
+
+
 def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray,
                         chunk_backend: Optional[str] = None) -> np.ndarray:
     """GPU time of cudnn-split's chunk-vs-itself part computed once per layer for all H_q query heads
@@ -47,10 +54,7 @@ def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray,
     else at flash's."""
     q_heads, head_dim = model.num_attention_heads, model.head_dim
     q_len = int(np.max(chunk))
-    has_cudnn = lookup.has_attention_points("cudnn", causal=True)
-    if chunk_backend is None:
-        chunk_backend = "cudnn" if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
-    backend = "cudnn" if chunk_backend == "cudnn" and has_cudnn else "flash"
+    backend = _square_rate_backend(lookup, chunk_backend, q_len)
     rate = lookup.attention_flops_per_s(backend=backend, q_heads=q_heads, q_len=q_len, k_len=chunk,
                                         head_dim=head_dim, causal=True, gqa_ratio=model.query_heads_per_kv_head)
     return 4.0 * q_heads * head_dim * chunk * (chunk + 1) / 2.0 / rate
@@ -58,7 +62,7 @@ def layer_chunk_seconds(model: ModelSpec, lookup: RateLookup, chunk: np.ndarray,
 
 def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, chunk: np.ndarray, past: np.ndarray,
                       backend: str, elem_bytes: int = 2, past_cut: str = "binary",
-                      chunk_part: str = "group") -> np.ndarray:
+                      chunk_part: str = "group", chunk_backend: Optional[str] = None) -> np.ndarray:
     """GPU time of the prefill attention of ``kv_heads`` KV heads (with their query heads) for chunks of
     ``chunk`` queries after ``past`` keys (arrays), lower-right causal.
 
@@ -73,7 +77,8 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     "cudnn-split" (executor/attention/split.py): the past's n = s // B full blocks (B = PAST_BLOCK_TOKENS) in
     one cuDNN call per set bit of n (key length B 2^i, non-causal, at the cuDNN rate for that length), the
     tail s - n B plus the chunk in one lower-right causal call on flash (chunks >= CUDNN_SPLIT_CHUNK_MIN_TOKENS:
-    the square causal part at the cuDNN causal rate where the profile has it), and the log-sum-exp merge:
+    or with ``chunk_backend`` "cudnn": host_time.chunk_part_backend; the square causal part at the cuDNN causal
+    rate where the profile has it), and the log-sum-exp merge:
     one pass reading every part and writing the output, c h q d (parts + 1) b bytes over HBM (more than
     FUSED_MERGE_MAX_PARTS parts: the eager float32 merge, EAGER_MERGE_BYTES_PER_ELEMENT per part after the first).
     ``past_cut`` "whole" (planner/host_time.py PAST_CUTS): the n full blocks in one cuDNN call of key length n B
@@ -136,7 +141,7 @@ def attention_seconds(model: ModelSpec, lookup: RateLookup, *, kv_heads: int, ch
     chunk_rate = lookup.attention_flops_per_s(backend="flash", q_heads=q_heads, q_len=q_len,
                                               k_len=tail + chunk, head_dim=head_dim, causal=True, gqa_ratio=ratio)
     square_rate = chunk_rate
-    if q_len >= CUDNN_SPLIT_CHUNK_MIN_TOKENS and lookup.has_attention_points("cudnn", causal=True):
+    if _square_rate_backend(lookup, chunk_backend, q_len) == "cudnn":
         square_rate = lookup.attention_flops_per_s(backend="cudnn", q_heads=q_heads, q_len=q_len, k_len=chunk,
                                                    head_dim=head_dim, causal=True, gqa_ratio=ratio)
     chunk_s = flop_per_pair * (chunk * tail / chunk_rate + chunk * (chunk + 1) / 2.0 / square_rate)

@@ -223,6 +223,8 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None,
     ``chunk_backend``: the cudnn-split chunk part's kernel; "auto" the faster in the profile
     (attention_time.layer_chunk_backend), else as given (None: the executor's rule)."""
     backends = (backend,) if backend else setup.backends
+    if chunk_backend == "auto":
+        chunk_backend = layer_chunk_backend(setup.model, setup.lookup, cand.chunk_size)
     prefills = []
     for name in backends:
         for cut in setup.past_cuts(name):
@@ -231,9 +233,7 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None,
                             resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
                             decode_graphs=setup.graphs_decode(cand.resident_kv_heads), past_cut=cut,
                             compile_layers=setup.compile_chosen,
-                            chunk_backend=(None if name != "cudnn-split" else chunk_backend
-                                           if chunk_backend != "auto" else
-                                           layer_chunk_backend(setup.model, setup.lookup, cand.chunk_size)))
+                            chunk_backend=chunk_backend if name == "cudnn-split" else None)
             prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
     # faster prefill; flash, then the default cut, on a tie
     prefills.sort(key=lambda item: (item[0][0], item[1] != "flash", item[2].past_cut != "binary"))

@@ -131,11 +131,8 @@ def trained_length_note(model: ModelSpec, context_tokens: int) -> Optional[str]:
 def graph_decode_note(model: ModelSpec, hardware: HardwareProfile) -> Optional[str]:
     """A note when a profile that measured replayed decode steps (graph_decode_table) has none of this model's
     layer shape: its replayed decode token is then priced from the kernel tables (7-10% long on the H200)."""
-    shape = (model.hidden_size, model.intermediate_size, model.num_attention_heads, model.num_key_value_heads,
-             model.head_dim)
     table = hardware.graph_decode_table
-    if not table or any((p.hidden_size, p.intermediate_size, p.num_attention_heads, p.num_key_value_heads,
-                         p.head_dim) == shape for p in table):
+    if not table or any(p.layer_shape == model.layer_shape for p in table):
         return None
     return (f"{COVERAGE} the replayed decode step was measured for {len(table)} other layer shape(s), not "
             f"{model.name}'s (hidden {model.hidden_size}, intermediate {model.intermediate_size}, heads "

@@ -29,9 +29,7 @@ def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndar
     long: each kernel's single-call launch and ramp, which a graph does not pay, stood in for the few microseconds
     each small kernel still costs in one; their single-call decode attention points read the per-key cost too high,
     and a straight line through 1K and 16K too (18% long at 128K: the kernel reads HBM faster at long contexts)."""
-    point = lookup.graph_decode_point(hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
-                                      num_attention_heads=model.num_attention_heads,
-                                      num_key_value_heads=model.num_key_value_heads, head_dim=model.head_dim)
+    point = lookup.graph_decode_point(model.layer_shape)
     if point is None:
         return None
     lm_head = (model.vocab_size - point.vocab_size) * model.hidden_size * elem_bytes / lookup.profile.hbm_bytes_per_s

@@ -48,6 +48,15 @@ PAST_CUTS = ("binary", "whole")
 # Chunks of at least this many tokens run the square causal chunk part of "cudnn-split" on cuDNN, shorter ones on
 # flash (executor/settings.py SplitOptions.chunk_backend_for imports it from here).
 CUDNN_SPLIT_CHUNK_MIN_TOKENS = 8192
+
+
+def chunk_part_backend(chunk_backend: Optional[str], chunk_tokens: int) -> str:
+    """The kernel of cudnn-split's square causal chunk part: ``chunk_backend`` where a plan names it ("flash" or
+    "cudnn"), else the rule (cuDNN for chunks of at least CUDNN_SPLIT_CHUNK_MIN_TOKENS, flash below). The executor
+    (executor/settings.py SplitOptions.chunk_backend_for) and the cost model both take it from here."""
+    if chunk_backend is not None:
+        return chunk_backend
+    return "cudnn" if chunk_tokens >= CUDNN_SPLIT_CHUNK_MIN_TOKENS else "flash"
 HOST_OPS_GRAPH_TOKEN = 8         # a replayed decode graph: the replay call, two event marks, the token's copy
 
 

@@ -205,15 +205,10 @@ class RateLookup:
         return np.interp(log_k, _K_GRID_LOG2, grid)
 
     # ---- replayed decode step ------------------------------------------------------------------------------
-    def graph_decode_point(self, *, hidden_size: int, intermediate_size: int, num_attention_heads: int,
-                           num_key_value_heads: int, head_dim: int):
-        """The profile's measured replayed decode step of exactly this layer shape (GraphDecodePoint), or None."""
-        shape = (hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, head_dim)
-        for point in self.profile.graph_decode_table:
-            if (point.hidden_size, point.intermediate_size, point.num_attention_heads, point.num_key_value_heads,
-                    point.head_dim) == shape:
-                return point
-        return None
+    def graph_decode_point(self, layer_shape: tuple[int, ...]):
+        """The profile's measured replayed decode step of exactly this layer shape (ModelSpec.layer_shape), or
+        None."""
+        return next((p for p in self.profile.graph_decode_table if p.layer_shape == tuple(layer_shape)), None)
 
     # ---- sustained prefill ----------------------------------------------------------------------------------
     def sustained_ratios(self, head_dim: int) -> tuple[float, float]:

@@ -107,6 +107,13 @@ class ModelSpec(BaseModel):
         """All parameters: embeddings (+ lm_head), layers, final norm."""
         return self.embedding_param_count + self.num_hidden_layers * self.layer_param_count + self.hidden_size
 
+    @property
+    def layer_shape(self) -> tuple[int, int, int, int, int]:
+        """(hidden, intermediate, query heads, KV heads, head dim): what a profile's measured replayed decode step
+        is matched on (hwprofiles.schema GraphDecodePoint.layer_shape)."""
+        return (self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads,
+                self.head_dim)
+
     # ---- attention windows -----------------------------------------------------------------------------------
     @property
     def layer_windows(self) -> tuple[Optional[int], ...]:

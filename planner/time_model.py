@@ -51,7 +51,7 @@ from typing import Optional
 import numpy as np
 
 from hwprofiles.schema import HardwareProfile
-from planner.host_time import (CUDNN_SPLIT_CHUNK_MIN_TOKENS, PAST_BLOCK_TOKENS, LayerType, executor_host_seconds,
+from planner.host_time import (PAST_BLOCK_TOKENS, LayerType, chunk_part_backend, executor_host_seconds,
                                graph_decode_host_seconds, popcount, summarize_layers)
 from planner.attention_time import attention_seconds, decode_attention_seconds, layer_chunk_seconds
 from planner.graph_decode_time import graph_decode_gpu_seconds
@@ -225,8 +225,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             return decode_attention_seconds(model, lookup, heads, keys, head_kv,
                                             kernel="flex" if work.backend == "flex" else "flash")
         return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
-                                 elem_bytes=elem_bytes, past_cut=work.past_cut,
-                                 chunk_part=work.chunk_part) / attention_ratio
+                                 elem_bytes=elem_bytes, past_cut=work.past_cut, chunk_part=work.chunk_part,
+                                 chunk_backend=work.chunk_backend) / attention_ratio
 
     layer_part = (layer_chunk_seconds(model, lookup, chunk, work.chunk_backend) / attention_ratio
                   if backend == "cudnn-split" and work.chunk_part == "layer" else np.zeros_like(past, dtype=float))
@@ -282,8 +282,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         # the whole cut's key lengths are built by the executor's warm-up (attention/split.py warm_up_whole_past)
         builds = (graph_builds_per_chunk(calls, chunk, past) if work.past_cut == "binary"
                   else np.zeros_like(past, dtype=float))
-        on_cudnn = (chunk >= CUDNN_SPLIT_CHUNK_MIN_TOKENS if work.chunk_backend is None
-                    else np.full(len(chunk), work.chunk_backend == "cudnn"))
+        on_cudnn = np.isin(chunk, [c for c in np.unique(chunk) if chunk_part_backend(work.chunk_backend, int(c))
+                                   == "cudnn"])
         square = on_cudnn & (np.arange(len(chunk)) == 0)                # the square causal cuDNN part's shapes
         if len(chunk) > 1 and chunk[-1] != chunk[0]:
             square[-1] = on_cudnn[-1]

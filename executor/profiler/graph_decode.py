@@ -32,6 +32,7 @@ import torch
 
 from executor.profiler.context import ProfileContext
 from hwprofiles.schema import GraphDecodePoint
+from planner.candidates import needs_flex
 from planner.model_spec import BUILTIN_MODELS, ModelSpec
 
 SECTION = "graph decode"
@@ -41,21 +42,15 @@ CONTEXTS = (1024, 16384, 131072)   # prompt tokens of the runs
 DECODE_TOKENS, REPEATS = 24, 3
 
 
-def layer_shape(model: ModelSpec) -> tuple[int, int, int, int, int]:
-    """(hidden, intermediate, query heads, KV heads, head dim): what a graph decode point is matched on."""
-    return (model.hidden_size, model.intermediate_size, model.num_attention_heads, model.num_key_value_heads,
-            model.head_dim)
-
-
 def _models(extra: tuple) -> list[ModelSpec]:
     """Llama-3-8B, Llama-3.2-1B and ``extra`` (ModelSpecs), one per layer shape, in that order; models with
     sliding windows or soft-capped scores left out (their decode never replays a graph)."""
     chosen, seen = [], set()
     for model in [BUILTIN_MODELS[name] for name in DEFAULT_MODELS] + list(extra):
-        if getattr(model, "sliding_window", None) or getattr(model, "attn_logit_softcapping", None):
+        if needs_flex(model):
             continue
-        if layer_shape(model) not in seen:
-            seen.add(layer_shape(model))
+        if model.layer_shape not in seen:
+            seen.add(model.layer_shape)
             chosen.append(model)
     return chosen
 
@@ -117,7 +112,7 @@ def measure_graph_decode(ctx: ProfileContext, models: tuple = ()) -> list[GraphD
             ctx.free_memory()
             continue
         token_s, layer_s = fit_step(deep_s, shallow_s)
-        hidden, intermediate, q_heads, kv_heads, head_dim = layer_shape(model)
+        hidden, intermediate, q_heads, kv_heads, head_dim = model.layer_shape
         point = GraphDecodePoint(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=q_heads,
                                  num_key_value_heads=kv_heads, head_dim=head_dim, vocab_size=model.vocab_size,
                                  token_s=token_s, context_tokens=list(CONTEXTS), layer_s=layer_s)

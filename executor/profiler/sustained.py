@@ -28,6 +28,7 @@ Leaves out: the clock itself (the probe samples nvidia-smi).
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Optional
 
@@ -43,11 +44,6 @@ SUSTAIN_S = {"full": 6.0, "quick": 3.0, "tiny": 0.2}
 MODEL_SHAPES = {128: (4096, 14336), 64: (2048, 8192)}   # head dim -> (hidden D, intermediate I)
 CHUNK_TOKENS, KV_HEADS, GQA, PAST_TOKENS = 4096, 8, 4, 32768
 SYNC_EVERY_STEPS = 16           # bound how far the host runs ahead of the GPU (and the events kept in flight)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
 
 
 def measure_sustained(ctx: ProfileContext, *, fill: str = "randn", sustain_s: Optional[float] = None,
@@ -118,8 +114,8 @@ def _one_shape(ctx: ProfileContext, head_dim: int, hidden: int, intermediate: in
     torch.cuda.synchronize(ctx.device)
     elapsed_s = time.perf_counter() - started_s
     kept = marks[len(marks) // 2:]
-    sustained_matmul = _median([b.elapsed_time(m) / 2e3 for b, m, _ in kept])
-    sustained_attention = _median([m.elapsed_time(e) / 1e3 for _, m, e in kept])
+    sustained_matmul = statistics.median([b.elapsed_time(m) / 2e3 for b, m, _ in kept])
+    sustained_attention = statistics.median([m.elapsed_time(e) / 1e3 for _, m, e in kept])
     row = {"head_dim": head_dim, "hidden_size": hidden, "intermediate_size": intermediate,
            "attention_ratio": burst_attention / sustained_attention, "matmul_ratio": burst_matmul / sustained_matmul,
            "attention_flops_per_s": attention_flop / sustained_attention,

@@ -208,7 +208,7 @@ def test_chunk_part_rule_and_the_planner_agree():
     for the cuDNN chunk part and the past block; an override is a typed option, refused when misspelt."""
     from executor.settings import ExecutionSettings, SplitOptions
     from planner.host_time import PAST_BLOCK_TOKENS
-    from planner.time_model import CUDNN_SPLIT_CHUNK_MIN_TOKENS
+    from planner.host_time import CUDNN_SPLIT_CHUNK_MIN_TOKENS
 
     default = SplitOptions()
     assert default.past_block_tokens == PAST_BLOCK_TOKENS
