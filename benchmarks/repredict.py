@@ -1,5 +1,6 @@
 """Re-predict validation cells with the current cost model: the same profile and the same knobs the cell ran with
-(chunk, group, resident heads, backend, CPU share, past cut, compiled layers, the chunk part's kernel).
+(chunk, group, resident heads, backend, CPU share and its hand-off, past cut, compiled layers, the chunk part's
+kernel).
 
 A cell's measurement does not depend on the planner once its knobs are fixed, so after a fix to the cost model the
 cells can be predicted again without running them. This writes the JSON lines again with ``report.predicted``
@@ -26,6 +27,11 @@ from planner.solver import evaluate  # noqa: E402
 from planner.units import parse_bytes, parse_tokens  # noqa: E402
 
 
+def hand_off_of(report: dict) -> str:
+    """The CPU share's hand-off the run used: its report says so since the stream wait came; earlier runs joined."""
+    return (report.get("host_share") or {}).get("hand_off") or "join"
+
+
 def repredict(row: dict, hardware) -> dict:
     report = row["report"]
     model_name, context, gpu_mem, *knobs = row["cell"].split(":")
@@ -40,7 +46,8 @@ def repredict(row: dict, hardware) -> dict:
                                        cpu_share=settings.get("cpu_share") or 0.0,
                                        past_cut=settings.get("split", {}).get("past_cut", "binary"),
                                        compile_layers=bool(settings.get("compile_layers")),
-                                       chunk_backend=settings.get("split", {}).get("chunk_backend"), **common)
+                                       chunk_backend=settings.get("split", {}).get("chunk_backend"),
+                                       share_hand_off=hand_off_of(report), **common)
     fixed = dict(knob.split("=", 1) for knob in knobs)
     chosen = make_pipeline_plan(spec, hardware, gpus=int(fixed.get("n", 1)), **common,
                                 chunk_size=parse_tokens(fixed["c"]) if "c" in fixed else None,

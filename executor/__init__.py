@@ -6,7 +6,8 @@ Subpackages by responsibility, bottom to top (imports point down; tests/unit/tes
 
     settings.py   ExecutionSettings, SplitOptions, RunOptions: typed knobs passed in, no mutable globals
     faults.py     RunFault (partial report attached), RunOutOfMemory, RunInterrupted, hardware mismatch
-    runtime/      streams and events, the timing helper, GPU budget and memory, host memory, NUMA
+    runtime/      streams and events, the timing helper, GPU budget and memory, host memory, NUMA, the stream
+                  wait on a host counter (stream_wait.py: the GPU waits for the CPU share on its stream)
     kv/           KVLayout (the shapes), HostKVStore (pinned host rows), GpuKVStore (resident rows, ping-pong slots),
                   saved contexts (context_manifest.py, context_save.py, context_load.py, fingerprint.py, rows.py)
     attention/    attend_chunk over backends (flash, flash_attn, cudnn-split, math), the log-sum-exp merge (eager

@@ -23,7 +23,7 @@ from planner.memory_model import (dtype_bytes, max_resident_heads, min_resident_
 from planner.model_spec import ModelSpec
 from planner.plan import MemoryPrediction
 from planner.strategies import Knobs, allowed, check_knobs, chunk_candidates, group_candidates
-from planner.time_model import TimePrediction, Workload, predict_prefill, predict_time
+from planner.time_model import SHARE_HAND_OFFS, TimePrediction, Workload, predict_prefill, predict_time
 from planner.units import format_bytes
 
 _LOOKUPS: dict[int, tuple[HardwareProfile, RateLookup]] = {}
@@ -63,6 +63,8 @@ class Setup:
     compile_layers: Optional[bool] = None
     """torch.compile'd norms and MLPs in prefill; None: on where the profile measured the compiled elementwise
     rate above the eager one (the only term it changes, so that is the faster predicted prefill)"""
+    share_hand_off: str = "stream"
+    """how the CPU share's result reaches the GPU (time_model.Workload.share_hand_off)"""
 
     @property
     def compile_chosen(self) -> bool:
@@ -99,10 +101,13 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
                gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int], dtype: str,
                attention_backend: Optional[str] = None, decode_graphs: bool = True,
                cpu_share: Optional[float] = None, past_cut: Optional[str] = None,
-               compile_layers: Optional[bool] = None) -> Setup:
+               compile_layers: Optional[bool] = None, share_hand_off: str = "stream") -> Setup:
     """Validate the workload, budgets and backend; None budgets default to the profile's card memory and host RAM.
     ``attention_backend`` (None: auto) "flash" leaves "cudnn-split" out of the backends considered;
-    ``decode_graphs`` False plans every decode step eager. ``past_cut`` / ``compile_layers``: Setup's fields."""
+    ``decode_graphs`` False plans every decode step eager. ``past_cut`` / ``compile_layers`` / ``share_hand_off``:
+    Setup's fields."""
+    if share_hand_off not in SHARE_HAND_OFFS:
+        raise PlanError(f"unknown CPU-share hand-off {share_hand_off!r}; use one of {', '.join(SHARE_HAND_OFFS)}")
     if past_cut is not None and past_cut not in PAST_CUTS:
         raise PlanError(f"unknown past cut {past_cut!r}; use one of {', '.join(PAST_CUTS)}")
     if attention_backend not in (None, "flash", "cudnn-split", "flex"):
@@ -143,7 +148,8 @@ def make_setup(model: ModelSpec, profile: HardwareProfile, *, context_tokens: in
     if "flex" in backends:
         runtime_bytes += flex_runtime_bytes(profile, notes)
     return Setup(model, profile, lookup, context_tokens, decode_tokens, dtype, elem_bytes, gpu_budget, host_budget,
-                 overhead_bytes(runtime_bytes), backends, notes, decode_graphs, cpu_share, past_cut, compile_layers)
+                 overhead_bytes(runtime_bytes), backends, notes, decode_graphs, cpu_share, past_cut, compile_layers,
+                 share_hand_off)
 
 
 def flex_runtime_bytes(profile: HardwareProfile, notes: list[str]) -> int:
@@ -233,7 +239,8 @@ def time_candidate(setup: Setup, cand: Candidate, backend: Optional[str] = None,
                             resident_kv_heads=cand.resident_kv_heads, elem_bytes=setup.elem_bytes, backend=name,
                             decode_graphs=setup.graphs_decode(cand.resident_kv_heads), past_cut=cut,
                             compile_layers=setup.compile_chosen,
-                            chunk_backend=chunk_backend if name == "cudnn-split" else None)
+                            chunk_backend=chunk_backend if name == "cudnn-split" else None,
+                            share_hand_off=setup.share_hand_off)
             prefills.append((predict_prefill(setup.model, setup.lookup, work), name, work))
     # faster prefill; flash, then the default cut, on a tie
     prefills.sort(key=lambda item: (item[0][0], item[1] != "flash", item[2].past_cut != "binary"))

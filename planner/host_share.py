@@ -20,8 +20,10 @@ it lies in host RAM, [F s, s) streamed over PCIe as before. Both run at once and
                   the worker idled for a layer's gap, which the back-to-back table does not see; on the H200,
                   2026-12-01, the run's job seconds per layer fitted 1.4 ms + bytes / 40 GB/s; None: 0.
                   handoff: host_share_handoff_s)
-                  the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), max(N_l, H_l) + host_l)
-                  (H_l: the host's issue time of the layer, no longer hidden while the main thread waits)
+                  the layer ends when both shares have: P_l = max(P_gpu_l((1 - F) s, h2d), host_l + post_l)
+                  (post_l: the layer's projections and elementwise work, the GPU's path from the merge to the
+                  next layer's query, when the CPU has nothing to attend; the GPU waits for the CPU's result on
+                  the stream, so the host's issue runs ahead as without a share)
     per token     sum of P_l (planner/time_model.py); the streamed bytes fall by the factor (1 - F)
 Choice: F on a grid of 0, 1/20, ..., 1 and the balance point F* = cpu / (cpu + h2d) (equal time on both sides);
 the fastest decode wins, F = 0 unless another share is at least MIN_GAIN faster (a share costs a CPU thread pool
@@ -216,7 +218,7 @@ def _call_note(rates: HostShareRates) -> str:
 def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
     """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
     RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention
-    factor, the per-layer hand-off and the host's issue time of a layer; s_h = 0 at F = 0 or without CPU figures.
+    factor, the per-layer hand-off and the host's issue time of a layer (the join's); s_h = 0 at F = 0 or without CPU figures.
     ``cpu_bytes_per_s(kv_heads)``: the kernel's rate per step for a layer's call over that many offloaded heads;
     ``call_s``: the job's fixed cost per layer's call."""
     none = {"tokens": np.zeros_like(past, dtype=float), "dma_factor": 1.0, "cpu_bytes_per_s": lambda heads: 1.0,

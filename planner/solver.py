@@ -198,15 +198,15 @@ def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int
              heads_per_group: int, resident_kv_heads: int, attention_backend: Optional[str] = None,
              cpu_share: Optional[float] = None, past_cut: Optional[str] = None,
              compile_layers: Optional[bool] = None, chunk_backend: Optional[str] = "auto",
-             ) -> tuple[bool, MemoryPrediction, Prediction, str]:
+             share_hand_off: str = "stream") -> tuple[bool, MemoryPrediction, Prediction, str]:
     """Memory and time of one fixed configuration (timed even when it does not fit), and why it misses. The
     optional knobs fix what the planner would otherwise choose (a run's as-run settings: benchmarks/repredict.py):
     ``cpu_share``, ``past_cut``, ``compile_layers`` as make_plan takes them, ``chunk_backend`` as
-    candidates.time_candidate does ("auto": the planner's choice)."""
+    candidates.time_candidate does ("auto": the planner's choice), ``share_hand_off`` as time_model.Workload."""
     setup = make_setup(model, hardware, context_tokens=context_tokens, decode_tokens=decode_tokens,
                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
                        attention_backend=attention_backend, cpu_share=cpu_share, past_cut=past_cut,
-                       compile_layers=compile_layers)
+                       compile_layers=compile_layers, share_hand_off=share_hand_off)
     knobs = Knobs(chunk_size, heads_per_group, resident_kv_heads)
     from planner.strategies import check_knobs, strategy_of
 

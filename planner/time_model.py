@@ -34,10 +34,12 @@ reads K, V from HBM (resident heads and the streamed slots) at no more than the 
 the step replays as a CUDA graph and its host time is the replay's (planner/host_time.py), its GPU time the
 profile's measured replayed step of the model's layer shape where it has one (graph_decode_gpu_seconds).
 With a CPU share F (Workload.cpu_share, planner/host_share.py) each offloaded head streams only [F s, s) (at the
-DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, host_l) + H_l, host_l =
-call + bytes / cpu rate + hand-off (planner/host_share.py; call: host_attention_call_s), H_l the
-host's issue time of a decode layer (executor_decode_layer_host_s: the main thread joins the CPU's share every
-layer, so the next layer's issue follows both shares instead of running ahead of the GPU).
+DMA's contended rate) and the layer also waits for the CPU's [0, F s): P_l = max(P_l, host_l + post_l), host_l =
+call + bytes / cpu rate + hand-off (planner/host_share.py; call: host_attention_call_s), post_l the layer's
+projections and elementwise work (the GPU's path from the merge to the next layer's query, during which the CPU
+waits). The GPU waits for the CPU's result on the stream (executor/runtime/stream_wait.py), so the host's issue
+runs ahead as without a share. (Workload.share_hand_off "join", the host-join fallback: P_l = max(P_l, host_l) + H_l,
+H_l the host's issue time of a decode layer, executor_decode_layer_host_s.)
 Pinning: host_kv_bytes at the profile's pinning rate (hw_lookup.pin_seconds).
 
 Host time per step: planner/host_time.py.
@@ -87,6 +89,13 @@ class Workload:
     chunk_backend: Optional[str] = None
     """the layer's chunk part's kernel ("flash" or "cudnn"; attention_time.layer_chunk_backend); None: the
     executor's rule (SplitOptions.chunk_backend_for)"""
+    share_hand_off: str = "stream"
+    """how the CPU share's result reaches the GPU (SHARE_HAND_OFFS): "stream", the GPU waits for it on the stream
+    (executor/runtime/stream_wait.py, the executor's default on CUDA); "join", the main thread joins the worker every
+    layer (the fallback; runs before 2026-12-01 evening)"""
+
+
+SHARE_HAND_OFFS = ("stream", "join")
 
 
 @dataclass
@@ -254,15 +263,22 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             offloaded = sum(lt.group_sizes)
             host_bytes = offloaded * 2.0 * model.head_dim * elem_bytes * share["tokens"]
             host_layer = share["call_s"] + host_bytes / share["cpu_bytes_per_s"](offloaded) + share["handoff_s"]
-            # The main thread joins the CPU's share at the end of every layer, so nothing of layer l + 1 is issued
-            # before both shares of layer l are done: its fetches (beyond the one prefetched group) and its query
-            # wait for the join, and the host's issue time of the layer no longer hides ahead of the GPU. The
-            # layer is the slower share plus that issue time, in sequence. (Measured on the H200, 2026-12-01,
-            # Llama-3-8B under 24 GB: 211 ms per token at 128K, F 0.35, and 819 ms at 512K, F 0.45, where the
-            # earlier model, max(stream, issue + CPU), predicted 159 and 709 ms.)
-            cpu_binds = host_layer > period
+            # The GPU waits for the CPU's result on the stream (executor/runtime/stream_wait.py) and the host issues
+            # ahead, so the CPU's cycle per layer is its job plus the GPU's path from the merge to the next layer's
+            # query (the projections and elementwise work), during which it has no query to work on. (Measured on
+            # the H200, 2026-12-01, Llama-3-8B under 24 GB at 128K, F 0.3: 154.6 ms per token with the stream wait,
+            # 192.9 ms with the main thread joining the worker every layer, which serialised the host's issue of
+            # the next layer after both shares; the join stays as the fallback where the stream wait is
+            # unavailable, and is not priced.)
+            # With the join instead, nothing of layer l + 1 is issued before both shares of layer l are done, so the
+            # layer is the slower share plus the host's issue time of a layer, in sequence.
+            if work.share_hand_off == "join":
+                cpu_binds = host_layer > period
+                period = np.maximum(period, host_layer) + share["layer_host_s"]
+            else:
+                cpu_binds = host_layer + linear + elem > period
+                period = np.maximum(period, host_layer + linear + elem)
             pcie_bound = np.where(cpu_binds, False, pcie_bound)
-            period = np.maximum(period, host_layer) + share["layer_host_s"]
             out["cpu_bound"] += lt.count * cpu_binds * period
             out["host_share"] += lt.count * host_layer
             out["host_share_bytes"] += lt.count * host_bytes

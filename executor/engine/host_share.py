@@ -16,14 +16,20 @@ Per layer, with no host synchronisation on the main thread beyond joining the wo
      the pinned buffers) as ONE TorchScript call, which holds no GIL between its ATen ops, so the main thread's
      Python beside it does not stall it (the block count and the views are made on the main thread in submit);
   3. meanwhile the main thread queues the GPU share's groups (attention with lse into layer buffers);
-  4. collect: joins the worker, copies out and lse to the device (non-blocking) and returns them for the merge.
+  4. collect: the compute stream waits until the job has published its number to a pinned counter
+     (runtime/stream_wait.py, cuStreamWaitValue32), then copies out and lse to the device (non-blocking) for the
+     merge; the main thread goes on issuing without waiting. Where there is no stream wait (a CPU device,
+     HEADPLAN_HOST_WAIT=join, a driver without it) collect joins the worker instead (``joins``).
 The pinned buffers are reused every layer: the worker writes layer l + 1's result only after its query event,
-which follows layer l's merge (and so the copy reading the buffers) on the compute stream.
+which follows layer l's merge (and so the copy reading the buffers) on the compute stream; the query buffer is
+rewritten for layer l + 1 only after that merge, which waits for job l. Each job has its own query event: with the
+stream wait the main thread may submit job l + 1 before job l started.
 On a CPU device the same code runs: the copies are plain, the event is absent, and the "GPU" share is the math
 path on the CPU, run by the main thread while the worker computes.
 Timeline per layer (HostShareTiming, summed into the run report's host_share block): start_delay_s from the end of
-submit to the job's start (worker wake-up, the event wait, re-taking the GIL), kernel_s the job itself, join_wait_s
-the main thread's wait in collect.
+submit to the job's start (worker wake-up, the event wait, re-taking the GIL; with the stream wait also the wait
+behind earlier jobs, as the host runs ahead), kernel_s the job itself, join_wait_s the main thread's wait in collect
+(0 with the stream wait, whose timelines take_timings collects as the jobs finish).
 Leaves out: prefill (its chunk's queries see every key; streaming is compute-bound there).
 """
 
@@ -40,6 +46,7 @@ import torch
 from executor.attention.host_job import host_job
 from executor.kv.host_store import HostKVStore
 from executor.kv.layout import KVLayout
+from executor.runtime.stream_wait import HostCounter
 from planner.host_share import key_blocks
 
 
@@ -59,6 +66,12 @@ def default_host_threads() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(torch.get_num_threads(), cores - 1))
+
+
+def stream_counter(device: torch.device) -> Optional[HostCounter]:
+    """The counter the device's stream waits on for each job (runtime/stream_wait.py), None where the main thread
+    joins instead (a CPU device; a machine without the stream wait; HEADPLAN_HOST_WAIT=join)."""
+    return HostCounter.create() if device.type == "cuda" else None
 
 
 class HostShareTiming(NamedTuple):
@@ -106,6 +119,9 @@ class _Worker:
     def submit(self, job) -> None:
         self._jobs.put(job)
 
+    def has_result(self) -> bool:
+        return not self._results.empty()
+
     def result(self):
         value, error = self._results.get()
         if error is not None:
@@ -130,13 +146,22 @@ class HostShare:
         self.query = torch.empty((rows, layout.head_dim), dtype=host.dtype, pin_memory=pin)
         self.out = torch.empty((rows, layout.head_dim), dtype=torch.float32, pin_memory=pin)
         self.lse = torch.empty((rows,), dtype=torch.float32, pin_memory=pin)
-        self.query_ready = torch.cuda.Event() if pin else None
+        self.counter = stream_counter(device)
+        """where set, the GPU waits for each job on the stream (runtime/stream_wait.py) and nobody joins"""
         self.job = job = host_job()
         dtype, head_dim = host.dtype, layout.head_dim
         # the worker's team is the thread count the blocks are cut for (key_blocks in submit)
         self._worker = _Worker(self.threads, warm_up=lambda: _warm_up(job, dtype, head_dim))
-        self._busy = False
-        self._submitted_at = 0.0
+        self._ticket = 0
+        """jobs submitted so far; job n publishes n to the counter when done"""
+        self._pending = 0
+        """jobs submitted whose results (timings or faults) were not taken yet"""
+
+    @property
+    def joins(self) -> bool:
+        """True where the main thread joins the worker every layer (no stream wait: a CPU device, HEADPLAN_HOST_WAIT
+        =join, or a driver without it)."""
+        return self.counter is None
 
     def tokens(self, past_tokens: int) -> int:
         return host_tokens(self.share, past_tokens)
@@ -150,39 +175,52 @@ class HostShare:
         rows = heads * ratio
         key_tokens = self.tokens(past_tokens)
         source = query[0, resident * ratio:, 0, :]                       # [rows, d], strided view
+        # an event per job: with the stream wait the main thread may submit layer l + 1 before job l started, and a
+        # re-recorded event would make job l wait for a query that itself waits for job l
+        event = torch.cuda.Event() if streams.cuda else None
         with streams.on(streams.d2h):
             streams.wait(streams.d2h, streams.chunk_ready)
             self.query[:rows].copy_(source, non_blocking=True)
-            if self.query_ready is not None:
-                self.query_ready.record(streams.d2h)
+            if event is not None:
+                event.record(streams.d2h)
         if streams.cuda:
             query.record_stream(streams.d2h)
-        event, run = self.query_ready, self.job.run
+        run, counter = self.job.run, self.counter
         keys, values = self.host.keys[layer][:, :key_tokens], self.host.values[layer][:, :key_tokens]
         query_rows = self.query[:rows].view(heads, ratio, self.layout.head_dim)
         out_rows, lse_rows = self.out[:rows], self.lse[:rows]
         blocks = key_blocks(key_tokens, heads, self.threads)
+        self._ticket += 1
+        ticket = self._ticket
 
-        def job() -> tuple[float, float]:
-            if event is not None:
-                event.synchronize()  # the query is in the buffer and the host rows [0, s) are written
-            start = time.perf_counter()
-            run(query_rows, keys, values, blocks, scale, out_rows, lse_rows)   # one call, GIL released inside
-            return start, time.perf_counter()
+        def job() -> tuple[float, float, float]:
+            try:
+                if event is not None:
+                    event.synchronize()  # the query is in the buffer and the host rows [0, s) are written
+                start = time.perf_counter()
+                run(query_rows, keys, values, blocks, scale, out_rows, lse_rows)   # one call, GIL released inside
+                return submitted_at, start, time.perf_counter()
+            finally:
+                if counter is not None:
+                    counter.publish(ticket)   # even after a fault: the stream must not wait forever
 
-        self._busy = True
-        self._submitted_at = time.perf_counter()
+        self._pending += 1
+        submitted_at = time.perf_counter()
         self._worker.submit(job)
         return key_tokens
 
-    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, HostShareTiming]:
-        """Join layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device
-        (copied non-blocking on the current stream), and the layer's timeline (HostShareTiming)."""
-        self._busy = False  # the job's result (or its exception) is taken here, whatever happens
-        join_start = time.perf_counter()
-        start, end = self._worker.result()
-        timing = HostShareTiming(start_delay_s=max(0.0, start - self._submitted_at), kernel_s=end - start,
-                                 join_wait_s=time.perf_counter() - join_start)
+    def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, Optional[HostShareTiming]]:
+        """Layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device,
+        copied non-blocking on the current stream, and the layer's timeline (HostShareTiming).
+        With the stream wait (``joins`` False) the current stream waits for the job and the copies follow; the
+        host does not wait, and the timeline is None (``take_timings`` returns it later). Else the main thread
+        joins the worker here."""
+        timing = None
+        if self.counter is not None:
+            self.counter.wait_current(self.device, self._ticket)
+        else:
+            join_start = time.perf_counter()
+            timing = self._timing(self._take(), join_wait_s=time.perf_counter() - join_start)
         rows = (self.layout.kv_heads - self.layout.resident_per_layer[layer]) * (
             self.layout.query_heads // self.layout.kv_heads)
         out = self.out[:rows].to(self.device, non_blocking=True)
@@ -191,10 +229,29 @@ class HostShare:
             out, lse = out.clone(), lse.clone()
         return out[None, :, None, :], lse[None, :, None], timing
 
+    def _take(self) -> tuple[float, float, float]:
+        """The oldest job's (submitted, start, end), waiting for it; its fault is raised here."""
+        self._pending -= 1   # taken, whatever it holds
+        return self._worker.result()
+
+    @staticmethod
+    def _timing(times: tuple[float, float, float], join_wait_s: float = 0.0) -> HostShareTiming:
+        submitted, start, end = times
+        return HostShareTiming(start_delay_s=max(0.0, start - submitted), kernel_s=end - start,
+                               join_wait_s=join_wait_s)
+
+    def take_timings(self, wait: bool = False) -> list[HostShareTiming]:
+        """The timelines of the jobs done since the last call (the stream-wait path's; with ``wait``, of every
+        job submitted, waiting for them). A job's fault is raised here, on the main thread."""
+        timings = []
+        while self._pending and (wait or self._worker.has_result()):
+            timings.append(self._timing(self._take()))
+        return timings
+
     def close(self) -> None:
-        if self._busy:
+        while self._pending:
             try:
-                self._worker.result()
+                self._take()
             except BaseException:  # noqa: BLE001 - closing after a fault: the fault is already on its way
                 pass
         self._worker.close()

@@ -253,14 +253,25 @@ class OffloadEngine:
     def _merge_host_share(self, layer: int, partial, out_heads: torch.Tensor) -> None:
         """Join the host share and merge it with the GPU share (float32 log-sum-exp) into the output rows."""
         host_out, host_lse, timing = self.host_share.collect(layer)
-        counters = self._count()
-        counters.host_attention_s += timing.kernel_s
-        counters.host_attention_calls += 1
-        counters.host_attention_start_delay_s += timing.start_delay_s
-        counters.host_join_wait_s += timing.join_wait_s
+        self._count_host_timings([timing] if timing is not None else self.host_share.take_timings())
         merged, _ = merge_by_lse([partial[0], host_out], [partial[1], host_lse])
         first = self.layout.resident_per_layer[layer] * self._ratio
         out_heads[:, first:].copy_(merged)
+
+    def _count_host_timings(self, timings) -> None:
+        """The host share's per-layer timelines into the decode counters (the only phase it runs in)."""
+        counters = self.counters.setdefault("decode", PhaseCounters())
+        for timing in timings:
+            counters.host_attention_s += timing.kernel_s
+            counters.host_attention_calls += 1
+            counters.host_attention_start_delay_s += timing.start_delay_s
+            counters.host_join_wait_s += timing.join_wait_s
+
+    def settle_host_share(self) -> None:
+        """Wait for the host share's jobs still in flight and count their timelines (before the counters are read;
+        the stream-wait path counts a job when the main thread next looks, not when it ends)."""
+        if self.host_share is not None:
+            self._count_host_timings(self.host_share.take_timings(wait=True))
 
     def close(self) -> None:
         """Release the GPU store and stop the host-share worker."""

@@ -20,6 +20,7 @@ the document alone), the run report's per-chunk timing (generation/runner.py exe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -47,6 +48,11 @@ class Answer:
     """the question's tokens (prefilled after the document)"""
     seconds: float
     """wall time from the question's first chunk to its last token read back"""
+    decode_s: float = 0.0
+    """wall time of the decode steps alone (tokens 2 .. n: from the first token on the device to the last)"""
+    decode_steps: int = 0
+    """decode forwards run (the first token comes from the question's prefill); decode_s / decode_steps is the
+    per-token time"""
 
 
 @dataclass
@@ -150,15 +156,25 @@ class DocumentEngine:
         loop = self._loop(stream, chooser)
         try:
             first = loop.prefill(ids, self.settings.chunk_size, new_tokens)
+            _drain(self.device)
+            decode_started = time.perf_counter()
             loop.decode(first, new_tokens)
+            _drain(self.device)
+            decode_s = time.perf_counter() - decode_started
             tokens = loop.generated_ids()
         finally:
             if loop.static is not None:
                 loop.static.close()
-        _drain(self.device)
         text = stream.text if stream is not None else ""
         return Answer(tokens, text, stream.stop_reason if stream is not None else None, question_ids.shape[1],
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, decode_s=decode_s, decode_steps=len(loop.host_s))
+
+    def set_cpu_share(self, share: float) -> None:
+        """Decode's CPU share F for the answers from now on (engine/host_share.py; 0: every offloaded byte streams).
+        The stores and the document stay as they are: only the host share's worker and pinned buffers are rebuilt.
+        Prefill is unchanged (it streams everything at any F)."""
+        self.settings = dataclasses.replace(self.settings, cpu_share=share)  # validates 0 <= F <= 1
+        self.engine.set_cpu_share(self.settings)
 
 
 def _drain(device) -> None:

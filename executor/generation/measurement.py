@@ -93,6 +93,8 @@ class Measurement(GpuPeaks):
     decode_graph_setup_s: Optional[float] = None
     """wall seconds of the static decode's setup: one untimed eager step and the capture (outside decode time)"""
     decode_graph_fallback: Optional[str] = None
+    host_share_hand_off: Optional[str] = None
+    """the CPU share's hand-off: "stream" (the GPU waits on the worker's counter) or "join"; None without a share"""
     """why a capture failed (the static step then ran eagerly), else None"""
     generated_token_ids: list[int] = field(default_factory=list)
     stop_reason: Optional[str] = None

@@ -136,7 +136,9 @@ class StagedEngine:
 
     @property
     def counters(self) -> dict[str, PhaseCounters]:
-        """Per phase, summed over the stages."""
+        """Per phase, summed over the stages (the host share's jobs in flight waited for and counted first)."""
+        for engine in self.engines:
+            engine.settle_host_share()
         return PhaseCounters.summed([engine.counters for engine in self.engines])
 
     @property
@@ -147,6 +149,15 @@ class StagedEngine:
             if engine.recorder is not None and all(engine.recorder is not r for r in seen):
                 seen.append(engine.recorder)
         return seen
+
+    def set_cpu_share(self, settings: ExecutionSettings) -> None:
+        """Every stage's host share rebuilt for ``settings.cpu_share`` (none where F = 0 or the stage offloads
+        nothing); the stores keep their rows. Between decodes only: a layer's host job must not be in flight."""
+        for engine, part in zip(self.engines, self.parts):
+            if engine.host_share is not None:
+                engine.settle_host_share()
+                engine.host_share.close()
+            engine.host_share = _host_share(part, settings, part.stage.device)
 
     def close(self) -> None:
         for engine in self.engines:

@@ -263,6 +263,7 @@ def measure_handoff(ctx: ProfileContext) -> float:
                 merge_by_lse([gpu_out, host_out], [gpu_lse, host_lse])
             if ctx.on_gpu:
                 torch.cuda.synchronize(ctx.device)
+            share.take_timings(wait=True)   # the stream wait's timelines (none with the join)
         stats = ctx.time(layers, warmup=1, repeats=max(3, ctx.preset.repeats // 2), on_host=True)
     handoff_s = stats.median_s / 20
     ctx.progress(SECTION, "hand-off per layer (16 keys)", f"{handoff_s * 1e6:.0f} us", stats)
@@ -310,6 +311,8 @@ def measure_call_cost(ctx: ProfileContext, table: list[CpuAttentionPoint]) -> Op
                 share.submit(0, query, tokens, streams, scale=HEAD_DIM ** -0.5)
                 _issue_for(scratch, ISSUE_S)                           # the layer's GPU share being issued
                 _, _, timing = share.collect(0)
+                if timing is None:                                     # the stream wait: the job's own timeline
+                    (timing,) = share.take_timings(wait=True)
                 _issue_for(scratch, ISSUE_S)                           # the rest of the layer: the worker idles
                 if call >= 2:
                     timings.append(timing)

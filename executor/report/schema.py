@@ -80,6 +80,10 @@ class HostShareFigures(_Block):
     measured_join_wait_s_per_token: Optional[float] = Field(
         None, description="the main thread's waits for the worker in collect, summed over the layers")
     measured_pcie_bytes_per_s: Optional[float] = Field(None, description="PCIe bytes / decode wall time")
+    hand_off: Optional[str] = Field(None, description="stream: the GPU waited for the worker's result on the stream "
+                                    "(runtime/stream_wait.py), the main thread never joined; join: the main thread "
+                                    "joined the worker every layer (no stream wait on this machine, or "
+                                    "HEADPLAN_HOST_WAIT=join)")
 
 
 class AttentionFigures(_Block):

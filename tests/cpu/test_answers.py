@@ -257,6 +257,35 @@ def test_questions_over_one_prefill_equal_one_shot_generate(smol):
     assert answers[0].token_ids == answers[2].token_ids and answers[1].token_ids == answers[3].token_ids
 
 
+def test_cpu_share_switched_between_answers_keeps_them_exact(smol):
+    """One prefilled document asked at F 0.5, then F 0, then F 1: every answer equals generate over [document,
+    question], and the decode counters show the host share on and off (the stores are not rebuilt)."""
+    from executor.generation.document import DocumentEngine
+    from executor.inputs.prompt import document_ids, question_ids
+
+    doc = document_ids(smol.tokenizer, DOCUMENT, chat=True)
+    question = question_ids(smol.tokenizer, QUESTIONS[0], document=DOCUMENT, chat=True)
+    joined = torch.cat([doc, question], dim=1)
+    expected = smol.model.generate(joined, attention_mask=torch.ones_like(joined), max_new_tokens=NEW_TOKENS,
+                                   do_sample=False, eos_token_id=list(smol.eos_token_ids))[0, joined.shape[1]:]
+    knobs = ExecutionSettings(chunk_size=16, heads_per_group=2, resident_kv_heads=9,
+                              capacity_tokens=joined.shape[1] + NEW_TOKENS, attention_backend="math", cpu_share=0.5)
+    host_bytes = []
+    with DocumentEngine(smol.model, knobs, device="cpu") as engine:
+        engine.prefill_document(doc)
+        for share in (0.5, 0.0, 1.0):
+            engine.set_cpu_share(share)
+            before = engine.engine.counters.get("decode")
+            before_bytes = before.host_attention_bytes if before else 0
+            answer = engine.answer(question, new_tokens=NEW_TOKENS, stream=stream_for(smol, joined))
+            assert answer.token_ids == expected.tolist(), f"F {share}"
+            assert 0 < answer.decode_steps < NEW_TOKENS and answer.decode_s > 0
+            host_bytes.append(engine.engine.counters["decode"].host_attention_bytes - before_bytes)
+        with pytest.raises(ValueError, match="cpu_share"):
+            engine.set_cpu_share(1.5)
+    assert host_bytes[0] > 0 and host_bytes[1] == 0 and host_bytes[2] > host_bytes[0]
+
+
 def test_cli_questions_and_chat_give_the_same_answers(tmp_path, capsys, monkeypatch):
     import io
 

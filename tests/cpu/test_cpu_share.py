@@ -135,6 +135,7 @@ def test_cli_run_cpu_share_reports_both_sides(tmp_path, capsys):
     assert share["measured_cpu_calls_per_token"] == 2          # 2 layers, each with an offloaded head
     assert share["measured_cpu_kernel_s_per_token"] > 0
     assert share["measured_cpu_start_delay_s_per_token"] >= 0 and share["measured_join_wait_s_per_token"] >= 0
+    assert share["hand_off"] == "join"                          # no stream to wait on a CPU device
     assert report["transfers"]["decode"]["host_attention_bytes"] > 0
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "Decode CPU share F = 0.5" in markdown and "CPU share timeline per token" in markdown
@@ -202,3 +203,82 @@ def test_share_changed_between_tokens_stays_exact(monkeypatch):
         reference = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
         assert measurement.generated_token_ids == reference.argmax(-1).tolist()
         assert (measurement.step_logits - reference).abs().max().item() < 1e-4
+
+
+class _BlockingCounter:
+    """The stream wait's protocol on the CPU: ``wait_current`` blocks the caller (on CUDA: the stream) until a host
+    thread has published the value, so the engine runs the path where collect does not join the worker."""
+
+    def __init__(self):
+        import threading
+
+        self._value, self._changed = 0, threading.Condition()
+        self.waits = 0
+
+    def publish(self, value: int) -> None:
+        with self._changed:
+            self._value = value
+            self._changed.notify_all()
+
+    def wait_current(self, device, value: int) -> None:
+        self.waits += 1
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._value >= value, timeout=30), "job never published"
+
+
+def test_stream_wait_path_is_exact_and_counts_every_job(monkeypatch):
+    """With a counter to wait on (engine/host_share.py stream_counter), collect returns no timeline and the jobs'
+    timelines are taken later (take_timings, settled before the counters are read): the tokens are the standard
+    forward's and every layer's job is counted, with no join wait."""
+    import executor.engine.host_share as host_share
+
+    counters = []
+
+    def counter(device):
+        counters.append(_BlockingCounter())
+        return counters[-1]
+
+    monkeypatch.setattr(host_share, "stream_counter", counter)
+    model = tiny_model(query_heads=8, kv_heads=4)
+    ids = prompt(PROMPT)
+    measurement = run_shared(model, ids, share=0.5, group=2, resident=3)
+    reference = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
+    assert measurement.generated_token_ids == reference.argmax(-1).tolist()
+    assert (measurement.step_logits - reference).abs().max().item() < 1e-4
+    decode = measurement.counters["decode"]
+    layers = model.config.num_hidden_layers
+    assert counters and sum(c.waits for c in counters) == layers * (NEW_TOKENS - 1)
+    assert decode.host_attention_calls == layers * (NEW_TOKENS - 1) and decode.host_join_wait_s == 0.0
+    assert measurement.host_share_hand_off == "stream"
+
+
+def test_stream_wait_job_fault_reaches_the_main_thread(monkeypatch):
+    """A job that raises still publishes its ticket (the stream must not wait forever), and the fault is raised on
+    the main thread when the timelines are taken."""
+    from types import SimpleNamespace
+
+    import executor.engine.host_share as host_share
+    from executor.engine.host_share import HostShare
+    from executor.kv.host_store import HostKVStore
+    from executor.kv.layout import KVLayout
+    from executor.runtime.streams import StreamSet
+
+    counter = _BlockingCounter()
+    monkeypatch.setattr(host_share, "stream_counter", lambda device: counter)
+    layout = KVLayout.build(num_layers=1, kv_heads=2, query_heads=4, head_dim=8,
+                            settings=ExecutionSettings(chunk_size=1, heads_per_group=1, resident_kv_heads=0,
+                                                       capacity_tokens=64))
+    with HostKVStore(layout, torch.float32, pin=False, available_bytes=None) as host:
+        share = HostShare(layout, host, share=0.5, device=torch.device("cpu"), threads=1)
+        try:
+            def fault(*args):
+                raise RuntimeError("kernel fault")
+
+            share.job = SimpleNamespace(run=fault)
+            share.submit(0, torch.randn(1, 4, 1, 8), 32, StreamSet(torch.device("cpu"), 1), scale=1.0)
+            out, lse, timing = share.collect(0)           # returns once the faulty job published its ticket
+            assert timing is None and counter._value == 1
+            with pytest.raises(RuntimeError, match="kernel fault"):
+                share.take_timings(wait=True)
+        finally:
+            share.close()

@@ -225,6 +225,25 @@ def test_call_cost_is_the_median_intercept_over_the_tables_rate(monkeypatch):
     assert host_attention.measure_call_cost(ctx, []) is None
 
 
+def test_call_cost_and_hand_off_on_the_stream_wait_path(monkeypatch):
+    """Where collect does not join (the GPU waits on the worker's counter), the profiler still times each job as
+    decode calls it (take_timings after collect) and the hand-off loop leaves no job behind."""
+    from executor.engine import host_share
+    from executor.profiler import host_attention
+    from executor.profiler.config import TINY
+    from executor.profiler.context import ProfileContext
+    from hwprofiles.schema import CpuAttentionPoint
+    from tests.cpu.test_cpu_share import _BlockingCounter
+
+    monkeypatch.setattr(host_share, "stream_counter", lambda device: _BlockingCounter())
+    threads = host_attention.run_threads()
+    table = [CpuAttentionPoint(threads=threads, kv_heads=8, ratio=4, key_tokens=k, head_dim=128, element_bytes=4,
+                               bytes_per_s=1e12) for k in (1024, 4096)]
+    ctx = ProfileContext(device=torch.device("cpu"), preset=TINY, quiet=True)
+    assert host_attention.measure_call_cost(ctx, table) > 0     # the jobs' own seconds over a fast table
+    assert host_attention.measure_handoff(ctx) > 0
+
+
 def test_fit_decode_recovers_the_host_model():
     from executor.profiler.executor_host import fit_decode
     from planner.host_time import HOST_OPS_PER_GROUP_HEAD

@@ -41,10 +41,44 @@ def test_bfloat16_within_reference_error(share, group, resident):
         assert decode.h2d_bytes == 0
 
 
+@pytest.mark.parametrize("wait", ["stream", "join"])
 @pytest.mark.parametrize("share", [0.5, 1.0])
-def test_float32_identical_tokens(share):
+def test_float32_identical_tokens(share, wait, monkeypatch):
+    """Both hand-offs: the GPU waiting on the worker's counter (runtime/stream_wait.py) and the host join."""
+    monkeypatch.setenv("HEADPLAN_HOST_WAIT", "join" if wait == "join" else "stream")
     model = model_on("cuda", torch.float32)
     ours = run_share(model, share, group=2, resident=3)
     reference = standard_step_logits(model, ids_of(PROMPT), ours.generated_token_ids, "cuda")
     assert ours.generated_token_ids == reference.argmax(-1).tolist()
     assert (ours.step_logits - reference).abs().max().item() < 1e-3
+    decode = ours.counters["decode"]
+    layers = model.config.num_hidden_layers
+    assert decode.host_attention_calls == layers * (NEW_TOKENS - 1)   # every job's timeline counted
+    assert decode.host_attention_s > 0
+    if wait == "stream":
+        assert decode.host_join_wait_s == 0.0
+
+
+def test_stream_waits_for_the_host_counter():
+    """A stream queued behind counter.wait(n) does not run until a host thread publishes n."""
+    import threading
+    import time
+
+    from executor.runtime.stream_wait import HostCounter
+
+    counter = HostCounter.create()
+    assert counter is not None, "cuStreamWaitValue32 unavailable on this GPU machine"
+    stream, done = torch.cuda.Stream(), torch.cuda.Event()
+    x = torch.ones(1024, device="cuda")
+    with torch.cuda.stream(stream):
+        counter.wait(stream, 7)
+        y = x * 2
+        done.record(stream)
+    time.sleep(0.05)
+    assert not done.query()
+    counter.publish(6)
+    time.sleep(0.05)
+    assert not done.query()
+    threading.Thread(target=counter.publish, args=(7,)).start()
+    done.synchronize()
+    assert y.sum().item() == 2048
