@@ -255,6 +255,8 @@ class HostShare:
             except BaseException:  # noqa: BLE001 - closing after a fault: the fault is already on its way
                 pass
         self._worker.close()
+        if self.counter is not None:
+            self.counter.release(self.device)
 
 
 def _warm_up(job, dtype: torch.dtype, head_dim: int) -> None:

@@ -4,6 +4,7 @@
     counter.wait(stream, n)             # queued on ``stream``: its later work runs once the counter is >= n
     counter.wait_current(device, n)     # the same on the device's current stream
     counter.publish(n)                  # any host thread: the counter := n (after the data it guards is written)
+    counter.release(device)             # before dropping it: its pinned block is kept until the stream passed
 
 With it the GPU consumes a host thread's result the moment the thread publishes it, and nobody on the host waits:
 the CPU share of decode attention (engine/host_share.py) no longer makes the main thread join the worker every
@@ -101,6 +102,12 @@ class HostCounter:
     def publish(self, value: int) -> None:
         """Host side: the counter := ``value`` (a plain store; no ATen call, no GIL release)."""
         self._cell.value = value
+
+    def release(self, device: torch.device) -> None:
+        """Before the counter is dropped: a 4-byte non-blocking copy of it on ``device``'s current stream, so that
+        torch's pinned-memory cache keeps the block until the stream has passed every wait queued on it (a block
+        reused by another tensor while a wait still polls it could hold a smaller value and stall the stream)."""
+        torch.empty(1, dtype=torch.int32, device=device).copy_(self._host, non_blocking=True)
 
     def wait_current(self, device: torch.device, value: int) -> None:
         """``wait`` on ``device``'s current stream."""

@@ -220,6 +220,9 @@ class _BlockingCounter:
             self._value = value
             self._changed.notify_all()
 
+    def release(self, device) -> None:
+        self.released = True
+
     def wait_current(self, device, value: int) -> None:
         self.waits += 1
         with self._changed:
@@ -248,6 +251,7 @@ def test_stream_wait_path_is_exact_and_counts_every_job(monkeypatch):
     decode = measurement.counters["decode"]
     layers = model.config.num_hidden_layers
     assert counters and sum(c.waits for c in counters) == layers * (NEW_TOKENS - 1)
+    assert all(getattr(c, "released", False) for c in counters)   # each counter released on close
     assert decode.host_attention_calls == layers * (NEW_TOKENS - 1) and decode.host_join_wait_s == 0.0
     assert measurement.host_share_hand_off == "stream"
 
