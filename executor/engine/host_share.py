@@ -26,10 +26,10 @@ rewritten for layer l + 1 only after that merge, which waits for job l. Each job
 stream wait the main thread may submit job l + 1 before job l started.
 On a CPU device the same code runs: the copies are plain, the event is absent, and the "GPU" share is the math
 path on the CPU, run by the main thread while the worker computes.
-Timeline per layer (HostShareTiming, summed into the run report's host_share block): start_delay_s from the end of
-submit to the job's start (worker wake-up, the event wait, re-taking the GIL; with the stream wait also the wait
-behind earlier jobs, as the host runs ahead), kernel_s the job itself, join_wait_s the main thread's wait in collect
-(0 with the stream wait, whose timelines take_timings collects as the jobs finish).
+Timeline per layer (HostShareTiming, summed into the run report's host_share block): start_delay_s from the later
+of the end of submit and the previous job's end to the job's start (worker wake-up, the event wait for the query,
+re-taking the GIL: the worker idle), kernel_s the job itself, join_wait_s the main thread's wait in collect (0 with
+the stream wait, whose timelines take_timings collects as the jobs finish).
 Leaves out: prefill (its chunk's queries see every key; streaming is compute-bound there).
 """
 
@@ -78,7 +78,8 @@ class HostShareTiming(NamedTuple):
     """One layer's host-share timeline, host clock (time.perf_counter), seconds."""
 
     start_delay_s: float
-    """end of submit -> the job's start: the worker's wake-up, its wait on the query event, re-taking the GIL"""
+    """the later of the end of submit and the previous job's end -> the job's start: the worker's wake-up, its wait
+    on the query event, re-taking the GIL"""
     kernel_s: float
     """the job: kernel calls, merge and the writes into the pinned buffers"""
     join_wait_s: float
@@ -156,6 +157,8 @@ class HostShare:
         """jobs submitted so far; job n publishes n to the counter when done"""
         self._pending = 0
         """jobs submitted whose results (timings or faults) were not taken yet"""
+        self._last_end = 0.0
+        """the previous job's end (host clock), for the start delay"""
 
     @property
     def joins(self) -> bool:
@@ -232,13 +235,20 @@ class HostShare:
     def _take(self) -> tuple[float, float, float]:
         """The oldest job's (submitted, start, end), waiting for it; its fault is raised here."""
         self._pending -= 1   # taken, whatever it holds
-        return self._worker.result()
+        try:
+            return self._worker.result()
+        except BaseException:
+            self._last_end = time.perf_counter()
+            raise
 
-    @staticmethod
-    def _timing(times: tuple[float, float, float], join_wait_s: float = 0.0) -> HostShareTiming:
+    def _timing(self, times: tuple[float, float, float], join_wait_s: float = 0.0) -> HostShareTiming:
+        """A job's timeline from its (submitted, start, end), in job order: the start delay counts from the later of
+        its submit and the previous job's end (with the stream wait the host submits ahead, and the time queued
+        behind the previous job is the worker busy, not waiting)."""
         submitted, start, end = times
-        return HostShareTiming(start_delay_s=max(0.0, start - submitted), kernel_s=end - start,
-                               join_wait_s=join_wait_s)
+        ready = max(submitted, self._last_end)
+        self._last_end = end
+        return HostShareTiming(start_delay_s=max(0.0, start - ready), kernel_s=end - start, join_wait_s=join_wait_s)
 
     def take_timings(self, wait: bool = False) -> list[HostShareTiming]:
         """The timelines of the jobs done since the last call (the stream-wait path's; with ``wait``, of every

@@ -172,10 +172,10 @@ def _host_timeline_lines(h) -> list[str]:
     def per_layer(value) -> str:
         return "-" if value is None else f"{value / calls * 1e3:.2f} ms"
 
-    hand_off = {"stream": " (the GPU waited for each job on the stream; submit to start includes the wait behind "
-                          "earlier jobs, as the host runs ahead)",
+    hand_off = {"stream": " (the GPU waited for each job on the stream)",
                 "join": " (the main thread joined the worker every layer)"}.get(h.hand_off or "", "")
-    return ["", f"CPU share timeline per token over {calls:g} layers{hand_off}: submit to the job's start "
+    return ["", f"CPU share timeline per token over {calls:g} layers{hand_off}: submit (or the previous job's end) to "
+            f"the job's start "
             f"{_seconds(h.measured_cpu_start_delay_s_per_token)}, the job {_seconds(h.measured_cpu_kernel_s_per_token)}, "
             f"the main thread's join wait {_seconds(h.measured_join_wait_s_per_token)} (per layer "
             f"{per_layer(h.measured_cpu_start_delay_s_per_token)}, {per_layer(h.measured_cpu_kernel_s_per_token)}, "

@@ -286,3 +286,25 @@ def test_stream_wait_job_fault_reaches_the_main_thread(monkeypatch):
                 share.take_timings(wait=True)
         finally:
             share.close()
+
+
+def test_start_delay_counts_from_the_previous_jobs_end():
+    """A job submitted while the previous one still ran (the stream wait lets the host submit ahead) waits from that
+    job's end, not from its submit: the worker was busy, not idle."""
+    from executor.engine.host_share import HostShare
+    from executor.kv.host_store import HostKVStore
+    from executor.kv.layout import KVLayout
+
+    layout = KVLayout.build(num_layers=1, kv_heads=2, query_heads=4, head_dim=8,
+                            settings=ExecutionSettings(chunk_size=1, heads_per_group=1, resident_kv_heads=0,
+                                                       capacity_tokens=64))
+    with HostKVStore(layout, torch.float32, pin=False, available_bytes=None) as host:
+        share = HostShare(layout, host, share=0.5, device=torch.device("cpu"), threads=1)
+        try:
+            first = share._timing((10.0, 10.5, 12.0))            # idle 0.5 s after its submit
+            second = share._timing((10.2, 12.25, 13.0))          # submitted during the first: idle 0.25 s
+            third = share._timing((14.0, 14.1, 15.0))            # submitted after: from its submit
+        finally:
+            share.close()
+    assert (first.start_delay_s, second.start_delay_s) == (0.5, 0.25)
+    assert third.start_delay_s == pytest.approx(0.1) and second.kernel_s == 0.75
