@@ -81,7 +81,7 @@ def ask(engine, share: float, question, new_tokens: int, hand_off: str = "stream
     steps = max(answer.decode_steps, 1)
     delta = {k: (after.get(k, 0) - before.get(k, 0)) / steps for k in after}
     kernel_s = delta.get("host_attention_s", 0.0)
-    return {"share": share, "hand_off": ("join" if shares[0].joins else "stream") if shares else None,
+    return {"share": share, "hand_off": shares[0].hand_off if shares else None,
             "decode_steps": answer.decode_steps, "decode_s_per_token": answer.decode_s / steps,
             "answer_s": answer.seconds, "cpu_bytes_per_token": delta.get("host_attention_bytes", 0.0),
             "cpu_kernel_s_per_token": kernel_s,

@@ -7,7 +7,7 @@ its past by token range:
 and the two partial results merge by log-sum-exp in float32 (attention/lse.py merge_by_lse). Exact: the same
 softmax over the same keys, reordered. PCIe bytes fall by the factor (1 - F).
 
-Per layer, with no host synchronisation on the main thread beyond joining the worker:
+Per layer, with no host synchronisation on the main thread (nor, with the stream wait, any wait for the worker):
   1. submit (after the layer's write-back, on the d2h stream): the offloaded heads' query rows
      [r_l q, H_kv q) go to a pinned buffer (non-blocking copy) and an event is recorded after it; the event also
      orders every earlier write-back of host rows, since they are queued on the same stream before it;
@@ -19,7 +19,7 @@ Per layer, with no host synchronisation on the main thread beyond joining the wo
   4. collect: the compute stream waits until the job has published its number to a pinned counter
      (runtime/stream_wait.py, cuStreamWaitValue32), then copies out and lse to the device (non-blocking) for the
      merge; the main thread goes on issuing without waiting. Where there is no stream wait (a CPU device,
-     HEADPLAN_HOST_WAIT=join, a driver without it) collect joins the worker instead (``joins``).
+     HEADPLAN_HOST_WAIT=join, a driver without it) collect joins the worker instead (``hand_off`` "join").
 The pinned buffers are reused every layer: the worker writes layer l + 1's result only after its query event,
 which follows layer l's merge (and so the copy reading the buffers) on the compute stream; the query buffer is
 rewritten for layer l + 1 only after that merge, which waits for job l. Each job has its own query event: with the
@@ -161,10 +161,11 @@ class HostShare:
         """the previous job's end (host clock), for the start delay"""
 
     @property
-    def joins(self) -> bool:
-        """True where the main thread joins the worker every layer (no stream wait: a CPU device, HEADPLAN_HOST_WAIT
-        =join, or a driver without it)."""
-        return self.counter is None
+    def hand_off(self) -> str:
+        """"stream": the GPU waits for each job on the stream; "join": the main thread joins the worker every layer
+        (no stream wait: a CPU device, HEADPLAN_HOST_WAIT=join, or a driver without it). The run report's
+        host_share.hand_off."""
+        return "join" if self.counter is None else "stream"
 
     def tokens(self, past_tokens: int) -> int:
         return host_tokens(self.share, past_tokens)
@@ -215,7 +216,7 @@ class HostShare:
     def collect(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, Optional[HostShareTiming]]:
         """Layer ``layer``'s host share: (out [1, rows, 1, d] float32, lse [1, rows, 1] float32) on the device,
         copied non-blocking on the current stream, and the layer's timeline (HostShareTiming).
-        With the stream wait (``joins`` False) the current stream waits for the job and the copies follow; the
+        With the stream wait (``hand_off`` "stream") the current stream waits for the job and the copies follow; the
         host does not wait, and the timeline is None (``take_timings`` returns it later). Else the main thread
         joins the worker here."""
         timing = None

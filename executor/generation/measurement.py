@@ -93,9 +93,10 @@ class Measurement(GpuPeaks):
     decode_graph_setup_s: Optional[float] = None
     """wall seconds of the static decode's setup: one untimed eager step and the capture (outside decode time)"""
     decode_graph_fallback: Optional[str] = None
-    host_share_hand_off: Optional[str] = None
-    """the CPU share's hand-off: "stream" (the GPU waits on the worker's counter) or "join"; None without a share"""
     """why a capture failed (the static step then ran eagerly), else None"""
+    host_share_hand_off: Optional[str] = None
+    """the CPU share's hand-off (engine/host_share.py HostShare.hand_off): "stream" or "join"; None without a
+    share"""
     generated_token_ids: list[int] = field(default_factory=list)
     stop_reason: Optional[str] = None
     """why generation ended, when a TokenStream watched it: "eos", "stop" (a stop string) or "length"; else None"""

@@ -290,7 +290,7 @@ def _finish(run: RunLoop, measurement: Measurement) -> None:
     fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
     measurement.counters = run.engine.counters
     shares = [e.host_share for e in run.engine.engines if e.host_share is not None]
-    measurement.host_share_hand_off = ("join" if shares[0].joins else "stream") if shares else None
+    measurement.host_share_hand_off = shares[0].hand_off if shares else None
     measurement.decode_host_s = list(run.host_s)
     if run.static is not None:
         measurement.decode_step = "graph" if run.static.graph is not None else "static"

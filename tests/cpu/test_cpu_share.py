@@ -4,6 +4,8 @@ reference's own error; the host kernel and the merge with an empty share on eith
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -256,55 +258,52 @@ def test_stream_wait_path_is_exact_and_counts_every_job(monkeypatch):
     assert measurement.host_share_hand_off == "stream"
 
 
+@contextlib.contextmanager
+def _one_layer_share():
+    """A HostShare over a 1-layer host store (2 KV heads, 4 query heads, d 8, 64 tokens) on the CPU, one thread."""
+    from executor.engine.host_share import HostShare
+    from executor.kv.host_store import HostKVStore
+    from executor.kv.layout import KVLayout
+
+    layout = KVLayout.build(num_layers=1, kv_heads=2, query_heads=4, head_dim=8,
+                            settings=ExecutionSettings(chunk_size=1, heads_per_group=1, resident_kv_heads=0,
+                                                       capacity_tokens=64))
+    with HostKVStore(layout, torch.float32, pin=False, available_bytes=None) as host:
+        share = HostShare(layout, host, share=0.5, device=torch.device("cpu"), threads=1)
+        try:
+            yield share
+        finally:
+            share.close()
+
+
 def test_stream_wait_job_fault_reaches_the_main_thread(monkeypatch):
     """A job that raises still publishes its ticket (the stream must not wait forever), and the fault is raised on
     the main thread when the timelines are taken."""
     from types import SimpleNamespace
 
     import executor.engine.host_share as host_share
-    from executor.engine.host_share import HostShare
-    from executor.kv.host_store import HostKVStore
-    from executor.kv.layout import KVLayout
     from executor.runtime.streams import StreamSet
 
     counter = _BlockingCounter()
     monkeypatch.setattr(host_share, "stream_counter", lambda device: counter)
-    layout = KVLayout.build(num_layers=1, kv_heads=2, query_heads=4, head_dim=8,
-                            settings=ExecutionSettings(chunk_size=1, heads_per_group=1, resident_kv_heads=0,
-                                                       capacity_tokens=64))
-    with HostKVStore(layout, torch.float32, pin=False, available_bytes=None) as host:
-        share = HostShare(layout, host, share=0.5, device=torch.device("cpu"), threads=1)
-        try:
-            def fault(*args):
-                raise RuntimeError("kernel fault")
+    with _one_layer_share() as share:
+        def fault(*args):
+            raise RuntimeError("kernel fault")
 
-            share.job = SimpleNamespace(run=fault)
-            share.submit(0, torch.randn(1, 4, 1, 8), 32, StreamSet(torch.device("cpu"), 1), scale=1.0)
-            out, lse, timing = share.collect(0)           # returns once the faulty job published its ticket
-            assert timing is None and counter._value == 1
-            with pytest.raises(RuntimeError, match="kernel fault"):
-                share.take_timings(wait=True)
-        finally:
-            share.close()
+        share.job = SimpleNamespace(run=fault)
+        share.submit(0, torch.randn(1, 4, 1, 8), 32, StreamSet(torch.device("cpu"), 1), scale=1.0)
+        out, lse, timing = share.collect(0)           # returns once the faulty job published its ticket
+        assert timing is None and counter._value == 1
+        with pytest.raises(RuntimeError, match="kernel fault"):
+            share.take_timings(wait=True)
 
 
 def test_start_delay_counts_from_the_previous_jobs_end():
     """A job submitted while the previous one still ran (the stream wait lets the host submit ahead) waits from that
     job's end, not from its submit: the worker was busy, not idle."""
-    from executor.engine.host_share import HostShare
-    from executor.kv.host_store import HostKVStore
-    from executor.kv.layout import KVLayout
-
-    layout = KVLayout.build(num_layers=1, kv_heads=2, query_heads=4, head_dim=8,
-                            settings=ExecutionSettings(chunk_size=1, heads_per_group=1, resident_kv_heads=0,
-                                                       capacity_tokens=64))
-    with HostKVStore(layout, torch.float32, pin=False, available_bytes=None) as host:
-        share = HostShare(layout, host, share=0.5, device=torch.device("cpu"), threads=1)
-        try:
-            first = share._timing((10.0, 10.5, 12.0))            # idle 0.5 s after its submit
-            second = share._timing((10.2, 12.25, 13.0))          # submitted during the first: idle 0.25 s
-            third = share._timing((14.0, 14.1, 15.0))            # submitted after: from its submit
-        finally:
-            share.close()
+    with _one_layer_share() as share:
+        first = share._timing((10.0, 10.5, 12.0))            # idle 0.5 s after its submit
+        second = share._timing((10.2, 12.25, 13.0))          # submitted during the first: idle 0.25 s
+        third = share._timing((14.0, 14.1, 15.0))            # submitted after: from its submit
     assert (first.start_delay_s, second.start_delay_s) == (0.5, 0.25)
     assert third.start_delay_s == pytest.approx(0.1) and second.kernel_s == 0.75
