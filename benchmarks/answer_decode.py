@@ -5,7 +5,7 @@ For each cell (Llama-3-8B shape, random weights, bfloat16, planned by the planne
     loop   sampled    the same loop, temperature 0.7, top-p 0.9 (transformers' warpers, multinomial on the device)
     generate greedy   transformers' model.generate over executor.api.offloaded_cache (the same engine)
     generate sampled  the same, do_sample=True, temperature 0.7, top-p 0.9
-The context is a timing probe: its first N - 1 tokens' K, V are zero-filled (as headplan run --tail-chunks does),
+The context is a timing probe: its first N - 1 tokens' K, V are zero-filled (decode reads the bytes, whatever they hold),
 so each cell costs seconds, not a whole prefill; decode time is the full context's. Loop figures are the report's
 decode_s_per_token (CUDA events); generate figures are the median interval between the streamer's put() calls
 (host clock: what a user of generate sees). Writes $OUT/answer_decode.json (or --out) and prints a table.

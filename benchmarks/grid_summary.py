@@ -9,6 +9,11 @@ the cell ran) and measured:
 
     workload = prefill_s + new_tokens x decode_s_per_token        (the planner's objective, pinning left out)
 
+A timing probe's row (a cell with ``tail=K``, headplan run --tail-chunks: the last chunks over a synthetic past)
+stands for its configuration (the cell without ``tail=``) with its whole prefill estimated as
+
+    prefill_s ~ predicted whole prefill x (measured / predicted of the timed chunks)
+
 Writes NAME.md (the table, ranked by measured workload, with the choice marked and its distance from the best)
 and NAME.json. Leaves out: running the cells (validate.py run) and re-predicting them (repredict.py).
 """
@@ -25,6 +30,11 @@ TARGET = 0.03
 """the planner's choice within 3% of the best configuration measured"""
 
 
+def base_cell(cell: str) -> str:
+    """The cell without its timing-probe knob (``tail=K``): the configuration it measures."""
+    return ":".join(part for part in cell.split(":") if not part.startswith("tail="))
+
+
 def _row_figures(row: dict) -> dict | None:
     report = row.get("report") or {}
     predicted, measured, settings = report.get("predicted") or {}, report.get("measured") or {}, report.get(
@@ -32,11 +42,16 @@ def _row_figures(row: dict) -> dict | None:
     if "error_text" in row or measured.get("prefill_s") is None or measured.get("decode_s_per_token") is None:
         return None
     tokens = report.get("new_tokens", 16)
+    tail = report.get("tail")
+    if tail:  # a timing probe: the whole prefill's prediction, scaled by its timed chunks' measured / predicted
+        scale = measured["prefill_s"] / predicted["prefill_s"]
+        predicted = dict(predicted, prefill_s=tail["predicted_full_prefill_s"])
+        measured = dict(measured, prefill_s=tail["predicted_full_prefill_s"] * scale)
 
     def workload(block: dict) -> float:
         return block["prefill_s"] + tokens * block["decode_s_per_token"]
 
-    return {"cell": row["cell"], "date": row.get("date"), "knobs": f"c={settings['chunk_size'] // 1024}K "
+    return {"cell": base_cell(row["cell"]), "date": row.get("date"), "probe_chunks": tail["chunks"] if tail else None, "knobs": f"c={settings['chunk_size'] // 1024}K "
             f"G={settings['heads_per_group']} R={settings['resident_kv_heads']}",
             "new_tokens": tokens, "predicted_prefill_s": predicted["prefill_s"],
             "measured_prefill_s": measured["prefill_s"], "predicted_decode_s": predicted["decode_s_per_token"],
@@ -46,7 +61,7 @@ def _row_figures(row: dict) -> dict | None:
 
 def summarize_grid(paths: list[Path], choice: str, title: str) -> tuple[dict, str]:
     """(summary dict, markdown) of the rows in ``paths``; ``choice`` is the planner's own cell."""
-    ours = [r for r in load_rows(paths) if r["cell"] == choice or r["cell"].startswith(choice + ":")]
+    ours = [r for r in load_rows(paths) if base_cell(r["cell"]) == choice or base_cell(r["cell"]).startswith(choice + ":")]
     rows = [f for f in (_row_figures(r) for r in ours) if f is not None]
     rows.sort(key=lambda f: f["measured_workload_s"])
     chosen = next((f for f in rows if f["cell"] == choice), None)
@@ -55,12 +70,15 @@ def summarize_grid(paths: list[Path], choice: str, title: str) -> tuple[dict, st
     best = rows[0]
     gap = chosen["measured_workload_s"] / best["measured_workload_s"] - 1.0
     lines = [f"# {title}", "", "Workload = prefill + new tokens x decode per token (the planner's objective, "
-             "pinning left out), predicted (the plan each cell ran) and measured, ranked by measured workload.", "",
+             "pinning left out), predicted (the plan each cell ran) and measured, ranked by measured workload. "
+             "A timing probe's row (est.) measured its last chunks only (headplan run --tail-chunks): its whole "
+             "prefill is the plan's predicted one times those chunks' measured / predicted.", "",
              "| rank | knobs | chosen by | prefill pred → meas | decode pred → meas | workload pred → meas | cell date |",
              "|---|---|---|---|---|---|---|"]
     for rank, f in enumerate(rows, 1):
         lines.append(f"| {rank} | {f['knobs']} | {'planner' if f is chosen else 'fixed'} | "
-                     f"{f['predicted_prefill_s']:.1f} → {f['measured_prefill_s']:.1f} s | "
+                     f"{f['predicted_prefill_s']:.1f} → {f['measured_prefill_s']:.1f} s"
+                     f"{' (est.)' if f['probe_chunks'] else ''} | "
                      f"{f['predicted_decode_s'] * 1e3:.0f} → {f['measured_decode_s'] * 1e3:.0f} ms | "
                      f"{f['predicted_workload_s']:.1f} → {f['measured_workload_s']:.1f} s | {f['date']} |")
     lines += ["", f"The planner's choice ({chosen['knobs']}) ranks {rows.index(chosen) + 1} of {len(rows)}: "

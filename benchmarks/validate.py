@@ -194,12 +194,15 @@ def main() -> int:
     summ.add_argument("--quick-profile", action="store_true",
                       help="the rows were re-predicted from a quick profile (benchmarks/repredict.py --hw QUICK): "
                            "the worst cell is judged against 15%% instead of 10%%")
+    summ.add_argument("--whole-only", action="store_true",
+                      help="leave out timing probes (cells run with --tail-chunks): whole prefills only")
     args = parser.parse_args()
     if args.command == "run":
         return command_run(args)
     if args.command == "pick-context":
         return command_pick_context(args)
-    return summarize(args.results, args.name, args.dir, args.device_name, quick_profile=args.quick_profile)
+    return summarize(args.results, args.name, args.dir, args.device_name, quick_profile=args.quick_profile,
+                     whole_only=args.whole_only)
 
 
 if __name__ == "__main__":

@@ -168,10 +168,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def summarize(paths: list[Path], name: str, out_dir: Path, device_name: str | None = None,
-              quick_profile: bool = False) -> int:
+              quick_profile: bool = False, whole_only: bool = False) -> int:
     """``quick_profile``: the rows' predictions come from a quick profile (benchmarks/repredict.py --hw QUICK),
-    judged against QUICK_PROFILE_WORST_TARGET for the worst cell."""
+    judged against QUICK_PROFILE_WORST_TARGET for the worst cell. ``whole_only``: timing probes (a report with a
+    ``tail`` block) are left out."""
     rows = load_rows(paths)
+    if whole_only:
+        rows = [row for row in rows if not (row.get("report") or {}).get("tail")]
     stats = statistics_of(rows, QUICK_PROFILE_WORST_TARGET if quick_profile else WORST_CELL_TARGET)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"summary": stats, "cells": rows}, indent=1) + "\n")

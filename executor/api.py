@@ -12,7 +12,7 @@ devices_for(N, "cuda")))``); the report then has a per-GPU block.
 ``input_ids`` is [1, n] int64. The model is not modified; its attention implementation is switched for the
 run and restored after. Faults raise executor.faults.RunFault with ``.report`` set to a partial report.
 ``tail_chunks=K`` (with a Plan) is a timing probe: only the prompt's last K prefill chunks run, at their real
-positions, over a zero-filled KV past standing in for the earlier chunks (generation/tail.py); the report's
+positions, over a synthetic KV past (a fixed random pattern) standing in for the earlier chunks (generation/tail.py); the report's
 prefill figures, predicted and measured, are those K chunks' and its ``tail`` block says so; the outputs are not
 the model's, so ``verify`` is refused.
 ``offloaded_cache(model, plan, device=...)`` is the same engine as a Cache for transformers' own ``generate``:
@@ -82,7 +82,7 @@ def run_plan(model, plan: Union[Plan, ExecutionSettings], input_ids: torch.Tenso
     MemAvailable); ``keep_logits`` is set by ``verify``. ``stages``: the layers split over devices
     (parallel/stages.py), the model already placed on them (inputs/model_loader.py does both); default: a plan
     for several GPUs runs its plan.stages on cuda:0 .. cuda:N-1, else one stage on ``device``. ``tail_chunks``
-    K >= 1 (a Plan only; not with ``verify``): run only the last K of the prompt's prefill chunks over a zero-filled
+    K >= 1 (a Plan only; not with ``verify``): run only the last K of the prompt's prefill chunks over a synthetic
     past (module doc); K at least the chunk count runs the whole prompt as usual (``report.tail`` None);
     ``options.on_chunk`` then counts the chunks run (0 .. K - 1). ``context``: the report's model name, extra
     memory fields and warnings. ``heads``: the attention heads this process sees (kv/layout.py HeadCounts; one

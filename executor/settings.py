@@ -169,7 +169,7 @@ class RunOptions:
     warmup: Optional[bool] = None
     """one tiny run through the same path first (None: on CUDA only)"""
     synthetic_past_tokens: int = 0
-    """a timing probe: the first N tokens' K, V are zero-filled instead of computed (generation/runner.py)"""
+    """a timing probe: the first N tokens' K, V are a fixed random pattern instead of computed ones (generation/tail.py)"""
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     """how each next token is chosen (default greedy)"""
     token_stream: Optional[Any] = None

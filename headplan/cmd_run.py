@@ -8,8 +8,8 @@ template, sampling, stop at end of sequence or ``--stop``); timings, warnings an
 (``--quiet`` drops them). ``--gpus N`` runs a plan over N GPUs: ``--parallel layers`` its stages on cuda:0 ..
 cuda:N-1 (with ``--device cpu``, N stages on the CPU); ``--parallel heads`` one process per GPU, each 1/N of every
 layer's heads (headplan/run_heads.py; with ``--device cpu``, N gloo ranks on the CPU); ``auto`` (default) the
-plan's choice. ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a zero-filled KV
-past (generation/tail.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
+plan's choice. ``--tail-chunks K`` is a timing probe: only the last K prefill chunks run, over a synthetic KV
+past (a fixed random pattern: generation/tail.py). Exit status: 0 done, 2 bad input, 3 GPU out of memory (partial report written), 130 Ctrl-C
 (partial report written). Leaves out: the planning itself (headplan plan) and re-rendering (headplan report).
 """
 
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
     parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
     parser.add_argument("--tail-chunks", type=int, default=None, metavar="K",
-                        help="timing probe: run only the last K prefill chunks, over a zero-filled KV past standing "
+                        help="timing probe: run only the last K prefill chunks, over a synthetic KV past (a random pattern) standing "
                         "in for the earlier ones (outputs are not the model's; refuses --verify); prefill is "
                         "compared with those chunks' prediction")
     parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")

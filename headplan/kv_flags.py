@@ -51,9 +51,9 @@ def check_early(args) -> None:
 
     load, save = getattr(args, "load_kv", None), getattr(args, "save_kv", None)
     if load is not None and getattr(args, "tail_chunks", None) is not None:
-        raise UserError("--load-kv needs a real prefill: --tail-chunks zero-fills the earlier chunks' KV")
+        raise UserError("--load-kv needs a real prefill: --tail-chunks fills the earlier chunks' KV with a pattern")
     if save is not None and getattr(args, "tail_chunks", None) is not None:
-        raise UserError("--save-kv needs a real prefill: --tail-chunks zero-fills the earlier chunks' KV")
+        raise UserError("--save-kv needs a real prefill: --tail-chunks fills the earlier chunks' KV with a pattern")
     if getattr(args, "kv_segment_tokens", None) is not None and args.kv_segment_tokens < 1:
         raise UserError(f"--kv-segment-tokens must be at least 1, got {args.kv_segment_tokens}")
     try:

@@ -42,11 +42,13 @@ def _times(a: float, b: float) -> str:
 
 
 def _plan_points(hardware: HardwareProfile, backend: str) -> tuple[str, list[AttentionPoint]]:
-    """The points a plan's prefill attention is priced from: the executor-step points of its backend, else the
-    kernel points (hw_lookup.RateLookup)."""
+    """The points a plan's prefill attention is priced from (planner/attention_time.py attention_seconds):
+    cudnn-split's from the cuDNN kernel points (its past parts and chunk part are composed from them: the chunk
+    part computed once per layer, the executor's default), flash's and flex's from the executor-step points of
+    the backend where the profile has them, else from the kernel points."""
     step = backend + "-step"
     points = [p for p in hardware.attention_table if p.backend == step]
-    if points:
+    if points and backend != "cudnn-split":
         return step, points
     kernel = "cudnn" if backend.startswith("cudnn") else ("flex" if backend == "flex" else "flash")
     return kernel, [p for p in hardware.attention_table

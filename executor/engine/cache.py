@@ -66,7 +66,7 @@ class OffloadLayer(CacheLayerMixin):
         return self.capacity_tokens
 
     def advance(self, tokens: int) -> None:
-        """Count ``tokens`` processed without update() (a replayed CUDA-graph decode step, or the zero-filled
+        """Count ``tokens`` processed without update() (a replayed CUDA-graph decode step, or the
         synthetic past of a timing probe: runner.execute's ``synthetic_past_tokens``)."""
         if self.tokens + tokens > self.capacity_tokens:
             raise ValueError(f"KV store capacity {self.capacity_tokens} tokens exceeded: "
@@ -105,6 +105,6 @@ class OffloadCache(Cache):
 
     def advance(self, tokens: int) -> None:
         """Every layer counts ``tokens`` more (processed by a replayed graph, which calls no update(), or a
-        synthetic past whose rows were zero-filled instead of computed)."""
+        synthetic past whose rows were filled with a pattern instead of computed)."""
         for layer in self.layers:
             layer.advance(tokens)

@@ -71,7 +71,7 @@ class Measurement(GpuPeaks):
     prompt_tokens: int
     """tokens prefilled (the input ids; after a synthetic past, the ids after it)"""
     synthetic_past_tokens: int = 0
-    """N: tokens [0, N) whose K, V rows were zero-filled instead of computed (a timing probe: runner.execute's
+    """N: tokens [0, N) whose K, V rows held the synthetic pattern instead of computed ones (a timing probe: runner.execute's
     ``synthetic_past_tokens``); the prefill ran at positions [N, N + prompt_tokens). 0 for a real run"""
     loaded_past_tokens: int = 0
     """N: tokens [0, N) whose K, V rows were loaded from a saved context (--load-kv) instead of computed; the

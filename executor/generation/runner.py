@@ -9,7 +9,7 @@ token is one replay of a CUDA graph: generation/decode_graph.py), and returns a 
 stores are released on every exit path; an OOM or Ctrl-C becomes a faults.RunFault carrying the partial
 Measurement.
 A timing probe (``options.synthetic_past_tokens=N``, headplan run --tail-chunks): the stores' rows [0, N) are
-zero-filled and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
+filled with a fixed random pattern (generation/tail.py) and the cache counts N tokens before the prefill, so ``input_ids`` run at positions [N, N + n) against
 a full-length past that was never computed: time and memory are the full context's, the outputs are not the
 model's.
 A saved context (``options.past_loader``, headplan run --load-kv): the prompt's longest common prefix N with the
@@ -34,6 +34,7 @@ from executor.generation.decode_graph import static_decode_applies
 from executor.generation.loop import RunLoop
 from executor.generation.measurement import Measurement, StageMeasurement, fill_stage_busy, fill_times
 from executor.generation.sampling import TokenChooser
+from executor.generation.tail import fill_synthetic_rows, synthetic_pattern
 from executor.generation.compiled_layers import compiled_layers, eager_stance, prefill_lengths, warm_up_compiled
 from executor.generation.warmup import cuda_devices, warm_up
 from executor.kv.layout import HeadCounts
@@ -56,7 +57,8 @@ def execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new_
     (settings.py RunOptions): ``sync_debug`` (CUDA, tests) runs the prefill and decode loops under
     torch.cuda.set_sync_debug_mode("error"), so any host synchronisation or pageable copy inside them raises;
     ``synthetic_past_tokens`` N (a timing probe, module docstring): ``input_ids`` are the tokens after position
-    N; the K, V rows [0, N) of every store are zero-filled (untimed, before the prefill) instead of computed, and
+    N; the K, V rows [0, N) of every store hold a fixed random pattern (untimed, written before the prefill)
+    instead of computed ones, and
     the prefill continues at position N. The capacity must hold N + n + new_tokens - 1 tokens. The warm-up never
     uses a synthetic past. ``heads`` (kv/layout.py HeadCounts): the attention heads this process sees, which size
     every store; default the config's global counts; a tensor-parallel rank passes its local H_q / N, H_kv / N
@@ -111,7 +113,7 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
     run = None
     try:
         run = _build_run(model, parts, settings, options, measurement)
-        _zero_filled_past(run, past_tokens)
+        _synthetic_past(run, past_tokens)
         _loaded_past(run, parts, options.past_loader, loaded_tokens, measurement)
         input_ids = input_ids.to(device)  # the prompt's one pageable copy, before the loop's no-sync region
         if not options.sampling.plain_argmax:
@@ -180,20 +182,27 @@ def _tiny_run(model, stages: list[DeviceStage], heads: Optional[HeadCounts]):
     return run
 
 
-def _zero_filled_past(run: RunLoop, tokens: int) -> None:
-    """The synthetic past of a timing probe: zero the K, V rows [0, N) of every stage's stores (resident
-    [r_l, T, d] on its GPU, host [H_kv - r_l, T, d]; the ping-pong slots are filled from the host rows), then
-    count N tokens in the cache so the prefill's positions start at N. Nothing is allocated (in-place fills of
-    the stores' views); the GPU fills are queued on the compute stream, ahead of the prefill that reads them."""
+def _synthetic_past(run: RunLoop, tokens: int) -> None:
+    """The synthetic past of a timing probe: rows [0, N) of every stage's K, V stores (resident [r_l, T, d] on its
+    GPU, host [H_kv - r_l, T, d]; the ping-pong slots are filled from the host rows) get the fixed random pattern
+    of generation/tail.py (fill_synthetic_rows: random, not zeros, so the kernels draw a real prefill's power),
+    then the cache counts N tokens so the prefill's positions start at N. Nothing is allocated beyond one pattern
+    per device (in-place fills of the stores' views); the GPU fills are queued on the compute stream, ahead of the
+    prefill that reads them."""
     if not tokens:
         return
+    patterns: dict = {}
     for engine in run.engine.engines:
-        stores = (engine.gpu.resident_keys, engine.gpu.resident_values, engine.host.keys, engine.host.values,
-                  engine.gpu.window_keys, engine.gpu.window_values)  # windows: their last W - 1 rows
-        for per_layer in stores:
-            for rows in per_layer:
-                if rows is not None:
-                    rows[:, :tokens].zero_()
+        stores = ((engine.gpu.resident_keys, engine.gpu.resident_values), (engine.host.keys, engine.host.values),
+                  (engine.gpu.window_keys, engine.gpu.window_values))  # windows: their last W - 1 rows
+        for per_layer_pair in stores:
+            for which, per_layer in enumerate(per_layer_pair):
+                for rows in per_layer:
+                    if rows is not None:
+                        key = (rows.device, rows.dtype, rows.shape[-1])
+                        if key not in patterns:
+                            patterns[key] = synthetic_pattern(rows.shape[-1], rows.dtype, rows.device)
+                        fill_synthetic_rows(rows, tokens, patterns[key][which])
     run.cache.advance(tokens)
 
 

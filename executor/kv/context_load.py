@@ -16,7 +16,7 @@ Nothing unverified is used: a host-store block may hold bytes before its segment
 into belong to the run being set up (allocated just before and not read until the load returns); a check that
 fails raises before the prefill, and the runner (or DocumentEngine) releases or disowns those stores unread, so a
 bad file can never leave a half-loaded context in use. A context whose manifest marks tokens [0, N) as a timing
-probe's zero fill (``synthetic_past_tokens``) is refused unless ``allow_synthetic`` (benchmarks timing the disk):
+probe's synthetic pattern (``synthetic_past_tokens``) is refused unless ``allow_synthetic`` (benchmarks timing the disk):
 its KV is not the model's. Only raw bytes are read (preadv / readinto + views): nothing unpickles.
 """
 
@@ -124,7 +124,7 @@ class ContextLoader:
         if m.synthetic_past_tokens and not allow_synthetic:
             raise ContextMismatchError(
                 f"--load-kv {self.path}: tokens [0, {m.synthetic_past_tokens}) of this context are a timing probe's "
-                "zero-filled KV (--tail-chunks), not the model's: it would answer from nothing; refused")
+                "synthetic KV (--tail-chunks: a fixed random pattern), not the model's: it would answer from nothing; refused")
         self.synthetic_past_tokens = m.synthetic_past_tokens
         shape = (m.layout.num_layers, m.layout.kv_heads, m.layout.head_dim)
         if shape != (num_layers, kv_heads, head_dim) or not m.layout.k_after_rope:

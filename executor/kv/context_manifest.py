@@ -100,7 +100,7 @@ class ContextManifest(_Model):
     kv_bytes: int = Field(description="sum of the segments' bytes: n * 2 * L * H_kv * d * dtype bytes")
     segments: list[SegmentEntry]
     save_s: Optional[float] = None
-    synthetic_past_tokens: int = Field(0, ge=0, description="tokens [0, N) whose K, V are a timing probe's zero fill "
+    synthetic_past_tokens: int = Field(0, ge=0, description="tokens [0, N) whose K, V are a timing probe's synthetic pattern "
                                        "(headplan run --tail-chunks), not the model's: only a benchmark that asks for "
                                        "it loads such a context (context_load.py allow_synthetic); 0: every token "
                                        "computed")

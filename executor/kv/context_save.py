@@ -162,7 +162,7 @@ def save_context(rows: KVRows, token_ids: Sequence[int], directory: Path | str, 
                  progress: bool = True, synthetic_past_tokens: int = 0) -> SaveResult:
     """Write tokens [0, n) of ``rows`` (n = len(token_ids)) and the ids as a context in ``directory`` (module
     docstring). The stores must be idle (the run synchronised). ``synthetic_past_tokens`` N > 0: rows [0, N) are a
-    timing probe's zero fill, recorded in the manifest so that no normal load uses them (context_load.py)."""
+    timing probe's synthetic pattern, recorded in the manifest so that no normal load uses them (context_load.py)."""
     directory = Path(directory)
     check_save_target(directory)
     n = len(token_ids)
@@ -259,7 +259,7 @@ class ContextSaver:
 @dataclass(frozen=True)
 class ProbeContextSaver:
     """A KVSaver for a timing probe's run (api.run_plan(..., tail_chunks=K), which runs only the prompt's tokens
-    [N, n) over rows [0, N) zero-filled): saves all n rows under the whole prompt's ids, with the manifest's
+    [N, n) over rows [0, N) of the synthetic pattern): saves all n rows under the whole prompt's ids, with the manifest's
     ``synthetic_past_tokens`` = N, so the bytes and the file layout are a real n-token context's (what a save and a
     load time) while no normal load accepts it. Benchmarks only: headplan run refuses --save-kv with --tail-chunks."""
 
@@ -274,6 +274,6 @@ class ProbeContextSaver:
         past = self.synthetic_past_tokens
         if list(run_ids) != list(self.prompt_ids[past:]):
             raise ValueError(f"the probe ran {len(run_ids)} tokens that are not the prompt's tokens after its "
-                             f"zero-filled {past}")
+                             f"synthetic {past}")
         return save_context(rows, self.prompt_ids, self.directory, self.fingerprint,
                             segment_tokens=self.segment_tokens, progress=self.progress, synthetic_past_tokens=past)

@@ -61,12 +61,12 @@ def cpu_causal_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable
 
 def grid(ctx: ProfileContext, backend: str) -> Iterator[tuple[int, int, int, int, list[int]]]:
     """(head_dim, GQA ratio, kv_heads, q_len, k_lens ascending) per series, over the preset's attention shapes
-    (config.Preset.attention_shapes). Causal flash needs k_len >= q_len (the square first-chunk case k_len =
+    (config.Preset.attention_shapes), q_len by q_len in the preset's order (its priority). Causal flash needs k_len >= q_len (the square first-chunk case k_len =
     q_len is added); cuDNN's k_len is the past and skips decode."""
     preset = ctx.preset
-    for (head_dim, ratio), kv_heads_per_call in preset.attention_shapes():
-        for kv_heads in kv_heads_per_call:
-            for q_len in preset.q_lens:
+    for q_len in preset.q_lens:  # outermost: a sweep stopped at its budget has every shape at the first q_lens
+        for (head_dim, ratio), kv_heads_per_call in preset.attention_shapes():
+            for kv_heads in kv_heads_per_call:
                 if backend == "cudnn":
                     if q_len == 1:
                         continue
@@ -142,7 +142,7 @@ def sweep(ctx: ProfileContext, backend: str, deadline_s: float) -> list[Attentio
                          f"skipped: {str(exc).splitlines()[0][:120]}")
                 ctx.free_memory()
                 break
-            ctx.free_memory()
+            ctx.release_blocks()
     return points
 
 

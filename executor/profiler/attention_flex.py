@@ -101,7 +101,7 @@ def measure_flex(ctx: ProfileContext) -> list[AttentionPoint]:
                                              kv_heads=kv_heads, q_len=q_len, k_len=k_len, causal=True,
                                              flops_per_s=rate, spread_rel=stats.spread_rel))
                 del q, k, v
-                ctx.free_memory()
+                ctx.release_blocks()
     return points + measure_flex_decode(ctx, dtype)
 
 
@@ -140,5 +140,5 @@ def measure_flex_decode(ctx: ProfileContext, dtype) -> list[AttentionPoint]:
                                          q_len=1, k_len=k_len, causal=True, flops_per_s=rate,
                                          spread_rel=stats.spread_rel))
             del q, k, v
-            ctx.free_memory()
+            ctx.release_blocks()
     return points

@@ -127,10 +127,13 @@ GPU_QUICK = Preset(
     matmul_square=8192,
     head_dims=(128, 64),
     kv_heads_per_call=(1, 2, 4, 8),
-    q_lens=(1, 1 * K, 4 * K, 10 * K),
-    k_lens=(4 * K, 64 * K, 512 * K, 1024 * K),
+    # q_lens in priority order (the sweep runs q_len by q_len): decode, then the chunks plans choose (4K-16K); every
+    # KV-heads-per-call count G at each, which the cudnn-split past parts are priced from (16 query heads over 4 KV
+    # heads at 4K queries is not 8 over 2 at 1K: an H200 quick profile without them priced a 1M prefill 1.8x long)
+    q_lens=(1, 4 * K, 16 * K, 1 * K),
+    k_lens=(4 * K, 16 * K, 64 * K, 512 * K, 1024 * K),
     attention_max_flop_per_call=1e13,  # ~30 ms at 350 TFLOP/s
-    attention_budget_s=25.0,
+    attention_budget_s=30.0,
     cudnn_graph_builds=1,
     square_causal_chunks=(1 * K, 4 * K, 16 * K),
     square_causal_kv_heads=(8,),

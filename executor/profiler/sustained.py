@@ -21,8 +21,9 @@ the same calls timed alone the tables' way (ctx.time: warm-up, then a few repeat
 The planner divides a prefill's attention and matmul times by them (planner/time_model.py; hw_lookup.py
 sustained_ratios takes the nearest head dim); decode, bound by memory, is left alone. GPU only (nothing on a CPU,
 or where cuDNN's attention does not run). ``fill="zeros"`` (benchmarks/sustained_probe.py) runs the attention over
-zero K and V, as a prefill of only the last chunks over a zero-filled past does (``headplan run --tail-chunks``):
-on the H200 that drew 550 W at 1890 MHz, so such probes run faster than a real prefill.
+zero K and V, as a prefill of only the last chunks over a zero-filled past did before ``headplan run --tail-chunks`` filled
+its past with a random pattern: on the H200 that drew 550 W at 1890 MHz, so such probes ran faster than a real
+prefill.
 Leaves out: the clock itself (the probe samples nvidia-smi).
 """
 

@@ -60,7 +60,7 @@ def _tail_figures(plan: Optional[Plan], tail: Optional[TailSplit]) -> Optional[T
                        description=f"timing probe: only the last {tail.chunks} of {tail.total_chunks} prefill chunks "
                        f"were timed (after {tail.lead_in} untimed lead-in chunk), at their real positions; the KV of "
                        f"the first {tail.skipped_tokens} tokens was "
-                       "zero-filled instead of computed, so generated tokens are not the model's. Prefill and time "
+                       "filled with a fixed random pattern instead of computed, so generated tokens are not the model's. Prefill and time "
                        "to first token (predicted and measured) cover those chunks only; decode and GPU peak are at "
                        "the full context.")
 

@@ -60,7 +60,7 @@ def _tail_lines(tail: Optional[TailFigures]) -> list[str]:
     if tail is None:
         return []
     return [f"**Timing probe:** prefill figures are for the last {tail.chunks} of {tail.total_chunks} chunks (after "
-            f"{tail.lead_in} untimed lead-in chunk), over a zero-filled KV past of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
+            f"{tail.lead_in} untimed lead-in chunk), over a synthetic KV past (a fixed random pattern) of {tail.skipped_tokens} tokens (generated tokens are not the model's; whole "
             f"prefill predicted {_seconds(tail.predicted_full_prefill_s)}).", ""]
 
 

@@ -158,13 +158,13 @@ class GpuFigures(_Block):
 class TailFigures(_Block):
     """A timing probe (headplan run --tail-chunks K): only the last K of the prefill's M chunks are timed (after
     one untimed lead-in chunk that pays the first-time costs of the context's shapes), at their real positions,
-    over a KV past of N zero-filled tokens standing in for the earlier chunks. Prefill (chunk_s,
+    over a KV past of N tokens of a fixed random pattern standing in for the earlier chunks. Prefill (chunk_s,
     prefill_s, time to first token), predicted and measured alike, covers those K chunks; decode and GPU peak are
     at the full context; generated tokens and logits are not the model's."""
 
     chunks: int = Field(description="K: the last chunks run and timed")
     total_chunks: int = Field(description="M: the prefill's chunks over the whole prompt")
-    skipped_tokens: int = Field(description="N: tokens [0, N) whose K, V were zero-filled instead of computed")
+    skipped_tokens: int = Field(description="N: tokens [0, N) whose K, V were a fixed random pattern instead of computed")
     lead_in: int = Field(0, description="untimed chunks run before the K timed ones")
     predicted_full_prefill_s: Optional[float] = Field(None, description="the plan's prediction of the whole "
                                                       "prefill (all M chunks)")

@@ -22,6 +22,7 @@ from executor.kv.context_save import ContextSaver, ProbeContextSaver  # noqa: E4
 from executor.kv.fingerprint import model_fingerprint  # noqa: E402
 from executor.settings import RunOptions  # noqa: E402
 from tests.cpu.test_exactness import prompt, tiny_model  # noqa: E402
+from executor.generation.tail import synthetic_pattern  # noqa: E402
 from tests.cpu.test_kv_reuse import cpu_rows, loader_for, settings  # noqa: E402
 
 N, PAST, SEGMENT = 40, 24, 8
@@ -29,7 +30,7 @@ N, PAST, SEGMENT = 40, 24, 8
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    """A probe's run: tokens [PAST, N) computed over a zero-filled [0, PAST), saved as an N-token context."""
+    """A probe's run: tokens [PAST, N) computed over a synthetic [0, PAST), saved as an N-token context."""
     model, ids = tiny_model(), prompt(N)
     path = tmp_path_factory.mktemp("probe") / "ctx"
     saver = ProbeContextSaver(path, model_fingerprint(model), tuple(ids[0].tolist()), PAST, segment_tokens=SEGMENT,
@@ -43,9 +44,9 @@ def test_a_probe_context_is_marked_and_refused_by_a_normal_load(probe):
     model, ids, path = probe
     manifest = read_manifest(path)
     assert manifest.token_count == N and manifest.synthetic_past_tokens == PAST
-    with pytest.raises(ContextMismatchError, match="zero-filled"):
+    with pytest.raises(ContextMismatchError, match="synthetic KV"):
         loader_for(model, path)
-    with pytest.raises(ContextMismatchError, match="zero-filled"):      # nor through a run
+    with pytest.raises(ContextMismatchError, match="synthetic KV"):      # nor through a run
         execute(model, ids, settings(chunk=8, group=1, resident=0), new_tokens=2, device="cpu",
                 options=RunOptions(past_loader=loader_for(model, path)))
 
@@ -56,10 +57,11 @@ def test_a_probe_context_loads_its_bytes_when_asked(probe):
     assert loader.saved_ids.tolist() == ids[0].tolist() and loader.synthetic_past_tokens == PAST
     target = cpu_rows(model, (1, 0))
     assert loader.load(target, N).nbytes == N * 2 * 2 * 2 * 16 * 4
+    pattern = synthetic_pattern(16, torch.float32)                   # tiny_model: head dim 16
     for layer in range(2):
         for head in range(2):
-            for row in target.rows(layer, head):
-                assert torch.count_nonzero(row[:PAST]) == 0          # the zero fill, as saved
+            for which, row in enumerate(target.rows(layer, head)):
+                assert torch.equal(row[:PAST], pattern[which][:PAST])  # the synthetic rows (K, V), as saved
                 assert torch.count_nonzero(row[PAST:N]) > 0          # the computed tail
 
 

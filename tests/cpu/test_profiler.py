@@ -131,6 +131,24 @@ def test_presets():
         choose_preset(quick=False, sizes="huge", on_gpu=False)
 
 
+def test_kernel_sweep_runs_q_len_by_q_len_over_every_shape():
+    """A sweep stopped at its budget keeps every (head dim, G) at the first q_lens: the quick preset's decode and
+    4K-chunk series for all of them come before any 16K series, and every G the planner prices the cudnn-split
+    past parts from is in the grid at 4K queries for both head dims."""
+    from executor.profiler.attention import grid
+
+    class Ctx:
+        preset = GPU_QUICK
+
+    for backend in ("flash", "cudnn"):
+        series = list(grid(Ctx(), backend))
+        q_order = [q_len for _dim, _ratio, _kv, q_len, _k in series]
+        assert q_order == sorted(q_order, key=GPU_QUICK.q_lens.index)
+        at_4k = {(dim, kv) for dim, ratio, kv, q_len, _k in series if q_len == 4096 and ratio == 4}
+        assert at_4k >= {(dim, kv) for dim in (128, 64) for kv in (1, 2, 4, 8)}
+    assert GPU_QUICK.q_lens[:2] == (1, 4096)
+
+
 # --- whole profile on CPU (tiny sizes) -------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""The --tail-chunks timing probe on CPU: execute over a zero-filled synthetic past (chunks, cache length, tokens),
-its outputs equal the standard forward over a cache whose first N rows are zeros (resident and streamed heads
-alike), a capacity too small is refused; run_plan restricts the prediction to the same chunks and refuses --verify;
+"""The --tail-chunks timing probe on CPU: execute over a synthetic past (chunks, cache length, tokens), its outputs
+equal the standard forward over a cache whose first N rows are the synthetic pattern (resident and streamed heads
+alike; the pattern tiles and fills in place), a capacity too small is refused; run_plan restricts the prediction to the same chunks and refuses --verify;
 the CLI writes the tail block and refuses bad values with exit 2."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 
 from executor.generation import runner  # noqa: E402
 from executor.api import run_plan  # noqa: E402
-from executor.generation.tail import tail_split  # noqa: E402
+from executor.generation.tail import (PATTERN_ROWS, fill_synthetic_rows, synthetic_past_rows,  # noqa: E402
+                                      synthetic_pattern, tail_split)
 from executor.settings import ExecutionSettings, RunOptions  # noqa: E402
 from executor.engine.cache import OffloadCache, with_cache  # noqa: E402
 from executor.report.markdown import render_markdown  # noqa: E402
@@ -37,19 +38,20 @@ def run_tail(model, ids, *, past: int = PAST, **knobs):
                    options=RunOptions(keep_logits=True, synthetic_past_tokens=past))
 
 
-def zero_past_reference(model, tail_ids: torch.Tensor, past: int, generated: list[int],
-                        device: str = "cpu") -> torch.Tensor:
-    """The standard forward (the model's own attention) over a DynamicCache holding ``past`` zero K, V rows per
-    layer, fed the same generated tokens: [len(generated), vocab] float32 logits (on CPU) of each step's last
-    position."""
+def synthetic_past_reference(model, tail_ids: torch.Tensor, past: int, generated: list[int],
+                             device: str = "cpu") -> torch.Tensor:
+    """The standard forward (the model's own attention) over a DynamicCache holding ``past`` rows of the synthetic
+    pattern (generation/tail.py synthetic_past_rows) per layer and KV head, fed the same generated tokens:
+    [len(generated), vocab] float32 logits (on CPU) of each step's last position."""
     from transformers import DynamicCache
 
     config, dtype = model.config, next(model.parameters()).dtype
     cache = DynamicCache(config=config)
     with torch.inference_mode():
         for layer in range(config.num_hidden_layers):
-            zeros = torch.zeros(1, config.num_key_value_heads, past, config.head_dim, device=device, dtype=dtype)
-            cache.update(zeros, zeros.clone(), layer)
+            keys, values = (rows.expand(1, config.num_key_value_heads, past, config.head_dim).clone()
+                            for rows in synthetic_past_rows(past, config.head_dim, dtype, device))
+            cache.update(keys, values, layer)
         steps = [model(tail_ids.to(device), **with_cache(model, cache), use_cache=True).logits[0, -1]]
         for token in generated[:-1]:
             ids = torch.tensor([[token]], device=device)
@@ -66,22 +68,22 @@ def test_synthetic_past_runs_the_tail_chunks(monkeypatch, knobs):
     assert measurement.synthetic_past_tokens == PAST and measurement.prompt_tokens == PROMPT - PAST
     assert len(measurement.generated_token_ids) == NEW
     assert caches[0].get_seq_length() == PAST + (PROMPT - PAST) + NEW - 1
-    if knobs is STREAMED:  # the streamed heads' pasts, zero rows included, came from the host store
+    if knobs is STREAMED:  # the streamed heads' pasts, synthetic rows included, came from the host store
         assert measurement.counters["prefill"].h2d_bytes > 0
 
 
 @pytest.mark.parametrize("knobs", [ALL_RESIDENT, STREAMED], ids=["all-resident", "streamed"])
-def test_synthetic_past_equals_a_cache_of_zero_rows(knobs):
-    """The tail run's logits are the standard forward's over a past of zero K, V rows (float32, 1e-5)."""
+def test_synthetic_past_equals_a_cache_of_its_pattern(knobs):
+    """The tail run's logits are the standard forward's over a past of the pattern's K, V rows (float32, 1e-5)."""
     model, ids = tiny_model(), prompt(PROMPT)
     measurement = run_tail(model, ids, **knobs)
-    reference = zero_past_reference(model, ids[:, PAST:], PAST, measurement.generated_token_ids)
+    reference = synthetic_past_reference(model, ids[:, PAST:], PAST, measurement.generated_token_ids)
     assert (measurement.step_logits - reference).abs().max().item() < 1e-5
     assert measurement.generated_token_ids == reference.argmax(-1).tolist()
 
 
 def test_store_placement_does_not_change_a_tail_run():
-    """Resident and streamed heads read the zero rows from different stores (GPU resident, host): same logits;
+    """Resident and streamed heads read the synthetic rows from different stores (GPU resident, host): same logits;
     the same run twice is identical; the tail ids as a fresh prompt (positions from 0, no past) differ."""
     model, ids = tiny_model(), prompt(PROMPT)
     resident, streamed = run_tail(model, ids, **ALL_RESIDENT), run_tail(model, ids, **STREAMED)
@@ -180,7 +182,7 @@ def test_cli_tail_chunks_writes_the_tail_block(tmp_path, capsys):
     assert "last 2 of 4 chunks" in capsys.readouterr().err  # timings on stderr; stdout is for the answer
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tail"]["chunks"] == 2 and report["tail"]["total_chunks"] == 4
-    assert report["tail"]["skipped_tokens"] == 64 and "zero-filled" in report["tail"]["description"]  # lead-in at 64
+    assert report["tail"]["skipped_tokens"] == 64 and "random pattern" in report["tail"]["description"]  # lead-in at 64
     assert len(report["measured"]["chunk_s"]) == 2 and len(report["predicted"]["chunk_s"]) == 2
     assert report["predicted"]["prefill_s"] == pytest.approx(sum(report["predicted"]["chunk_s"]))
     assert "last 2 of 4 chunks" in (tmp_path / "out" / "report.md").read_text()
@@ -218,3 +220,45 @@ def test_validation_cells_and_summary_mark_the_tail(monkeypatch):
     assert "(last" not in _cell_line(row) and "+10.0%" in _cell_line(row)
     row["report"]["tail"] = {"chunks": 6, "total_chunks": 256, "skipped_tokens": 2_048_000}
     assert "R=2 flash (last 6 of 256 chunks) |" in _cell_line(row)
+
+
+def test_grid_summary_ranks_probes_by_their_estimated_whole_prefill(tmp_path, monkeypatch):
+    """A grid of timing probes: each row stands for its configuration (the cell without tail=), its whole prefill
+    the plan's whole prediction times the timed chunks' measured / predicted; the planner's probe is the choice."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "path", [str(Path(__file__).resolve().parents[2] / "benchmarks")] + sys.path)
+    from grid_summary import summarize_grid
+
+    def row(cell, knobs, measured_tail_s, decode_s):
+        c, g, r = knobs
+        return {"cell": cell, "date": "2026-12-01", "report": {
+            "new_tokens": 16, "settings": {"chunk_size": c, "heads_per_group": g, "resident_kv_heads": r},
+            "predicted": {"prefill_s": 10.0, "decode_s_per_token": 0.5},
+            "measured": {"prefill_s": measured_tail_s, "decode_s_per_token": decode_s},
+            "tail": {"chunks": 8, "total_chunks": 128, "predicted_full_prefill_s": 100.0}}}
+    path = tmp_path / "grid.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        row("m:512K:24GB:tail=8", (4096, 2, 19), 11.0, 0.5),                 # 110 + 8 = 118 s
+        row("m:512K:24GB:c=8K:G=4:tail=4", (8192, 4, 40), 10.0, 0.55))) + "\n")   # 100 + 8.8 = 108.8 s
+    summary, text = summarize_grid([path], "m:512K:24GB", "grid")
+    assert [r["cell"] for r in summary["rows"]] == ["m:512K:24GB:c=8K:G=4", "m:512K:24GB"]
+    assert summary["rows"][1]["measured_prefill_s"] == pytest.approx(110.0) and summary["choice_rank"] == 2
+    assert summary["choice_over_best"] == pytest.approx(118.0 / 108.8 - 1) and "(est.)" in text
+
+
+def test_the_pattern_tiles_in_place_and_clamps_to_a_window():
+    """fill_synthetic_rows writes row p = pattern[p % PATTERN_ROWS] into a [h, T, d] view (doubling copies),
+    leaves rows from N on untouched, and a ring shorter than N is filled whole."""
+    keys, _values = synthetic_pattern(8, torch.float32)
+    tokens = 2 * PATTERN_ROWS + 123
+    store = torch.full((2, tokens + 5, 8), 7.0)
+    fill_synthetic_rows(store, tokens, keys)
+    expected = synthetic_past_rows(tokens, 8, torch.float32)[0]
+    assert torch.equal(store[0, :tokens], expected) and torch.equal(store[1, :tokens], expected)
+    assert torch.equal(store[:, tokens:], torch.full((2, 5, 8), 7.0))
+    assert torch.equal(expected[PATTERN_ROWS + 5], keys[5]) and keys.std() > 0.5   # random, not zeros
+    ring = torch.zeros(1, 100, 8)
+    fill_synthetic_rows(ring, tokens, keys)
+    assert torch.equal(ring[0], keys[:100])

@@ -179,8 +179,8 @@ def test_gpu_budget_caps_the_allocator():
 @pytest.mark.parametrize("group,resident", [(2, 5), (2, 12)])   # 12 of 12: the CUDA-graph decode
 def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
     """--tail-chunks' executor path on CUDA (flash, pinned host store, streams, no syncs in the loop): a prefill
-    over a zero-filled past of 192 tokens agrees with the standard forward over a cache of 192 zero rows."""
-    from tests.cpu.test_tail_chunks import zero_past_reference
+    over a synthetic past of 192 tokens agrees with the standard forward over a cache of those 192 pattern rows."""
+    from tests.cpu.test_tail_chunks import synthetic_past_reference
 
     ids, past = ids_of(300), 192
     model16 = model_on("cuda", torch.bfloat16)
@@ -195,7 +195,8 @@ def test_tail_run_over_a_synthetic_past_on_cuda(group, resident):
         assert ours.counters["prefill"].h2d_bytes > 0
     our_error, standard_error = half_precision_errors(
         ours, model16, ids[:, past:], "cuda", exact_dtype=torch.float32,
-        reference=lambda model, tail_ids, tokens, device: zero_past_reference(model, tail_ids, past, tokens, device))
+        reference=lambda model, tail_ids, tokens, device: synthetic_past_reference(model, tail_ids, past, tokens,
+                                                                                  device))
     assert our_error <= 2.0 * standard_error + 2e-2, (our_error, standard_error)
 
 

@@ -64,6 +64,23 @@ def test_ratio_chunk_and_backend_outside_the_tables():
     assert len(none) == 1 and "no measured attention points for backend flash" in none[0]
 
 
+def test_cudnn_split_is_checked_against_the_cudnn_kernel_points():
+    """cudnn-split's past parts are priced from the cuDNN kernel table (attention_time.attention_seconds, the chunk
+    part once per layer): step points at head dim 64 do not cover a head dim 64 plan whose kernel points are 128."""
+    hw = _covering_profile()
+    steps = [p.model_copy(update={"backend": "cudnn-split-step"}) for p in hw.attention_table if p.q_len > 1]
+    kernel = [_point("cudnn", 128, 4, kv, q, k, 6e14).model_copy(update={"causal": False})
+              for kv in (1, 8) for q in (4096, 16384) for k in (4096, 1 << 20)]
+    hw = hw.model_copy(update={"attention_table": hw.attention_table + steps + kernel})
+    notes = coverage_notes(BUILTIN_MODELS["llama-3.2-1b"], hw, backend="cudnn-split", chunk_tokens=8192,
+                           context_tokens=1 << 20)
+    assert any("head dim 64 not measured (cudnn points have 128)" in n for n in notes)
+    assert coverage_notes(BUILTIN_MODELS["llama-3-8b"], hw, backend="cudnn-split", chunk_tokens=8192,
+                          context_tokens=1 << 20) == []
+    assert coverage_notes(BUILTIN_MODELS["llama-3.2-1b"], hw, backend="flash", chunk_tokens=8192,
+                          context_tokens=1 << 20) == []                     # flash: its step points cover it
+
+
 def test_lookup_uses_the_measured_gqa_ratio():
     base = load_profile("h100-sxm-measured")
     table = [_point("flash", 128, 4, 2, 4096, k, 3e14) for k in (4096, 65536)]
