@@ -26,7 +26,7 @@ from executor.inputs.model_loader import build_random
 from executor.inputs.prompt import random_prompt_ids
 from executor.generation.runner import execute
 from executor.runtime.gpu_memory import apply_gpu_budget
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.units import parse_bytes
 cap = sys.argv[1]
 fraction = apply_gpu_budget(parse_bytes(cap), 884_000_000, "cuda")

@@ -88,7 +88,7 @@ def tiny_exact(out: Path) -> dict:
 def longest(hw: str, host_margin_bytes: int, tail_chunks: int, out: Path) -> dict:
     from executor.runtime.host_memory import host_available_bytes
     from hwprofiles import load_profile
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
     from planner.solver import make_plan, max_context
     from planner.units import parse_bytes
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.model_spec import BUILTIN_MODELS  # noqa: E402
+from planner.builtin_models import BUILTIN_MODELS  # noqa: E402
 from planner.units import parse_tokens  # noqa: E402
 
 

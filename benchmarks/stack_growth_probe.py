@@ -39,7 +39,7 @@ def main() -> int:
     from executor.generation.runner import execute
     from executor.inputs.model_loader import build_random
     from executor.settings import ExecutionSettings, RunOptions
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -152,6 +152,17 @@ class KVSaver(Protocol):
         """Save tokens [0, len(prompt_ids)) of ``rows``; returns a result with nbytes and save_s."""
 
 
+@dataclass(frozen=True)
+class ShareRebalancing:
+    """Decode's CPU share F chosen again once during the run (planner/share_rebalance.py): after ``after_tokens``
+    decode tokens the runner waits for the host share's jobs, measures the CPU kernel's rate (bytes / kernel
+    seconds, every stage), and ``choose(bytes_per_s)`` returns the decision (an object with ``share`` and
+    ``reason``: planner.share_rebalance.Rebalance) or None; a new F rebuilds the host share between two tokens."""
+
+    choose: Callable[[float], Optional[Any]]
+    after_tokens: int = 4
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How generation.runner.execute drives one run (every field optional)."""
@@ -169,7 +180,7 @@ class RunOptions:
     warmup: Optional[bool] = None
     """one tiny run through the same path first (None: on CUDA only)"""
     synthetic_past_tokens: int = 0
-    """a timing probe: the first N tokens' K, V are a fixed random pattern instead of computed ones (generation/tail.py)"""
+    """a timing probe: the first N tokens' K, V are a fixed random pattern, not computed (generation/tail.py)"""
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     """how each next token is chosen (default greedy)"""
     token_stream: Optional[Any] = None
@@ -180,3 +191,5 @@ class RunOptions:
     most n - 1) is loaded into rows [0, N) and the prefill runs tokens [N, n) only (generation/runner.py)"""
     kv_saver: Optional[KVSaver] = None
     """--save-kv: after the run (stores synchronised, before they are released) the prompt's K, V are saved"""
+    share_rebalancing: Optional[ShareRebalancing] = None
+    """--rebalance-cpu-share: decode's CPU share chosen again from the kernel rate the run measures"""

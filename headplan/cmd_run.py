@@ -50,9 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", action="store_true", help="per-group events; timeline PNG + Chrome trace JSON")
     parser.add_argument("--verify", action="store_true", help="compare with the standard forward afterwards")
     parser.add_argument("--tail-chunks", type=int, default=None, metavar="K",
-                        help="timing probe: run only the last K prefill chunks, over a synthetic KV past (a random pattern) standing "
-                        "in for the earlier ones (outputs are not the model's; refuses --verify); prefill is "
-                        "compared with those chunks' prediction")
+                        help="timing probe: run only the last K prefill chunks, over a synthetic KV past (a random "
+                        "pattern) standing in for the earlier ones (outputs are not the model's; refuses --verify); "
+                        "prefill is compared with those chunks' prediction")
+    parser.add_argument("--rebalance-cpu-share", action="store_true",
+                        help="after 4 decode tokens, choose the CPU share F again from the rate the CPU's kernel "
+                        "reads in this run (planner/share_rebalance.py); the report says what it chose")
     parser.add_argument("--strict", action="store_true", help="refuse a plan made for other hardware")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--quiet", action="store_true", help="only the answer on stdout: no progress, timings, "
@@ -281,6 +284,7 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         host_bytes = _stated_host_bytes(args, plan)
         options = RunOptions(trace=args.trace, on_chunk=on_chunk, host_available_bytes=host_bytes,
                              sampling=answer.sampling, token_stream=stream,
+                             share_rebalancing=_share_rebalancing(args, plan),
                              **kv_flags.run_options(args, loaded, plan, host_bytes))
         result = run_plan(loaded.model, plan, input_ids, new_tokens=new_tokens, device=stages[0].device,
                           options=options, verify=args.verify, tail_chunks=tail_chunks, stages=stages,
@@ -336,6 +340,17 @@ def _summary(report, path, quiet: bool = False) -> None:
     say(f"report: {path}", quiet)
 
 
+def _share_rebalancing(args, plan):
+    """--rebalance-cpu-share: the executor's hook choosing F again from the run's kernel rate (None: not asked)."""
+    if not getattr(args, "rebalance_cpu_share", False):
+        return None
+    from executor.settings import ShareRebalancing
+    from planner.share_rebalance import REBALANCE_AFTER_TOKENS, rebalanced_share
+
+    return ShareRebalancing(choose=lambda measured: rebalanced_share(plan, measured),
+                            after_tokens=REBALANCE_AFTER_TOKENS)
+
+
 def document_for_questions(args, tokenizer) -> str:
     """The --prompt document's text for questions over it (--questions, headplan chat), after the checks: a
     tokenizer, and no flag that needs a single one-shot run."""
@@ -346,6 +361,7 @@ def document_for_questions(args, tokenizer) -> str:
     refused = [flag for flag, value in (("--load-kv", getattr(args, "load_kv", None)),
                                         ("--save-kv", getattr(args, "save_kv", None)),
                                         ("--tail-chunks", getattr(args, "tail_chunks", None)),
+                                        ("--rebalance-cpu-share", getattr(args, "rebalance_cpu_share", False)),
                                         ("--verify", getattr(args, "verify", False))) if value]
     if refused:
         raise UserError(f"{refused[0]} is not supported with questions over one document")

@@ -22,10 +22,13 @@ def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndar
         token_s + (V - V_p) D b / HBM + L layer_s(s + 1)
 
     V, V_p: the model's and the measured vocabulary (the lm_head's bytes), D hidden, L layers, s the token's past;
-    layer_s(k) linear between the measured contexts, beyond the last along its last segment, below the first
-    clamped. With one measured context s_p the layer's attention beyond it comes from the attention table instead:
-    layer_s(s_p) + max(attn(s) - attn(s_p), 0), attn one layer's decode attention over all H_kv heads
-    (decode_attention_seconds). On the H200 (2026-12-01) the kernel tables priced Llama-3-8B's replayed token 7-10%
+    layer_s(k) linear between the measured contexts, below the first clamped; beyond the last measured context s_p
+    the layer's attention grows as the attention table says:
+        layer_s(s_p) + max(attn(s) - attn(s_p), 0)
+    attn one layer's decode attention over all H_kv heads (decode_attention_seconds). Along the last segment instead,
+    the H200's 1M-token Llama-3.2-1B token (2026-12-01) was priced 12.8 ms against 11.3 measured: the kernel reads
+    HBM faster at long contexts, which the table's decode points up to 1M keys see and a line through 16K and 128K
+    does not (the increment: 11.4 ms). On the H200 (2026-12-01) the kernel tables priced Llama-3-8B's replayed token 7-10%
     long: each kernel's single-call launch and ramp, which a graph does not pay, stood in for the few microseconds
     each small kernel still costs in one; their single-call decode attention points read the per-key cost too high,
     and a straight line through 1K and 16K too (18% long at 128K: the kernel reads HBM faster at long contexts)."""
@@ -35,14 +38,11 @@ def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndar
     lm_head = (model.vocab_size - point.vocab_size) * model.hidden_size * elem_bytes / lookup.profile.hbm_bytes_per_s
     keys = np.asarray(past, dtype=float) + 1
     contexts, layer_s = np.array(point.context_tokens, dtype=float), np.array(point.layer_s)
-    if len(contexts) >= 2:
-        slope = (layer_s[-1] - layer_s[-2]) / (contexts[-1] - contexts[-2])
-        per_layer = np.where(keys <= contexts[-1], np.interp(keys, contexts, layer_s),
-                             layer_s[-1] + slope * (keys - contexts[-1]))
-        return point.token_s + lm_head + model.num_hidden_layers * per_layer
     kv_heads = model.num_key_value_heads
     per_head = lambda n: 2.0 * model.head_dim * elem_bytes * n  # noqa: E731 - one head's K, V over n keys
-    measured = np.full_like(keys, contexts[0])
+    last = np.full_like(keys, contexts[-1])
     extra = (decode_attention_seconds(model, lookup, kv_heads, keys - 1, per_head(keys))
-             - decode_attention_seconds(model, lookup, kv_heads, measured - 1, per_head(measured)))
-    return point.token_s + lm_head + model.num_hidden_layers * (layer_s[0] + np.maximum(extra, 0.0))
+             - decode_attention_seconds(model, lookup, kv_heads, last - 1, per_head(last)))
+    per_layer = np.where(keys <= contexts[-1], np.interp(keys, contexts, layer_s),
+                         layer_s[-1] + np.maximum(extra, 0.0))
+    return point.token_s + lm_head + model.num_hidden_layers * per_layer

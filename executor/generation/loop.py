@@ -50,6 +50,8 @@ class RunLoop:
     """picks each next token from the logits (generation/sampling.py); None: argmax"""
     stream: Optional[TokenStream] = None
     """reads tokens back one behind and may stop the decode (generation/output.py); None: every token"""
+    after_token: Optional[tuple[int, Callable[[], None]]] = None
+    """(k, call): call() once after the k-th decode token is issued (the CPU share's re-balancing: runner.py)"""
 
     def forward(self, ids: torch.Tensor, *, phase: str, index: int, logits_to_keep: int, more: bool,
                 more_prefill: bool = False):
@@ -109,6 +111,8 @@ class RunLoop:
             self.generated.append(next_ids)
             if self.stream is not None and self.stream.push(next_ids):
                 break
+            if self.after_token is not None and step == self.after_token[0] and step + 1 < new_tokens:
+                self.after_token[1]()
 
     def _decode_static(self, next_ids: torch.Tensor, new_tokens: int) -> None:
         """Tokens 1 .. new_tokens - 1 through StaticDecode: set up (capture) first, untimed, then one step each."""

@@ -97,6 +97,9 @@ class Measurement(GpuPeaks):
     host_share_hand_off: Optional[str] = None
     """the CPU share's hand-off (engine/host_share.py HostShare.hand_off): "stream" or "join"; None without a
     share"""
+    share_rebalance: Optional[dict] = None
+    """the CPU share chosen again during decode (RunOptions.share_rebalancing): at_token, planned_share, share,
+    planned_cpu_bytes_per_s, measured_cpu_bytes_per_s, reason; None when not asked or nothing to measure"""
     generated_token_ids: list[int] = field(default_factory=list)
     stop_reason: Optional[str] = None
     """why generation ended, when a TokenStream watched it: "eos", "stop" (a stop string) or "length"; else None"""

@@ -22,12 +22,14 @@ Leaves out: the report (report/), the plan (api.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 import torch
 
 from executor.attention.kernels import backend_name
 from executor.engine.cache import OffloadCache
+from executor.engine.counters import PhaseCounters
 from executor.engine.registration import offload_attention_selected
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
 from executor.generation.decode_graph import static_decode_applies
@@ -268,7 +270,38 @@ def _build_run(model, parts: list[StageParts], settings: ExecutionSettings, opti
                   and getattr(model.config, "attn_logit_softcapping", None) is None)  # its kernel has no cap
     if len(parts) > 1:
         run.hooks = _stage_span_hooks(model, engine)
+    if options.share_rebalancing is not None and settings.cpu_share > 0:
+        run.after_token = (options.share_rebalancing.after_tokens,
+                           lambda: _rebalance_share(run, settings, options.share_rebalancing, measurement))
     return run
+
+
+def _rebalance_share(run: RunLoop, settings: ExecutionSettings, rebalancing, measurement: Measurement) -> None:
+    """Between two decode tokens: wait for the host share's jobs, measure the CPU kernel's rate so far (decode
+    bytes / kernel seconds over every stage), ask ``rebalancing.choose`` for the share from now on, and where it
+    differs rebuild the host share at it (the devices synchronised first: no layer's copy or wait is in flight)."""
+    engines = run.engine.engines
+    for engine in engines:
+        engine.settle_host_share()
+    decode = PhaseCounters.summed([engine.counters for engine in engines]).get("decode")
+    if decode is None or decode.host_attention_s <= 0 or decode.host_attention_bytes <= 0:
+        return
+    measured = decode.host_attention_bytes / decode.host_attention_s
+    decision = rebalancing.choose(measured)
+    if decision is None:
+        return
+    shares = [engine.host_share for engine in engines if engine.host_share is not None]
+    measurement.host_share_hand_off = shares[0].hand_off if shares else None
+    measurement.share_rebalance = dict(
+        at_token=rebalancing.after_tokens, planned_share=settings.cpu_share, share=decision.share,
+        planned_cpu_bytes_per_s=getattr(decision, "planned_cpu_bytes_per_s", None),
+        measured_cpu_bytes_per_s=measured, reason=decision.reason)
+    if decision.share == settings.cpu_share:
+        return
+    for device in {part.stage.device for part in run.engine.parts}:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+    run.engine.set_cpu_share(dataclasses.replace(settings, cpu_share=decision.share))
 
 
 def _stage_span_hooks(model, engine: StagedEngine) -> list:
@@ -299,7 +332,8 @@ def _finish(run: RunLoop, measurement: Measurement) -> None:
     fill_times(events, measurement, extra=[e for extra in stage_events[1:] for e in extra])
     measurement.counters = run.engine.counters
     shares = [e.host_share for e in run.engine.engines if e.host_share is not None]
-    measurement.host_share_hand_off = shares[0].hand_off if shares else None
+    if shares or measurement.share_rebalance is None:  # a share re-balanced to 0 keeps the hand-off it ran with
+        measurement.host_share_hand_off = shares[0].hand_off if shares else None
     measurement.decode_host_s = list(run.host_s)
     if run.static is not None:
         measurement.decode_step = "graph" if run.static.graph is not None else "static"

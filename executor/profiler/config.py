@@ -7,7 +7,7 @@ an H100), ``tiny`` (CI: seconds on a 2-core CPU, any device). On a machine witho
 Shapes follow the executor (docs/how-it-works.md): Llama-3-8B linear layers (hidden 4096, intermediate 14336) for
 chunk sizes 1..32K tokens, and Llama-3.2-1B's (2048, 8192) in full mode; attention with GQA ratio 4 (Llama-3:
 4 query heads per KV head), G KV heads per call (the head group), head dims 128 and 64; on a GPU (quick and full)
-also every (head dim, GQA ratio) of the built-in models (planner/model_spec.py BUILTIN_MODELS) and of any model
+also every (head dim, GQA ratio) of the built-in models (planner/builtin_models.py BUILTIN_MODELS) and of any model
 given to `headplan profile --model` in the executor-step table (attention_step.py; the kernel table adds only a
 head dim it lacks), the shapes other than ratio 4 on a reduced grid of KV heads per call (``extra_kv_heads``), so
 that no built-in model is planned from another head dim's or ratio's rates.
@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from planner.model_spec import BUILTIN_MODELS, ModelSpec
+from planner.builtin_models import BUILTIN_MODELS
+from planner.model_spec import ModelSpec
 from planner.units import GIB, KIB, MIB
 
 K = 1024  # tokens

@@ -33,7 +33,8 @@ import torch
 from executor.profiler.context import ProfileContext
 from hwprofiles.schema import GraphDecodePoint
 from planner.candidates import needs_flex
-from planner.model_spec import BUILTIN_MODELS, ModelSpec
+from planner.builtin_models import BUILTIN_MODELS
+from planner.model_spec import ModelSpec
 
 SECTION = "graph decode"
 DEFAULT_MODELS = ("llama-3-8b", "llama-3.2-1b")

@@ -195,7 +195,8 @@ def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
     decode = m.counters.get("decode")
     figures = dict(cpu_share=settings.cpu_share, predicted_cpu_bytes_per_token=terms.get("decode_host_share_bytes"),
                    predicted_pcie_bytes_per_token=terms.get("decode_h2d_bytes"),
-                   predicted_cpu_s_per_token=terms.get("decode_host_share_s"), hand_off=m.host_share_hand_off)
+                   predicted_cpu_s_per_token=terms.get("decode_host_share_s"), hand_off=m.host_share_hand_off,
+                   rebalance=m.share_rebalance)
     if decode is not None:
         # the counters cover every decode forward: per token over all of them
         steps = max(len(m.decode_host_s) or m.decode_tokens_timed, 1)

@@ -160,7 +160,19 @@ def _host_share_lines(report: RunReport) -> list[str]:
             f"({_seconds(h.measured_cpu_kernel_s_per_token)} per token; predicted with hand-offs "
             f"{_seconds(h.predicted_cpu_s_per_token)}); PCIe streamed {_gb(h.measured_pcie_bytes_per_token)} "
             f"(predicted {_gb(h.predicted_pcie_bytes_per_token)}) at {_gb_per_s(h.measured_pcie_bytes_per_s)} over the "
-            "decode wall time."] + _host_timeline_lines(h)
+            "decode wall time."] + _rebalance_lines(h) + _host_timeline_lines(h)
+
+
+def _rebalance_lines(h) -> list[str]:
+    """The share chosen again during decode (--rebalance-cpu-share), if asked."""
+    r = h.rebalance
+    if not r:
+        return []
+    change = (f"F {r['planned_share']:g} -> {r['share']:g}" if r["share"] != r["planned_share"]
+              else f"F {r['share']:g} kept")
+    return ["", f"Re-balanced after {r['at_token']} decode tokens: the kernel read "
+            f"{_gb_per_s(r['measured_cpu_bytes_per_s'])} (planned {_gb_per_s(r['planned_cpu_bytes_per_s'])}); "
+            f"{change} ({r['reason']})."]
 
 
 def _host_timeline_lines(h) -> list[str]:

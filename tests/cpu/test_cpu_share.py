@@ -307,3 +307,81 @@ def test_start_delay_counts_from_the_previous_jobs_end():
         third = share._timing((14.0, 14.1, 15.0))            # submitted after: from its submit
     assert (first.start_delay_s, second.start_delay_s) == (0.5, 0.25)
     assert third.start_delay_s == pytest.approx(0.1) and second.kernel_s == 0.75
+
+
+@pytest.mark.parametrize("new_share", [0.0, 0.2, 0.4])
+def test_share_rebalanced_during_decode_stays_exact(new_share):
+    """RunOptions.share_rebalancing: after 2 decode tokens the runner measures the kernel's rate, asks for a share
+    and rebuilds the host share at it (0: none left; 0.4: kept): the standard forward's tokens and logits, the
+    decision recorded with the rate it saw, and the CPU reading nothing more once the share is 0."""
+    from types import SimpleNamespace
+
+    from executor.settings import ShareRebalancing
+
+    seen = []
+
+    def choose(measured):
+        seen.append(measured)
+        return SimpleNamespace(share=new_share, reason="test", planned_cpu_bytes_per_s=1e9)
+
+    model = tiny_model(query_heads=8, kv_heads=4)
+    ids = prompt(PROMPT)
+    settings = ExecutionSettings(chunk_size=5, heads_per_group=2, resident_kv_heads=3,
+                                 capacity_tokens=ids.shape[1] + NEW_TOKENS, attention_backend="math", cpu_share=0.4)
+    options = RunOptions(keep_logits=True, share_rebalancing=ShareRebalancing(choose=choose, after_tokens=2))
+    measurement = execute(model, ids, settings, new_tokens=NEW_TOKENS, device="cpu", options=options)
+    reference = standard_step_logits(model, ids, measurement.generated_token_ids, "cpu")
+    assert measurement.generated_token_ids == reference.argmax(-1).tolist()
+    assert (measurement.step_logits - reference).abs().max().item() < 1e-4
+    assert len(seen) == 1 and seen[0] > 0
+    record = measurement.share_rebalance
+    assert record["at_token"] == 2 and record["planned_share"] == 0.4 and record["share"] == new_share
+    assert record["measured_cpu_bytes_per_s"] == seen[0] and measurement.host_share_hand_off == "join"
+    cfg = model.config
+    offloaded = cfg.num_hidden_layers * cfg.num_key_value_heads - 3
+    past = list(range(ids.shape[1], ids.shape[1] + NEW_TOKENS - 1))    # decode tokens 1 .. 5 at these pasts
+    shares = [0.4, 0.4] + [new_share] * (len(past) - 2)
+    expected = sum(2 * offloaded * int(f * s) * cfg.head_dim * 4 for f, s in zip(shares, past))
+    assert measurement.counters["decode"].host_attention_bytes == expected
+
+
+def test_no_rebalancing_without_a_share_or_when_kept():
+    """No share: the hook is never installed (choose never called); a decision that keeps F changes nothing."""
+    from types import SimpleNamespace
+
+    from executor.settings import ShareRebalancing
+
+    calls = []
+    model, ids = tiny_model(query_heads=8, kv_heads=4), prompt(PROMPT)
+    options = RunOptions(share_rebalancing=ShareRebalancing(choose=lambda m: calls.append(m), after_tokens=1))
+    base = dict(chunk_size=5, heads_per_group=2, resident_kv_heads=3, capacity_tokens=ids.shape[1] + NEW_TOKENS,
+                attention_backend="math")
+    measurement = execute(model, ids, ExecutionSettings(**base), new_tokens=NEW_TOKENS, device="cpu",
+                          options=options)
+    assert calls == [] and measurement.share_rebalance is None
+    keep = RunOptions(share_rebalancing=ShareRebalancing(
+        choose=lambda m: SimpleNamespace(share=0.5, reason="kept", planned_cpu_bytes_per_s=m), after_tokens=1))
+    kept = execute(model, ids, ExecutionSettings(**base, cpu_share=0.5), new_tokens=NEW_TOKENS, device="cpu",
+                   options=keep)
+    plain = run_shared(model, ids, share=0.5, group=2, resident=3)
+    assert kept.share_rebalance["share"] == 0.5 and kept.generated_token_ids == plain.generated_token_ids
+    assert kept.counters["decode"].host_attention_bytes == plain.counters["decode"].host_attention_bytes
+
+
+def test_cli_rebalance_cpu_share_reports_the_decision(tmp_path, capsys):
+    """--rebalance-cpu-share end to end on the CPU: the tiny model's kernel reads far below the H200 profile's rate,
+    so the planner's choice again is F = 0 (its CPU table lacks the head dim); report.json and report.md say so, the
+    answer is the standard forward's (--verify)."""
+    import json
+
+    from tests.cpu.test_tail_chunks import cli_run
+
+    assert cli_run(tmp_path, "--cpu-share", "0.5", "--rebalance-cpu-share", "--new-tokens", "8", "--hw",
+                   "h200-sxm-measured", "--verify") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rebalance = report["host_share"]["rebalance"]
+    assert rebalance["at_token"] == 4 and rebalance["planned_share"] == 0.5 and rebalance["share"] == 0.0
+    assert 0 < rebalance["measured_cpu_bytes_per_s"] < rebalance["planned_cpu_bytes_per_s"]
+    assert report["verify"]["greedy_tokens_agree"] and report["verify"]["max_abs_logit_diff"] < 1e-4
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Re-balanced after 4 decode tokens" in markdown and "F 0.5 -> 0" in markdown

@@ -123,7 +123,7 @@ def test_plan_chunk_backend_reaches_the_executor_and_stays_exact():
     CPU the chunk part runs on the math kernel whichever is named, so the run stays equal to transformers'."""
     from executor.api import settings_from_plan
     from hwprofiles import load_profile
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
     from planner.solver import make_plan
     from planner.units import GB
 

@@ -24,7 +24,7 @@ def test_default_runs_the_main_job(capsys):
 
 def test_every_option(capsys, tmp_path):
     config = tmp_path / "config.json"
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
 
     config.write_text(json.dumps(BUILTIN_MODELS["llama-3.2-1b"].to_hf_config_dict()))
     out_file = tmp_path / "plan.json"

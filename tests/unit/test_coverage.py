@@ -9,7 +9,8 @@ from hwprofiles import load_profile
 from hwprofiles.schema import AttentionPoint
 from planner.coverage import coverage_notes, trained_length_note, trained_length_tokens
 from planner.hw_lookup import RateLookup
-from planner.model_spec import BUILTIN_MODELS, model_spec_from_config
+from planner.builtin_models import BUILTIN_MODELS
+from planner.model_spec import model_spec_from_config
 from planner.solver import make_plan
 
 H200_QUICK = load_profile("h200-sxm-quick")

@@ -10,8 +10,8 @@ from planner import memory_model as mm
 from planner.candidates import make_setup
 from planner.errors import PlanError
 from planner.host_time import summarize_layers
-from planner.model_spec import (BUILTIN_MODELS, ModelSpecError, gemma2_layer_types, load_model_spec,
-                                model_spec_from_config)
+from planner.builtin_models import BUILTIN_MODELS
+from planner.model_spec import ModelSpecError, gemma2_layer_types, load_model_spec, model_spec_from_config
 from planner.solver import MAX_CONTEXT_SEARCH_TOKENS, make_plan, max_context
 from planner.time_model import Workload, predict_prefill
 from planner.units import GIB

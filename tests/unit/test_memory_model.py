@@ -1,7 +1,7 @@
 """Every memory term against a hand computation (Llama-3-8B, bf16)."""
 
 from planner import memory_model as mm
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.units import GIB, MIB
 
 M = BUILTIN_MODELS["llama-3-8b"]

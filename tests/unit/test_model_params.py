@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from planner.model_spec import BUILTIN_MODELS, ModelSpecError, load_model_spec, model_spec_from_config
+from planner.builtin_models import BUILTIN_MODELS
+from planner.model_spec import ModelSpecError, load_model_spec, model_spec_from_config
 
 
 @pytest.mark.parametrize("name, published_billions", [

@@ -8,7 +8,7 @@ def test_planner_imports_without_torch():
     code = ("import sys\n"
             "import hwprofiles, planner.solver, planner.sweep, planner.render, planner.plots, headplan.cmd_plan\n"
             "from planner.solver import make_plan\n"
-            "from planner.model_spec import BUILTIN_MODELS\n"
+            "from planner.builtin_models import BUILTIN_MODELS\n"
             "from hwprofiles import load_profile\n"
             "make_plan(BUILTIN_MODELS['llama-3-8b'], load_profile('rtx-4090'), context_tokens=65536,"
             " decode_tokens=4, gpu_mem_bytes=None)\n"

@@ -9,7 +9,7 @@ import pytest
 from hwprofiles import load_profile
 from headplan.cli import main
 from planner.errors import PlanError
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.pipeline import make_pipeline_plan, split_layers
 from planner.plan import read_plan, write_plan
 from planner.solver import make_plan

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hwprofiles import load_profile
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.plan import PlanFileError, read_plan, write_plan
 from planner.solver import make_plan
 from planner.units import GB

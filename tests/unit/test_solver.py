@@ -6,7 +6,7 @@ import pytest
 from hwprofiles import load_profile
 from planner.candidates import Candidate, make_setup
 from planner.errors import PlanError
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.plan import STRATEGIES
 from planner.solver import _best, evaluate, make_plan, max_context
 from planner.units import GB, GIB
@@ -120,7 +120,7 @@ def test_measured_profile_prefers_cudnn_and_datasheet_flash():
 
 def test_plan_notes_when_its_shapes_lie_outside_the_profile():
     """A chunk longer than any the profile measured gets a note; a plan inside the measured range gets none."""
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
 
     outside = make_plan(BUILTIN_MODELS["llama-3.2-1b"], H100, context_tokens=131072, decode_tokens=16,
                         gpu_mem_bytes=24 * 10**9, chunk_size=131072)

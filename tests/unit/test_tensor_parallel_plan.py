@@ -12,7 +12,7 @@ from hwprofiles import load_profile
 from hwprofiles.schema import AllReducePoint, profile_hash, with_hash
 from headplan.cli import main
 from planner.errors import PlanError
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.pipeline import make_pipeline_plan
 from planner.render import render_plan
 from planner.solver import make_plan

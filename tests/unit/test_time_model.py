@@ -7,7 +7,7 @@ import pytest
 from hwprofiles import load_profile
 from planner.candidates import make_setup, time_candidate, Candidate
 from planner.hw_lookup import RateLookup
-from planner.model_spec import BUILTIN_MODELS
+from planner.builtin_models import BUILTIN_MODELS
 from planner.time_model import Workload, pipeline_period, predict_time
 from planner.units import GB
 
@@ -270,7 +270,7 @@ def test_decode_attention_uses_the_q1_table_where_it_is_slower_than_hbm():
 
     from hwprofiles import load_profile
     from planner.hw_lookup import RateLookup
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
     from planner.time_model import decode_attention_seconds
 
     model = BUILTIN_MODELS["llama-3-8b"]
@@ -392,7 +392,7 @@ def test_elementwise_term_uses_the_measured_rate_of_the_layer_ops():
     half the rate, twice the term."""
     from hwprofiles import load_profile
     from planner.candidates import rate_lookup
-    from planner.model_spec import BUILTIN_MODELS
+    from planner.builtin_models import BUILTIN_MODELS
     from planner.time_model import Workload, predict_prefill
 
     base = load_profile("h100-sxm-measured")
@@ -479,17 +479,27 @@ def test_plan_notes_a_layer_shape_the_graph_decode_table_lacks():
 
 
 def test_graph_decode_between_and_beyond_the_measured_contexts():
-    """With several measured contexts a layer costs layer_s(s + 1), linear between them and along the last segment
-    beyond the longest, whatever the attention table says; below the shortest it is clamped."""
+    """With several measured contexts a layer costs layer_s(s + 1), linear between them, clamped below the shortest;
+    beyond the longest it is layer_s there plus the attention table's increment of one layer's decode attention
+    (not the last segment's slope: the table sees HBM read faster at long contexts)."""
+    from planner.attention_time import decode_attention_seconds
     from planner.graph_decode_time import graph_decode_gpu_seconds
 
     point = _graph_point(M, token_s=3e-4, contexts=(1024, 16384, 131072), layer_s=(200e-6, 230e-6, 330e-6))
     lookup = RateLookup(table_profile(graph_decode_table=[point]))
-    price = lambda past: graph_decode_gpu_seconds(M, lookup, np.array([past]), 2)[0]  # noqa: E731
+    price = lambda past, lk=lookup: graph_decode_gpu_seconds(M, lk, np.array([past]), 2)[0]  # noqa: E731
     assert price(16383.0) == pytest.approx(3e-4 + 32 * 230e-6)
     assert price(8703.0) == pytest.approx(3e-4 + 32 * 215e-6)             # halfway from 1K to 16K
-    assert price(131071.0 + 114688) == pytest.approx(3e-4 + 32 * 430e-6)  # one more 16K-128K segment beyond
     assert price(0.0) == pytest.approx(3e-4 + 32 * 200e-6)
+    attn = lambda keys: decode_attention_seconds(  # noqa: E731 - one layer, all KV heads, keys = past + 1
+        M, lookup, M.num_key_value_heads, np.array([keys - 1.0]), np.array([2.0 * M.head_dim * 2 * keys]))[0]
+    beyond = 1 << 20
+    increment = attn(beyond) - attn(131072)
+    assert increment > 0
+    assert price(beyond - 1.0) == pytest.approx(3e-4 + 32 * (330e-6 + increment))
+    steeper = _graph_point(M, token_s=3e-4, contexts=(1024, 16384, 131072), layer_s=(200e-6, 100e-6, 330e-6))
+    assert price(beyond - 1.0, RateLookup(table_profile(graph_decode_table=[steeper]))) == pytest.approx(
+        price(beyond - 1.0))                                              # the segments' slopes play no part
 
 
 def test_plan_notes_a_head_dim_the_sustained_table_lacks():

@@ -1,0 +1,93 @@
+"""Decode's CPU share F chosen again during a run, from the rate the CPU's kernel reaches in that process. No torch.
+
+The profile prices the kernel from short measurements; a run's kernel reads at its own rate, which moved by up to
+64% between processes of one plan on the H200 (2026-12-01: 8.5 and 23.5 GB/s, Llama-3-8B at 128K, F 0.15; the
+decode 228 and 184 ms per token against 179 predicted). After REBALANCE_AFTER_TOKENS decode tokens the executor
+measures c_run (the CPU share's bytes over its kernel seconds) and asks ``rebalanced_share``:
+
+    c_plan   the kernel rate the plan priced, at the plan's F (planner/host_share.py HostShareRates.cpu_bytes_per_s,
+             contended, at F s keys per head and the layers' offloaded heads)
+    factor   k = c_run / c_plan
+    F'       the planner's own choice of F (candidates.choose_cpu_share: the grid, the balance point, MIN_GAIN)
+             for the plan's knobs on the profile with every CPU-attention rate scaled by k
+
+and keeps F when |k - 1| < MIN_RATE_CHANGE or F' equals it. Only F changes: the stores, the knobs and prefill do not.
+Leaves out: measuring c_run and switching the share (executor/generation/loop.py RunLoop.rebalance_share).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from planner.candidates import Candidate, make_setup, time_candidate
+from planner.host_share import host_share_rates, host_tokens
+from planner.plan import Plan
+
+REBALANCE_AFTER_TOKENS = 4
+"""decode tokens before the rate is read: the first ones pay the worker's and the pools' first-time costs"""
+MIN_RATE_CHANGE = 0.15
+"""re-plan only when the run's kernel rate is this far from the plan's (the profile's figures spread ~10%)"""
+
+
+@dataclass(frozen=True)
+class Rebalance:
+    """One decision: the plan's F and rate, the run's rate, and the share from now on (``share`` == ``planned``:
+    kept)."""
+
+    planned_share: float
+    planned_cpu_bytes_per_s: float
+    measured_cpu_bytes_per_s: float
+    share: float
+    reason: str
+
+
+def planned_cpu_bytes_per_s(plan: Plan) -> Optional[float]:
+    """The contended kernel rate the plan priced its CPU share at (module docstring), None without a share or CPU
+    figures: at F s keys per head (s the context plus half the decode) over the mean offloaded heads per layer."""
+    if plan.cpu_share <= 0:
+        return None
+    model = plan.model
+    rates = host_share_rates(plan.hardware, head_dim=model.head_dim, element_bytes=_element_bytes(plan.dtype))
+    if rates is None:
+        return None
+    past = plan.context_tokens + max(plan.decode_tokens - 1, 0) / 2
+    offloaded = max(1, round(model.kv_head_slots / model.num_hidden_layers
+                             - plan.resident_kv_heads / model.num_hidden_layers))
+    return float(rates.cpu_bytes_per_s(max(host_tokens(plan.cpu_share, past), 1.0), offloaded))
+
+
+def rebalanced_share(plan: Plan, measured_cpu_bytes_per_s: float) -> Optional[Rebalance]:
+    """The share from now on for a run whose CPU kernel reads at ``measured_cpu_bytes_per_s`` (module docstring);
+    None when the plan has no CPU share to re-balance, or runs on several GPUs (one stage's share is not the
+    pipeline's)."""
+    planned = planned_cpu_bytes_per_s(plan)
+    if planned is None or measured_cpu_bytes_per_s <= 0 or plan.gpus > 1:
+        return None
+    factor = measured_cpu_bytes_per_s / planned
+    if abs(factor - 1.0) < MIN_RATE_CHANGE:
+        return Rebalance(plan.cpu_share, planned, measured_cpu_bytes_per_s, plan.cpu_share,
+                         f"kept F {plan.cpu_share:g}: the kernel read {factor:.2f}x the planned rate")
+    hardware = _scaled_cpu_rates(plan.hardware, factor)
+    setup = make_setup(plan.model, hardware, context_tokens=plan.context_tokens, decode_tokens=plan.decode_tokens,
+                       gpu_mem_bytes=plan.memory.gpu_budget_bytes, host_mem_bytes=plan.memory.host_budget_bytes,
+                       dtype=plan.dtype, attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs,
+                       past_cut=plan.past_cut, compile_layers=plan.compile_layers)
+    cand = Candidate.build(setup, plan.strategy, plan.chunk_size, plan.heads_per_group, plan.resident_kv_heads)
+    time_candidate(setup, cand, backend=plan.attention_backend, chunk_backend=plan.chunk_backend)
+    return Rebalance(plan.cpu_share, planned, measured_cpu_bytes_per_s, cand.cpu_share,
+                     f"the kernel read {factor:.2f}x the planned rate: {cand.cpu_share_reason}")
+
+
+def _scaled_cpu_rates(hardware, factor: float):
+    """The profile with every CPU-attention kernel rate (table and concurrency probe) times ``factor``: the level
+    the run measured, the table's shape over key length and threads kept."""
+    table = [p.model_copy(update={"bytes_per_s": p.bytes_per_s * factor}) for p in hardware.cpu_attention_table]
+    concurrency = [p.model_copy(update={"cpu_read_bytes_per_s": p.cpu_read_bytes_per_s * factor,
+                                        "cpu_alone_bytes_per_s": p.cpu_alone_bytes_per_s * factor})
+                   for p in hardware.host_concurrency_table]
+    return hardware.model_copy(update={"cpu_attention_table": table, "host_concurrency_table": concurrency})
+
+
+def _element_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
