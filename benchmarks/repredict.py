@@ -65,6 +65,7 @@ def repredict(row: dict, hardware) -> dict:
     if tail:  # a timing probe measured its last chunks only: compare with those (executor/report/assemble.py)
         chunk_s = chunk_s[-tail["chunks"]:] if len(chunk_s) == tail["total_chunks"] else []
         prefill_s = sum(chunk_s) if chunk_s else None
+        rep["tail"] = dict(tail, predicted_full_prefill_s=predicted.prefill_s)  # the whole prefill, re-predicted
     rep["predicted"] = dict(report["predicted"], prefill_s=prefill_s,
                             decode_s_per_token=predicted.decode_s_per_token, gpu_peak_bytes=memory.gpu_peak_bytes,
                             chunk_s=chunk_s)

@@ -18,9 +18,9 @@ the profile's scalars as the fallback.
   chunk, causal, looked up through the same curves and interpolation as a backend's kernel points.
 - Replayed decode step: the profile's GraphDecodePoint of exactly a model's layer shape (hidden, intermediate,
   heads, KV heads, head dim), or None.
-- Sustained prefill ratios (attention, matmul): what a prefill's seconds of back-to-back kernels reach against the
-  tables' short bursts (the power limit's clock), at the nearest measured head dim, capped at 1; (1, 1) where the
-  profile lacks them.
+- Sustained prefill: the matmul ratio (what seconds of back-to-back kernels reach against the tables' short bursts,
+  the power limit's clock) and the attention ceiling (the rate the sustained probe's attention held), at the nearest
+  measured head dim; (1, 1) and no ceiling where the profile lacks them.
 - Matmul (FLOP/s) for [m, k] @ [k, n]: the same scheme over m (log2, clamped) and (log2 n, log2 k);
   scalar ``matmul_flops_per_s`` without a table. The HBM roofline cap is the time model's job.
 - Host-to-device / device-to-host bandwidth at a transfer size: linear in log2(size) over the table's
@@ -220,6 +220,15 @@ class RateLookup:
             return 1.0, 1.0
         point = min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim))
         return min(1.0, point.attention_ratio), min(1.0, point.matmul_ratio)
+
+    def sustained_attention_flops_per_s(self, head_dim: int) -> Optional[float]:
+        """The attention rate a prefill sustains at the power limit (the sustained probe's cuDNN call, at the
+        profile's nearest head dim), None without such points: the ceiling of every prefill attention call's rate
+        (planner/time_model.py), where the tables' bursts above it are what the clock cannot keep."""
+        points = self.profile.sustained_table
+        if not points:
+            return None
+        return min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim)).attention_flops_per_s
 
     # ---- matmul ---------------------------------------------------------------------------------------------
     def matmul_flops_per_s(self, m, n: int, k: int) -> np.ndarray:

@@ -13,6 +13,9 @@ Per chunk i (start s = i * c, length c_i), per layer with r resident heads and n
                  "flash": one call, rate at (h q heads, q_len c, k_len s + c, causal)
                  "cudnn-split": past (q_len c, k_len s, non-causal, cuDNN) + chunk (c x c causal, flash) +
                  the log-sum-exp merge (one pass: c h q d (parts + 1) b / HBM)
+                 in prefill each call at most at the profile's sustained attention rate (the power limit):
+                 max(attn, FLOPs / sustained rate) (sustained_attention); the matmuls' rates times the
+                 sustained matmul ratio
     h2d(h)     = h * 2 d s b bytes, copied one head and K/V at a time (s d b per copy) at the measured
                  bandwidth for that size;  d2h(h) = h * 2 d c b;  t = max(h2d / BW_h2d, d2h / BW_d2h,
                  (h2d + d2h) / BW_bidir)                                 both directions share the link
@@ -205,14 +208,31 @@ def pipeline_period(compute_other: np.ndarray, group_attention: np.ndarray, grou
     return np.maximum(compute, pcie), pcie > compute
 
 
+def sustained_attention(burst_s: np.ndarray, flops: np.ndarray, ceiling: Optional[float]) -> np.ndarray:
+    """A prefill attention call's seconds at the power limit: max(burst_s, flops / ceiling), ``burst_s`` priced from
+    the tables' short bursts, ``ceiling`` the attention rate the profile's sustained probe held (None: the burst).
+    Under the limit the clock falls until the power fits, so what the bursts ran faster than the ceiling is lost,
+    and a call slower than it (flash at ~340 TFLOP/s, a short square chunk part) draws less and keeps its rate.
+    On the H200 (2026-12-01) six 512K configurations ran their last 32K tokens in 15.15-15.27 s where the bursts
+    priced them 16.2-17.7 s apart by shape; this ceiling prices all six 15.8 s. Over the 17 cells' latest whole
+    runs the prefill error went from 4.1% median, 9.9% worst (every call's burst times one ratio, 0.87) to 1.0%
+    and 8.0%; the flash cells from -6.7% and -9.9% to +0.6% and +0.9%."""
+    if ceiling is None:
+        return burst_s
+    return np.maximum(burst_s, flops / ceiling)
+
+
 def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarray, past: np.ndarray, *,
            decode: bool) -> dict[str, np.ndarray]:
     """GPU and host time per step (chunk or token) with their terms, as arrays over the steps."""
     elem_bytes, hbm = work.elem_bytes, lookup.profile.hbm_bytes_per_s
     layer_types = summarize_layers(model, work.resident_kv_heads, work.heads_per_group)
     backend = "flash" if decode else work.backend
-    # a prefill's kernels run back to back for seconds, at the clock the power limit leaves (hw_lookup.py)
-    attention_ratio, matmul_ratio = (1.0, 1.0) if decode else lookup.sustained_ratios(model.head_dim)
+    # a prefill's kernels run back to back for seconds, at the clock the power limit leaves (hw_lookup.py): the
+    # matmuls at the sustained ratio, attention at most at the sustained rate (sustained_attention)
+    matmul_ratio = 1.0 if decode else lookup.sustained_ratios(model.head_dim)[1]
+    ceiling = None if decode else lookup.sustained_attention_flops_per_s(model.head_dim)
+    flop_per_pair = 4.0 * model.query_heads_per_kv_head * model.head_dim   # per KV head, query-key pair
     linear = linear_seconds(model, lookup, chunk, elem_bytes, matmul_ratio)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / elementwise_rate(
         lookup.profile, compiled=work.compile_layers and not decode)
@@ -233,12 +253,17 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
             head_kv = 2.0 * model.head_dim * elem_bytes * (keys + chunk)
             return decode_attention_seconds(model, lookup, heads, keys, head_kv,
                                             kernel="flex" if work.backend == "flex" else "flash")
-        return attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
-                                 elem_bytes=elem_bytes, past_cut=work.past_cut, chunk_part=work.chunk_part,
-                                 chunk_backend=work.chunk_backend) / attention_ratio
+        burst = attention_seconds(model, lookup, kv_heads=heads, chunk=chunk, past=seen_past, backend=backend,
+                                  elem_bytes=elem_bytes, past_cut=work.past_cut, chunk_part=work.chunk_part,
+                                  chunk_backend=work.chunk_backend)
+        pairs = chunk * seen_past + (0.0 if layer_mode else chunk * (chunk + 1) / 2.0)
+        return sustained_attention(burst, heads * flop_per_pair * pairs, ceiling)
 
-    layer_part = (layer_chunk_seconds(model, lookup, chunk, work.chunk_backend) / attention_ratio
-                  if backend == "cudnn-split" and work.chunk_part == "layer" else np.zeros_like(past, dtype=float))
+    layer_mode = backend == "cudnn-split" and work.chunk_part == "layer"
+    layer_part = (sustained_attention(layer_chunk_seconds(model, lookup, chunk, work.chunk_backend),
+                                      model.num_attention_heads * 4.0 * model.head_dim * chunk * (chunk + 1) / 2.0,
+                                      ceiling)
+                  if layer_mode else np.zeros_like(past, dtype=float))
 
     full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents
     layer0_resident = max((lt.resident for lt in full_types), default=0)

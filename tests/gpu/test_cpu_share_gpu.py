@@ -82,3 +82,26 @@ def test_stream_waits_for_the_host_counter():
     threading.Thread(target=counter.publish, args=(7,)).start()
     done.synchronize()
     assert y.sum().item() == 2048
+
+
+@pytest.mark.parametrize("wait", ["stream", "join"])
+@pytest.mark.parametrize("new_share", [0.0, 0.2])
+def test_share_rebalanced_during_decode_on_cuda(new_share, wait, monkeypatch):
+    """--rebalance-cpu-share's path on CUDA: after 2 tokens the host share is rebuilt at another F (the devices
+    synchronised, the old counter released) and decode goes on: float32 tokens identical to the standard forward."""
+    from types import SimpleNamespace
+
+    from executor.settings import ShareRebalancing
+
+    monkeypatch.setenv("HEADPLAN_HOST_WAIT", "join" if wait == "join" else "stream")
+    model = model_on("cuda", torch.float32)
+    settings = ExecutionSettings(chunk_size=64, heads_per_group=2, resident_kv_heads=3,
+                                 capacity_tokens=PROMPT + NEW_TOKENS, attention_backend="flash", cpu_share=0.5)
+    rebalancing = ShareRebalancing(choose=lambda measured: SimpleNamespace(
+        share=new_share, reason="test", planned_cpu_bytes_per_s=measured), after_tokens=2)
+    ours = execute(model, ids_of(PROMPT), settings, new_tokens=NEW_TOKENS, device="cuda",
+                   options=RunOptions(keep_logits=True, share_rebalancing=rebalancing))
+    reference = standard_step_logits(model, ids_of(PROMPT), ours.generated_token_ids, "cuda")
+    assert ours.generated_token_ids == reference.argmax(-1).tolist()
+    assert (ours.step_logits - reference).abs().max().item() < 1e-3
+    assert ours.share_rebalance["share"] == new_share and ours.host_share_hand_off == wait

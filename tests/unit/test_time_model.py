@@ -308,33 +308,48 @@ def test_layer_chunk_part_builds_only_a_shorter_last_chunks_causal_shape():
     assert builds[131072 - 4096, "cudnn"] - builds[131072 - 4096, "flash"] == pytest.approx(0.45)
 
 
-def _with_sustained(profile, attention_ratio: float, matmul_ratio: float, head_dim: int = 128):
+def _with_sustained(profile, attention_ratio: float, matmul_ratio: float, head_dim: int = 128,
+                    attention_flops_per_s: float = 1e14):
     from hwprofiles.schema import SustainedPoint
 
     point = SustainedPoint(head_dim=head_dim, hidden_size=4096, intermediate_size=14336,
                            attention_ratio=attention_ratio, matmul_ratio=matmul_ratio,
-                           attention_flops_per_s=1e14, matmul_flops_per_s=1e14)
+                           attention_flops_per_s=attention_flops_per_s, matmul_flops_per_s=1e14)
     return profile.model_copy(update={"sustained_table": [point]})
 
 
-def test_sustained_ratios_slow_prefill_attention_and_matmuls_but_not_decode():
-    """A profile's sustained ratios (executor/profiler/sustained.py) divide the prefill's attention and matmul
-    terms; decode (memory-bound, single tokens) keeps the tables' rates; ratios above 1 are capped at 1."""
+def test_sustained_rates_slow_prefill_attention_and_matmuls_but_not_decode():
+    """A prefill's attention runs at most at the profile's sustained attention rate (each call's seconds
+    max(burst, FLOPs / ceiling)), its matmuls at the sustained ratio; decode (memory-bound, single tokens) keeps the
+    tables' rates; a matmul ratio above 1 is capped at 1, and a ceiling above every burst changes nothing."""
     from planner.time_model import predict_prefill
 
     base = table_profile()
     work = _work(backend="cudnn-split", context_tokens=65536)
     terms = {}
-    for name, profile in (("base", base), ("slow", _with_sustained(base, 0.8, 0.9)),
-                          ("fast", _with_sustained(base, 1.2, 1.1))):
+    for name, profile in (("base", base), ("slow", _with_sustained(base, 0.8, 0.9, attention_flops_per_s=1e14)),
+                          ("fast", _with_sustained(base, 1.2, 1.1, attention_flops_per_s=1e17))):
         lookup = RateLookup(profile)
         _, arrays = predict_prefill(M, lookup, work)
         pred = predict_time(M, profile, lookup, work)
         terms[name] = (arrays["attention"].sum(), arrays["linear"].sum(), pred.decode_s_per_token)
-    assert terms["slow"][0] == pytest.approx(terms["base"][0] / 0.8)
+    assert terms["slow"][0] > terms["base"][0]
+    tokens = 65536                                    # a ceiling below every call: exactly the causal FLOPs / it
+    crawl = RateLookup(_with_sustained(base, 0.8, 0.9, attention_flops_per_s=1e12))
+    causal_flops = M.num_hidden_layers * 4 * M.num_attention_heads * M.head_dim * tokens * (tokens + 1) / 2
+    assert predict_prefill(M, crawl, work)[1]["attention"].sum() == pytest.approx(causal_flops / 1e12)
     assert terms["base"][1] / 0.9 * 0.999 < terms["slow"][1] <= terms["base"][1] / 0.9   # roofline: compute part
     assert terms["slow"][2] == pytest.approx(terms["base"][2])
     assert terms["fast"] == pytest.approx(terms["base"])
+
+
+def test_the_ceiling_binds_each_call_above_it_only():
+    """sustained_attention: max(burst, FLOPs / ceiling) per call: a call slower than the ceiling keeps its time."""
+    from planner.time_model import sustained_attention
+
+    burst, flops = np.array([1.0, 1.0, 2.0]), np.array([1e14, 3e14, 3e14])
+    assert np.allclose(sustained_attention(burst, flops, 2e14), [1.0, 1.5, 2.0])
+    assert sustained_attention(burst, flops, None) is burst
 
 
 def test_sustained_ratios_from_the_nearest_head_dim():
@@ -427,8 +442,9 @@ def test_chunk_part_per_layer_priced_once_per_layer_at_all_query_heads():
     assert np.allclose(layer, 4 * 32 * 128 * 4096 * 4097 / 2 / rate)
     one_chunk = dict(context_tokens=4096, chunk_size=4096, backend="cudnn-split", resident_kv_heads=256)
     by_layer = predict_time(M, profile, lookup, _work(**one_chunk, chunk_part="layer"))
-    sustained = lookup.sustained_ratios(M.head_dim)[0]              # the power limit's clock over a prefill
-    assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * layer[0] / sustained)
+    ceiling = lookup.sustained_attention_flops_per_s(M.head_dim)    # the power limit's rate over a prefill
+    part_flops = 4 * 32 * 128 * 4096 * 4097 / 2
+    assert np.isclose(by_layer.terms["prefill_attention_s"], M.num_hidden_layers * max(layer[0], part_flops / ceiling))
 
 
 def _graph_point(model, token_s=1e-3, layer_s=(50e-6,), contexts=(1024,), vocab_size=None):
