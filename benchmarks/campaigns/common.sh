@@ -22,7 +22,7 @@ plan_profile() {
 # cells TIMEOUT_S CELLS [FILE]: validate.py cells, appended to $RESULTS/FILE (default validation.jsonl)
 cells() {
     python3 benchmarks/validate.py run --hw "$(plan_profile)" --out "$RESULTS/${3:-validation.jsonl}" \
-        --timeout-s "$1" --cells "$2" ${EXTRA:+--extra "$EXTRA"}
+        --timeout-s "$1" --cells "$2" ${EXTRA:+--extra="$EXTRA"}
 }
 
 # full_profile NAME: headplan profile (full mode) -> $RESULTS/profile.json and profile-full.txt, kept for later parts

@@ -20,6 +20,11 @@
 #               128K / 24 GB with c=16K G=8, flash prefill at 32K and 128K, 1B at 32K and 128K (24 GB), 128K (card)
 #   h200-long:  one 10-minute call: 8B at 256K (24 GB, card), timing probes of 8B at 512K (last 4 chunks; 24 GB, card)
 #               and 1B at 1M (last 6; 24 GB, card), 1B at 512K (24 GB) whole
+#   choices:    the CPU-share GPU tests (the share re-balanced on CUDA among them), then whole runs of the planner's
+#               choices at 8B 128K, 1B 1M and 8B 512K under 24 GB -> validation-choices.jsonl (~9 min on an H200;
+#               PROFILE=hwprofiles/catalog/h200-sxm-measured.json there)
+#   rebalance:  8B at 128K (whole) and 512K (last 8 chunks) under 24 GB with --rebalance-cpu-share
+#               -> validation-rebalance.jsonl
 # WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
 source "$(dirname "$0")/common.sh"
 WHOLE=${WHOLE_CARD:-80GB}
@@ -43,8 +48,13 @@ h200-short)
     cells 100 llama-3-8b:8K:24GB,llama-3-8b:32K:24GB,llama-3-8b:32K:$WHOLE,llama-3-8b:128K:24GB,llama-3-8b:128K:$WHOLE,llama-3-8b:128K:24GB:c=16K:G=8,llama-3-8b:32K:24GB:b=flash,llama-3-8b:128K:24GB:b=flash,llama-3.2-1b:32K:24GB,llama-3.2-1b:128K:24GB,llama-3.2-1b:128K:$WHOLE ;;
 h200-long)
     cells 150 llama-3-8b:256K:24GB,llama-3-8b:256K:$WHOLE,llama-3-8b:512K:24GB:tail=4,llama-3-8b:512K:$WHOLE:tail=4,llama-3.2-1b:512K:24GB,llama-3.2-1b:1M:24GB:tail=6,llama-3.2-1b:1M:$WHOLE:tail=6 ;;
+choices)
+    timeout 150 python3 -m pytest tests/gpu/test_cpu_share_gpu.py -q 2>&1 | tee "$RESULTS/gpu-tests-cpu-share.log" | tail -2
+    cells 230 llama-3-8b:128K:24GB,llama-3.2-1b:1M:24GB,llama-3-8b:512K:24GB validation-choices.jsonl ;;
+rebalance)
+    EXTRA=--rebalance-cpu-share cells 120 llama-3-8b:128K:24GB,llama-3-8b:512K:24GB:tail=8 validation-rebalance.jsonl ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
 *)
-    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long" ;;
+    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long, choices, rebalance" ;;
 esac
