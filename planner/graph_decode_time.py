@@ -25,13 +25,11 @@ def graph_decode_gpu_seconds(model: ModelSpec, lookup: RateLookup, past: np.ndar
     layer_s(k) linear between the measured contexts, below the first clamped; beyond the last measured context s_p
     the layer's attention grows as the attention table says:
         layer_s(s_p) + max(attn(s) - attn(s_p), 0)
-    attn one layer's decode attention over all H_kv heads (decode_attention_seconds). Along the last segment instead,
-    the H200's 1M-token Llama-3.2-1B token (2026-12-01) was priced 12.8 ms against 11.3 measured: the kernel reads
-    HBM faster at long contexts, which the table's decode points up to 1M keys see and a line through 16K and 128K
-    does not (the increment: 11.4 ms). On the H200 (2026-12-01) the kernel tables priced Llama-3-8B's replayed token 7-10%
-    long: each kernel's single-call launch and ramp, which a graph does not pay, stood in for the few microseconds
-    each small kernel still costs in one; their single-call decode attention points read the per-key cost too high,
-    and a straight line through 1K and 16K too (18% long at 128K: the kernel reads HBM faster at long contexts)."""
+    attn one layer's decode attention over all H_kv heads (decode_attention_seconds). The kernel reads HBM faster at
+    long contexts, which the table's decode points up to 1M keys see and a line through the measured contexts does
+    not: on the H200 (2026-12-01) Llama-3.2-1B's 1M-token step measured 11.3 ms, priced 11.4 by the increment and 12.8
+    along the 16K-128K segment. Why the measured step and not the kernel tables: those priced Llama-3-8B's replayed
+    token 7-10% long (each kernel's single-call launch and ramp, which a graph does not pay)."""
     point = lookup.graph_decode_point(model.layer_shape)
     if point is None:
         return None

@@ -215,20 +215,24 @@ class RateLookup:
         """(attention, matmul): a prefill's rates against the tables' bursts, measured with the kernels run back to
         back for seconds (executor/profiler/sustained.py: the clock under the GPU's power limit), at the profile's
         nearest head dim, each capped at 1 (a disturbance only ever slows a burst); (1, 1) without such points."""
-        points = self.profile.sustained_table
-        if not points:
+        point = self._sustained_point(head_dim)
+        if point is None:
             return 1.0, 1.0
-        point = min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim))
         return min(1.0, point.attention_ratio), min(1.0, point.matmul_ratio)
 
     def sustained_attention_flops_per_s(self, head_dim: int) -> Optional[float]:
         """The attention rate a prefill sustains at the power limit (the sustained probe's cuDNN call, at the
         profile's nearest head dim), None without such points: the ceiling of every prefill attention call's rate
         (planner/time_model.py), where the tables' bursts above it are what the clock cannot keep."""
+        point = self._sustained_point(head_dim)
+        return point.attention_flops_per_s if point is not None else None
+
+    def _sustained_point(self, head_dim: int):
+        """The profile's sustained point at the nearest measured head dim (the larger on a tie), or None."""
         points = self.profile.sustained_table
         if not points:
             return None
-        return min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim)).attention_flops_per_s
+        return min(points, key=lambda p: (abs(np.log2(p.head_dim / head_dim)), -p.head_dim))
 
     # ---- matmul ---------------------------------------------------------------------------------------------
     def matmul_flops_per_s(self, m, n: int, k: int) -> np.ndarray:

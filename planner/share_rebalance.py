@@ -22,6 +22,7 @@ from typing import Optional
 
 from planner.candidates import Candidate, make_setup, time_candidate
 from planner.host_share import host_share_rates, host_tokens
+from planner.memory_model import dtype_bytes
 from planner.plan import Plan
 
 REBALANCE_AFTER_TOKENS = 4
@@ -48,7 +49,7 @@ def planned_cpu_bytes_per_s(plan: Plan) -> Optional[float]:
     if plan.cpu_share <= 0:
         return None
     model = plan.model
-    rates = host_share_rates(plan.hardware, head_dim=model.head_dim, element_bytes=_element_bytes(plan.dtype))
+    rates = host_share_rates(plan.hardware, head_dim=model.head_dim, element_bytes=dtype_bytes(plan.dtype))
     if rates is None:
         return None
     past = plan.context_tokens + max(plan.decode_tokens - 1, 0) / 2
@@ -87,7 +88,3 @@ def _scaled_cpu_rates(hardware, factor: float):
                                         "cpu_alone_bytes_per_s": p.cpu_alone_bytes_per_s * factor})
                    for p in hardware.host_concurrency_table]
     return hardware.model_copy(update={"cpu_attention_table": table, "host_concurrency_table": concurrency})
-
-
-def _element_bytes(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2

@@ -233,6 +233,7 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
     matmul_ratio = 1.0 if decode else lookup.sustained_ratios(model.head_dim)[1]
     ceiling = None if decode else lookup.sustained_attention_flops_per_s(model.head_dim)
     flop_per_pair = 4.0 * model.query_heads_per_kv_head * model.head_dim   # per KV head, query-key pair
+    layer_mode = backend == "cudnn-split" and work.chunk_part == "layer"    # the chunk part once per layer
     linear = linear_seconds(model, lookup, chunk, elem_bytes, matmul_ratio)
     elem = chunk * elementwise_bytes_per_token(model, elem_bytes) / elementwise_rate(
         lookup.profile, compiled=work.compile_layers and not decode)
@@ -259,10 +260,8 @@ def _phase(model: ModelSpec, lookup: RateLookup, work: Workload, chunk: np.ndarr
         pairs = chunk * seen_past + (0.0 if layer_mode else chunk * (chunk + 1) / 2.0)
         return sustained_attention(burst, heads * flop_per_pair * pairs, ceiling)
 
-    layer_mode = backend == "cudnn-split" and work.chunk_part == "layer"
     layer_part = (sustained_attention(layer_chunk_seconds(model, lookup, chunk, work.chunk_backend),
-                                      model.num_attention_heads * 4.0 * model.head_dim * chunk * (chunk + 1) / 2.0,
-                                      ceiling)
+                                      model.num_key_value_heads * flop_per_pair * chunk * (chunk + 1) / 2.0, ceiling)
                   if layer_mode else np.zeros_like(past, dtype=float))
 
     full_types = [lt for lt in layer_types if lt.window is None]   # earlier layers hold the extra residents

@@ -29,7 +29,6 @@ import torch
 
 from executor.attention.kernels import backend_name
 from executor.engine.cache import OffloadCache
-from executor.engine.counters import PhaseCounters
 from executor.engine.registration import offload_attention_selected
 from executor.faults import RunInterrupted, RunOutOfMemory, out_of_memory_message
 from executor.generation.decode_graph import static_decode_applies
@@ -280,17 +279,14 @@ def _rebalance_share(run: RunLoop, settings: ExecutionSettings, rebalancing, mea
     """Between two decode tokens: wait for the host share's jobs, measure the CPU kernel's rate so far (decode
     bytes / kernel seconds over every stage), ask ``rebalancing.choose`` for the share from now on, and where it
     differs rebuild the host share at it (the devices synchronised first: no layer's copy or wait is in flight)."""
-    engines = run.engine.engines
-    for engine in engines:
-        engine.settle_host_share()
-    decode = PhaseCounters.summed([engine.counters for engine in engines]).get("decode")
+    decode = run.engine.counters.get("decode")  # settles every stage's host jobs, then sums the stages
     if decode is None or decode.host_attention_s <= 0 or decode.host_attention_bytes <= 0:
         return
     measured = decode.host_attention_bytes / decode.host_attention_s
     decision = rebalancing.choose(measured)
     if decision is None:
         return
-    shares = [engine.host_share for engine in engines if engine.host_share is not None]
+    shares = [engine.host_share for engine in run.engine.engines if engine.host_share is not None]
     measurement.host_share_hand_off = shares[0].hand_off if shares else None
     measurement.share_rebalance = dict(
         at_token=rebalancing.after_tokens, planned_share=settings.cpu_share, share=decision.share,
