@@ -7,7 +7,7 @@ Linear: for each model shape (Llama-3-8B, Llama-3.2-1B), the decoder layers' sev
 (q, k, v, o, gate, up, down: x [1, h] @ W.T, bfloat16 weights of the model's shapes, random) for every layer,
 captured once as a CUDA graph and replayed (CUDA events around 50 replays, the median of 5 windows); beside it the
 same matmuls called eagerly one by one (event-timed per call), and what the profile's matmul table prices them at
-(planner/time_model.py linear_seconds). Graph decode in the validation matrix of 2026-12-01 (H200) ran 8-12% under
+(planner/layer_time.py linear_seconds). Graph decode in the validation matrix of 2026-12-01 (H200) ran 8-12% under
 the prediction at every context: the table's m = 1 points are per-call timings.
 
 Runtime memory: ``torch.cuda.mem_get_info`` used bytes minus the allocator's reserved bytes, after CUDA
@@ -95,7 +95,7 @@ def probe_linear(name: str, profile) -> dict:
               "eager_per_call_s": per_call}
     if profile is not None:
         from planner.model_spec import load_model_spec
-        from planner.time_model import linear_seconds
+        from planner.layer_time import linear_seconds
         from planner.hw_lookup import RateLookup
         import numpy as np
         model = load_model_spec(name)

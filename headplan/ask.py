@@ -16,6 +16,27 @@ from pathlib import Path
 from headplan.errors import UserError
 
 
+def document_for_questions(args, tokenizer) -> str:
+    """The --prompt document's text for questions over it (--questions, headplan chat), after the checks: a
+    tokenizer, and no flag that needs a single one-shot run."""
+    from executor.inputs.prompt import PromptError, read_prompt_text
+
+    if args.prompt is None or tokenizer is None:
+        raise UserError("questions need --prompt (the document) and --model-path (a model with a tokenizer)")
+    refused = [flag for flag, value in (("--load-kv", getattr(args, "load_kv", None)),
+                                        ("--save-kv", getattr(args, "save_kv", None)),
+                                        ("--tail-chunks", getattr(args, "tail_chunks", None)),
+                                        ("--rebalance-cpu-share", getattr(args, "rebalance_cpu_share", False)),
+                                        ("--verify", getattr(args, "verify", False))) if value]
+    if refused:
+        raise UserError(f"{refused[0]} is not supported with questions over one document")
+    try:
+        document = read_prompt_text(args.prompt)
+    except PromptError as exc:
+        raise UserError(str(exc)) from None
+    return document
+
+
 def read_questions(path: Path) -> list[str]:
     """A JSON list of non-empty strings."""
     try:

@@ -44,7 +44,7 @@ def main(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible")
     tokenizer = cmd_run._tokenizer_before_weights(args)
-    document = cmd_run.document_for_questions(args, tokenizer)
+    document = ask.document_for_questions(args, tokenizer)
     doc_ids, _ = ask.tokenized(tokenizer, document, ["?"], chat=args.chat, system=args.system)
     new_tokens = args.new_tokens if args.new_tokens is not None else 256
     args.context = str(doc_ids.shape[1] + args.max_question_tokens)

@@ -351,27 +351,6 @@ def _share_rebalancing(args, plan):
                             after_tokens=REBALANCE_AFTER_TOKENS)
 
 
-def document_for_questions(args, tokenizer) -> str:
-    """The --prompt document's text for questions over it (--questions, headplan chat), after the checks: a
-    tokenizer, and no flag that needs a single one-shot run."""
-    from executor.inputs.prompt import PromptError, read_prompt_text
-
-    if args.prompt is None or tokenizer is None:
-        raise UserError("questions need --prompt (the document) and --model-path (a model with a tokenizer)")
-    refused = [flag for flag, value in (("--load-kv", getattr(args, "load_kv", None)),
-                                        ("--save-kv", getattr(args, "save_kv", None)),
-                                        ("--tail-chunks", getattr(args, "tail_chunks", None)),
-                                        ("--rebalance-cpu-share", getattr(args, "rebalance_cpu_share", False)),
-                                        ("--verify", getattr(args, "verify", False))) if value]
-    if refused:
-        raise UserError(f"{refused[0]} is not supported with questions over one document")
-    try:
-        document = read_prompt_text(args.prompt)
-    except PromptError as exc:
-        raise UserError(str(exc)) from None
-    return document
-
-
 def run_questions(args, tokenizer, answer, device) -> int:
     """headplan run --prompt DOC --questions FILE: the document prefilled once, each question answered after it."""
     from executor.api import settings_from_plan
@@ -379,7 +358,7 @@ def run_questions(args, tokenizer, answer, device) -> int:
     from executor.report.questions import write_questions_report
     from headplan import ask
 
-    document = document_for_questions(args, tokenizer)
+    document = ask.document_for_questions(args, tokenizer)
     questions = ask.read_questions(args.questions)
     doc_ids, question_ids = ask.tokenized(tokenizer, document, questions, chat=args.chat, system=args.system)
     context = doc_ids.shape[1] + max(q.shape[1] for q in question_ids)

@@ -217,7 +217,7 @@ class HardwareProfile(_Frozen):
         "None: priced as cudnn_graph_build_s")
     elementwise_bytes_per_s: Optional[float] = Field(
         None, description="achieved rate of a Llama layer's memory-bound ops (norms, RoPE, layout copies, residual "
-        "adds, SwiGLU product) in eager PyTorch, bytes as planner/time_model.elementwise_bytes_per_token counts "
+        "adds, SwiGLU product) in eager PyTorch, bytes as planner/layer_time.elementwise_bytes_per_token counts "
         "them (executor/profiler/elementwise.py); None: hbm_bytes_per_s")
     compiled_elementwise_bytes_per_s: Optional[float] = Field(
         None, description="the same ops with the norms and the SwiGLU product torch.compile'd, as a run with "

@@ -1,7 +1,7 @@
 """The memory-bound ops of a transformers Llama layer as they run in eager PyTorch: their achieved bandwidth.
 
 The planner prices a chunk's norms, RoPE, layout copies, residual adds and SwiGLU product by the bytes they move,
-planner/time_model.elementwise_bytes_per_token(model) per token per layer, over a bandwidth. The streaming HBM
+planner/layer_time.elementwise_bytes_per_token(model) per token per layer, over a bandwidth. The streaming HBM
 rate is too fast for them: RoPE runs on head-transposed (strided) tensors through PyTorch's non-vectorized
 kernels, RMSNorm through float32 copies. On the H100 the elementwise kernels of a 128K 8B prefill took 1.28 s
 against 0.76 s at the HBM read rate (benchmarks/results/2026-11-22-h100/kernels-prefill-128k-24gb.json).
@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from executor.profiler.context import ProfileContext, compute_dtype
-from planner.time_model import elementwise_bytes_per_token
+from planner.layer_time import elementwise_bytes_per_token
 
 LAYER_SHAPES = {  # hidden D, intermediate I, query heads, KV heads, head dim d; chunk c tokens
     "gpu": (4096, 14336, 32, 8, 128, 4096),
