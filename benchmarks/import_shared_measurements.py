@@ -32,6 +32,7 @@ from planner.units import GIB, KIB, MIB  # noqa: E402
 TERA = 1e12
 GIGA = 1e9
 DATE = "2026-11-22"
+H100_SXM_SM_COUNT = 132  # NVIDIA H100 Tensor Core GPU Architecture whitepaper: 132 SMs on the SXM5 part
 H100_SXM_DATASHEET = "https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet"
 HOST_USABLE_FRACTION = 0.9          # of MemTotal, for the pinned KV store (the OS and the process keep the rest)
 RUNTIME_OVERHEAD_BYTES = 1 * GIB    # estimate (CUDA context + cuBLAS/cuDNN workspaces + allocator slack)
@@ -115,6 +116,7 @@ def build_profile(shared: Path) -> HardwareProfile:
     return HardwareProfile(
         name="h100-sxm-imported", origin="measured", source=source, gpu_name=limits["gpu"],
         gpu_mem_bytes=round(limits["gpu_mem_gib"] * GIB),
+        sm_count=H100_SXM_SM_COUNT,
         matmul_peak_flops_per_s=989.4 * TERA, matmul_flops_per_s=limits["matmul_bf16_tflops"] * TERA,
         attention_flops_per_s=limits["sdpa_chunk10k_ctx128k_all_heads_tflops"] * TERA,
         hbm_peak_bytes_per_s=3.35 * TERA, hbm_bytes_per_s=limits["hbm_copy_gbps_rw"] * GIGA,

@@ -302,9 +302,12 @@ def _run_and_report(args, loaded, plan, input_ids, new_tokens, stages, warnings,
         print(flush=True)  # the answer's last line
     result.report.generated_text = stream.text if stream is not None and stream.streamer is not None else None
     result.report.sampling = answer.describe()
+    found_by_run = result.report.warnings[len(warnings):]    # e.g. a CPU share slower than planned
     path = run_checks.write_run_outputs(result.report, args.out,
                                         result.measurement.trace_events if args.trace else None)
     _summary(result.report, path, args.quiet)
+    for text in found_by_run:
+        say(f"headplan run: warning: {text}", args.quiet)
     kv_flags.summary_line(result.report, args.quiet)
     return 0
 

@@ -185,6 +185,10 @@ class HardwareProfile(_Frozen):
     gpu_name: str
     gpu_mem_bytes: int = Field(description="memory on the card: the vendor figure (datasheet) or what the "
                                "device reports (measured)")
+    sm_count: Optional[int] = Field(
+        None, description="streaming multiprocessors: an attention call's 128-row query tiles run in waves of this "
+        "many (planner/hw_lookup.py wave_efficiency); the vendor figure (datasheet) or what the device reports "
+        "(measured); None: no wave correction between the attention table's shapes")
     # compute
     matmul_peak_flops_per_s: float = Field(description="dense bf16 tensor-core peak, datasheet")
     matmul_flops_per_s: float = Field(description="achievable dense bf16 matmul rate at large shapes")
@@ -286,7 +290,7 @@ class HardwareProfile(_Frozen):
 
 # Optional fields added after the first catalog files: left out of the hash while None, so the files written
 # before them keep their hash.
-HASH_OMITTED_WHEN_NONE = ("executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
+HASH_OMITTED_WHEN_NONE = ("sm_count", "executor_model_host_s", "executor_decode_layer_host_s", "executor_group_host_s",
                           "executor_prefill_layer_host_s", "executor_split_part_host_s",
                           "cudnn_causal_graph_build_s", "elementwise_bytes_per_s", "compiled_elementwise_bytes_per_s",
                           "executor_graph_token_host_s",

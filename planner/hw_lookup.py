@@ -6,10 +6,14 @@ the profile's scalars as the fallback.
   points form the decode curves of decode_attention_flops_per_s). The table's points are grouped into curves of
   equal (backend, causal, head_dim, GQA ratio q_heads / kv_heads, q_heads, q_len); along a curve the rate is
   interpolated linearly in log2(k_len) (clamped at the ends: no extrapolation); across curves it is blended by inverse squared
-  distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). Below the fewest query rows
-  (q_heads * q_len) the table holds, the rate falls in proportion to the rows (the kernels run one 128-row
-  query tile per SM: too few tiles leave SMs idle); the scalar fallback does the same below
-  FULL_RATE_QUERY_ROWS (128 rows x ~128 SMs of the catalog's GPUs). Missing head_dim: the nearest
+  distance in (log2 q_heads, log2 q_len) space (exact where a curve matches). The kernels run one 128-row
+  query tile per SM at a time, so a call's tiles, q_heads * ceil(q_len / 128), run in waves of the profile's
+  ``sm_count`` and the last wave may leave SMs idle (wave_efficiency: 192 tiles on 132 SMs fill 73% of two
+  waves). With ``sm_count`` known the blend is of rates divided by their shape's wave efficiency, and the result
+  is multiplied by the asked shape's (exact at the measured shapes; between them the waves are not averaged
+  away); without it, below the fewest query rows (q_heads * q_len) the table holds, the rate falls in
+  proportion to the rows. The scalar fallback does the same below FULL_RATE_QUERY_ROWS (128 rows x ~128 SMs
+  of the catalog's GPUs). Missing head_dim: the nearest
   measured one; missing GQA ratio: the nearest measured at that head dim; missing causal flag: the other flag
   (planner/coverage.py notes each of these in the plan). No points for the backend: ``None`` for "cudnn" (the
   backend is treated as absent), the scalar ``attention_flops_per_s`` for "flash".
@@ -47,6 +51,21 @@ DEFAULT_GQA_RATIO = 4  # the profiler's primary ratio (executor/profiler/config.
 _K_GRID_LOG2 = np.arange(0.0, 40.0, 1.0 / 16)      # key lengths 1 .. 2^40, 16 points per doubling
 _PIN_METHOD_PREFERENCE = ("cuda_host_register", "cuda_host_alloc", "torch_pin_memory")
 STEP_SUFFIX = "-step"
+WAVE_TILE_ROWS = 128
+"""query rows per tile of the prefill attention kernels (cuDNN's and FlashAttention's forward at head dim 64-128)"""
+
+
+def wave_efficiency(q_heads: int, q_len: int, sm_count: Optional[int]) -> float:
+    """Share of the SMs' slots one call's query tiles keep busy: tiles = q_heads * ceil(q_len / WAVE_TILE_ROWS),
+    efficiency = tiles / (ceil(tiles / sm_count) * sm_count); 1.0 without ``sm_count``.
+
+    E.g. 4 query heads x 6144 queries = 192 tiles on 132 SMs: 192 / 264 = 0.73, where 4096 queries (128 tiles)
+    fill 0.97 of one wave."""
+    if not sm_count:
+        return 1.0
+    tiles = max(q_heads, 1) * -(-max(q_len, 1) // WAVE_TILE_ROWS)
+    waves = -(-tiles // sm_count)
+    return tiles / (waves * sm_count)
 
 
 def step_backend_name(backend: str) -> str:
@@ -112,6 +131,7 @@ class RateLookup:
     def __init__(self, profile: HardwareProfile) -> None:
         self.profile = profile
         self.memo: dict = {}     # caches of derived quantities (time_model keeps per-shape results here)
+        self.sm_count = profile.sm_count
         self._attention: dict[tuple[str, bool, int, int], _Curves] = defaultdict(_Curves)
         self._decode: dict[tuple[str, int], _Curves] = defaultdict(_Curves)   # q_len 1, by (kernel, head_dim)
         for point in profile.attention_table:
@@ -123,8 +143,9 @@ class RateLookup:
             backend = "cudnn" if point.backend == "cudnn" else ("flash" if point.backend in ("flash", "flash_attn")
                                                                 else point.backend)
             ratio = max(point.q_heads // max(point.kv_heads, 1), 1)
+            waves = wave_efficiency(point.q_heads, point.q_len, self.sm_count)
             self._attention[(backend, point.causal, point.head_dim, ratio)].add(
-                point.q_heads, point.q_len, point.k_len, point.flops_per_s)
+                point.q_heads, point.q_len, point.k_len, point.flops_per_s / waves)
         self._attention_grid: dict[tuple, np.ndarray] = {}
         self._matmul = _Curves()
         for mm in profile.matmul_table:
@@ -198,7 +219,10 @@ class RateLookup:
         key = (id(curves), q_heads, q_len)
         grid = self._attention_grid.get(key)
         if grid is None:       # the blended curve on a fine log2(k_len) grid: one np.interp per later call
-            scale = min(1.0, rows / curves.min_shape_product())
+            if self.sm_count:
+                scale = wave_efficiency(q_heads, q_len, self.sm_count)
+            else:
+                scale = min(1.0, rows / curves.min_shape_product())
             grid = curves.value(max(q_heads, 1), max(q_len, 1), 2.0 ** _K_GRID_LOG2) * scale
             self._attention_grid[key] = grid
         log_k = np.log2(np.maximum(np.asarray(k_len, dtype=float), 1.0))

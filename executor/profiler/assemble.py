@@ -155,6 +155,7 @@ def _gpu_fields(results: dict, datasheet: Optional[HardwareProfile], notes: list
         pcie_bidir_total_bytes_per_s=_largest(transfers, "bidir", "pinned") or h2d,
         pcie_h2d_pageable_bytes_per_s=_largest(transfers, "h2d", "pageable"),
         runtime_overhead_bytes=results["runtime_memory"]["runtime_overhead_bytes"],
+        sm_count=results.get("sm_count") or (datasheet.sm_count if datasheet else None),
     )
 
 

@@ -125,7 +125,8 @@ def collect(ctx: ProfileContext) -> dict:
     if ctx.on_gpu:
         context_only_bytes = runtime.context_bytes(device)
         properties = torch.cuda.get_device_properties(device)
-        results.update(gpu_name=properties.name, gpu_total_bytes=int(properties.total_memory))
+        results.update(gpu_name=properties.name, gpu_total_bytes=int(properties.total_memory),
+                       sm_count=int(properties.multi_processor_count))
         for key in ("pcie_generation", "pcie_lanes"):
             if key in results["versions"]:
                 results[key] = results["versions"].pop(key)

@@ -213,6 +213,33 @@ def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
     return HostShareFigures(**figures)
 
 
+DECODE_SHORTFALL = 0.10
+"""decode this much over its prediction, with a CPU share whose kernel read under 1 - this of the planned rate,
+earns a report warning naming the two rates (decode_shortfall_warning)"""
+
+
+def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShareFigures],
+                             error: Optional[float]) -> Optional[str]:
+    """A warning when decode ran more than DECODE_SHORTFALL over its prediction and the CPU share's kernel read
+    below the rate the plan priced (planner/share_rebalance.planned_cpu_bytes_per_s) by as much: the cause, in its
+    rates, and the flag that chooses F again from the run's own rate. None otherwise (or already re-balanced)."""
+    from planner.share_rebalance import planned_cpu_bytes_per_s
+
+    if plan is None or host_share is None or error is None or error <= DECODE_SHORTFALL:
+        return None
+    measured, planned = host_share.measured_cpu_bytes_per_s, planned_cpu_bytes_per_s(plan)
+    if not measured or not planned or measured >= (1 - DECODE_SHORTFALL) * planned:
+        return None
+    pcie = host_share.measured_pcie_bytes_per_s
+    line = (f"decode {error:+.0%} against its prediction: the CPU share's kernel (F {host_share.cpu_share:g}) read "
+            f"{measured / 1e9:.1f} GB/s where the plan priced {planned / 1e9:.1f}"
+            + (f", PCIe streamed at {pcie / 1e9:.1f} GB/s" if pcie else "")
+            + "; the host's kernel rate varies from process to process")
+    if host_share.rebalance:
+        return line + f" (re-balanced after {host_share.rebalance['at_token']} tokens to F {host_share.rebalance['share']:g})"
+    return line + ": --rebalance-cpu-share chooses F again from the run's own rate after the first tokens"
+
+
 def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, input_ids: torch.Tensor,
                  new_tokens: int, device, measurement: Optional[Measurement], context: ReportContext = ReportContext(),
                  status: str = "complete", fault: Optional[str] = None, verify: Optional[dict] = None,
@@ -234,16 +261,22 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
                            cuda_stack_released_bytes_per_thread=m.stack_released_bytes_per_thread,
                            **context.memory_extra)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    error = errors_of(predicted, measured)
+    host_share = host_share_figures(plan, settings, m)
+    warnings = list(context.warnings)
+    shortfall = decode_shortfall_warning(plan, host_share, error.decode_s_per_token)
+    if shortfall:
+        warnings.append(shortfall)
     return RunReport(status=status, fault=fault, model=context.model_name, device=str(device), dtype=dtype,
                      context_tokens=int(input_ids.shape[1]), new_tokens=new_tokens,
                      settings=dataclasses.asdict(settings),
-                     predicted=predicted, measured=measured, error=errors_of(predicted, measured),
+                     predicted=predicted, measured=measured, error=error,
                      generated_token_ids=m.generated_token_ids, prompt_tokens=int(input_ids.shape[1]),
                      stop_reason=m.stop_reason, transfers=transfers, attention=attention,
-                     memory=memory, verify=verify, warnings=list(context.warnings),
+                     memory=memory, verify=verify, warnings=warnings,
                      plan_hardware=plan.hardware.name if plan is not None else None,
                      gpus=gpu_figures(plan, m, tail), host=host_figures(plan, m), tail=_tail_figures(plan, tail),
-                     host_share=host_share_figures(plan, settings, m),
+                     host_share=host_share,
                      parallel=context.parallel if context.parallel else (
                          "layers" if len(m.stages) > 1 else None),
                      kv=kv_figures(plan, m, int(input_ids.shape[1])),

@@ -385,3 +385,27 @@ def test_cli_rebalance_cpu_share_reports_the_decision(tmp_path, capsys):
     assert report["verify"]["greedy_tokens_agree"] and report["verify"]["max_abs_logit_diff"] < 1e-4
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "Re-balanced after 4 decode tokens" in markdown and "F 0.5 -> 0" in markdown
+
+
+def test_a_slow_cpu_share_is_named_in_the_report_warning():
+    """The H200's 8B 128K cell of 2026-12-01: decode +27% with the kernel at 19 GB/s where the plan priced ~37."""
+    from hwprofiles import load_profile
+    from executor.report.assemble import decode_shortfall_warning
+    from executor.report.schema import HostShareFigures
+    from planner.builtin_models import BUILTIN_MODELS
+    from planner.share_rebalance import planned_cpu_bytes_per_s
+    from planner.solver import make_plan
+
+    plan = make_plan(BUILTIN_MODELS["llama-3-8b"], load_profile("h200-sxm-measured"), context_tokens=131072,
+                     decode_tokens=16, gpu_mem_bytes=24 * 10**9)
+    planned = planned_cpu_bytes_per_s(plan)
+    figures = lambda rate, rebalance=None: HostShareFigures(cpu_share=plan.cpu_share, measured_cpu_bytes_per_s=rate,
+                                                            measured_pcie_bytes_per_s=39.6e9, rebalance=rebalance)
+    slow = decode_shortfall_warning(plan, figures(0.5 * planned), 0.27)
+    assert slow.startswith("decode +27%") and f"{0.5 * planned / 1e9:.1f} GB/s" in slow and "39.6" in slow
+    assert "--rebalance-cpu-share" in slow
+    again = decode_shortfall_warning(plan, figures(0.5 * planned, {"at_token": 4, "share": 0.2}), 0.27)
+    assert "re-balanced after 4 tokens to F 0.2" in again and "--rebalance" not in again
+    assert decode_shortfall_warning(plan, figures(0.5 * planned), 0.05) is None        # within its prediction
+    assert decode_shortfall_warning(plan, figures(0.95 * planned), 0.27) is None       # slow for another reason
+    assert decode_shortfall_warning(plan, None, 0.27) is None

@@ -74,6 +74,7 @@ def test_quick_gpu_profile_plausible(tmp_path):
     assert 1e6 < profile.pin_bytes_per_s < 1e12
     assert 1e7 < profile.runtime_overhead_bytes < 32 * 2**30
     assert 0 < profile.launch_overhead_s < 1e-3
+    assert profile.sm_count == torch.cuda.get_device_properties(0).multi_processor_count
     assert all(p.flops_per_s > 0 and p.spread_rel >= 0 for p in profile.attention_table)
     backends = {p.backend for p in profile.attention_table}
     assert backends <= {"flash", "cudnn", "flash-step", "cudnn-split-step", "flex"} and "flash-step" in backends

@@ -22,8 +22,9 @@ def _plan(model, hw, context, **kw):
 
 
 def test_head_dim_64_from_a_head_dim_128_profile_says_so_with_the_size():
-    """The H200 case of 2026-12-01: a 1B plan at 1M from a quick profile whose step points were head dim 128 only."""
-    notes = _plan("llama-3.2-1b", H200_QUICK, 1 << 20).notes
+    """The H200 case of 2026-12-01: a 1B plan at 1M on flash from a quick profile whose step points were head dim
+    128 only."""
+    notes = _plan("llama-3.2-1b", H200_QUICK, 1 << 20, attention_backend="flash").notes
     head = [n for n in notes if n.startswith("profile coverage: head dim 64")]
     assert head and "2.0x" in head[0] and "128" in head[0]
     keys = [n for n in notes if "key length" in n]

@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from planner.hw_lookup import FULL_RATE_QUERY_ROWS, RateLookup
+from planner.hw_lookup import FULL_RATE_QUERY_ROWS, RateLookup, wave_efficiency
 from planner.units import GIB
+
+from hwprofiles.schema import AttentionPoint
 
 from planner_test_profiles import G, T, scalar_profile, table_profile
 
@@ -36,6 +38,36 @@ def test_attention_small_rows_derated():
     quarter = lookup.attention_flops_per_s(backend="flash", q_heads=4, q_len=2048, k_len=131072, head_dim=128,
                                            causal=True)
     assert float(quarter) == pytest.approx(float(full) / 4, rel=1e-6)
+
+
+def test_wave_efficiency_counts_the_last_wave():
+    assert wave_efficiency(4, 4096, 132) == pytest.approx(128 / 132)         # 128 tiles: one wave
+    assert wave_efficiency(4, 6144, 132) == pytest.approx(192 / 264)         # 192 tiles: two waves, the 2nd part-full
+    assert wave_efficiency(4, 6100, 132) == wave_efficiency(4, 6144, 132)    # a part tile is a whole tile
+    assert wave_efficiency(1, 128, 132) == pytest.approx(1 / 132)
+    assert wave_efficiency(4, 6144, None) == 1.0
+
+
+def _wave_profile(sm_count):
+    """cuDNN points at 4 query heads, 4K and 10K queries, each at its shape's wave efficiency x 700 TFLOP/s."""
+    points = [AttentionPoint(backend="cudnn", head_dim=128, q_heads=4, kv_heads=1, q_len=q, k_len=k, causal=False,
+                             flops_per_s=700 * T * wave_efficiency(4, q, 132))
+              for q in (4096, 10240) for k in (65536, 524288)]
+    return table_profile(cudnn_tflops=None, attention_table=points, sm_count=sm_count)
+
+
+def test_attention_between_shapes_keeps_the_waves():
+    """The H200 case: 6K chunks at 1 KV head per group (192 tiles on 132 SMs) ran 16% under the rates blended from
+    the 4K and 10K points; with the SM count the lookup prices the idle part of the second wave."""
+    rate = lambda profile, q: float(RateLookup(profile).attention_flops_per_s(
+        backend="cudnn", q_heads=4, q_len=q, k_len=131072, head_dim=128, causal=False))
+    waves = _wave_profile(132)
+    for q in (4096, 10240):                                                  # exact at the measured shapes
+        assert rate(waves, q) == pytest.approx(700 * T * wave_efficiency(4, q, 132))
+    assert rate(waves, 6144) == pytest.approx(700 * T * 192 / 264)
+    assert rate(waves, 1024) == pytest.approx(700 * T * 32 / 132)             # few tiles: SMs idle in proportion
+    blended = rate(_wave_profile(None), 6144)                                # without it: between the two points
+    assert min(rate(waves, 4096), rate(waves, 10240)) < blended < rate(waves, 4096)
 
 
 def test_attention_fallbacks():
