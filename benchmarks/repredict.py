@@ -8,7 +8,11 @@ and ``report.error`` recomputed (the as-run prediction kept under ``report.predi
 cell that let the planner choose whether the fixed model still chooses the same knobs (if not, the cell measures
 a plan the model would no longer make: it is marked ``"choice_changed": true``).
 
-    python benchmarks/repredict.py RESULTS.jsonl --hw PROFILE --out RESULTS-repredicted.jsonl
+``--at-run-cpu-rate`` prices each cell with a CPU share on the profile with its CPU-attention rates scaled to the
+kernel rate the run measured (report ``host_share.measured_cpu_bytes_per_s`` over the rate the knobs are priced at,
+planner/share_rebalance.py): what the cost model says given the process's own kernel, as the re-balancing assumes.
+
+    python benchmarks/repredict.py RESULTS.jsonl --hw PROFILE --out RESULTS-repredicted.jsonl [--at-run-cpu-rate]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hwprofiles import load_profile  # noqa: E402
 from planner.model_spec import load_model_spec  # noqa: E402
 from planner.pipeline import make_pipeline_plan  # noqa: E402
+from planner.share_rebalance import priced_cpu_bytes_per_s, scaled_cpu_rates  # noqa: E402
 from planner.solver import evaluate  # noqa: E402
 from planner.units import parse_bytes, parse_tokens  # noqa: E402
 
@@ -32,13 +37,29 @@ def hand_off_of(report: dict) -> str:
     return (report.get("host_share") or {}).get("hand_off") or "join"
 
 
-def repredict(row: dict, hardware) -> dict:
+def at_run_cpu_rate(hardware, spec, report: dict, context_tokens: int):
+    """(the profile with its CPU rates scaled to the run's measured kernel rate, the factor); the profile and None
+    for a run without a CPU share or without the figures."""
+    settings, share = report["settings"], report.get("host_share") or {}
+    measured = share.get("measured_cpu_bytes_per_s")
+    priced = priced_cpu_bytes_per_s(spec, hardware, dtype=report["dtype"], context_tokens=context_tokens,
+                                    decode_tokens=report["new_tokens"], cpu_share=settings.get("cpu_share") or 0.0,
+                                    resident_kv_heads=settings["resident_kv_heads"])
+    if not measured or not priced:
+        return hardware, None
+    return scaled_cpu_rates(hardware, measured / priced), measured / priced
+
+
+def repredict(row: dict, hardware, *, run_cpu_rate: bool = False) -> dict:
     report = row["report"]
     model_name, context, gpu_mem, *knobs = row["cell"].split(":")
     spec, settings = load_model_spec(model_name), report["settings"]
     decode_tokens = report["new_tokens"]
     common = dict(context_tokens=parse_tokens(context), decode_tokens=decode_tokens, gpu_mem_bytes=parse_bytes(gpu_mem),
                   host_mem_bytes=None, dtype=report["dtype"])
+    factor = None
+    if run_cpu_rate:
+        hardware, factor = at_run_cpu_rate(hardware, spec, report, common["context_tokens"])
     _, memory, predicted, _ = evaluate(spec, hardware, chunk_size=settings["chunk_size"],
                                        heads_per_group=settings["heads_per_group"],
                                        resident_kv_heads=settings["resident_kv_heads"],
@@ -77,6 +98,8 @@ def repredict(row: dict, hardware) -> dict:
                                                                             rep["predicted"]["chunk_s"])]
     new["choice_changed"] = not same and "R" not in fixed
     new["choice_now"] = f"c={chosen.chunk_size} G={chosen.heads_per_group} R={chosen.resident_kv_heads}"
+    if factor is not None:
+        new["cpu_rate_factor"] = factor
     return new
 
 
@@ -85,6 +108,8 @@ def main() -> int:
     parser.add_argument("results", type=Path)
     parser.add_argument("--hw", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--at-run-cpu-rate", action="store_true",
+                        help="price the CPU share at the kernel rate each run measured (module docstring)")
     args = parser.parse_args()
     hardware = load_profile(args.hw)
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
@@ -92,11 +117,12 @@ def main() -> int:
         for row in rows:
             if "report" not in row or "error_text" in row:
                 continue
-            new = repredict(row, hardware)
+            new = repredict(row, hardware, run_cpu_rate=args.at_run_cpu_rate)
             sink.write(json.dumps(new) + "\n")
             old, now = row["report"]["predicted"], new["report"]["predicted"]
             print(f"{row['cell']:38s} prefill {old['prefill_s']:.3g} -> {now['prefill_s']:.3g}, decode "
                   f"{old['decode_s_per_token'] * 1e3:.1f} -> {now['decode_s_per_token'] * 1e3:.1f} ms"
+                  + (f"  (CPU rates x{new['cpu_rate_factor']:.2f})" if "cpu_rate_factor" in new else "")
                   + (f"  (planner now chooses {new['choice_now']})" if new["choice_changed"] else ""))
     return 0
 

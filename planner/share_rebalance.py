@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from hwprofiles.schema import HardwareProfile
 from planner.candidates import Candidate, make_setup, time_candidate
 from planner.host_share import host_share_rates, host_tokens
 from planner.memory_model import dtype_bytes
+from planner.model_spec import ModelSpec
 from planner.plan import Plan
 
 REBALANCE_AFTER_TOKENS = 4
@@ -46,16 +48,23 @@ class Rebalance:
 def planned_cpu_bytes_per_s(plan: Plan) -> Optional[float]:
     """The contended kernel rate the plan priced its CPU share at (module docstring), None without a share or CPU
     figures: at F s keys per head (s the context plus half the decode) over the mean offloaded heads per layer."""
-    if plan.cpu_share <= 0:
+    return priced_cpu_bytes_per_s(plan.model, plan.hardware, dtype=plan.dtype, context_tokens=plan.context_tokens,
+                                  decode_tokens=plan.decode_tokens, cpu_share=plan.cpu_share,
+                                  resident_kv_heads=plan.resident_kv_heads)
+
+
+def priced_cpu_bytes_per_s(model: ModelSpec, hardware: HardwareProfile, *, dtype: str, context_tokens: int,
+                           decode_tokens: int, cpu_share: float, resident_kv_heads: int) -> Optional[float]:
+    """planned_cpu_bytes_per_s for a configuration given by its knobs (a run's as-run settings)."""
+    if cpu_share <= 0:
         return None
-    model = plan.model
-    rates = host_share_rates(plan.hardware, head_dim=model.head_dim, element_bytes=dtype_bytes(plan.dtype))
+    rates = host_share_rates(hardware, head_dim=model.head_dim, element_bytes=dtype_bytes(dtype))
     if rates is None:
         return None
-    past = plan.context_tokens + max(plan.decode_tokens - 1, 0) / 2
+    past = context_tokens + max(decode_tokens - 1, 0) / 2
     offloaded = max(1, round(model.kv_head_slots / model.num_hidden_layers
-                             - plan.resident_kv_heads / model.num_hidden_layers))
-    return float(rates.cpu_bytes_per_s(max(host_tokens(plan.cpu_share, past), 1.0), offloaded))
+                             - resident_kv_heads / model.num_hidden_layers))
+    return float(rates.cpu_bytes_per_s(max(host_tokens(cpu_share, past), 1.0), offloaded))
 
 
 def rebalanced_share(plan: Plan, measured_cpu_bytes_per_s: float) -> Optional[Rebalance]:
@@ -69,7 +78,7 @@ def rebalanced_share(plan: Plan, measured_cpu_bytes_per_s: float) -> Optional[Re
     if abs(factor - 1.0) < MIN_RATE_CHANGE:
         return Rebalance(plan.cpu_share, planned, measured_cpu_bytes_per_s, plan.cpu_share,
                          f"kept F {plan.cpu_share:g}: the kernel read {factor:.2f}x the planned rate")
-    hardware = _scaled_cpu_rates(plan.hardware, factor)
+    hardware = scaled_cpu_rates(plan.hardware, factor)
     setup = make_setup(plan.model, hardware, context_tokens=plan.context_tokens, decode_tokens=plan.decode_tokens,
                        gpu_mem_bytes=plan.memory.gpu_budget_bytes, host_mem_bytes=plan.memory.host_budget_bytes,
                        dtype=plan.dtype, attention_backend=plan.attention_backend, decode_graphs=plan.decode_graphs,
@@ -80,7 +89,7 @@ def rebalanced_share(plan: Plan, measured_cpu_bytes_per_s: float) -> Optional[Re
                      f"the kernel read {factor:.2f}x the planned rate: {cand.cpu_share_reason}")
 
 
-def _scaled_cpu_rates(hardware, factor: float):
+def scaled_cpu_rates(hardware, factor: float):
     """The profile with every CPU-attention kernel rate (table and concurrency probe) times ``factor``: the level
     the run measured, the table's shape over key length and threads kept."""
     table = [p.model_copy(update={"bytes_per_s": p.bytes_per_s * factor}) for p in hardware.cpu_attention_table]

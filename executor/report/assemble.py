@@ -214,30 +214,40 @@ def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
 
 
 DECODE_SHORTFALL = 0.10
-"""decode this much over its prediction, with a CPU share whose kernel read under 1 - this of the planned rate,
-earns a report warning naming the two rates (decode_shortfall_warning)"""
+"""decode this much over its prediction, with a CPU share, while the host's memory served the CPU share's kernel or
+the PCIe stream under 1 - this of the planned rate, earns a report warning naming the rates
+(decode_shortfall_warning)"""
 
 
 def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShareFigures],
-                             error: Optional[float]) -> Optional[str]:
-    """A warning when decode ran more than DECODE_SHORTFALL over its prediction and the CPU share's kernel read
-    below the rate the plan priced (planner/share_rebalance.planned_cpu_bytes_per_s) by as much: the cause, in its
-    rates, and the flag that chooses F again from the run's own rate. None otherwise (or already re-balanced)."""
+                             predicted_decode_s: Optional[float], error: Optional[float]) -> Optional[str]:
+    """A warning when decode ran more than DECODE_SHORTFALL over its prediction with a CPU share and the host's
+    memory served either reader under its planned rate by as much: the kernel's (planner/share_rebalance
+    planned_cpu_bytes_per_s) or PCIe's (the plan's streamed bytes per token over its decode time). Both rates and
+    their sum, measured against planned. None otherwise."""
     from planner.share_rebalance import planned_cpu_bytes_per_s
 
     if plan is None or host_share is None or error is None or error <= DECODE_SHORTFALL:
         return None
-    measured, planned = host_share.measured_cpu_bytes_per_s, planned_cpu_bytes_per_s(plan)
-    if not measured or not planned or measured >= (1 - DECODE_SHORTFALL) * planned:
-        return None
+    cpu, cpu_plan = host_share.measured_cpu_bytes_per_s, planned_cpu_bytes_per_s(plan)
     pcie = host_share.measured_pcie_bytes_per_s
-    line = (f"decode {error:+.0%} against its prediction: the CPU share's kernel (F {host_share.cpu_share:g}) read "
-            f"{measured / 1e9:.1f} GB/s where the plan priced {planned / 1e9:.1f}"
-            + (f", PCIe streamed at {pcie / 1e9:.1f} GB/s" if pcie else "")
-            + "; the host's kernel rate varies from process to process")
+    pcie_plan = (host_share.predicted_pcie_bytes_per_token / predicted_decode_s
+                 if host_share.predicted_pcie_bytes_per_token and predicted_decode_s else None)
+    slow = 1 - DECODE_SHORTFALL
+    cpu_slow = bool(cpu and cpu_plan and cpu < slow * cpu_plan)
+    pcie_slow = bool(pcie and pcie_plan and pcie < slow * pcie_plan)
+    if not (cpu_slow or pcie_slow):
+        return None
+    gb = lambda rate: "-" if not rate else f"{rate / 1e9:.1f}"
+    line = (f"decode {error:+.0%} against its prediction: the host's memory served the PCIe stream at {gb(pcie)} "
+            f"GB/s (planned {gb(pcie_plan)}) and the CPU share's kernel (F {host_share.cpu_share:g}) at {gb(cpu)} "
+            f"GB/s (planned {gb(cpu_plan)})")
+    if cpu and pcie:
+        line += f", {(cpu + pcie) / 1e9:.1f} GB/s together"
+    line += "; what it serves varies from process to process"
     if host_share.rebalance:
-        return line + f" (re-balanced after {host_share.rebalance['at_token']} tokens to F {host_share.rebalance['share']:g})"
-    return line + ": --rebalance-cpu-share chooses F again from the run's own rate after the first tokens"
+        line += f" (re-balanced after {host_share.rebalance['at_token']} tokens to F {host_share.rebalance['share']:g})"
+    return line
 
 
 def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, input_ids: torch.Tensor,
@@ -264,7 +274,7 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
     error = errors_of(predicted, measured)
     host_share = host_share_figures(plan, settings, m)
     warnings = list(context.warnings)
-    shortfall = decode_shortfall_warning(plan, host_share, error.decode_s_per_token)
+    shortfall = decode_shortfall_warning(plan, host_share, predicted.decode_s_per_token, error.decode_s_per_token)
     if shortfall:
         warnings.append(shortfall)
     return RunReport(status=status, fault=fault, model=context.model_name, device=str(device), dtype=dtype,

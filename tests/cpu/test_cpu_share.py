@@ -387,8 +387,9 @@ def test_cli_rebalance_cpu_share_reports_the_decision(tmp_path, capsys):
     assert "Re-balanced after 4 decode tokens" in markdown and "F 0.5 -> 0" in markdown
 
 
-def test_a_slow_cpu_share_is_named_in_the_report_warning():
-    """The H200's 8B 128K cell of 2026-12-01: decode +27% with the kernel at 19 GB/s where the plan priced ~37."""
+def test_a_slow_host_is_named_in_the_report_warning():
+    """The H200's 8B 128K cell of 2026-12-01: decode 203 ms against 159 predicted, the kernel at 19.0 GB/s and PCIe
+    at 39.6 where the plan priced ~37 and ~51."""
     from hwprofiles import load_profile
     from executor.report.assemble import decode_shortfall_warning
     from executor.report.schema import HostShareFigures
@@ -398,14 +399,22 @@ def test_a_slow_cpu_share_is_named_in_the_report_warning():
 
     plan = make_plan(BUILTIN_MODELS["llama-3-8b"], load_profile("h200-sxm-measured"), context_tokens=131072,
                      decode_tokens=16, gpu_mem_bytes=24 * 10**9)
-    planned = planned_cpu_bytes_per_s(plan)
-    figures = lambda rate, rebalance=None: HostShareFigures(cpu_share=plan.cpu_share, measured_cpu_bytes_per_s=rate,
-                                                            measured_pcie_bytes_per_s=39.6e9, rebalance=rebalance)
-    slow = decode_shortfall_warning(plan, figures(0.5 * planned), 0.27)
-    assert slow.startswith("decode +27%") and f"{0.5 * planned / 1e9:.1f} GB/s" in slow and "39.6" in slow
-    assert "--rebalance-cpu-share" in slow
-    again = decode_shortfall_warning(plan, figures(0.5 * planned, {"at_token": 4, "share": 0.2}), 0.27)
-    assert "re-balanced after 4 tokens to F 0.2" in again and "--rebalance" not in again
-    assert decode_shortfall_warning(plan, figures(0.5 * planned), 0.05) is None        # within its prediction
-    assert decode_shortfall_warning(plan, figures(0.95 * planned), 0.27) is None       # slow for another reason
-    assert decode_shortfall_warning(plan, None, 0.27) is None
+    planned, decode_s, pcie_bytes = planned_cpu_bytes_per_s(plan), 0.159, 8.1e9     # pcie planned: 50.9 GB/s
+
+    def warning(cpu_rate, pcie_rate, error=0.27, rebalance=None):
+        figures = HostShareFigures(cpu_share=plan.cpu_share, measured_cpu_bytes_per_s=cpu_rate,
+                                   measured_pcie_bytes_per_s=pcie_rate, predicted_pcie_bytes_per_token=pcie_bytes,
+                                   rebalance=rebalance)
+        return decode_shortfall_warning(plan, figures, decode_s, error)
+
+    slow = warning(0.5 * planned, 39.6e9)
+    assert slow.startswith("decode +27%") and "PCIe stream at 39.6 GB/s (planned 50.9)" in slow
+    assert f"kernel (F {plan.cpu_share:g}) at {0.5 * planned / 1e9:.1f} GB/s (planned {planned / 1e9:.1f})" in slow
+    assert f"{(0.5 * planned + 39.6e9) / 1e9:.1f} GB/s together" in slow
+    assert "PCIe stream at 39.6" in warning(planned, 39.6e9)                          # the link's side alone
+    assert warning(0.5 * planned, 50e9) is not None                                    # the kernel's side alone
+    assert "re-balanced after 4 tokens to F 0.2" in warning(0.5 * planned, 39.6e9,
+                                                            rebalance={"at_token": 4, "share": 0.2})
+    assert warning(0.5 * planned, 39.6e9, error=0.05) is None                          # within its prediction
+    assert warning(0.95 * planned, 50e9) is None                                       # slow for another reason
+    assert decode_shortfall_warning(plan, None, decode_s, 0.27) is None

@@ -8,7 +8,7 @@ import pytest
 
 from hwprofiles import load_profile
 from planner.builtin_models import BUILTIN_MODELS
-from planner.share_rebalance import MIN_RATE_CHANGE, _scaled_cpu_rates, planned_cpu_bytes_per_s, rebalanced_share
+from planner.share_rebalance import MIN_RATE_CHANGE, scaled_cpu_rates, planned_cpu_bytes_per_s, rebalanced_share
 from planner.solver import make_plan
 
 H200 = load_profile("h200-sxm-measured")
@@ -46,7 +46,7 @@ def test_nothing_to_rebalance_without_a_share_or_on_several_gpus(plan):
 
 
 def test_the_scaled_profile_scales_the_cpu_rates_only():
-    scaled = _scaled_cpu_rates(H200, 0.5)
+    scaled = scaled_cpu_rates(H200, 0.5)
     for a, b in zip(H200.cpu_attention_table, scaled.cpu_attention_table):
         assert b.bytes_per_s == pytest.approx(a.bytes_per_s / 2) and b.key_tokens == a.key_tokens
     for a, b in zip(H200.host_concurrency_table, scaled.host_concurrency_table):
