@@ -9,8 +9,8 @@ cell that let the planner choose whether the fixed model still chooses the same 
 a plan the model would no longer make: it is marked ``"choice_changed": true``).
 
 ``--at-run-cpu-rate`` prices each cell with a CPU share on the profile with its CPU-attention rates scaled to the
-kernel rate the run measured (report ``host_share.measured_cpu_bytes_per_s`` over the rate the knobs are priced at,
-planner/share_rebalance.py): what the cost model says given the process's own kernel, as the re-balancing assumes.
+kernel rate the run measured (report ``host_share.measured_cpu_bytes_per_s``, the jobs' rate, less each job's fixed
+cost, over the rate the knobs are priced at: planner/share_rebalance.py): what the cost model says given the process's own kernel, as the re-balancing assumes.
 
     python benchmarks/repredict.py RESULTS.jsonl --hw PROFILE --out RESULTS-repredicted.jsonl [--at-run-cpu-rate]
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hwprofiles import load_profile  # noqa: E402
 from planner.model_spec import load_model_spec  # noqa: E402
 from planner.pipeline import make_pipeline_plan  # noqa: E402
-from planner.share_rebalance import priced_cpu_bytes_per_s, scaled_cpu_rates  # noqa: E402
+from planner.share_rebalance import priced_job, scaled_cpu_rates  # noqa: E402
 from planner.solver import evaluate  # noqa: E402
 from planner.units import parse_bytes, parse_tokens  # noqa: E402
 
@@ -38,16 +38,18 @@ def hand_off_of(report: dict) -> str:
 
 
 def at_run_cpu_rate(hardware, spec, report: dict, context_tokens: int):
-    """(the profile with its CPU rates scaled to the run's measured kernel rate, the factor); the profile and None
-    for a run without a CPU share or without the figures."""
+    """(the profile with its CPU rates scaled to the run's kernel rate, the factor): the run's jobs' rate less each
+    job's fixed cost, over the rate the knobs are priced at (planner/share_rebalance.py PricedJob); the profile and
+    None for a run without a CPU share or without the figures."""
     settings, share = report["settings"], report.get("host_share") or {}
     measured = share.get("measured_cpu_bytes_per_s")
-    priced = priced_cpu_bytes_per_s(spec, hardware, dtype=report["dtype"], context_tokens=context_tokens,
-                                    decode_tokens=report["new_tokens"], cpu_share=settings.get("cpu_share") or 0.0,
-                                    resident_kv_heads=settings["resident_kv_heads"])
-    if not measured or not priced:
+    job = priced_job(spec, hardware, dtype=report["dtype"], context_tokens=context_tokens,
+                     decode_tokens=report["new_tokens"], cpu_share=settings.get("cpu_share") or 0.0,
+                     resident_kv_heads=settings["resident_kv_heads"])
+    if not measured or job is None:
         return hardware, None
-    return scaled_cpu_rates(hardware, measured / priced), measured / priced
+    factor = job.kernel_rate_of(measured) / job.kernel_bytes_per_s
+    return scaled_cpu_rates(hardware, factor), factor
 
 
 def repredict(row: dict, hardware, *, run_cpu_rate: bool = False) -> dict:

@@ -222,14 +222,16 @@ the PCIe stream under 1 - this of the planned rate, earns a report warning namin
 def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShareFigures],
                              predicted_decode_s: Optional[float], error: Optional[float]) -> Optional[str]:
     """A warning when decode ran more than DECODE_SHORTFALL over its prediction with a CPU share and the host's
-    memory served either reader under its planned rate by as much: the kernel's (planner/share_rebalance
-    planned_cpu_bytes_per_s) or PCIe's (the plan's streamed bytes per token over its decode time). Both rates and
-    their sum, measured against planned. None otherwise."""
-    from planner.share_rebalance import planned_cpu_bytes_per_s
+    memory served either reader under its planned rate by as much: the CPU share's jobs' (bytes over the jobs'
+    seconds, against planner/share_rebalance.PricedJob.job_bytes_per_s: the kernel at the table's rate plus each
+    call's fixed cost) or PCIe's (the plan's streamed bytes per token over its decode time). Both rates and their
+    sum, measured against planned. None otherwise."""
+    from planner.share_rebalance import planned_job
 
     if plan is None or host_share is None or error is None or error <= DECODE_SHORTFALL:
         return None
-    cpu, cpu_plan = host_share.measured_cpu_bytes_per_s, planned_cpu_bytes_per_s(plan)
+    job = planned_job(plan)
+    cpu, cpu_plan = host_share.measured_cpu_bytes_per_s, (job.job_bytes_per_s if job else None)
     pcie = host_share.measured_pcie_bytes_per_s
     pcie_plan = (host_share.predicted_pcie_bytes_per_token / predicted_decode_s
                  if host_share.predicted_pcie_bytes_per_token and predicted_decode_s else None)
@@ -240,7 +242,7 @@ def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShar
         return None
     gb = lambda rate: "-" if not rate else f"{rate / 1e9:.1f}"
     line = (f"decode {error:+.0%} against its prediction: the host's memory served the PCIe stream at {gb(pcie)} "
-            f"GB/s (planned {gb(pcie_plan)}) and the CPU share's kernel (F {host_share.cpu_share:g}) at {gb(cpu)} "
+            f"GB/s (planned {gb(pcie_plan)}) and the CPU share's jobs (F {host_share.cpu_share:g}) at {gb(cpu)} "
             f"GB/s (planned {gb(cpu_plan)})")
     if cpu and pcie:
         line += f", {(cpu + pcie) / 1e9:.1f} GB/s together"

@@ -170,7 +170,7 @@ def _rebalance_lines(h) -> list[str]:
         return []
     change = (f"F {r['planned_share']:g} -> {r['share']:g}" if r["share"] != r["planned_share"]
               else f"F {r['share']:g} kept")
-    return ["", f"Re-balanced after {r['at_token']} decode tokens: the kernel read "
+    return ["", f"Re-balanced after {r['at_token']} decode tokens: the share's jobs read "
             f"{_gb_per_s(r['measured_cpu_bytes_per_s'])} (planned {_gb_per_s(r['planned_cpu_bytes_per_s'])}); "
             f"{change} ({r['reason']})."]
 

@@ -85,8 +85,9 @@ class HostShareFigures(_Block):
                                     "joined the worker every layer (no stream wait on this machine, or "
                                     "HEADPLAN_HOST_WAIT=join)")
     rebalance: Optional[dict[str, Any]] = Field(
-        None, description="--rebalance-cpu-share: after at_token decode tokens the kernel read "
-        "measured_cpu_bytes_per_s where the plan priced planned_cpu_bytes_per_s, and F went from planned_share to "
+        None, description="--rebalance-cpu-share: after at_token decode tokens the share's jobs read "
+        "measured_cpu_bytes_per_s where the plan's would read planned_cpu_bytes_per_s (each job's fixed cost "
+        "included: planner/share_rebalance.py PricedJob), and F went from planned_share to "
         "share for the rest (planner/share_rebalance.py; reason says why); the per-token figures above cover both")
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from hwprofiles import load_profile
 from planner.builtin_models import BUILTIN_MODELS
-from planner.share_rebalance import MIN_RATE_CHANGE, scaled_cpu_rates, planned_cpu_bytes_per_s, rebalanced_share
+from planner.share_rebalance import (MIN_RATE_CHANGE, planned_cpu_bytes_per_s, planned_job, rebalanced_share,
+                                     scaled_cpu_rates)
 from planner.solver import make_plan
 
 H200 = load_profile("h200-sxm-measured")
@@ -23,20 +24,39 @@ def plan():
     return made
 
 
+def jobs_at(plan, kernel_factor: float) -> float:
+    """The jobs' rate (bytes over job seconds) a run shows with its kernel at ``kernel_factor`` x the planned rate:
+    each job's fixed cost host_attention_call_s beside it."""
+    job = planned_job(plan)
+    return job.bytes_per_job / (job.bytes_per_job / (kernel_factor * job.kernel_bytes_per_s) + job.call_s)
+
+
 def test_the_planned_rate_keeps_the_share(plan):
     planned = planned_cpu_bytes_per_s(plan)
     assert 10e9 < planned < 80e9                                   # a contended kernel rate of the H200's host
     for factor in (1.0, 1 - MIN_RATE_CHANGE / 2, 1 + MIN_RATE_CHANGE / 2):
-        decision = rebalanced_share(plan, planned * factor)
+        decision = rebalanced_share(plan, jobs_at(plan, factor))
         assert decision.share == plan.cpu_share and decision.reason.startswith("kept")
 
 
+def test_jobs_are_compared_with_jobs():
+    """The H200's rebalanced 128K run of 2026-12-01: its jobs read 25.7 GB/s in the first 4 tokens, 0.69x the
+    kernel's 37.5 but 0.93x the 27.7 a job shows at that rate with its 1.03 ms fixed cost: F is kept."""
+    plan = make_plan(BUILTIN_MODELS["llama-3-8b"], H200, context_tokens=131072, decode_tokens=16,
+                     gpu_mem_bytes=24 * 10**9, chunk_size=8192, heads_per_group=2, resident_kv_heads=83)
+    job = planned_job(plan)
+    assert job.call_s == pytest.approx(H200.host_attention_call_s)
+    assert job.job_bytes_per_s < 0.8 * job.kernel_bytes_per_s
+    assert job.kernel_rate_of(job.job_bytes_per_s) == pytest.approx(job.kernel_bytes_per_s)
+    decision = rebalanced_share(plan, 25.7e9)
+    assert decision.share == plan.cpu_share and decision.planned_cpu_bytes_per_s == pytest.approx(job.job_bytes_per_s)
+
+
 def test_a_slower_kernel_lowers_the_share_and_a_faster_one_never_does(plan):
-    planned = planned_cpu_bytes_per_s(plan)
-    slow, slower, fast = (rebalanced_share(plan, planned * f) for f in (0.6, 0.2, 1.6))
+    slow, slower, fast = (rebalanced_share(plan, jobs_at(plan, f)) for f in (0.6, 0.2, 1.6))
     assert slower.share <= slow.share < plan.cpu_share
     assert fast.share >= plan.cpu_share
-    assert slow.measured_cpu_bytes_per_s == pytest.approx(planned * 0.6) and "0.60x" in slow.reason
+    assert slow.measured_cpu_bytes_per_s == pytest.approx(jobs_at(plan, 0.6)) and "0.60x" in slow.reason
     assert rebalanced_share(plan, 0.0) is None
 
 
