@@ -25,6 +25,9 @@
 #               PROFILE=hwprofiles/catalog/h200-sxm-measured.json there)
 #   rebalance:  8B at 128K (whole) and 512K (last 8 chunks) under 24 GB with --rebalance-cpu-share
 #               -> validation-rebalance.jsonl
+#   rebalance-ab: 8B at 128K under 24 GB three times each way, alternating: the planner's F kept, and
+#               --rebalance-cpu-share -> validation-rebalance-ab-{kept,rebalanced}.jsonl (~5 min): the process-to-
+#               process spread of the CPU share's kernel, and what choosing F again does about it
 # WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
 source "$(dirname "$0")/common.sh"
 WHOLE=${WHOLE_CARD:-80GB}
@@ -53,8 +56,13 @@ choices)
     cells 230 llama-3-8b:128K:24GB,llama-3.2-1b:1M:24GB,llama-3-8b:512K:24GB validation-choices.jsonl ;;
 rebalance)
     EXTRA=--rebalance-cpu-share cells 120 llama-3-8b:128K:24GB,llama-3-8b:512K:24GB:tail=8 validation-rebalance.jsonl ;;
+rebalance-ab)
+    for _ in 1 2 3; do
+        cells 100 llama-3-8b:128K:24GB validation-rebalance-ab-kept.jsonl
+        EXTRA=--rebalance-cpu-share cells 100 llama-3-8b:128K:24GB validation-rebalance-ab-rebalanced.jsonl
+    done ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
 *)
-    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long, choices, rebalance" ;;
+    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long, choices, rebalance, rebalance-ab" ;;
 esac
