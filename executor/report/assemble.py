@@ -214,7 +214,7 @@ def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
 
 
 DECODE_SHORTFALL = 0.10
-"""decode this much over its prediction, with a CPU share, while the host's memory served the CPU share's kernel or
+"""decode this much over its prediction, with a CPU share, while the host's memory served the CPU share's jobs or
 the PCIe stream under 1 - this of the planned rate, earns a report warning naming the rates
 (decode_shortfall_warning)"""
 
