@@ -136,3 +136,24 @@ def test_transfer_curve_keeps_the_better_page_locked_measurement():
     assert float(lookup.transfer_bytes_per_s("h2d", 1 << 24)) == pytest.approx(52 * G)
     assert float(lookup.transfer_bytes_per_s("h2d", 1 << 26)) == pytest.approx(52 * G)   # running maximum
     assert float(lookup.transfer_bytes_per_s("h2d", 1 << 28)) == pytest.approx(54 * G)   # not the pageable 90
+
+
+def test_the_planner_prices_a_part_filled_wave():
+    """Llama-3-8B at 512K under 24 GB on the H200's profile: c 6K, G 1 (192 tiles on 132 SMs) ran 16% over its
+    price when the lookup averaged the waves away (159.0 s against 136.7); with the SM count it is priced above
+    c 8K, G 1 (256 tiles), and the planner does not choose it."""
+    from hwprofiles import load_profile
+    from planner.builtin_models import BUILTIN_MODELS
+    from planner.solver import evaluate, make_plan
+
+    h200 = load_profile("h200-sxm-measured")
+    assert h200.sm_count == 132
+    common = dict(context_tokens=512 * 1024, decode_tokens=16, gpu_mem_bytes=24 * 10**9, host_mem_bytes=None,
+                  dtype="bfloat16", heads_per_group=1, resident_kv_heads=19, attention_backend="cudnn-split")
+    model = BUILTIN_MODELS["llama-3-8b"]
+    six = evaluate(model, h200, chunk_size=6144, **common)[2].prefill_s
+    eight = evaluate(model, h200, chunk_size=8192, **common)[2].prefill_s
+    blended = evaluate(model, h200.model_copy(update={"sm_count": None}), chunk_size=6144, **common)[2].prefill_s
+    assert six > 1.1 * eight and six > 1.1 * blended
+    plan = make_plan(model, h200, context_tokens=512 * 1024, decode_tokens=16, gpu_mem_bytes=24 * 10**9)
+    assert (plan.chunk_size, plan.heads_per_group) != (6144, 1)
