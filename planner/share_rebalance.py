@@ -82,17 +82,10 @@ def planned_job(plan: Plan) -> Optional[PricedJob]:
                       resident_kv_heads=plan.resident_kv_heads)
 
 
-def planned_cpu_bytes_per_s(plan: Plan) -> Optional[float]:
-    """c_plan: the contended kernel rate the plan priced its CPU share at (module docstring), None without a share
-    or CPU figures: at F s keys per head (s the context plus half the decode) over the mean offloaded heads per
-    layer."""
-    job = planned_job(plan)
-    return job.kernel_bytes_per_s if job else None
-
-
 def priced_job(model: ModelSpec, hardware: HardwareProfile, *, dtype: str, context_tokens: int,
                decode_tokens: int, cpu_share: float, resident_kv_heads: int) -> Optional[PricedJob]:
-    """planned_job for a configuration given by its knobs (a run's as-run settings)."""
+    """planned_job for a configuration given by its knobs (a run's as-run settings): c_plan at F s keys per head
+    (s the context plus half the decode) over the mean offloaded heads per layer."""
     if cpu_share <= 0:
         return None
     element = dtype_bytes(dtype)

@@ -8,8 +8,7 @@ import pytest
 
 from hwprofiles import load_profile
 from planner.builtin_models import BUILTIN_MODELS
-from planner.share_rebalance import (MIN_RATE_CHANGE, planned_cpu_bytes_per_s, planned_job, rebalanced_share,
-                                     scaled_cpu_rates)
+from planner.share_rebalance import MIN_RATE_CHANGE, planned_job, rebalanced_share, scaled_cpu_rates
 from planner.solver import make_plan
 
 H200 = load_profile("h200-sxm-measured")
@@ -32,7 +31,7 @@ def jobs_at(plan, kernel_factor: float) -> float:
 
 
 def test_the_planned_rate_keeps_the_share(plan):
-    planned = planned_cpu_bytes_per_s(plan)
+    planned = planned_job(plan).kernel_bytes_per_s
     assert 10e9 < planned < 80e9                                   # a contended kernel rate of the H200's host
     for factor in (1.0, 1 - MIN_RATE_CHANGE / 2, 1 + MIN_RATE_CHANGE / 2):
         decision = rebalanced_share(plan, jobs_at(plan, factor))
