@@ -26,8 +26,10 @@
 #   rebalance:  8B at 128K (whole) and 512K (last 8 chunks) under 24 GB with --rebalance-cpu-share
 #               -> validation-rebalance.jsonl
 #   rebalance-ab: 8B at 128K under 24 GB three times each way, alternating: the planner's F kept, and
-#               --rebalance-cpu-share -> validation-rebalance-ab-{kept,rebalanced}.jsonl (~5 min): the process-to-
+#               --rebalance-cpu-share -> validation-rebalance-ab-{kept,rebalanced}-N.jsonl (~6 min; ROUNDS picks the rounds): the process-to-
 #               process spread of the CPU share's kernel, and what choosing F again does about it
+#   share-ab:   8B at 128K under 24 GB, the planner's F and F = 0, alternating (ROUNDS, default 1 2 3; ~5 min)
+#               -> validation-share-ab-{planned,streamed}-N.jsonl
 # WHOLE_CARD is the whole GPU's memory (default 80GB, the H100); PROFILE_NAME names the profile taken here.
 source "$(dirname "$0")/common.sh"
 WHOLE=${WHOLE_CARD:-80GB}
@@ -57,12 +59,20 @@ choices)
 rebalance)
     EXTRA=--rebalance-cpu-share cells 120 llama-3-8b:128K:24GB,llama-3-8b:512K:24GB:tail=8 validation-rebalance.jsonl ;;
 rebalance-ab)
-    for _ in 1 2 3; do
-        cells 100 llama-3-8b:128K:24GB validation-rebalance-ab-kept.jsonl
-        EXTRA=--rebalance-cpu-share cells 100 llama-3-8b:128K:24GB validation-rebalance-ab-rebalanced.jsonl
+    # one file per round: validate.py skips a cell its output file already holds
+    for round in ${ROUNDS:-1 2 3}; do
+        cells 100 llama-3-8b:128K:24GB "validation-rebalance-ab-kept-$round.jsonl"
+        EXTRA=--rebalance-cpu-share cells 100 llama-3-8b:128K:24GB "validation-rebalance-ab-rebalanced-$round.jsonl"
+    done ;;
+share-ab)
+    # the planner's F against F = 0 (everything streamed), alternating, one file per round: does the host's memory
+    # rate move the streamed path's decode as it moves the CPU share's?
+    for round in ${ROUNDS:-1 2 3}; do
+        cells 100 llama-3-8b:128K:24GB "validation-share-ab-planned-$round.jsonl"
+        cells 100 llama-3-8b:128K:24GB:F=0 "validation-share-ab-streamed-$round.jsonl"
     done ;;
 summary)
     python3 benchmarks/validate.py summarize "$RESULTS/validation.jsonl" --name validation --dir "$RESULTS" ;;
 *)
-    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long, choices, rebalance, rebalance-ab" ;;
+    usage "gpu-tests, profile, long, longest, tail, summary, profile-only, reduced, h200-short, h200-long, choices, rebalance, rebalance-ab, share-ab" ;;
 esac

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from executor.engine.counters import PhaseCounters
+from executor.runtime.cpu_steal import StealFigures
 from executor.runtime.gpu_memory import process_gpu_used_bytes
 
 
@@ -97,6 +98,11 @@ class Measurement(GpuPeaks):
     host_share_hand_off: Optional[str] = None
     """the CPU share's hand-off (engine/host_share.py HostShare.hand_off): "stream" or "join"; None without a
     share"""
+    prefill_cpu_steal: Optional[StealFigures] = None
+    """the hypervisor's steal of this machine's CPUs from the prefill's start until it returned (runtime/cpu_steal.py);
+    None where /proc/stat cannot be read"""
+    decode_cpu_steal: Optional[StealFigures] = None
+    """the same from then until decode's work was synchronised"""
     share_rebalance: Optional[dict] = None
     """the CPU share chosen again during decode (RunOptions.share_rebalancing): at_token, planned_share, share,
     planned_cpu_bytes_per_s, measured_cpu_bytes_per_s, reason; None when not asked or nothing to measure"""

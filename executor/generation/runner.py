@@ -42,6 +42,7 @@ from executor.kv.layout import HeadCounts
 from executor.kv.rows import KVRows
 from executor.parallel.staged_engine import StagedEngine, StageParts, allocate_host_stores, build_staged_engine
 from executor.parallel.stages import DeviceStage, check_stages, single_stage
+from executor.runtime.cpu_steal import read_cpu_ticks, steal_between
 from executor.runtime.events import EventRecorder
 from executor.runtime.gpu_memory import cuda_stack_limit_bytes_on, outside_allocator_snapshot, release_grown_stack
 from executor.settings import ExecutionSettings, RunOptions
@@ -120,13 +121,18 @@ def _execute(model, input_ids: torch.Tensor, settings: ExecutionSettings, *, new
         if not options.sampling.plain_argmax:
             run.chooser = TokenChooser(options.sampling, device=device, capacity_tokens=settings.capacity_tokens,
                                        prompt_ids=input_ids)
+        ticks_start = read_cpu_ticks()
         with torch.inference_mode(), offload_attention_selected(model), _sync_guard(stages, options.sync_debug):
             next_ids = run.prefill(input_ids, settings.chunk_size, new_tokens)
             snapshot("prefilled")
+            ticks_prefilled = read_cpu_ticks()
             with eager_stance(settings.compile_layers):  # decode eager: compiled_layers.py says why
                 run.decode(next_ids, new_tokens)
             snapshot("decoded")
         _finish(run, measurement)
+        # after _finish's synchronisation: the CPU share's last jobs are in the decode window
+        measurement.prefill_cpu_steal = steal_between(ticks_start, ticks_prefilled)
+        measurement.decode_cpu_steal = steal_between(ticks_prefilled, read_cpu_ticks())
         if options.kv_saver is not None:  # after _finish: every stream is synchronised, the rows are final
             run.engine.position.phase, run.engine.position.chunk, run.engine.position.layer = "save-kv", None, None
             saved = options.kv_saver(_kv_rows(run, parts), prompt_ids)

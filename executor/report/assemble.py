@@ -15,6 +15,7 @@ from executor.generation.tail import TailSplit
 from executor.report.kv_block import kv_figures, predicted_after_load
 from executor.report.schema import (AttentionFigures, GpuFigures, HostFigures, HostShareFigures, MemoryFigures,
                                     RunReport, TailFigures, TimesAndPeak, Transfers, errors_of, relative_error)
+from executor.runtime.cpu_steal import StealFigures
 from executor.settings import ExecutionSettings
 from planner.plan import Plan
 
@@ -183,7 +184,11 @@ def host_figures(plan: Optional[Plan], m: Measurement) -> HostFigures:
                        measured_decode_host_s_per_token=host[len(host) // 2] if host else None,
                        planned_decode_graphs=plan.decode_graphs if plan is not None else None,
                        decode_step=m.decode_step,
-                       decode_graph_setup_s=m.decode_graph_setup_s, decode_graph_fallback=m.decode_graph_fallback)
+                       decode_graph_setup_s=m.decode_graph_setup_s, decode_graph_fallback=m.decode_graph_fallback,
+                       prefill_cpu_steal_fraction=m.prefill_cpu_steal.fraction if m.prefill_cpu_steal else None,
+                       decode_cpu_steal_fraction=m.decode_cpu_steal.fraction if m.decode_cpu_steal else None,
+                       decode_busiest_cpu_steal_fraction=(m.decode_cpu_steal.busiest_cpu_fraction
+                                                          if m.decode_cpu_steal else None))
 
 
 def host_share_figures(plan: Optional[Plan], settings: ExecutionSettings,
@@ -220,12 +225,14 @@ the PCIe stream under 1 - this of the planned rate, earns a report warning namin
 
 
 def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShareFigures],
-                             predicted_decode_s: Optional[float], error: Optional[float]) -> Optional[str]:
+                             predicted_decode_s: Optional[float], error: Optional[float],
+                             steal: Optional[StealFigures] = None) -> Optional[str]:
     """A warning when decode ran more than DECODE_SHORTFALL over its prediction with a CPU share and the host's
     memory served either reader under its planned rate by as much: the CPU share's jobs' (bytes over the jobs'
     seconds, against planner/share_rebalance.PricedJob.job_bytes_per_s: the kernel at the table's rate plus each
     call's fixed cost) or PCIe's (the plan's streamed bytes per token over its decode time). Both rates and their
-    sum, measured against planned. None otherwise."""
+    sum, measured against planned, and where ``steal`` is known the CPU time the hypervisor took during decode
+    (runtime/cpu_steal.py). None otherwise."""
     from planner.share_rebalance import planned_job
 
     if plan is None or host_share is None or error is None or error <= DECODE_SHORTFALL:
@@ -247,6 +254,9 @@ def decode_shortfall_warning(plan: Optional[Plan], host_share: Optional[HostShar
     if cpu and pcie:
         line += f", {(cpu + pcie) / 1e9:.1f} GB/s together"
     line += "; what it serves varies from process to process"
+    if steal is not None:
+        line += (f"; the hypervisor took {steal.fraction:.1%} of the CPUs' time during decode (the busiest CPU "
+                 f"{steal.busiest_cpu_fraction:.1%})")
     if host_share.rebalance:
         line += f" (re-balanced after {host_share.rebalance['at_token']} tokens to F {host_share.rebalance['share']:g})"
     return line
@@ -276,7 +286,8 @@ def build_report(*, model, plan: Optional[Plan], settings: ExecutionSettings, in
     error = errors_of(predicted, measured)
     host_share = host_share_figures(plan, settings, m)
     warnings = list(context.warnings)
-    shortfall = decode_shortfall_warning(plan, host_share, predicted.decode_s_per_token, error.decode_s_per_token)
+    shortfall = decode_shortfall_warning(plan, host_share, predicted.decode_s_per_token, error.decode_s_per_token,
+                                         steal=m.decode_cpu_steal)
     if shortfall:
         warnings.append(shortfall)
     return RunReport(status=status, fault=fault, model=context.model_name, device=str(device), dtype=dtype,

@@ -126,6 +126,10 @@ def render_markdown(report: RunReport) -> str:
                   + (f" (capture and one untimed step: {_seconds(h.decode_graph_setup_s)})"
                      if h.decode_step == "graph" else "")
                   + (f"; capture failed: {h.decode_graph_fallback}" if h.decode_graph_fallback else "") + ".", ""]
+    if h.decode_cpu_steal_fraction:
+        lines += [f"The hypervisor took {h.decode_cpu_steal_fraction:.1%} of the CPUs' time during decode (the "
+                  f"busiest CPU {h.decode_busiest_cpu_steal_fraction or 0:.1%}; prefill "
+                  f"{h.prefill_cpu_steal_fraction or 0:.1%}).", ""]
     lines += ["| phase | host-to-device | device-to-host | achieved H2D | attention TFLOP/s | attention share |",
               "|---|---|---|---|---|---|"]
     for phase, t in report.transfers.items():

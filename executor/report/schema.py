@@ -113,6 +113,13 @@ class HostFigures(_Block):
     decode_graph_setup_s: Optional[float] = Field(None, description="one-time setup of the static decode step "
                                                   "(an untimed step and the capture), outside decode time")
     decode_graph_fallback: Optional[str] = Field(None, description="why the capture failed, when it did")
+    prefill_cpu_steal_fraction: Optional[float] = Field(
+        None, description="CPU time the hypervisor took from this machine's CPUs during prefill, as a fraction of "
+        "all of it (/proc/stat steal; 0 on bare metal; None where unreadable)")
+    decode_cpu_steal_fraction: Optional[float] = Field(None, description="the same during decode")
+    decode_busiest_cpu_steal_fraction: Optional[float] = Field(
+        None, description="during decode, the largest fraction taken from any one CPU (the CPU share's kernel "
+        "waits for its slowest thread)")
 
 
 class MemoryFigures(_Block):

@@ -1,10 +1,12 @@
-"""runtime/host_pages.py (THP mode, aligned interior, the A/B switch, a store's touch) and runtime/gpu_memory.py's stack
-limit where no CUDA runtime is loaded; a CPU run records no GPU phases."""
+"""runtime/host_pages.py (THP mode, aligned interior, the A/B switch, a store's touch), runtime/gpu_memory.py's stack
+limit where no CUDA runtime is loaded, runtime/cpu_steal.py's reading of /proc/stat; a CPU run records no GPU
+phases."""
 
 import pytest
 import torch
 
 from executor.runtime import host_pages
+from executor.runtime.cpu_steal import parse_cpu_ticks, read_cpu_ticks, steal_between
 from executor.runtime.host_pages import HUGE_PAGE_BYTES, advise_huge_pages, aligned_interior, huge_pages_wanted, thp_mode
 
 
@@ -83,3 +85,39 @@ def test_cpu_run_records_no_gpu_phases():
     measurement = execute(model, ids, settings, new_tokens=2, device="cpu")
     assert measurement.gpu_outside_allocator_by_phase == {} and measurement.stack_released_bytes_per_thread == {}
     assert measurement.host_touch_s >= 0.0 and measurement.host_huge_page_bytes >= 0
+    steal = measurement.decode_cpu_steal                 # Linux: /proc/stat is read at the phase boundaries
+    if read_cpu_ticks() is not None and steal is not None:
+        assert 0.0 <= steal.fraction <= steal.busiest_cpu_fraction + 1e-12 <= 1.0 + 1e-12
+
+
+PROC_STAT_BEFORE = """cpu  100 0 50 800 10 0 5 35 7 0
+cpu0 50 0 25 400 5 0 5 15 7 0
+cpu1 50 0 25 400 5 0 0 20 0 0
+intr 12345 0 0
+ctxt 999
+"""
+PROC_STAT_AFTER = """cpu  160 0 70 900 10 0 5 55 9 0
+cpu0 90 0 35 440 5 0 5 25 9 0
+cpu1 70 0 35 460 5 0 0 30 0 0
+intr 12399 0 0
+"""
+
+
+def test_cpu_steal_is_the_steal_ticks_over_all_ticks_and_the_busiest_cpu():
+    """runtime/cpu_steal.py on two /proc/stat texts: the aggregate line gives 20 steal ticks of 200 (guest time is
+    inside user and not counted twice); cpu0 10 of 100 and cpu1 10 of 100."""
+    before, after = parse_cpu_ticks(PROC_STAT_BEFORE), parse_cpu_ticks(PROC_STAT_AFTER)
+    assert (before.steal, before.total, before.per_cpu) == (35, 1000, ((15, 500), (20, 500)))
+    figures = steal_between(before, after)
+    assert figures.fraction == pytest.approx(20 / 200) and figures.busiest_cpu_fraction == pytest.approx(0.1)
+    uneven = parse_cpu_ticks(PROC_STAT_AFTER.replace("cpu1 70 0 35 460 5 0 0 30", "cpu1 70 0 35 440 5 0 0 50"))
+    assert steal_between(before, uneven).busiest_cpu_fraction == pytest.approx(30 / 100)
+    assert steal_between(before, before) is None and steal_between(None, after) is None
+    assert parse_cpu_ticks("cpu  1 2 3 4\n") is None                     # no steal field: a kernel before 2.6.11
+    assert parse_cpu_ticks("intr 1 2\n") is None
+
+
+def test_read_cpu_ticks_of_a_missing_file_is_none(tmp_path):
+    assert read_cpu_ticks(tmp_path / "stat") is None
+    (tmp_path / "stat").write_text(PROC_STAT_BEFORE)
+    assert read_cpu_ticks(tmp_path / "stat").steal == 35
