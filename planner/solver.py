@@ -180,6 +180,10 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
     if chosen.other_backend_s is not None:
         notes.append(f"attention backend {chosen.backend}: predicted prefill {format_seconds(chosen.time.prefill_s)}"
                      f" vs {format_seconds(chosen.other_backend_s)} with the other backend")
+    if chosen.cpu_share > 0:
+        notes.append(slow_host_note(model, hardware, chosen, context_tokens=context_tokens,
+                                    decode_tokens=decode_tokens, gpu_mem_bytes=gpu_mem_bytes,
+                                    host_mem_bytes=host_mem_bytes, dtype=dtype))
     return Plan(
         model=model, hardware=hardware, hardware_hash=hardware.content_hash or profile_hash(hardware), dtype=dtype,
         context_tokens=context_tokens, decode_tokens=decode_tokens, strategy=chosen.strategy,
@@ -191,6 +195,37 @@ def make_plan(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: in
         compile_layers=chosen.compile_layers,
         predicted=_prediction(chosen), alternatives=_alternatives(chosen, by_strategy), notes=notes,
     )
+
+
+SLOW_HOST_FACTOR = 0.6
+"""A plan with a CPU share is also priced with every CPU-attention rate of its profile times this: the lent H200's
+whole runs of 2026-12-01 read 0.60-1.45x of its profile's kernel rate, the host's memory bandwidth moving from one
+10 s window to the next (docs/cpu-share.md, "The host's memory rate over an evening")."""
+
+
+def slow_host_note(model: ModelSpec, hardware: HardwareProfile, chosen: Candidate, *, context_tokens: int,
+                   decode_tokens: int, gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int],
+                   dtype: str) -> str:
+    """The chosen plan's decode at SLOW_HOST_FACTOR x the profile's CPU-attention rates (share_rebalance
+    scaled_cpu_rates), beside its decode with everything streamed (F = 0, which reads no CPU rate)."""
+    from planner.share_rebalance import scaled_cpu_rates
+
+    def decode_s(profile: HardwareProfile, share: float) -> float:
+        return evaluate(model, profile, context_tokens=context_tokens, decode_tokens=decode_tokens,
+                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
+                        chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
+                        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend,
+                        cpu_share=share, past_cut=chosen.past_cut,
+                        compile_layers=chosen.compile_layers)[2].decode_s_per_token
+
+    planned, slow = chosen.time.decode_s_per_token, decode_s(scaled_cpu_rates(hardware, SLOW_HOST_FACTOR),
+                                                             chosen.cpu_share)
+    streamed = decode_s(hardware, 0.0)
+    verdict = ("still faster than" if slow < streamed else "slower than")
+    return (f"slow host: the CPU share's decode follows the host's memory rate; at {SLOW_HOST_FACTOR:g}x the "
+            f"profile's CPU-attention rates this plan decodes in {slow * 1e3:.1f} ms per token "
+            f"({slow / planned - 1:+.0%}), {verdict} everything streamed ({streamed * 1e3:.1f} ms); --cpu-share 0 "
+            "keeps decode off the CPU")
 
 
 def evaluate(model: ModelSpec, hardware: HardwareProfile, *, context_tokens: int, decode_tokens: int,

@@ -190,3 +190,27 @@ def test_the_call_cost_field_leaves_older_profiles_and_their_hash_alone():
     measured = with_hash(cpu_profile(60.0, call_s=1.4e-3))
     assert base.content_hash != measured.content_hash
     assert base.content_hash == with_hash(cpu_profile(60.0, call_s=None)).content_hash
+
+
+def test_a_plan_with_a_share_is_priced_on_a_slower_host_too():
+    """The "slow host" note: the chosen knobs and F on the profile with every CPU rate x SLOW_HOST_FACTOR
+    (planner/solver.py slow_host_note) beside F = 0; a plan without a share has no such note."""
+    import re
+
+    from planner.share_rebalance import scaled_cpu_rates
+    from planner.solver import SLOW_HOST_FACTOR
+
+    profile = cpu_profile(60.0)
+    chosen = plan(profile)
+    knobs = dict(resident_kv_heads=chosen.resident_kv_heads, heads_per_group=chosen.heads_per_group,
+                 chunk_size=chosen.chunk_size)
+    slow = plan(scaled_cpu_rates(profile, SLOW_HOST_FACTOR), cpu_share=chosen.cpu_share, **knobs)
+    streamed = plan(profile, cpu_share=0.0, **knobs)
+    note = next(n for n in chosen.notes if n.startswith("slow host:"))
+    ms = [float(x) for x in re.findall(r"([\d.]+) ms", note)]
+    assert ms == [pytest.approx(slow.predicted.decode_s_per_token * 1e3, abs=0.05),
+                  pytest.approx(streamed.predicted.decode_s_per_token * 1e3, abs=0.05)]
+    assert slow.predicted.decode_s_per_token > chosen.predicted.decode_s_per_token    # the CPU side binds slower
+    assert f"at {SLOW_HOST_FACTOR:g}x" in note and "--cpu-share 0" in note
+    assert ("still faster than" in note) == (ms[0] < ms[1])
+    assert not any(n.startswith("slow host:") for n in streamed.notes)
