@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hwprofiles import load_profile  # noqa: E402
 from planner.model_spec import load_model_spec  # noqa: E402
 from planner.pipeline import make_pipeline_plan  # noqa: E402
-from planner.share_rebalance import priced_job, scaled_cpu_rates  # noqa: E402
+from planner.host_share import scaled_cpu_rates  # noqa: E402
+from planner.share_rebalance import priced_job  # noqa: E402
 from planner.solver import evaluate  # noqa: E402
 from planner.units import parse_bytes, parse_tokens  # noqa: E402
 

@@ -209,6 +209,8 @@ class Candidate(FitsByMemory):
     other_backend_s: Optional[float] = None
     cpu_share: float = 0.0
     cpu_share_reason: str = ""
+    zero_share_decode_s: Optional[float] = None
+    """decode per token at F = 0 with the same knobs, as the share's choice timed it (None: no share chosen)"""
     past_cut: str = "binary"
     compile_layers: bool = False
     chunk_backend: Optional[str] = None
@@ -294,6 +296,7 @@ def _choose_cpu_share(setup: Setup, cand: Candidate, work: Workload, prefill) ->
         balance = float(cpu / (cpu + dma))
     choice = choose_share(decode_seconds, rates, fixed=setup.cpu_share, balance_share=balance)
     cand.cpu_share, cand.cpu_share_reason = choice.share, choice.reason
+    cand.zero_share_decode_s = choice.zero_share_decode_s
     cand.time = timed.get(choice.share) or decode_at(choice.share)
 
 

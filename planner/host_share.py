@@ -215,6 +215,16 @@ def _call_note(rates: HostShareRates) -> str:
     return "no fixed cost per CPU call measured (host_attention_call_s absent: priced 0)"
 
 
+def scaled_cpu_rates(hardware, factor: float):
+    """The profile with every CPU-attention kernel rate (table and concurrency probe) times ``factor``: the level
+    the run measured, the table's shape over key length and threads kept."""
+    table = [p.model_copy(update={"bytes_per_s": p.bytes_per_s * factor}) for p in hardware.cpu_attention_table]
+    concurrency = [p.model_copy(update={"cpu_read_bytes_per_s": p.cpu_read_bytes_per_s * factor,
+                                        "cpu_alone_bytes_per_s": p.cpu_alone_bytes_per_s * factor})
+                   for p in hardware.host_concurrency_table]
+    return hardware.model_copy(update={"cpu_attention_table": table, "host_concurrency_table": concurrency})
+
+
 def host_share_terms(model, lookup, *, share: float, elem_bytes: int, past: np.ndarray) -> dict:
     """Decode's CPU share terms for the time model (planner/time_model.py; ``model`` a ModelSpec, ``lookup`` its
     RateLookup): keys per head on the CPU (s_h = floor(F s)), the kernel's contended rate, the DMA's contention

@@ -28,7 +28,7 @@ from typing import Optional
 
 from hwprofiles.schema import HardwareProfile
 from planner.candidates import Candidate, make_setup, time_candidate
-from planner.host_share import host_share_rates, host_tokens
+from planner.host_share import host_share_rates, host_tokens, scaled_cpu_rates
 from planner.memory_model import dtype_bytes
 from planner.model_spec import ModelSpec
 from planner.plan import Plan
@@ -121,13 +121,3 @@ def rebalanced_share(plan: Plan, measured_cpu_bytes_per_s: float) -> Optional[Re
     time_candidate(setup, cand, backend=plan.attention_backend, chunk_backend=plan.chunk_backend)
     return Rebalance(plan.cpu_share, planned, measured_cpu_bytes_per_s, cand.cpu_share,
                      f"the kernel read {factor:.2f}x the planned rate: {cand.cpu_share_reason}")
-
-
-def scaled_cpu_rates(hardware, factor: float):
-    """The profile with every CPU-attention kernel rate (table and concurrency probe) times ``factor``: the level
-    the run measured, the table's shape over key length and threads kept."""
-    table = [p.model_copy(update={"bytes_per_s": p.bytes_per_s * factor}) for p in hardware.cpu_attention_table]
-    concurrency = [p.model_copy(update={"cpu_read_bytes_per_s": p.cpu_read_bytes_per_s * factor,
-                                        "cpu_alone_bytes_per_s": p.cpu_alone_bytes_per_s * factor})
-                   for p in hardware.host_concurrency_table]
-    return hardware.model_copy(update={"cpu_attention_table": table, "host_concurrency_table": concurrency})

@@ -24,6 +24,7 @@ from hwprofiles.schema import HardwareProfile, profile_hash
 from planner.candidates import Candidate, Setup, enumerate_candidates, make_setup, time_candidate
 from planner.coverage import plan_fidelity_notes
 from planner.errors import PlanError
+from planner.host_share import scaled_cpu_rates
 from planner.memory_model import weights_bytes
 from planner.model_spec import ModelSpec
 from planner.plan import STRATEGIES, Alternative, MemoryPrediction, Plan, Prediction
@@ -206,21 +207,15 @@ whole runs of 2026-12-01 read 0.60-1.45x of its profile's kernel rate, the host'
 def slow_host_note(model: ModelSpec, hardware: HardwareProfile, chosen: Candidate, *, context_tokens: int,
                    decode_tokens: int, gpu_mem_bytes: Optional[int], host_mem_bytes: Optional[int],
                    dtype: str) -> str:
-    """The chosen plan's decode at SLOW_HOST_FACTOR x the profile's CPU-attention rates (share_rebalance
-    scaled_cpu_rates), beside its decode with everything streamed (F = 0, which reads no CPU rate)."""
-    from planner.share_rebalance import scaled_cpu_rates
-
-    def decode_s(profile: HardwareProfile, share: float) -> float:
-        return evaluate(model, profile, context_tokens=context_tokens, decode_tokens=decode_tokens,
-                        gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes, dtype=dtype,
-                        chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
-                        resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend,
-                        cpu_share=share, past_cut=chosen.past_cut,
-                        compile_layers=chosen.compile_layers)[2].decode_s_per_token
-
-    planned, slow = chosen.time.decode_s_per_token, decode_s(scaled_cpu_rates(hardware, SLOW_HOST_FACTOR),
-                                                             chosen.cpu_share)
-    streamed = decode_s(hardware, 0.0)
+    """The chosen plan's decode at SLOW_HOST_FACTOR x the profile's CPU-attention rates (host_share
+    scaled_cpu_rates), beside its decode with everything streamed (F = 0, as the share's choice timed it)."""
+    slow = evaluate(model, scaled_cpu_rates(hardware, SLOW_HOST_FACTOR), context_tokens=context_tokens,
+                    decode_tokens=decode_tokens, gpu_mem_bytes=gpu_mem_bytes, host_mem_bytes=host_mem_bytes,
+                    dtype=dtype, chunk_size=chosen.chunk_size, heads_per_group=chosen.heads_per_group,
+                    resident_kv_heads=chosen.resident_kv_heads, attention_backend=chosen.backend,
+                    cpu_share=chosen.cpu_share, past_cut=chosen.past_cut,
+                    compile_layers=chosen.compile_layers)[2].decode_s_per_token
+    planned, streamed = chosen.time.decode_s_per_token, chosen.zero_share_decode_s
     verdict = ("still faster than" if slow < streamed else "slower than")
     return (f"slow host: the CPU share's decode follows the host's memory rate; at {SLOW_HOST_FACTOR:g}x the "
             f"profile's CPU-attention rates this plan decodes in {slow * 1e3:.1f} ms per token "

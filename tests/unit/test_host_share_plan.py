@@ -4,7 +4,7 @@ cannot or where the profile has no CPU-attention figures, fixed when asked; the 
 import pytest
 
 from hwprofiles.schema import CpuAttentionPoint, HostConcurrencyPoint
-from planner.host_share import choose_share, host_share_rates
+from planner.host_share import choose_share, host_share_rates, scaled_cpu_rates
 from planner.model_spec import load_model_spec
 from planner.solver import make_plan
 from planner.units import GIB
@@ -197,7 +197,6 @@ def test_a_plan_with_a_share_is_priced_on_a_slower_host_too():
     (planner/solver.py slow_host_note) beside F = 0; a plan without a share has no such note."""
     import re
 
-    from planner.share_rebalance import scaled_cpu_rates
     from planner.solver import SLOW_HOST_FACTOR
 
     profile = cpu_profile(60.0)

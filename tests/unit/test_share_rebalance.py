@@ -8,7 +8,8 @@ import pytest
 
 from hwprofiles import load_profile
 from planner.builtin_models import BUILTIN_MODELS
-from planner.share_rebalance import MIN_RATE_CHANGE, planned_job, rebalanced_share, scaled_cpu_rates
+from planner.host_share import scaled_cpu_rates
+from planner.share_rebalance import MIN_RATE_CHANGE, planned_job, rebalanced_share
 from planner.solver import make_plan
 
 H200 = load_profile("h200-sxm-measured")
